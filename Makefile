@@ -1,0 +1,27 @@
+# gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install train test prepare tensorboard clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+prepare: install
+	$(BIN)/python -m gliograde.prepare
+
+tensorboard: install
+	$(BIN)/tensorboard --logdir logs
+
+clean:
+	rm -rf data/cache logs outputs multirun

@@ -1,0 +1,346 @@
+"""The slice cache: every patient's four normalised modalities, decoded from NIfTI once.
+
+Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sibling and
+renamed into place only when complete, under a file lock so concurrent builders end with one:
+
+- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (modalities in MODALITIES order),
+  read through a memory map; an axial slice of all modalities is one contiguous block.
+- ``index.npz``: patient ids, their slots, per-slice brain and tumour areas per plane.
+- ``problems.csv``: patients whose images failed a check (kept out of the cache).
+- ``meta.json``: what the key was made of.
+
+The key hashes every input file's path, size and mtime and the preprocessing settings, so
+any change to either gives a new cache, and anything else (modalities used, slice strategy,
+splits, labels) is applied when reading.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import uuid
+from collections import Counter
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from gliograde.data.cohort import PatientRecord
+from gliograde.data.errors import DataError
+from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
+from gliograde.data.preprocess import SliceAreas, preprocess_patient
+from gliograde.data.specs import MODALITIES, PLANES, PreprocessSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+CACHE_DTYPE = np.float16
+
+
+@dataclass
+class CachedCohort:
+    """A built cache, opened for reading. Volumes are memory-mapped lazily, per process."""
+
+    directory: Path
+    patient_ids: tuple[str, ...]
+    slots: np.ndarray  # slot of each patient in volumes.npy
+    shape: tuple[int, int, int]  # (x, y, z) of every volume
+    has_mask: np.ndarray
+    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]
+    tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
+    problems: list[DataError] = field(default_factory=list)
+
+    @property
+    def volumes_path(self) -> Path:
+        return self.directory / "volumes.npy"
+
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def position(self, patient_id: str) -> int:
+        return self.patient_ids.index(patient_id)
+
+    @classmethod
+    def load(cls, directory: Path) -> CachedCohort:
+        with np.load(directory / "index.npz", allow_pickle=False) as index:
+            ids = tuple(str(s) for s in index["patient_ids"])
+            return cls(
+                directory=directory,
+                patient_ids=ids,
+                slots=index["slots"],
+                shape=tuple(int(s) for s in index["shape"]),
+                has_mask=index["has_mask"],
+                brain_area={p: index[f"brain_{p}"] for p in PLANES},
+                tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
+                problems=_read_problems(directory / "problems.csv"),
+            )
+
+
+def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]) -> str:
+    """Hash of every input file's (path, size, mtime) and of the settings that change voxels."""
+    digest = hashlib.sha256()
+    settings = {
+        "format": CACHE_FORMAT,
+        "clip_percentiles": list(spec.clip_percentiles) if spec.clip_percentiles else None,
+        "reorient": spec.reorient,
+        "mask_labels": list(mask_labels),
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for record in sorted(patients, key=lambda r: r.patient_id):
+        digest.update(record.patient_id.encode())
+        for path in [record.modalities[m] for m in MODALITIES] + [record.mask]:
+            if path is None:
+                digest.update(b"-")
+                continue
+            stat = path.stat()
+            digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:20]
+
+
+def open_or_build(
+    patients: list[PatientRecord],
+    cache_dir: str | Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    on_error: str = "raise",
+    progress: bool = True,
+) -> CachedCohort:
+    """Return the cache for these patients and settings, building it first if needed.
+
+    With ``on_error="raise"`` the first bad patient stops everything (nothing is left behind);
+    with ``"skip"`` bad patients are left out and recorded in ``problems.csv``.
+    """
+    if not patients:
+        raise DataError("no patients to cache", where=cache_dir)
+    cache_dir = Path(cache_dir)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataError(f"cannot create cache directory ({exc.strerror})", where=cache_dir) from None
+    if not os.access(cache_dir, os.W_OK):
+        raise DataError("cache directory is not writable (set data.cache_dir)", where=cache_dir)
+    key = cache_key(patients, spec, mask_labels)
+    final = cache_dir / key
+    if not (final / "index.npz").exists():
+        lock = FileLock(str(cache_dir / f".{key}.lock"))
+        if lock.is_locked:
+            log.info("Another process is building cache %s; waiting for it", final)
+        with lock:
+            if not (final / "index.npz").exists():
+                _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
+    cached = CachedCohort.load(final)
+    if on_error == "raise" and cached.problems:
+        raise cached.problems[0]
+    return cached
+
+
+def _build(
+    patients: list[PatientRecord],
+    cache_dir: Path,
+    key: str,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    on_error: str,
+    progress: bool,
+) -> None:
+    for stale in cache_dir.glob(f".{key}.partial-*"):  # left by a killed builder; we hold the lock
+        shutil.rmtree(stale, ignore_errors=True)
+    good, problems, shape = _check_headers(patients, on_error)
+    if not good:
+        raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
+    tmp = cache_dir / f".{key}.partial-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        x, y, z = shape
+        volumes = np.lib.format.open_memmap(
+            tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, len(MODALITIES), y, x)
+        )
+        del volumes  # workers open it themselves
+        areas, decode_problems = _preprocess_all(good, tmp / "volumes.npy", spec, mask_labels, on_error, progress)
+        problems += decode_problems
+        kept = [(slot, r) for slot, r in enumerate(good) if slot in areas]
+        if not kept:
+            raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
+        _write_index(tmp / "index.npz", kept, areas, shape)
+        _write_problems(tmp / "problems.csv", problems)
+        meta = {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "patients": len(kept),
+            "skipped": len(problems),
+            "shape_xyz": list(shape),
+            "dtype": np.dtype(CACHE_DTYPE).name,
+            "clip_percentiles": spec.clip_percentiles,
+            "reorient": spec.reorient,
+            "mask_labels": list(mask_labels),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, cache_dir / key)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_headers(
+    patients: list[PatientRecord], on_error: str
+) -> tuple[list[PatientRecord], list[DataError], tuple[int, int, int]]:
+    """Header checks for every file, before any decoding: cheap, and they fail early."""
+    shapes: dict[str, tuple[int, int, int]] = {}
+    problems: list[DataError] = []
+    for record in patients:
+        try:
+            headers: dict[str, VolumeHeader] = {
+                m: read_header(record.modalities[m], record.patient_id) for m in MODALITIES
+            }
+            if record.mask is not None:
+                headers["mask"] = read_header(record.mask, record.patient_id)
+            shapes[record.patient_id] = check_same_grid(headers, record.patient_id)
+        except DataError as err:
+            if on_error == "raise":
+                raise
+            problems.append(err)
+    if not shapes:
+        return [], problems, (0, 0, 0)
+    cohort_shape, _ = Counter(shapes.values()).most_common(1)[0]
+    good = []
+    for record in patients:
+        shape = shapes.get(record.patient_id)
+        if shape is None:
+            continue
+        if shape != cohort_shape:
+            err = DataError(
+                f"shape {shape} differs from the cohort's {cohort_shape}",
+                record.patient_id,
+                record.modalities[MODALITIES[0]],
+            )
+            if on_error == "raise":
+                raise err
+            problems.append(err)
+            continue
+        good.append(record)
+    return good, problems, cohort_shape
+
+
+def _preprocess_slot(
+    volumes_path: Path, slot: int, record: PatientRecord, spec: PreprocessSpec, mask_labels: tuple[int, ...]
+) -> SliceAreas:
+    volumes = np.load(volumes_path, mmap_mode="r+")
+    try:
+        return preprocess_patient(
+            record.patient_id,
+            record.modalities,
+            record.mask,
+            volumes[slot],
+            mask_labels,
+            spec.clip_percentiles,
+            spec.reorient,
+        )
+    finally:
+        volumes.flush()
+        del volumes
+
+
+def _preprocess_all(
+    good: list[PatientRecord],
+    volumes_path: Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    on_error: str,
+    progress: bool,
+) -> tuple[dict[int, SliceAreas], list[DataError]]:
+    workers = min(spec.workers or available_cores(), len(good))
+    areas: dict[int, SliceAreas] = {}
+    problems: list[DataError] = []
+    bar = tqdm(total=len(good), desc="Caching patients", unit="patient", disable=not progress)
+
+    def record_outcome(slot: int, outcome: SliceAreas | DataError) -> None:
+        if isinstance(outcome, DataError):
+            if on_error == "raise":
+                raise outcome
+            log.warning("Skipping %s", outcome)
+            problems.append(outcome)
+        else:
+            areas[slot] = outcome
+        bar.update(1)
+
+    try:
+        if workers <= 1:
+            for slot, record in enumerate(good):
+                record_outcome(slot, _outcome(volumes_path, slot, record, spec, mask_labels))
+        else:
+            # spawn, not fork: the parent may hold torch threads that a fork would copy broken.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context) as pool:
+                futures = {
+                    pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
+                    for slot, record in enumerate(good)
+                }
+                pending = set(futures)
+                try:
+                    while pending:
+                        done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)
+                        for future in done:
+                            record_outcome(futures[future], future.result())
+                except BaseException:
+                    for future in pending:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
+    return areas, problems
+
+
+def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | DataError:
+    try:
+        return _preprocess_slot(volumes_path, slot, record, spec, mask_labels)
+    except DataError as err:
+        return err
+
+
+def _write_index(path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape) -> None:
+    arrays: dict[str, np.ndarray] = {
+        "patient_ids": np.array([r.patient_id for _, r in kept]),
+        "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
+        "shape": np.array(shape, dtype=np.int64),
+        "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
+    }
+    for plane in PLANES:
+        arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
+        arrays[f"tumour_{plane}"] = np.stack(
+            [
+                areas[slot].tumour[plane] if areas[slot].tumour is not None else np.zeros_like(areas[slot].brain[plane])
+                for slot, _ in kept
+            ]
+        )
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+def _write_problems(path: Path, problems: list[DataError]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["patient_id", "file", "problem"])
+        for err in problems:
+            writer.writerow([err.patient or "", err.where or "", err.problem])
+
+
+def _read_problems(path: Path) -> list[DataError]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [DataError(row["problem"], row["patient_id"] or None, row["file"] or None) for row in csv.DictReader(fh)]
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

@@ -1,0 +1,387 @@
+"""Cohort discovery: find the patient folders under ``data.root``, their files and their labels.
+
+Nothing here opens a volume; it only lists folders and reads the label CSV, so every naming
+problem surfaces as a one-line :class:`DataError` before any decoding starts.
+
+Rules, in short:
+
+* ``root`` may be the folder holding the patient folders or a parent up to two levels above it
+  (the Kaggle zip nests ``BraTS2020_TrainingData/MICCAI_BraTS2020_TrainingData/<patients>``).
+  A patient folder is a directory whose name fully matches ``layout.patient_pattern``. Entries
+  that archives carry (``__MACOSX``, names starting with ``.``) are never searched into. The
+  shallowest depth holding any patient folder wins; several places at that depth is an error.
+* Each modality file is ``<template with {id}>.nii`` or ``.nii.gz`` in the patient folder; a
+  missing one, or both spellings at once, excludes the patient (a per-patient problem).
+* The mask is ``layout.mask_file`` likewise. When absent, a single other NIfTI file in the
+  folder is taken as the mask with a warning (the Kaggle 2020 copy names case 355's mask
+  ``W39_1998.09.19_Segm.nii``); with none the mask is ``None`` (validation downloads); with
+  several the mask is ``None`` and a warning lists them: guessing among them could train on a
+  wrong file, and whether a missing mask matters is the caller's decision.
+* Labels come from :mod:`gliograde.data.labels`.
+
+Warnings go to ``logging.getLogger(__name__)`` (and ``gliograde.data.labels``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gliograde.data.errors import DataError
+from gliograde.data.labels import LabelTable, UnusableLabelTable, resolve_label_file
+from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec
+
+logger = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
+MAX_DEPTH = 2
+"""How many levels above the patient folders' parent ``root`` may be."""
+
+_STRAY_DIRS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """One patient's folder, files and label; found by listing only, nothing decoded."""
+
+    patient_id: str  # the folder name
+    folder: Path
+    modalities: Mapping[str, Path]  # keys exactly MODALITIES, in that order
+    mask: Path | None
+    label: int | None  # index into Cohort.classes; None if unlabelled
+
+
+@dataclass
+class Cohort:
+    """The patients found under a root, and the ones left out with why."""
+
+    root: Path  # the folder that holds the patient folders (resolved)
+    patients: list[PatientRecord]  # sorted by patient_id
+    classes: tuple[str, ...]
+    labelled: bool  # a label table with the label column was found and used
+    problems: list[DataError] = field(default_factory=list)  # excluded patients, with why
+    label_file: Path | None = None
+
+
+def find_patient_root(root: str | Path, layout: LayoutSpec) -> Path:
+    """The folder holding the patient folders: ``root`` itself or a folder up to two levels below.
+
+    Raises :class:`DataError` when ``root`` does not exist or is not a directory, when no patient
+    folder is found within two levels, and when the shallowest depth with any has them in more
+    than one place (the message lists those places).
+    """
+    pattern = _compile_pattern(layout)
+    given = Path(root).expanduser()
+    if not given.exists():
+        raise DataError("does not exist (check data.root)", where=given)
+    if not given.is_dir():
+        raise DataError(
+            f"is not a directory; data.root must be the folder holding patient folders matching "
+            f"'{pattern.pattern}' or a parent up to {MAX_DEPTH} levels above it",
+            where=given,
+        )
+    base = given.resolve()
+
+    level = [base]
+    last_seen: list[str] = []
+    for depth in range(MAX_DEPTH + 1):
+        hits: dict[Path, list[str]] = {}
+        below: list[Path] = []
+        for folder in level:
+            try:
+                subdirs = _subdirectories(folder)
+            except OSError as err:
+                if folder == base:
+                    raise DataError(
+                        f"cannot list folder ({err.strerror or err})", where=folder
+                    ) from None
+                logger.debug("skipping unreadable folder %s: %s", folder, err)
+                continue
+            names = [d.name for d in subdirs if pattern.fullmatch(d.name)]
+            if names:
+                hits[folder] = names
+            below.extend(d for d in subdirs if not pattern.fullmatch(d.name))
+            if subdirs:
+                last_seen = [d.name for d in subdirs]
+        if len(hits) == 1:
+            return next(iter(hits))
+        if hits:
+            raise DataError(_ambiguous_message(hits, pattern, depth), where=given)
+        level = below
+        if not level:
+            break
+
+    hint = ""
+    if pattern.fullmatch(base.name):
+        hint = f" ({base.name!r} itself looks like a patient folder; point data.root at its parent)"
+    elif last_seen:
+        shown = sorted(last_seen)[:3]
+        hint = f" (folders seen: {', '.join(shown)}{', ...' if len(last_seen) > 3 else ''})"
+    else:
+        hint = " (no subfolders at all)"
+    raise DataError(
+        f"no patient folders matching '{pattern.pattern}' here or up to {MAX_DEPTH} levels below; "
+        f"is data.layout right?{hint}",
+        where=given,
+    )
+
+
+def discover_cohort(
+    root: str | Path, layout: LayoutSpec, labels: LabelSpec, require_labels: bool
+) -> Cohort:
+    """Find the patients under ``root``, their files and (when configured) their labels.
+
+    Raises :class:`DataError` for problems with the whole cohort (no patient folders, an
+    ambiguous root, an unusable label table when ``require_labels``, a duplicate id in the
+    table, patient folders whose names differ only in case). Problems with one patient exclude
+    it and are collected in :attr:`Cohort.problems` (at most one for its files and one for its
+    label, sorted by patient); whether an empty cohort is acceptable is the caller's decision.
+    """
+    templates = _templates(layout)
+    patient_root = find_patient_root(root, layout)
+    pattern = _compile_pattern(layout)
+    folders = sorted(
+        (d for d in _subdirectories(patient_root) if pattern.fullmatch(d.name)),
+        key=lambda d: d.name,
+    )
+    _check_unique_ids(folders, patient_root)
+    ids = [d.name for d in folders]
+
+    table = _label_table(labels, patient_root, root, require_labels)
+    if table is not None:
+        table.warn_unmatched(ids, patient_root)
+
+    patients: list[PatientRecord] = []
+    problems: list[DataError] = []
+    for folder in folders:
+        pid = folder.name
+        record, problem = _scan_patient(folder, templates)
+        if problem is not None:
+            problems.append(problem)
+        label: int | None = None
+        if table is not None:
+            try:
+                label = table.label_of(pid, required=require_labels)
+            except DataError as err:
+                problems.append(err)
+                record = None
+        if record is not None:
+            patients.append(
+                PatientRecord(
+                    patient_id=pid,
+                    folder=record.folder,
+                    modalities=record.modalities,
+                    mask=record.mask,
+                    label=label,
+                )
+            )
+
+    if problems:
+        excluded = len({p.patient for p in problems})
+        logger.warning(
+            "excluding %d of %d patient(s) under %s; first problem: %s",
+            excluded,
+            len(folders),
+            patient_root,
+            problems[0],
+        )
+    return Cohort(
+        root=patient_root,
+        patients=patients,
+        classes=tuple(labels.classes),
+        labelled=table is not None,
+        problems=problems,
+        label_file=None if table is None else table.path,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _compile_pattern(layout: LayoutSpec) -> re.Pattern[str]:
+    try:
+        return re.compile(layout.patient_pattern)
+    except re.error as err:
+        raise ValueError(
+            f"data.layout.patient_pattern {layout.patient_pattern!r} is not a valid regex: {err}"
+        ) from None
+
+
+def _templates(layout: LayoutSpec) -> dict[str, str]:
+    """``layout.modality_files`` checked against MODALITIES, in that order, plus ``"mask"``."""
+    files = dict(layout.modality_files)
+    missing = [m for m in MODALITIES if m not in files]
+    unknown = sorted(set(files) - set(MODALITIES))
+    if missing or unknown:
+        raise ValueError(
+            f"data.layout.modality_files must have exactly the keys {list(MODALITIES)} "
+            f"(missing: {missing}, unknown: {unknown})"
+        )
+    templates = {m: str(files[m]) for m in MODALITIES}
+    templates["mask"] = str(layout.mask_file)
+    for key, template in templates.items():
+        where = "mask_file" if key == "mask" else f"modality_files.{key}"
+        if "/" in template or "\\" in template or not template.strip():
+            raise ValueError(
+                f"data.layout.{where} {template!r} must be a file-name stem in the patient folder"
+            )
+    if len(set(templates.values())) != len(templates):
+        raise ValueError(f"data.layout templates must all differ, got {templates}")
+    return templates
+
+
+def _is_stray(name: str) -> bool:
+    return name.startswith(".") or name in _STRAY_DIRS
+
+
+def _subdirectories(folder: Path) -> list[Path]:
+    """Directories directly in ``folder`` (following links), leaving out archive debris."""
+    out = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if _is_stray(entry.name):
+                continue
+            try:
+                if entry.is_dir():
+                    out.append(folder / entry.name)
+            except OSError:
+                continue
+    return sorted(out, key=lambda p: p.name)
+
+
+def _ambiguous_message(hits: dict[Path, list[str]], pattern: re.Pattern[str], depth: int) -> str:
+    places = sorted(hits)
+    shown = ", ".join(f"{p} ({len(hits[p])} patient folder(s))" for p in places[:_MAX_LISTED])
+    if len(places) > _MAX_LISTED:
+        shown += f", and {len(places) - _MAX_LISTED} more"
+    seen: dict[str, int] = {}
+    for names in hits.values():
+        for name in names:
+            seen[name] = seen.get(name, 0) + 1
+    shared = sorted(name for name, count in seen.items() if count > 1)
+    dup = ""
+    if shared:
+        dup = f"; {len(shared)} patient id(s) appear in more than one, e.g. {shared[0]}"
+    level = "here" if depth == 0 else f"{depth} level(s) below"
+    return (
+        f"ambiguous root: patient folders matching '{pattern.pattern}' found in {len(places)} "
+        f"places {level}: {shown}{dup}; point data.root at one of them"
+    )
+
+
+def _check_unique_ids(folders: list[Path], patient_root: Path) -> None:
+    """Folder names that differ only in case clash on macOS/Windows and in label lookups."""
+    by_key: dict[str, str] = {}
+    for folder in folders:
+        key = folder.name.casefold()
+        if key in by_key:
+            raise DataError(
+                f"duplicate patient id: folders {by_key[key]!r} and {folder.name!r} differ only "
+                f"in case; keep one",
+                where=patient_root,
+            )
+        by_key[key] = folder.name
+
+
+def _label_table(
+    spec: LabelSpec, patient_root: Path, root: str | Path, require_labels: bool
+) -> LabelTable | None:
+    if spec.file is None:
+        if require_labels:
+            raise DataError(
+                "labels are required but data.labels.file is null", where="data.labels.file"
+            )
+        return None
+    try:
+        path = resolve_label_file(spec, patient_root, root)
+        assert path is not None
+        return LabelTable.load(path, spec)
+    except UnusableLabelTable as err:
+        if require_labels:
+            raise
+        logger.warning("%s; treating the cohort as unlabelled", err)
+        return None
+
+
+@dataclass(frozen=True)
+class _Files:
+    folder: Path
+    modalities: dict[str, Path]
+    mask: Path | None
+
+
+def _nifti_name(name: str) -> bool:
+    lower = name.lower()
+    return any(lower.endswith(suffix) for suffix in NIFTI_SUFFIXES)
+
+
+def _scan_patient(
+    folder: Path, templates: dict[str, str]
+) -> tuple[_Files | None, DataError | None]:
+    """A patient's files, or ``None`` and the problem (one error, its issues joined by ``;``)."""
+    pid = folder.name
+    try:
+        with os.scandir(folder) as entries:
+            files = set()
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        files.add(entry.name)
+                except OSError:
+                    continue
+    except OSError as err:
+        return None, DataError(
+            f"cannot list folder ({err.strerror or err})", patient=pid, where=folder
+        )
+    by_lower: dict[str, list[str]] = {}
+    for name in files:
+        by_lower.setdefault(name.lower(), []).append(name)
+
+    issues: list[str] = []
+    found: dict[str, Path] = {}
+    for key, template in templates.items():
+        stem = template.replace("{id}", pid)
+        present = [stem + s for s in NIFTI_SUFFIXES if stem + s in files]
+        if len(present) == 2:
+            issues.append(
+                f"both {present[0]} and {present[1]} exist for {key}; keep one"
+            )
+        elif present:
+            found[key] = folder / present[0]
+        elif key != "mask":
+            near = sorted(
+                n for s in NIFTI_SUFFIXES for n in by_lower.get((stem + s).lower(), [])
+            )
+            hint = f"; found {', '.join(near)}, which differs in case" if near else ""
+            issues.append(f"missing {key} file (expected {stem}.nii[.gz]{hint})")
+    if issues:
+        return None, DataError("; ".join(issues), patient=pid, where=folder)
+
+    mask = found.pop("mask", None)
+    if mask is None:
+        used = {p.name for p in found.values()}
+        others = sorted(
+            n for n in files if _nifti_name(n) and not _is_stray(n) and n not in used
+        )
+        expected = templates["mask"].replace("{id}", pid) + ".nii[.gz]"
+        if len(others) == 1:
+            mask = folder / others[0]
+            logger.warning(
+                "patient %s: no %s; using %s as its mask", pid, expected, others[0]
+            )
+        elif others:
+            logger.warning(
+                "patient %s: no %s and %d other NIfTI files could be the mask (%s); using "
+                "none, rename the mask to %s",
+                pid,
+                expected,
+                len(others),
+                ", ".join(others),
+                expected,
+            )
+    return _Files(folder=folder, modalities=found, mask=mask), None

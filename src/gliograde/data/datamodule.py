@@ -1,0 +1,416 @@
+"""LightningDataModule: cohort -> cache -> slice selection -> patient split -> DataLoaders."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from filelock import FileLock
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+
+from gliograde.data.augment import BatchAugmenter
+from gliograde.data.cache import CachedCohort, open_or_build
+from gliograde.data.cohort import Cohort, discover_cohort
+from gliograde.data.dataset import SliceDataset, identity_collate
+from gliograde.data.errors import DataError
+from gliograde.data.slices import NEEDS_MASK, select_slices, validate_slice_spec
+from gliograde.data.specs import (
+    MODALITIES,
+    AugmentSpec,
+    LabelSpec,
+    LayoutSpec,
+    PreprocessSpec,
+    SliceSpec,
+    SplitSpec,
+    SyntheticSpec,
+    from_mapping,
+)
+from gliograde.data.splits import SPLITS, assert_disjoint, split_patients, write_splits
+
+log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+SAMPLERS = ("random", "weighted")
+TRANSFER_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+@dataclass
+class PatientSlices:
+    """The selected slices of one usable patient."""
+
+    patient_id: str
+    position: int  # index into the cache's patient list
+    label: int
+    slices: np.ndarray
+
+
+class GliomaDataModule(L.LightningDataModule):
+    """BraTS-style cohort to patient-split batches of ``[B, C, H, W]`` slices.
+
+    Arguments mirror the ``data.*`` config; nested groups accept mappings (see ``specs``).
+    ``prepare_data`` (one process per node) generates the synthetic cohort if asked and builds
+    the cache; ``setup`` reads the cache index, selects slices and splits patients.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        layout: Mapping[str, Any] | LayoutSpec | None = None,
+        labels: Mapping[str, Any] | LabelSpec | None = None,
+        cache_dir: str | Path = "data/cache",
+        modalities: Sequence[str] = ("flair", "t1ce", "t1", "t2"),
+        slices: Mapping[str, Any] | SliceSpec | None = None,
+        split: Mapping[str, Any] | SplitSpec | None = None,
+        folds: int | None = None,
+        fold: int | None = None,
+        sampler: str = "random",
+        augment: Mapping[str, Any] | AugmentSpec | None = None,
+        preprocess: Mapping[str, Any] | PreprocessSpec | None = None,
+        synthetic: Mapping[str, Any] | SyntheticSpec | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        on_error: str = "raise",
+        require_labels: bool = True,
+        transfer_dtype: str = "float32",
+        seed: int = 0,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.root = Path(root).expanduser()
+        self.layout = from_mapping(LayoutSpec, layout, "data.layout")
+        self.label_spec = from_mapping(LabelSpec, labels, "data.labels")
+        self.cache_dir = Path(cache_dir).expanduser()
+        self.modalities = tuple(modalities)
+        self.slice_spec = from_mapping(SliceSpec, slices, "data.slices")
+        self.split_spec = from_mapping(SplitSpec, split, "data.split")
+        self.folds = folds
+        self.fold = fold
+        self.sampler = sampler
+        self.augment_spec = from_mapping(AugmentSpec, augment, "data.augment")
+        self.preprocess_spec = from_mapping(PreprocessSpec, preprocess, "data.preprocess")
+        self.synthetic = None if synthetic is None else from_mapping(SyntheticSpec, synthetic, "data.synthetic")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.on_error = on_error
+        self.require_labels = require_labels
+        self.transfer_dtype = transfer_dtype
+        self.seed = seed
+        self.progress = progress
+        self._validate_options()
+
+        self.cohort: Cohort | None = None
+        self.cached: CachedCohort | None = None
+        self.skipped: list[DataError] = []
+        self.patients: list[PatientSlices] = []
+        self.assignment: dict[str, str] = {}
+        self.datasets: dict[str, SliceDataset] = {}
+        self._augmenter: BatchAugmenter | None = None
+        self._augment_epoch = -1
+
+    # ------------------------------------------------------------------ checks
+    def _validate_options(self) -> None:
+        if not self.modalities or len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"data.modalities={list(self.modalities)} must be a non-empty list without repeats")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"data.modalities: unknown {unknown}; choose from {list(MODALITIES)}")
+        if self.on_error not in ON_ERROR:
+            raise ValueError(f"data.on_error={self.on_error!r} must be one of {list(ON_ERROR)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"data.sampler={self.sampler!r} must be one of {list(SAMPLERS)}")
+        if self.transfer_dtype not in TRANSFER_DTYPES:
+            raise ValueError(f"data.transfer_dtype={self.transfer_dtype!r} must be one of {list(TRANSFER_DTYPES)}")
+        if self.batch_size < 1:
+            raise ValueError(f"data.batch_size={self.batch_size} must be at least 1")
+        if self.folds is not None and self.folds < 2:
+            raise ValueError(f"data.folds={self.folds} must be at least 2 (or null)")
+        validate_slice_spec(self.slice_spec)
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.modalities)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.label_spec.classes
+
+    # ------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        """Generate the synthetic cohort (if configured and absent) and build the cache."""
+        self._load()
+
+    def _ensure_synthetic(self) -> None:
+        if self.synthetic is None or _has_entries(self.root):
+            return
+        from gliograde.data.synthetic import generate_cohort
+
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.root.parent / f".{self.root.name}.lock")):
+            if not _has_entries(self.root):
+                log.info("Generating the synthetic cohort (%d patients) in %s", self.synthetic.patients, self.root)
+                if self.root.exists():
+                    self.root.rmdir()
+                generate_cohort(
+                    self.root,
+                    patients=self.synthetic.patients,
+                    seed=self.synthetic.seed,
+                    shape=tuple(self.synthetic.shape),
+                    lgg_fraction=self.synthetic.lgg_fraction,
+                    progress=self.progress,
+                )
+
+    def _load(self) -> None:
+        """Discover the cohort and open (or build) its cache; idempotent."""
+        if self.cached is not None:
+            return
+        self._ensure_synthetic()
+        cohort = discover_cohort(self.root, self.layout, self.label_spec, self.require_labels)
+        if cohort.problems and self.on_error == "raise":
+            more = f" (and {len(cohort.problems) - 1} more)" if len(cohort.problems) > 1 else ""
+            raise DataError(str(cohort.problems[0]) + more)
+        if self.slice_spec.strategy in NEEDS_MASK and self.on_error == "raise":
+            for record in cohort.patients:
+                if record.mask is None:
+                    select_slices(record.patient_id, np.zeros(1), None, self.slice_spec)  # raises
+        cached = open_or_build(
+            cohort.patients,
+            self.cache_dir,
+            self.preprocess_spec,
+            self.layout.mask_labels,
+            on_error=self.on_error,
+            progress=self.progress,
+        )
+        self.cohort, self.cached = cohort, cached
+        self.skipped = list(cohort.problems) + list(cached.problems)
+        for err in self.skipped:
+            log.warning("Skipped %s", err)
+        self._write_cohort_tables()
+
+    def _write_cohort_tables(self) -> None:
+        """cohort.csv and skipped.csv beside the cache (atomically; labels as read now)."""
+        assert self.cohort is not None and self.cached is not None
+        cached_ids = set(self.cached.patient_ids)
+        problem_of = {err.patient: err for err in self.skipped if err.patient}
+        rows = []
+        for record in self.cohort.patients:
+            status = "ok" if record.patient_id in cached_ids else "skipped"
+            rows.append(
+                [record.patient_id, self._label_name(record.label)]
+                + [str(record.modalities[m]) for m in MODALITIES]
+                + [str(record.mask or ""), status]
+            )
+        for patient, err in problem_of.items():
+            if patient not in {r[0] for r in rows}:
+                rows.append([patient, ""] + [""] * len(MODALITIES) + ["", "skipped"])
+        _write_csv(
+            self.cached.directory / "cohort.csv",
+            ["patient_id", "label", *MODALITIES, "mask", "status"],
+            sorted(rows),
+        )
+        _write_csv(
+            self.cached.directory / "skipped.csv",
+            ["patient_id", "file", "problem"],
+            [[e.patient or "", e.where or "", e.problem] for e in self.skipped],
+        )
+
+    def _label_name(self, label: int | None) -> str:
+        return "" if label is None else self.classes[label]
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        """Select slices, split patients, and build the datasets (cheap: reads only the index)."""
+        if self.datasets:
+            return
+        self._load()
+        assert self.cohort is not None and self.cached is not None
+        cached = self.cached
+        plane = self.slice_spec.plane
+        records = {r.patient_id: r for r in self.cohort.patients}
+        patients: list[PatientSlices] = []
+        empty: list[str] = []
+        for position, patient_id in enumerate(cached.patient_ids):
+            record = records.get(patient_id)
+            if record is None:
+                continue  # excluded by a label problem, already reported
+            tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
+            try:
+                chosen = select_slices(patient_id, cached.brain_area[plane][position], tumour, self.slice_spec)
+            except DataError as err:
+                if self.on_error == "raise":
+                    raise
+                log.warning("Skipped %s", err)
+                self.skipped.append(err)
+                continue
+            if chosen.size == 0:
+                empty.append(patient_id)
+                continue
+            label = -1 if record.label is None else record.label
+            patients.append(PatientSlices(patient_id, position, label, chosen))
+        if empty:
+            log.warning(
+                "%d patient(s) have no slice selected by data.slices.strategy=%s and are left out: %s",
+                len(empty),
+                self.slice_spec.strategy,
+                ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
+            )
+        if not patients:
+            raise DataError(f"no patient has slices selected by data.slices={self.slice_spec}", where=self.root)
+        self.patients = patients
+        labelled = self.cohort.labelled and all(p.label >= 0 for p in patients)
+        if labelled:
+            self.assignment = split_patients(
+                [p.patient_id for p in patients],
+                [p.label for p in patients],
+                self.classes,
+                self.split_spec,
+                self.folds,
+                self.fold,
+            )
+        elif self.require_labels:
+            raise DataError("training needs labels but the cohort has none", where=self.root)
+        else:
+            self.assignment = {p.patient_id: "all" for p in patients}
+        groups = {name: [p for p in patients if self.assignment[p.patient_id] == name] for name in SPLITS}
+        groups["all"] = patients
+        self.datasets = {name: self._dataset(group) for name, group in groups.items() if group}
+        assert_disjoint([(p.patient_id, name) for name in SPLITS for p in groups[name]])
+        if self.augment_spec.enabled:
+            self._augmenter = BatchAugmenter(self.augment_spec, seed=self.seed)
+
+    def _dataset(self, group: list[PatientSlices]) -> SliceDataset:
+        assert self.cached is not None
+        counts = [len(p.slices) for p in group]
+        positions = np.repeat([p.position for p in group], counts)
+        return SliceDataset(
+            volumes_path=self.cached.volumes_path,
+            slots=self.cached.slots[positions],
+            patient_positions=positions,
+            slice_indices=np.concatenate([p.slices for p in group]),
+            labels=np.repeat([p.label for p in group], counts),
+            patient_ids=self.cached.patient_ids,
+            modalities=self.modalities,
+            plane=self.slice_spec.plane,
+            dtype=TRANSFER_DTYPES[self.transfer_dtype],
+        )
+
+    # ------------------------------------------------------------- statistics
+    def class_counts(self, split: str = "train") -> np.ndarray:
+        """Slices per class in ``split``."""
+        labels = self.datasets[split].labels
+        return np.bincount(labels[labels >= 0], minlength=len(self.classes))
+
+    @property
+    def class_weights(self) -> torch.Tensor:
+        """Loss weights from the training slices: total / (classes * count), as sklearn's 'balanced'."""
+        counts = self.class_counts("train").astype(np.float64)
+        weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+        return torch.tensor(weights, dtype=torch.float32)
+
+    def split_table(self) -> list[tuple[str, str, str]]:
+        """(patient_id, label name, split) for every usable patient."""
+        return [(p.patient_id, self._label_name(None if p.label < 0 else p.label), self.assignment[p.patient_id]) for p in self.patients]
+
+    def write_splits(self, path: str | Path) -> None:
+        """Write ``splits.csv`` (patient_id,label,split) for a run directory."""
+        labels = {pid: label for pid, label, _ in self.split_table()}
+        write_splits(path, self.assignment, labels)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts a user wants to see after preparing a cohort."""
+        assert self.cohort is not None and self.cached is not None
+        per_class = Counter(self._label_name(None if p.label < 0 else p.label) or "unlabelled" for p in self.patients)
+        split_counts = Counter(self.assignment.values())
+        return {
+            "root": str(self.cohort.root),
+            "patients": len(self.patients),
+            "patients_per_class": dict(sorted(per_class.items())),
+            "skipped": len(self.skipped),
+            "masks_found": int(sum(self.cached.has_mask)),
+            "slices": int(sum(len(p.slices) for p in self.patients)),
+            "slice_strategy": self.slice_spec.strategy,
+            "plane": self.slice_spec.plane,
+            "splits": {name: split_counts.get(name, 0) for name in (*SPLITS, "all") if split_counts.get(name)},
+            "cache_path": str(self.cached.directory),
+            "cache_bytes": self.cached.size_bytes(),
+        }
+
+    # ------------------------------------------------------------ dataloaders
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise RuntimeError(f"no patients in the {split} split (call setup() first, or check data.split)")
+        dataset = self.datasets[split]
+        generator = torch.Generator().manual_seed(self.seed)
+        if train and self.sampler == "weighted":
+            counts = self.class_counts(split)
+            weights = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)[torch.from_numpy(dataset.labels)]
+            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+        elif train:
+            sampler = RandomSampler(dataset, generator=generator)
+        else:
+            sampler = SequentialSampler(dataset)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=train and len(dataset) > self.batch_size,
+            collate_fn=identity_collate,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("all", train=False)
+
+    def dataloader(self, split: str) -> DataLoader:
+        """A sequential loader over any split, including ``all``."""
+        return self._loader(split, train=False)
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """On the device: cast to float32, then augment if training."""
+        image = batch["image"]
+        if image.dtype != torch.float32:
+            image = image.float()
+        trainer = self.trainer
+        if self._augmenter is not None and trainer is not None and trainer.training:
+            if trainer.current_epoch != self._augment_epoch:
+                self._augment_epoch = trainer.current_epoch
+                self._augmenter.set_epoch(trainer.current_epoch)
+            image = self._augmenter(image)
+        batch["image"] = image
+        return batch
+
+
+def _has_entries(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)

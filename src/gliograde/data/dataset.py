@@ -1,0 +1,98 @@
+"""Map-style dataset of 2D slices read from the cache, one batch per call.
+
+The DataLoader calls ``__getitems__`` with a whole batch of indices; for axial slices the
+batch is gathered from the memory-mapped cache with one fancy-indexing call, so a batch
+costs about one memcpy of its bytes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from gliograde.data.specs import MODALITIES
+
+
+class SliceDataset(Dataset):
+    """Samples are (patient, slice) pairs of one plane; channels are ``modalities`` in order.
+
+    A batch is a dict: ``image`` ``[B, C, H, W]`` (``dtype``), ``label`` ``[B]`` int64 (-1 when
+    unlabelled), ``patient`` ``[B]`` int64 (position in ``patient_ids``), ``slice_index``
+    ``[B]`` int64, and ``patient_id`` (list of str).
+    """
+
+    def __init__(
+        self,
+        volumes_path: Path,
+        slots: np.ndarray,
+        patient_positions: np.ndarray,
+        slice_indices: np.ndarray,
+        labels: np.ndarray,
+        patient_ids: tuple[str, ...],
+        modalities: tuple[str, ...],
+        plane: str = "axial",
+        dtype: torch.dtype = torch.float32,
+    ):
+        self.volumes_path = Path(volumes_path)
+        self.slots = np.asarray(slots, dtype=np.int64)
+        self.patient_positions = np.asarray(patient_positions, dtype=np.int64)
+        self.slice_indices = np.asarray(slice_indices, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.patient_ids = patient_ids
+        self.channels = np.array([MODALITIES.index(m) for m in modalities], dtype=np.int64)
+        self.plane = plane
+        self.dtype = dtype
+        self._volumes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.slice_indices)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Worker processes open their own memory map.
+        state = self.__dict__.copy()
+        state["_volumes"] = None
+        return state
+
+    @property
+    def volumes(self) -> np.ndarray:
+        if self._volumes is None:
+            self._volumes = np.load(self.volumes_path, mmap_mode="r")
+        return self._volumes
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        batch = self.__getitems__([index])
+        return {k: v[0] for k, v in batch.items()}
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        idx = np.asarray(indices, dtype=np.int64)
+        images = self._read(self.slots[idx], self.slice_indices[idx])
+        image = torch.from_numpy(images)
+        if image.dtype != self.dtype:
+            image = image.to(self.dtype)
+        positions = self.patient_positions[idx]
+        return {
+            "image": image,
+            "label": torch.from_numpy(self.labels[idx]),
+            "patient": torch.from_numpy(positions),
+            "slice_index": torch.from_numpy(self.slice_indices[idx]),
+            "patient_id": [self.patient_ids[p] for p in positions],
+        }
+
+    def _read(self, slots: np.ndarray, slices: np.ndarray) -> np.ndarray:
+        vol = self.volumes  # [slot, z, channel, y, x]
+        if self.plane == "axial":
+            return vol[slots[:, None], slices[:, None], self.channels[None, :]]
+        if self.plane == "coronal":  # fixed y -> [channel, z, x]
+            parts = [vol[s, :, :, i, :][:, self.channels].transpose(1, 0, 2) for s, i in zip(slots, slices)]
+        else:  # sagittal: fixed x -> [channel, z, y]
+            parts = [vol[s, :, :, :, i][:, self.channels].transpose(1, 0, 2) for s, i in zip(slots, slices)]
+        return np.ascontiguousarray(np.stack(parts)) if parts else np.empty((0,), dtype=vol.dtype)
+
+
+def identity_collate(batch: dict[str, Any]) -> dict[str, Any]:
+    """``__getitems__`` already returns a collated batch."""
+    return batch

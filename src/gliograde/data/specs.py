@@ -1,0 +1,139 @@
+"""Typed views of the ``data.*`` config. Hydra hands us nested mappings; these dataclasses give
+them names, defaults and validation, and reject unknown keys so a typo is an error, not a no-op."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
+"""Canonical modality names, and the channel order of the cache."""
+
+PLANES: tuple[str, ...] = ("axial", "coronal", "sagittal")
+
+
+@dataclass(frozen=True)
+class LayoutSpec:
+    """How a cohort's patient folders and files are named.
+
+    Templates are file stems with ``{id}`` standing for the patient folder's name; ``.nii`` and
+    ``.nii.gz`` are both accepted.
+    """
+
+    name: str = "brats2020"
+    patient_pattern: str = r"BraTS20_(Training|Validation)_\d{3}"
+    modality_files: Mapping[str, str] = field(
+        default_factory=lambda: {m: "{id}_" + m for m in MODALITIES}
+    )
+    mask_file: str = "{id}_seg"
+    mask_labels: tuple[int, ...] = (0, 1, 2, 4)
+    enhancing_label: int = 4
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    """Where the class labels come from: a CSV table keyed by patient id.
+
+    ``file`` is absolute, or relative to the folder holding the patient folders (then to
+    ``data.root``); ``None`` means the cohort has no labels.
+    """
+
+    file: str | None = "name_mapping.csv"
+    id_column: str = "BraTS_2020_subject_ID"
+    label_column: str = "Grade"
+    classes: tuple[str, ...] = ("LGG", "HGG")
+    missing_values: tuple[str, ...] = ("NA", "")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """Settings that change the cached voxels (and so are part of the cache key)."""
+
+    clip_percentiles: tuple[float, float] | None = None
+    reorient: str | None = None  # e.g. "RAS" or "LPS"; None keeps the files' voxel order
+    workers: int | None = None  # None: every available core
+
+
+@dataclass(frozen=True)
+class SliceSpec:
+    """Which 2D slices of each patient become samples (applied when reading the cache)."""
+
+    strategy: str = "tumor_topk"  # tumor_topk | tumor_all | brain | middle | range
+    plane: str = "axial"
+    k: int = 10
+    min_area: int = 1
+    min_brain_fraction: float = 0.5
+    n: int = 10
+    z_min: int = 0
+    z_max: int = -1  # inclusive; negative counts from the end
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Patient-level stratified split fractions (of the whole cohort) and their seed."""
+
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Train-only augmentation, applied per batch after transfer to the device."""
+
+    enabled: bool = False
+    prob: float = 0.5
+    flip: bool = True
+    rotate_degrees: float = 10.0
+    scale: float = 0.1
+    intensity_scale: float = 0.1
+    intensity_shift: float = 0.1
+    gamma: tuple[float, float] = (0.8, 1.25)
+    noise_std: float = 0.05
+    bias_field: float = 0.2
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    """The built-in synthetic cohort, generated under ``data.root`` on first use."""
+
+    patients: int = 40
+    seed: int = 0
+    shape: tuple[int, int, int] = (240, 240, 155)
+    lgg_fraction: float = 76 / 369
+
+
+T = TypeVar("T")
+
+
+def from_mapping(cls: type[T], mapping: Mapping[str, Any] | T | None, where: str) -> T:
+    """Build dataclass ``cls`` from a (possibly nested Omega) mapping, rejecting unknown keys.
+
+    ``where`` names the config node in error messages, e.g. ``data.slices``.
+    """
+    if mapping is None:
+        return cls()
+    if isinstance(mapping, cls):
+        return mapping
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(mapping) - set(names))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    values = {}
+    for key, value in mapping.items():
+        values[key] = _plain(value)
+    return cls(**values)
+
+
+def _plain(value: Any) -> Any:
+    """Omega containers to tuples/dicts so dataclasses stay hashable and comparable."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig":
+        return tuple(_plain(v) for v in value)
+    return value

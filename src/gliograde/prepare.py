@@ -1,0 +1,58 @@
+"""``python -m gliograde.prepare [data=PRESET] [data.root=PATH] [data.*=...]``
+
+Validates a cohort, builds its slice cache, and prints what was found. Takes the same
+``data.*`` overrides as ``train.py``, so the cache it builds is the one training will use.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from gliograde.config import CONF_DIR, build
+from gliograde.data.errors import DataError
+
+log = logging.getLogger("gliograde.prepare")
+
+
+def format_summary(summary: dict) -> str:
+    """A readable block of the DataModule's summary."""
+    size_gb = summary["cache_bytes"] / 1e9
+    lines = [
+        f"cohort        {summary['root']}",
+        f"patients      {summary['patients']} ("
+        + ", ".join(f"{name}: {n}" for name, n in summary["patients_per_class"].items())
+        + ")",
+        f"skipped       {summary['skipped']}",
+        f"masks found   {summary['masks_found']}",
+        f"slices        {summary['slices']} ({summary['slice_strategy']}, {summary['plane']})",
+        "splits        " + ", ".join(f"{k}: {v}" for k, v in summary["splits"].items()),
+        f"cache         {summary['cache_path']} ({size_gb:.2f} GB)",
+    ]
+    return "\n".join(lines)
+
+
+def run(cfg: DictConfig) -> dict:
+    """Prepare the cohort of ``cfg.data`` and return its summary."""
+    datamodule = build(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule.summary()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    try:
+        summary = run(cfg)
+    except (DataError, ValueError, MissingMandatoryValue) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(format_summary(summary))
+
+
+if __name__ == "__main__":
+    main()
