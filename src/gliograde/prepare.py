@@ -11,7 +11,6 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
 
 from gliograde.config import CONF_DIR, build
 from gliograde.data.errors import DataError
@@ -48,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
 def main(cfg: DictConfig) -> None:
     try:
         summary = run(cfg)
-    except (DataError, ValueError, MissingMandatoryValue) as err:
+    except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     print(format_summary(summary))

@@ -183,8 +183,8 @@ class GliomaDataModule(L.LightningDataModule):
             raise DataError(str(cohort.problems[0]) + more)
         if self.slice_spec.strategy in NEEDS_MASK and self.on_error == "raise":
             for record in cohort.patients:
-                if record.mask is None:
-                    select_slices(record.patient_id, np.zeros(1), None, self.slice_spec)  # raises
+                if record.mask is None:  # fail before the long build, not after it
+                    select_slices(record.patient_id, np.zeros(1), None, self.slice_spec, self._mask_hint(record))
         cached = open_or_build(
             cohort.patients,
             self.cache_dir,
@@ -226,6 +226,10 @@ class GliomaDataModule(L.LightningDataModule):
             [[e.patient or "", e.where or "", e.problem] for e in self.skipped],
         )
 
+    def _mask_hint(self, record) -> str:
+        expected = self.layout.mask_file.format(id=record.patient_id)
+        return str(record.folder / f"{expected}.nii[.gz]")
+
     def _label_name(self, label: int | None) -> str:
         return "" if label is None else self.classes[label]
 
@@ -247,7 +251,9 @@ class GliomaDataModule(L.LightningDataModule):
                 continue  # excluded by a label problem, already reported
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
             try:
-                chosen = select_slices(patient_id, cached.brain_area[plane][position], tumour, self.slice_spec)
+                chosen = select_slices(
+                    patient_id, cached.brain_area[plane][position], tumour, self.slice_spec, self._mask_hint(record)
+                )
             except DataError as err:
                 if self.on_error == "raise":
                     raise
@@ -266,6 +272,7 @@ class GliomaDataModule(L.LightningDataModule):
                 self.slice_spec.strategy,
                 ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
             )
+        self._write_cohort_tables()
         if not patients:
             raise DataError(f"no patient has slices selected by data.slices={self.slice_spec}", where=self.root)
         self.patients = patients

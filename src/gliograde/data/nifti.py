@@ -57,9 +57,9 @@ def _is_truncated(path: Path, expected: int) -> bool:
     """Compare the stream length with the header's promise, cheaply where possible.
 
     A gzip trailer stores the uncompressed length (modulo 2**32); a cut-off file ends in
-    compressed bytes instead, which almost never read as a length this large. Only then, or
-    for multi-member gzip files whose trailer covers the last member alone, do we stream the
-    whole file to be sure.
+    compressed bytes instead, which almost never equal the promised length. Only on a
+    mismatch (a damaged file, or a multi-member gzip whose trailer covers its last member
+    alone) do we stream the whole file to be sure.
     """
     size = path.stat().st_size
     if path.suffix != ".gz":
@@ -69,7 +69,7 @@ def _is_truncated(path: Path, expected: int) -> bool:
     with open(path, "rb") as fh:
         fh.seek(-4, 2)
         (stored,) = struct.unpack("<I", fh.read(4))
-    if expected >= 2**32 or stored >= expected:
+    if stored == expected % 2**32:
         return False
     total = 0
     try:

@@ -20,12 +20,17 @@ def validate_slice_spec(spec: SliceSpec) -> None:
 
 
 def select_slices(
-    patient: str, brain_area: np.ndarray, tumour_area: np.ndarray | None, spec: SliceSpec
+    patient: str,
+    brain_area: np.ndarray,
+    tumour_area: np.ndarray | None,
+    spec: SliceSpec,
+    mask_hint: str | None = None,
 ) -> np.ndarray:
     """Indices (ascending) of the slices of one patient that ``spec`` selects.
 
     ``brain_area``/``tumour_area`` are per-slice voxel counts along ``spec.plane``;
-    ``tumour_area`` is None for a patient without a mask.
+    ``tumour_area`` is None for a patient without a mask; ``mask_hint`` names the mask file
+    that was looked for, for the error message.
     """
     strategy = spec.strategy
     if strategy in NEEDS_MASK:
@@ -34,6 +39,7 @@ def select_slices(
                 f"no tumour mask, which data.slices.strategy={strategy} needs "
                 "(use brain, middle or range for cohorts without masks)",
                 patient,
+                mask_hint,
             )
         if strategy == "tumor_topk":
             candidates = np.flatnonzero(tumour_area > 0)
