@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny synthetic cohort in the BraTS 2020 layout, made once per session."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gliograde.data.datamodule import GliomaDataModule
+from gliograde.data.synthetic import generate_cohort
+
+TINY_SHAPE = (40, 40, 20)
+
+
+@pytest.fixture(scope="session")
+def tiny_cohort_master(tmp_path_factory) -> Path:
+    """24 patients (8 LGG) of 40x40x20 voxels; never modified (copy it to change files)."""
+    root = tmp_path_factory.mktemp("cohorts") / "tiny"
+    generate_cohort(root, patients=24, seed=3, shape=TINY_SHAPE, lgg_fraction=1 / 3)
+    return root
+
+
+@pytest.fixture
+def tiny_cohort(tiny_cohort_master, tmp_path) -> Path:
+    """A private, writable copy of the tiny cohort."""
+    root = tmp_path / "cohort"
+    shutil.copytree(tiny_cohort_master, root)
+    return root
+
+
+def make_datamodule(root: Path, cache_dir: Path, **overrides) -> GliomaDataModule:
+    """A DataModule on the BraTS 2020 preset, quiet and single-process unless overridden."""
+    options = dict(
+        root=root,
+        cache_dir=cache_dir,
+        batch_size=8,
+        progress=False,
+        preprocess={"workers": 1},
+        slices={"strategy": "tumor_topk", "k": 4},
+    )
+    options.update(overrides)
+    return GliomaDataModule(**options)
+
+
+def patient_file(root: Path, patient: str, suffix: str) -> Path:
+    """Path of ``patient``'s ``suffix`` file (flair, t1, t1ce, t2 or seg)."""
+    return root / patient / f"{patient}_{suffix}.nii"

@@ -1,0 +1,148 @@
+"""Cache: normalisation, reuse without decoding, keying, atomic and concurrent builds."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import gliograde.data.cache as cache_module
+from gliograde.data.cache import CachedCohort
+from gliograde.data.specs import MODALITIES
+
+from conftest import make_datamodule, patient_file
+
+
+def _entries(cache_dir: Path) -> list[str]:
+    return sorted(p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_cache_holds_zscored_modalities_with_zero_background(tiny_cohort, tmp_path):
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache")
+    dm.prepare_data()
+    cached = dm.cached
+    volumes = np.load(cached.volumes_path, mmap_mode="r")
+    x, y, z = cached.shape
+    assert volumes.shape == (len(cached.patient_ids), z, len(MODALITIES), y, x)
+    assert volumes.dtype == np.float16
+    pid = cached.patient_ids[0]
+    slot = cached.slots[0]
+    for channel, modality in enumerate(MODALITIES):
+        raw = np.asarray(nib.load(patient_file(tiny_cohort, pid, modality)).dataobj).T  # (z, y, x)
+        got = volumes[slot, :, channel].astype(np.float32)
+        brain = raw != 0
+        assert np.all(got[~brain] == 0)
+        assert abs(got[brain].mean()) < 0.01
+        assert abs(got[brain].std() - 1) < 0.01
+        expected = (raw[brain] - raw[brain].mean()) / raw[brain].std()
+        np.testing.assert_allclose(got[brain], expected, atol=0.01, rtol=0.002)
+
+
+def test_clipping_changes_the_key_and_bounds_the_values(tiny_cohort, tmp_path):
+    plain = make_datamodule(tiny_cohort, tmp_path / "cache")
+    plain.prepare_data()
+    clipped = make_datamodule(tiny_cohort, tmp_path / "cache", preprocess={"workers": 1, "clip_percentiles": (5, 95)})
+    clipped.prepare_data()
+    assert plain.cached.directory != clipped.cached.directory
+    a = np.load(plain.cached.volumes_path, mmap_mode="r")
+    b = np.load(clipped.cached.volumes_path, mmap_mode="r")
+    assert np.abs(b).max() < np.abs(a).max()
+
+
+def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
+    first = make_datamodule(tiny_cohort, tmp_path / "cache")
+    first.prepare_data()
+    first.setup()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("NIfTI decoded although the cache exists")
+
+    monkeypatch.setattr(cache_module, "preprocess_patient", fail)
+    monkeypatch.setattr(cache_module, "read_header", fail)
+    # Other modalities, strategy and plane reuse the same cache.
+    second = make_datamodule(
+        tiny_cohort, tmp_path / "cache", modalities=["t2", "flair"], slices={"strategy": "brain", "plane": "coronal"}
+    )
+    second.prepare_data()
+    second.setup()
+    assert second.cached.directory == first.cached.directory
+    batch = next(iter(second.train_dataloader()))
+    assert batch["image"].shape[1] == 2
+
+
+def test_touching_an_input_file_rebuilds(tiny_cohort, tmp_path):
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache")
+    dm.prepare_data()
+    path = patient_file(tiny_cohort, "BraTS20_Training_005", "t2")
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    again = make_datamodule(tiny_cohort, tmp_path / "cache")
+    again.prepare_data()
+    assert again.cached.directory != dm.cached.directory
+
+
+def test_parallel_build_equals_serial_build(tiny_cohort, tmp_path):
+    serial = make_datamodule(tiny_cohort, tmp_path / "serial")
+    serial.prepare_data()
+    parallel = make_datamodule(tiny_cohort, tmp_path / "parallel", preprocess={"workers": 2})
+    parallel.prepare_data()
+    a = np.load(serial.cached.volumes_path)
+    b = np.load(parallel.cached.volumes_path)
+    np.testing.assert_array_equal(a, b)
+    for plane in ("axial", "coronal", "sagittal"):
+        np.testing.assert_array_equal(serial.cached.tumour_area[plane], parallel.cached.tumour_area[plane])
+
+
+def test_interrupted_build_leaves_nothing_trusted(tiny_cohort, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = cache_module.preprocess_patient
+
+    def interrupt_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "preprocess_patient", interrupt_third)
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        make_datamodule(tiny_cohort, cache_dir).prepare_data()
+    assert _entries(cache_dir) == []
+    monkeypatch.setattr(cache_module, "preprocess_patient", real)
+    dm = make_datamodule(tiny_cohort, cache_dir)
+    dm.prepare_data()
+    assert len(dm.cached.patient_ids) == 24
+
+
+def _build_in_process(root: str, cache_dir: str, start: float, queue) -> None:
+    while time.time() < start:
+        time.sleep(0.005)
+    dm = make_datamodule(Path(root), Path(cache_dir))
+    dm.prepare_data()
+    queue.put(str(dm.cached.directory))
+
+
+def test_two_concurrent_builds_end_with_one_good_cache(tiny_cohort, tmp_path):
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    start = time.time() + 3.0  # both processes past their imports, then go together
+    procs = [
+        context.Process(target=_build_in_process, args=(str(tiny_cohort), str(tmp_path / "cache"), start, queue))
+        for _ in range(2)
+    ]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    directories = {queue.get(timeout=5), queue.get(timeout=5)}
+    assert len(directories) == 1
+    assert _entries(tmp_path / "cache") == [Path(directories.pop()).name]
+    cached = CachedCohort.load(next(p for p in (tmp_path / "cache").iterdir() if p.is_dir()))
+    assert len(cached.patient_ids) == 24
+    assert np.isfinite(np.load(cached.volumes_path, mmap_mode="r")).all()

@@ -1,0 +1,66 @@
+"""`python -m gliograde.prepare` on a Kaggle-layout tree, and its one-line errors."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _prepare(*overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "gliograde.prepare", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.fixture
+def kaggle_tree(tiny_cohort_master, tmp_path) -> Path:
+    """The Kaggle zip's nesting, archive debris, and case 355's odd mask name."""
+    top = tmp_path / "archive"
+    inner = top / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
+    shutil.copytree(tiny_cohort_master, inner)
+    (top / "__MACOSX" / "BraTS2020_TrainingData").mkdir(parents=True)
+    (top / ".DS_Store").write_bytes(b"\0\0")
+    (inner / "survival_info.csv").write_text("Brats20ID,Age\n")
+    (inner / "README.txt").write_text("read me\n")
+    odd = inner / "BraTS20_Training_003"
+    (odd / "BraTS20_Training_003_seg.nii").rename(odd / "W39_1998.09.19_Segm.nii")
+    return top
+
+
+def test_prepare_on_kaggle_layout(kaggle_tree, tmp_path):
+    result = _prepare("data=brats2020", f"data.root={kaggle_tree}", f"data.cache_dir={tmp_path / 'cache'}",
+                      "data.preprocess.workers=2", "data.progress=false")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "patients      24 (HGG: 16, LGG: 8)" in out
+    assert "masks found   24" in out
+    assert "skipped       0" in out
+    assert "MICCAI_BraTS2020_TrainingData" in out
+    assert "W39_1998.09.19_Segm.nii" in result.stdout + result.stderr  # the mask fallback is announced
+    cache = [p for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert len(cache) == 1 and (cache[0] / "cohort.csv").exists()
+    assert "W39_1998.09.19_Segm.nii" in (cache[0] / "cohort.csv").read_text()
+
+
+def test_prepare_reports_bad_root_in_one_line(tmp_path):
+    result = _prepare("data=brats2020", f"data.root={tmp_path / 'nowhere'}", f"data.cache_dir={tmp_path / 'c'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0]
+    assert "nowhere" in lines[0]
+
+
+def test_prepare_requires_a_root_for_real_presets(tmp_path):
+    result = _prepare("data=brats2021", f"data.cache_dir={tmp_path / 'c'}")
+    assert result.returncode == 2
+    assert "data.root" in result.stderr and len(result.stderr.strip().splitlines()) == 1
