@@ -1,0 +1,1 @@
+"""Network backbones for glioma-grade classification."""
