@@ -276,8 +276,10 @@ def _preprocess_all(
             for slot, record in enumerate(good):
                 record_outcome(slot, _outcome(volumes_path, slot, record, spec, mask_labels))
         else:
-            # spawn, not fork: the parent may hold torch threads that a fork would copy broken.
-            context = multiprocessing.get_context("spawn")
+            # fork where the platform has it: spawn would re-import the entry point (torch,
+            # Lightning) in every worker. Workers use numpy and nibabel only, never torch.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
             with ProcessPoolExecutor(workers, mp_context=context) as pool:
                 futures = {
                     pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot

@@ -1,0 +1,202 @@
+"""The LightningModule: a backbone, cross-entropy, and slice- and patient-level metrics."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import (
+    BinaryAUROC,
+    BinaryF1Score,
+    MulticlassAccuracy,
+    MulticlassAUROC,
+    MulticlassF1Score,
+)
+
+from gliograde.models.backbones import create_backbone
+from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
+
+STAGES = ("train", "val", "test")
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+class SliceMetrics(torch.nn.Module):
+    """Slice-level accuracy, balanced accuracy, AUROC and F1 (of class 1 when binary)."""
+
+    def __init__(self, stage: str, num_classes: int):
+        super().__init__()
+        self.binary = num_classes == 2
+        self.on_probs = MetricCollection(
+            {
+                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
+                "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
+            },
+            prefix=f"{stage}/",
+        )
+        if self.binary:
+            ranking = {"auroc": BinaryAUROC(), "f1": BinaryF1Score()}
+        else:
+            ranking = {"auroc": MulticlassAUROC(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
+        self.on_scores = MetricCollection(ranking, prefix=f"{stage}/")
+
+    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        self.on_probs.update(probs, labels)
+        self.on_scores.update(probs[:, 1] if self.binary else probs, labels)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {**self.on_probs.compute(), **self.on_scores.compute()}
+
+    def reset(self) -> None:
+        self.on_probs.reset()
+        self.on_scores.reset()
+
+
+class GradeClassifier(L.LightningModule):
+    """Slice classifier whose reports are patient-level (mean slice probability per patient).
+
+    Metric names: ``{stage}/{metric}`` for slices, ``{stage}/patient_{metric}`` for patients,
+    and ``val/{monitor}_best`` for the best value so far of the monitored patient metric.
+    All constructor arguments are saved in checkpoints, so a checkpoint alone rebuilds it.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        in_channels: int = 4,
+        num_classes: int = 2,
+        class_names: Sequence[str] = ("LGG", "HGG"),
+        pretrained: str | None = None,
+        stem_stride: int | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        class_weights: Sequence[float] | None = None,
+        monitor: str = "val/patient_auroc",
+        compile: bool = False,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        # logger=False: hyperparameters go to TensorBoard once, at the end, with the final metrics.
+        self.save_hyperparameters(logger=False)
+        self.optimizer_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, **(optimizer or {})}
+        self.scheduler_cfg = {"name": "cosine", "warmup_epochs": 1, **(scheduler or {})}
+        loss = {"class_weighted": False, "label_smoothing": 0.0, **(loss or {})}
+        self.label_smoothing = float(loss["label_smoothing"])
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weight", weights, persistent=False)
+        self.net = create_backbone(backbone, in_channels, num_classes, pretrained, stem_stride)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.channels_last = channels_last
+        self._forward_net = torch.compile(self.net) if compile else self.net
+        # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
+        self.slice_metrics = torch.nn.ModuleDict({f"{s}_slices": SliceMetrics(s, num_classes) for s in STAGES})
+        self.patient_probs = torch.nn.ModuleDict({f"{s}_patients": PatientProbabilities() for s in ("val", "test")})
+        self.monitor = monitor
+        self.best_monitored = MaxMetric()
+        self.test_patient_outputs: dict[str, torch.Tensor] = {}
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self._forward_net(images)
+
+    # ----------------------------------------------------------------- steps
+    def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
+        logits = self(batch["image"])
+        labels = batch["label"]
+        loss = F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=self.label_smoothing)
+        probs = logits.detach().float().softmax(dim=1)
+        self.slice_metrics[f"{stage}_slices"].update(probs, labels)
+        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=stage != "train")
+        if f"{stage}_patients" in self.patient_probs:
+            self.patient_probs[f"{stage}_patients"].update(probs, labels, batch["patient"], batch["slice_index"])
+        return loss
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        probs = self(batch["image"]).float().softmax(dim=1)
+        return {"probs": probs, "patient": batch["patient"], "slice_index": batch["slice_index"], "label": batch["label"]}
+
+    # ------------------------------------------------------------ epoch ends
+    def _log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        slice_metrics = self.slice_metrics[f"{stage}_slices"]
+        self.log_dict(slice_metrics.compute(), sync_dist=True)
+        slice_metrics.reset()
+        if f"{stage}_patients" not in self.patient_probs:
+            return {}
+        patient_probs = self.patient_probs[f"{stage}_patients"]
+        patients, probs, labels = patient_probs.compute()
+        patient_probs.reset()
+        if len(patients) == 0:
+            return {}
+        values = classification_metrics(probs, labels, prefix=f"{stage}/patient_")
+        values[f"{stage}/patient_count"] = torch.tensor(float(len(patients)))
+        # Every rank computed the same values from the gathered states.
+        self.log_dict({k: v.to(self.device) for k, v in values.items()}, sync_dist=True)
+        if stage == "test":
+            self.test_patient_outputs = {"patient": patients.cpu(), "probs": probs.cpu(), "label": labels.cpu()}
+        return values
+
+    def on_train_start(self) -> None:
+        self.best_monitored.reset()  # the sanity check's values must not count
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._log_epoch_metrics("val")
+        if self.trainer.sanity_checking or self.monitor not in values:
+            return
+        current = values[self.monitor]
+        if not torch.isnan(current):
+            self.best_monitored.update(current.to(self.device))
+        self.log(f"{self.monitor}_best", self.best_monitored.compute(), sync_dist=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
+    # ------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> dict[str, Any]:
+        cfg = dict(self.optimizer_cfg)
+        name = cfg.pop("name")
+        if name not in OPTIMIZERS:
+            raise ValueError(f"model.optimizer.name={name!r} must be one of {list(OPTIMIZERS)}")
+        optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
+        schedule = dict(self.scheduler_cfg)
+        kind = schedule.pop("name")
+        if kind in (None, "none", "constant"):
+            return {"optimizer": optimizer}
+        if kind != "cosine":
+            raise ValueError(f"model.scheduler.name={kind!r} must be cosine or none")
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        warmup = int(total * float(schedule.get("warmup_epochs", 0)) / epochs)
+        lr_lambda = _warmup_cosine(total, warmup, float(schedule.get("min_lr_ratio", 0.0)))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _warmup_cosine(total: int, warmup: int, floor: float):
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``floor`` at ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor

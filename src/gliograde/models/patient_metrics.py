@@ -1,0 +1,105 @@
+"""Patient-level aggregation and metrics: a grade call is made per patient, not per slice."""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics import Metric
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_f1_score,
+    binary_recall,
+    binary_specificity,
+    multiclass_accuracy,
+    multiclass_auroc,
+    multiclass_f1_score,
+    multiclass_recall,
+    multiclass_specificity,
+)
+
+
+class PatientProbabilities(Metric):
+    """Collects slice probabilities and reduces them to one mean probability per patient.
+
+    States are concatenated across processes on ``compute``; duplicate (patient, slice)
+    pairs (a DistributedSampler pads its last batch by repeating samples) count once.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("patient", default=[], dist_reduce_fx="cat")
+        self.add_state("slice_index", default=[], dist_reduce_fx="cat")
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("label", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: torch.Tensor, label: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor) -> None:
+        self.probs.append(probs.detach().float())
+        self.label.append(label.detach())
+        self.patient.append(patient.detach())
+        self.slice_index.append(slice_index.detach())
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(patient ids [P], mean probabilities [P, K], labels [P]), sorted by patient."""
+        patient, slice_index, probs, label = (_cat(s) for s in (self.patient, self.slice_index, self.probs, self.label))
+        if patient.numel() == 0:
+            return patient, probs, label
+        key = torch.stack([patient, slice_index], dim=1)
+        _, first = _first_occurrence(key)
+        patient, probs, label = patient[first], probs[first], label[first]
+        patients, inverse = torch.unique(patient, return_inverse=True)
+        sums = torch.zeros(len(patients), probs.shape[1], device=probs.device).index_add_(0, inverse, probs)
+        counts = torch.bincount(inverse, minlength=len(patients)).unsqueeze(1)
+        labels = torch.zeros(len(patients), dtype=label.dtype, device=label.device).scatter_(0, inverse, label)
+        return patients, sums / counts, labels
+
+
+def _cat(state) -> torch.Tensor:
+    if isinstance(state, torch.Tensor):
+        return state
+    return torch.cat(state) if state else torch.empty(0)
+
+
+def _first_occurrence(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique rows and the index of each one's first occurrence."""
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    positions = torch.arange(len(rows), device=rows.device)
+    first = torch.full((len(unique),), len(rows), device=rows.device, dtype=torch.long)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return unique, first
+
+
+def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+    """Accuracy, balanced accuracy, AUROC, F1, sensitivity and specificity of ``probs`` [N, K].
+
+    With two classes, class 1 is positive (HGG in the BraTS presets): sensitivity is its
+    recall, specificity the recall of class 0. With more, macro averages over classes.
+    """
+    num_classes = probs.shape[1]
+    labels = labels.long()
+    if num_classes == 2:
+        positive = probs[:, 1]
+        sensitivity = binary_recall(positive, labels)
+        specificity = binary_specificity(positive, labels)
+        values = {
+            "accuracy": multiclass_accuracy(probs, labels, num_classes, average="micro"),
+            "balanced_accuracy": (sensitivity + specificity) / 2,
+            "auroc": binary_auroc(positive, labels) if _both_classes(labels) else torch.tensor(float("nan")),
+            "f1": binary_f1_score(positive, labels),
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+        }
+    else:
+        values = {
+            "accuracy": multiclass_accuracy(probs, labels, num_classes, average="micro"),
+            "balanced_accuracy": multiclass_recall(probs, labels, num_classes, average="macro"),
+            "auroc": multiclass_auroc(probs, labels, num_classes, average="macro"),
+            "f1": multiclass_f1_score(probs, labels, num_classes, average="macro"),
+            "sensitivity": multiclass_recall(probs, labels, num_classes, average="macro"),
+            "specificity": multiclass_specificity(probs, labels, num_classes, average="macro"),
+        }
+    return {f"{prefix}{name}": value.float() for name, value in values.items()}
+
+
+def _both_classes(labels: torch.Tensor) -> bool:
+    return bool((labels == 0).any() and (labels == 1).any())

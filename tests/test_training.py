@@ -1,0 +1,194 @@
+"""Training through Hydra: configs compose, fast_dev_run, a real short run, sweeps, GPU flag,
+resume. Uses one small synthetic cohort and one cache for the whole module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from gliograde.config import CONF_DIR, build
+from gliograde.data.datamodule import GliomaDataModule
+from gliograde.data.synthetic import generate_cohort
+from gliograde.training import NoGPUError, trainer_options
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP_OPTIONS = {
+    group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+    for group in ("data", "model", "trainer", "callbacks", "logger", "experiment", "debug", "hparams_search")
+}
+
+
+@pytest.fixture(scope="module")
+def small_cohort(tmp_path_factory) -> Path:
+    """40 patients (half LGG) of 48x48x24: big enough to learn from, quick to train on."""
+    root = tmp_path_factory.mktemp("train") / "cohort"
+    generate_cohort(root, patients=40, seed=11, shape=(48, 48, 24), lgg_fraction=0.5)
+    return root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("train_cache")
+
+
+def _data_args(root: Path, cache: Path) -> list[str]:
+    return [
+        "data=brats2020",
+        f"data.root={root}",
+        f"data.cache_dir={cache}",
+        "data.slices.k=6",
+        "data.batch_size=16",
+        "data.progress=false",
+        "data.split.train=0.5",
+        "data.split.val=0.2",
+        "data.split.test=0.3",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+
+
+def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _compose(overrides: list[str]):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+@pytest.mark.parametrize(
+    "group, option", [(g, o) for g, options in GROUP_OPTIONS.items() for o in options]
+)
+def test_every_config_composes_and_instantiates(group, option, tmp_path):
+    overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
+    if group != "data":
+        overrides.append("data=synthetic")
+    if group == "data" and option != "synthetic":
+        overrides.append(f"data.root={tmp_path}")
+    cfg = _compose(overrides)
+    OmegaConf.resolve(cfg)
+    datamodule = build(cfg.data)
+    assert isinstance(datamodule, GliomaDataModule)
+    model = build(cfg.model, in_channels=datamodule.num_channels, num_classes=2)
+    assert isinstance(model, L.LightningModule)
+    for node in (cfg.get("callbacks") or {}).values():
+        if node is not None:
+            assert isinstance(instantiate(node), L.Callback)
+    for node in (cfg.get("logger") or {}).values():
+        instantiate(node)
+    options = trainer_options(cfg.trainer) if cfg.trainer.accelerator != "gpu" else None
+    if options is not None:
+        L.Trainer(**options, logger=False, enable_checkpointing=False)
+
+
+def test_optuna_sweeper_config_composes(tmp_path):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert set(cfg.hydra.sweeper.params) == {"model.optimizer.lr", "model.optimizer.weight_decay", "data.batch_size"}
+
+
+def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
+    cfg = _compose(["trainer.gpus=2", "paths.output_dir=/tmp"]).trainer
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    options = trainer_options(cfg)
+    assert options["accelerator"] == "gpu" and options["devices"] == 2 and "gpus" not in options
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(NoGPUError, match="no GPU is available.*trainer=cpu"):
+        trainer_options(cfg)
+
+
+def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = _train("trainer.gpus=1", "data=brats2020", f"data.root={tmp_path / 'absent'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    assert result.returncode == 2
+    assert "no GPU is available" in result.stderr and "trainer=cpu" in result.stderr
+    assert "absent" not in result.stderr  # refused before the (bad) data root was looked at
+
+
+def test_fast_dev_run_through_hydra(small_cohort, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    result = _train(*_data_args(small_cohort, cache_dir), "debug=fast", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "test/patient_auroc" in metrics and "val/patient_auroc" in metrics
+    assert (run / "splits.csv").exists() and (run / "config.yaml").exists()
+    assert f"Run directory: {run}" in result.stdout
+
+
+def _events(run: Path) -> dict[str, set[str]]:
+    """Tags in the run's TensorBoard event files, by kind (scalars, images, hparams)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags: dict[str, set[str]] = {}
+    for path in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                kind = "scalars" if value.HasField("simple_value") else value.metadata.plugin_data.plugin_name
+                tags.setdefault(kind, set()).add(value.tag)
+    return tags
+
+
+def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    result = _train(*_data_args(small_cohort, cache_dir), "trainer=cpu", "trainer.max_epochs=6", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/patient_count"] == 12
+    assert metrics["test/patient_auroc"] >= 0.8, metrics  # chance is 0.5
+    assert "val/patient_auroc_best" in metrics
+    assert "Patient-level test metrics:" in result.stdout
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert Path(metrics["best_checkpoint"]).parent == run / "checkpoints"
+    splits = (run / "splits.csv").read_text().splitlines()
+    assert splits[0] == "patient_id,label,split" and len(splits) == 41
+    tags = _events(run)
+    assert {"val/patient_auroc", "test/patient_auroc", "train/loss_step"} <= tags["scalars"]
+    assert {"train/sample_slices", "test/patient_confusion_matrix"} <= tags["images"]
+    assert "_hparams_/session_start_info" in tags["hparams"]
+    # a checkpoint alone rebuilds the model
+    from gliograde.models.module import GradeClassifier
+
+    model = GradeClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
+    assert model.hparams.in_channels == 4 and model(torch.zeros(1, 4, 48, 48)).shape == (1, 2)
+
+
+def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = _train(
+        "-m", *_data_args(small_cohort, cache_dir), "debug=fast", "model=resnet18,resnet34",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [p.name for p in jobs] == ["0", "1"]
+    backbones = [OmegaConf.load(job / "config.yaml").model.backbone for job in jobs]
+    assert backbones == ["resnet18", "resnet34"]
+    assert all((job / "metrics.json").exists() for job in jobs)
+    assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 1  # both jobs used one cache
+
+
+def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    common = [*_data_args(small_cohort, cache_dir), "trainer=cpu", "debug=limit", f"hydra.run.dir={run}"]
+    first = _train(*common, "trainer.max_epochs=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    last = run / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False, map_location="cpu")["epoch"] == 0
+    # The second epoch runs 2 batches: a resumed run ends at step 4 + 2, a fresh one at 2 + 2.
+    second = _train(*common, "trainer.max_epochs=2", "trainer.limit_train_batches=2", f"ckpt_path={last}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    state = torch.load(last, weights_only=False, map_location="cpu")
+    assert state["global_step"] == 6
+    assert "Restoring states from the checkpoint" in second.stdout + second.stderr
