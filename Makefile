@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+train: install
+	$(BIN)/python train.py experiment=quickstart
+
 test: install
 	$(BIN)/python -m pytest -q
 
