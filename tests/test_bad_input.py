@@ -112,9 +112,7 @@ def read_skipped(dm) -> list[dict[str, str]]:
 
 
 def patients_in_datasets(dm) -> dict[str, set[str]]:
-    return {
-        name: {ds.patient_ids[p] for p in ds.patient_positions} for name, ds in dm.datasets.items()
-    }
+    return {name: {ds.patient_ids[p] for p in ds.patient_positions} for name, ds in dm.datasets.items()}
 
 
 def expect_raise(root: Path, cache_dir: Path, pid: str | None, file_part: str, words, **kw) -> str:
@@ -409,9 +407,7 @@ def test_decode_error_in_worker_process_keeps_patient_and_file(tiny_cohort, tmp_
 def test_label_file_missing_required(tiny_cohort, tmp_path):
     (tiny_cohort / MAPPING).unlink()
     for on_error in ("raise", "skip"):
-        msg = expect_raise(
-            tiny_cohort, tmp_path / "cache", None, MAPPING, ["not found"], on_error=on_error
-        )
+        msg = expect_raise(tiny_cohort, tmp_path / "cache", None, MAPPING, ["not found"], on_error=on_error)
         assert str(tiny_cohort) in msg, msg  # where it looked
 
 

@@ -13,6 +13,7 @@ import pytest
 
 import gliograde.data.cache as cache_module
 from gliograde.data.cache import CachedCohort
+from gliograde.data.errors import DataError
 from gliograde.data.specs import MODALITIES
 
 from conftest import make_datamodule, patient_file
@@ -46,7 +47,9 @@ def test_cache_holds_zscored_modalities_with_zero_background(tiny_cohort, tmp_pa
 def test_clipping_changes_the_key_and_bounds_the_values(tiny_cohort, tmp_path):
     plain = make_datamodule(tiny_cohort, tmp_path / "cache")
     plain.prepare_data()
-    clipped = make_datamodule(tiny_cohort, tmp_path / "cache", preprocess={"workers": 1, "clip_percentiles": (5, 95)})
+    clipped = make_datamodule(
+        tiny_cohort, tmp_path / "cache", preprocess={"workers": 1, "clip_percentiles": (5, 95)}
+    )
     clipped.prepare_data()
     assert plain.cached.directory != clipped.cached.directory
     a = np.load(plain.cached.volumes_path, mmap_mode="r")
@@ -66,7 +69,10 @@ def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "read_header", fail)
     # Other modalities, strategy and plane reuse the same cache.
     second = make_datamodule(
-        tiny_cohort, tmp_path / "cache", modalities=["t2", "flair"], slices={"strategy": "brain", "plane": "coronal"}
+        tiny_cohort,
+        tmp_path / "cache",
+        modalities=["t2", "flair"],
+        slices={"strategy": "brain", "plane": "coronal"},
     )
     second.prepare_data()
     second.setup()
@@ -132,7 +138,9 @@ def test_two_concurrent_builds_end_with_one_good_cache(tiny_cohort, tmp_path):
     queue = context.Queue()
     start = time.time() + 3.0  # both processes past their imports, then go together
     procs = [
-        context.Process(target=_build_in_process, args=(str(tiny_cohort), str(tmp_path / "cache"), start, queue))
+        context.Process(
+            target=_build_in_process, args=(str(tiny_cohort), str(tmp_path / "cache"), start, queue)
+        )
         for _ in range(2)
     ]
     for proc in procs:
@@ -146,3 +154,59 @@ def test_two_concurrent_builds_end_with_one_good_cache(tiny_cohort, tmp_path):
     cached = CachedCohort.load(next(p for p in (tmp_path / "cache").iterdir() if p.is_dir()))
     assert len(cached.patient_ids) == 24
     assert np.isfinite(np.load(cached.volumes_path, mmap_mode="r")).all()
+
+
+@pytest.mark.parametrize("codes", ["RAS", "ASR"])
+def test_reorientation_to_axis_codes(tiny_cohort, tmp_path, codes):
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache", preprocess={"workers": 1, "reorient": codes})
+    dm.prepare_data()
+    pid = dm.cached.patient_ids[0]
+    img = nib.load(patient_file(tiny_cohort, pid, "t2"))
+    expected = (
+        nib.as_closest_canonical(img)
+        if codes == "RAS"
+        else img.as_reoriented(
+            nib.orientations.ornt_transform(
+                nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(tuple(codes))
+            )
+        )
+    )
+    raw = np.asarray(expected.dataobj).T  # (z, y, x) of the reoriented volume
+    assert dm.cached.shape == expected.shape
+    got = np.load(dm.cached.volumes_path, mmap_mode="r")[dm.cached.slots[0], :, MODALITIES.index("t2")]
+    np.testing.assert_array_equal(got != 0, raw != 0)
+    assert nib.aff2axcodes(expected.affine) == tuple(codes)
+
+
+@pytest.mark.parametrize(
+    "preprocess, message",
+    [
+        ({"clip_percentiles": [99.5, 0.5]}, "clip_percentiles"),
+        ({"clip_percentiles": [1, 50, 99]}, "clip_percentiles"),
+        ({"reorient": "XYZ"}, "reorient='XYZ'"),
+        ({"reorient": "LLS"}, "reorient='LLS'"),
+    ],
+)
+def test_bad_preprocess_settings_fail_at_once(tiny_cohort, tmp_path, preprocess, message):
+    with pytest.raises(ValueError, match=message):
+        make_datamodule(tiny_cohort, tmp_path / "cache", preprocess=preprocess)
+
+
+def test_a_disk_too_small_is_refused_before_decoding(tiny_cohort, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(DataError, match=r"not enough free disk space for the cache: needs 0\.\d+ GB") as err:
+        make_datamodule(tiny_cohort, tmp_path / "cache").prepare_data()
+    assert "\n" not in str(err.value) and "data.cache_dir" in str(err.value)
+    assert _entries(tmp_path / "cache") == []
+
+
+def test_abandoned_partial_builds_are_removed(tiny_cohort, tmp_path):
+    cache_dir = tmp_path / "cache"
+    (cache_dir / ".0123abcd.partial-deadbeef").mkdir(parents=True)
+    (cache_dir / ".0123abcd.partial-deadbeef" / "volumes.npy").write_bytes(b"\0" * 100)
+    dm = make_datamodule(tiny_cohort, cache_dir)
+    dm.prepare_data()
+    assert _entries(cache_dir) == [dm.cached.directory.name]

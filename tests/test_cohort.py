@@ -30,8 +30,15 @@ LABELS = LabelSpec()  # name_mapping.csv, BraTS_2020_subject_ID, Grade
 ID_COL, LABEL_COL = LABELS.id_column, LABELS.label_column
 
 
-def make_patient(parent: Path, pid: str, layout: LayoutSpec = L2020, ext: str = ".nii",
-                 mask: bool = True, skip: tuple[str, ...] = (), exts: dict | None = None) -> Path:
+def make_patient(
+    parent: Path,
+    pid: str,
+    layout: LayoutSpec = L2020,
+    ext: str = ".nii",
+    mask: bool = True,
+    skip: tuple[str, ...] = (),
+    exts: dict | None = None,
+) -> Path:
     folder = parent / pid
     folder.mkdir(parents=True)
     for m in MODALITIES:
@@ -133,8 +140,7 @@ def test_2021_naming_gz(tmp_path):
 
 def test_2023_naming_gz(tmp_path):
     pid = "BraTS-GLI-00000-000"
-    make_patient(tmp_path / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", pid, L2023,
-                 ext=".nii.gz")
+    make_patient(tmp_path / "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", pid, L2023, ext=".nii.gz")
     c = discover_cohort(tmp_path, L2023, NO_LABELS, require_labels=False)
     p = c.patients[0]
     assert {m: f.name for m, f in p.modalities.items()} == {
@@ -174,8 +180,7 @@ def test_missing_modality_is_a_problem(tmp_path):
     err = only_problem(c)
     assert err.patient == pid
     assert one_line(err) == (
-        f"patient {pid}: {tmp_path.resolve() / pid}: "
-        f"missing flair file (expected {pid}_flair.nii[.gz])"
+        f"patient {pid}: {tmp_path.resolve() / pid}: missing flair file (expected {pid}_flair.nii[.gz])"
     )
     assert [p.patient_id for p in c.patients] == ["BraTS20_Training_002"]
 
@@ -230,6 +235,19 @@ def test_ambiguous_root(tmp_path):
         find_patient_root(tmp_path, L2020)
     msg = one_line(e.value)
     assert "MICCAI_BraTS2020_TrainingData" in msg and "MICCAI_BraTS2020_ValidationData" in msg
+
+
+def test_kaggle_top_level_picks_the_cohort_that_holds_the_label_file(tmp_path):
+    train = tmp_path / "BraTS2020_TrainingData" / "MICCAI_BraTS2020_TrainingData"
+    make_2020(train)
+    mapping(train / "name_mapping.csv", {"BraTS20_Training_001": "LGG"})
+    val = tmp_path / "BraTS2020_ValidationData" / "MICCAI_BraTS2020_ValidationData"
+    make_patient(val, "BraTS20_Validation_001", mask=False)
+    (val / "name_mapping_validation_data.csv").write_text("BraTS_2020_subject_ID\nBraTS20_Validation_001\n")
+    assert find_patient_root(tmp_path, L2020, "name_mapping.csv") == train.resolve()
+    assert find_patient_root(tmp_path, L2020, "name_mapping_validation_data.csv") == val.resolve()
+    with pytest.raises(DataError, match="ambiguous root"):
+        find_patient_root(tmp_path, L2020, "absent.csv")
 
 
 def test_same_patient_in_two_places(tmp_path):
@@ -357,8 +375,16 @@ def test_missing_label_column_validation_table(tmp_path, require):
     spec = LabelSpec(file="name_mapping_validation_data.csv")
     write_csv(
         tmp_path / spec.file,
-        [["BraTS_2017_subject_ID", "BraTS_2018_subject_ID", "TCGA_TCIA_subject_ID",
-          "BraTS_2019_subject_ID", ID_COL], ["NA", "NA", "NA", "NA", pid]],
+        [
+            [
+                "BraTS_2017_subject_ID",
+                "BraTS_2018_subject_ID",
+                "TCGA_TCIA_subject_ID",
+                "BraTS_2019_subject_ID",
+                ID_COL,
+            ],
+            ["NA", "NA", "NA", "NA", pid],
+        ],
     )
     if require:
         with pytest.raises(UnusableLabelTable) as e:
@@ -380,8 +406,9 @@ def test_labels_file_null(tmp_path):
 
 def test_duplicate_id_in_table(tmp_path):
     ids = make_2020(tmp_path)
-    write_csv(tmp_path / "name_mapping.csv",
-              [["Grade", ID_COL], ["HGG", ids[0]], ["LGG", ids[1]], ["HGG", ids[0]]])
+    write_csv(
+        tmp_path / "name_mapping.csv", [["Grade", ID_COL], ["HGG", ids[0]], ["LGG", ids[1]], ["HGG", ids[0]]]
+    )
     for require in (True, False):
         with pytest.raises(DataError, match="duplicate id") as e:
             discover_cohort(tmp_path, L2020, LABELS, require_labels=require)
@@ -399,14 +426,16 @@ def test_unknown_class(tmp_path, require):
     assert err.patient == ids[1]
     for part in (ids[1], "name_mapping.csv", "'Grade'", "'GBM'", "'LGG'", "'HGG'"):
         assert part in msg
-    assert [p.patient_id for p in c.patients] == [ids[0], ids[2]]
+    assert [p.patient_id for p in c.patients if p.patient_id not in c.excluded_ids()] == [ids[0], ids[2]]
+    assert c.excluded_ids() == {ids[1]}
 
 
 def test_no_row_and_na(tmp_path):
     ids = make_2020(tmp_path)
     mapping(tmp_path / "name_mapping.csv", {ids[0]: "LGG", ids[1]: "NA"})  # ids[2]: no row
     c = discover_cohort(tmp_path, L2020, LABELS, require_labels=True)
-    assert [p.patient_id for p in c.patients] == [ids[0]]
+    assert [p.patient_id for p in c.patients if p.patient_id not in c.excluded_ids()] == [ids[0]]
+    assert [p.label for p in c.patients] == [0, None, None]  # still listed: their images are cached
     na, norow = c.problems
     assert na.patient == ids[1] and "'Grade'" in one_line(na) and "missing" in str(na)
     assert "name_mapping.csv" in str(na)
@@ -420,8 +449,7 @@ def test_no_row_and_na(tmp_path):
 def test_empty_cell_and_custom_missing_values(tmp_path):
     ids = make_2020(tmp_path, n=2)
     write_csv(tmp_path / "name_mapping.csv", [["Grade", ID_COL], ["", ids[0]], ["?", ids[1]]])
-    c = discover_cohort(tmp_path, L2020, LabelSpec(missing_values=("NA", "", "?")),
-                        require_labels=False)
+    c = discover_cohort(tmp_path, L2020, LabelSpec(missing_values=("NA", "", "?")), require_labels=False)
     assert [p.label for p in c.patients] == [None, None] and c.problems == []
 
 

@@ -144,8 +144,15 @@ def test_augmentation_changes_training_batches_only(ready):
     dm = ready(augment={"enabled": True, "prob": 1.0})
     module = _Recorder()
     trainer = L.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=2, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm)
     volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
@@ -167,3 +174,18 @@ def test_augmentation_changes_training_batches_only(ready):
     for record in module.seen["val"]:
         for i in range(len(record["image"])):
             assert torch.equal(record["image"][i], raw(record, i))
+
+
+def test_synthetic_cohort_is_generated_once_and_guarded(tmp_path):
+    root = tmp_path / "synthetic"
+    spec = {"patients": 12, "seed": 1, "shape": [32, 32, 16], "lgg_fraction": 0.34}
+    dm = make_datamodule(root, tmp_path / "cache", synthetic=spec)
+    dm.prepare_data()
+    assert len(dm.cached.patient_ids) == 12
+    stamp = (root / ".synthetic.json").stat().st_mtime_ns
+    again = make_datamodule(root, tmp_path / "cache", synthetic=spec)
+    again.prepare_data()
+    assert (root / ".synthetic.json").stat().st_mtime_ns == stamp
+    assert again.cached.directory == dm.cached.directory
+    with pytest.raises(ValueError, match="holds a synthetic cohort generated with .*'patients': 12.*delete"):
+        make_datamodule(root, tmp_path / "cache", synthetic={**spec, "patients": 20}).prepare_data()

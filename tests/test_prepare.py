@@ -38,8 +38,13 @@ def kaggle_tree(tiny_cohort_master, tmp_path) -> Path:
 
 
 def test_prepare_on_kaggle_layout(kaggle_tree, tmp_path):
-    result = _prepare("data=brats2020", f"data.root={kaggle_tree}", f"data.cache_dir={tmp_path / 'cache'}",
-                      "data.preprocess.workers=2", "data.progress=false")
+    result = _prepare(
+        "data=brats2020",
+        f"data.root={kaggle_tree}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.preprocess.workers=2",
+        "data.progress=false",
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "patients      24 (HGG: 16, LGG: 8)" in out
@@ -53,7 +58,9 @@ def test_prepare_on_kaggle_layout(kaggle_tree, tmp_path):
 
 
 def test_prepare_reports_bad_root_in_one_line(tmp_path):
-    result = _prepare("data=brats2020", f"data.root={tmp_path / 'nowhere'}", f"data.cache_dir={tmp_path / 'c'}")
+    result = _prepare(
+        "data=brats2020", f"data.root={tmp_path / 'nowhere'}", f"data.cache_dir={tmp_path / 'c'}"
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "does not exist" in lines[0]

@@ -114,3 +114,18 @@ def test_splits_csv_round_trip_and_leak_check(tmp_path):
         read_splits(path)
     with pytest.raises(RuntimeError, match="leakage"):
         assert_disjoint([("A", "train"), ("B", "val"), ("A", "test")])
+
+
+def test_a_class_without_patients_is_an_error():
+    ids, labels = _cohort(n_hgg=30, n_lgg=0)
+    with pytest.raises(ValueError, match="class LGG has 0 patient"):
+        split_patients(ids, labels, ("LGG", "HGG"), SplitSpec())
+
+
+def test_small_cohorts_get_our_message_not_sklearns():
+    ids, labels = _cohort(n_hgg=3, n_lgg=3)
+    with pytest.raises(ValueError, match="6 patients are too few for the split train/val/test=0.7/0.15/0.15"):
+        split_patients(ids, labels, ("LGG", "HGG"), SplitSpec())
+    ids, labels = _cohort(n_hgg=10, n_lgg=10)
+    with pytest.raises(ValueError, match="class LGG has 5 patient\\(s\\) outside the test set; 6 folds"):
+        split_patients(ids, labels, ("LGG", "HGG"), SplitSpec(0.5, 0.0, 0.5), folds=6, fold=0)

@@ -63,7 +63,7 @@ def cohort(tmp_path_factory) -> Path:
 
 def test_layout_and_file_names(cohort: Path):
     names = [f"BraTS20_Training_{i:03d}" for i in range(1, 7)]
-    assert sorted(p.name for p in cohort.iterdir()) == names + ["name_mapping.csv"]
+    assert sorted(p.name for p in cohort.iterdir()) == [".synthetic.json"] + names + ["name_mapping.csv"]
     for name in names:
         files = sorted(p.name for p in (cohort / name).iterdir())
         assert files == sorted(f"{name}_{k}.nii" for k in KEYS)
@@ -153,10 +153,7 @@ def test_brain_size_scales_with_shape():
     for shape in (TINY, SMALL, (96, 80, 40)):
         _, tissue = patient(0, "HGG", shape)
         brain = tissue > 0
-        extent = [
-            np.ptp(np.nonzero(brain.any(axis=other))[0]) + 1
-            for other in ((1, 2), (0, 2), (0, 1))
-        ]
+        extent = [np.ptp(np.nonzero(brain.any(axis=other))[0]) + 1 for other in ((1, 2), (0, 2), (0, 1))]
         frac = np.array(extent) / np.array(shape)
         assert 0.55 <= frac[0] <= 0.78 and 0.6 <= frac[1] <= 0.8 and frac[2] >= 0.75, (shape, frac)
 
@@ -284,8 +281,16 @@ def test_patient_depends_only_on_seed_and_index(tmp_path: Path):
 
 @pytest.mark.parametrize(
     "patients, fraction, n_lgg",
-    [(369, 76 / 369, 76), (40, 76 / 369, 8), (10, 0.5, 5), (2, 0.0, 1), (2, 1.0, 1), (5, 1.0, 4),
-     (1, 76 / 369, 0), (1, 1.0, 1)],
+    [
+        (369, 76 / 369, 76),
+        (40, 76 / 369, 8),
+        (10, 0.5, 5),
+        (2, 0.0, 1),
+        (2, 1.0, 1),
+        (5, 1.0, 4),
+        (1, 76 / 369, 0),
+        (1, 1.0, 1),
+    ],
 )
 def test_class_ratio(patients, fraction, n_lgg):
     grades = assign_grades(patients, seed=3, lgg_fraction=fraction)

@@ -66,9 +66,7 @@ def _compose(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-@pytest.mark.parametrize(
-    "group, option", [(g, o) for g, options in GROUP_OPTIONS.items() for o in options]
-)
+@pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUP_OPTIONS.items() for o in options])
 def test_every_config_composes_and_instantiates(group, option, tmp_path):
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
     if group != "data":
@@ -95,7 +93,11 @@ def test_optuna_sweeper_config_composes(tmp_path):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
-    assert set(cfg.hydra.sweeper.params) == {"model.optimizer.lr", "model.optimizer.weight_decay", "data.batch_size"}
+    assert set(cfg.hydra.sweeper.params) == {
+        "model.optimizer.lr",
+        "model.optimizer.weight_decay",
+        "data.batch_size",
+    }
 
 
 def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
@@ -111,7 +113,13 @@ def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
 def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    result = _train("trainer.gpus=1", "data=brats2020", f"data.root={tmp_path / 'absent'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    result = _train(
+        "trainer.gpus=1",
+        "data=brats2020",
+        f"data.root={tmp_path / 'absent'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "no GPU is available" in result.stderr and "trainer=cpu" in result.stderr
     assert "absent" not in result.stderr  # refused before the (bad) data root was looked at
@@ -142,7 +150,9 @@ def _events(run: Path) -> dict[str, set[str]]:
 
 def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
-    result = _train(*_data_args(small_cohort, cache_dir), "trainer=cpu", "trainer.max_epochs=6", f"hydra.run.dir={run}")
+    result = _train(
+        *_data_args(small_cohort, cache_dir), "trainer=cpu", "trainer.max_epochs=6", f"hydra.run.dir={run}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test/patient_count"] == 12
@@ -167,7 +177,10 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
 def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
     result = _train(
-        "-m", *_data_args(small_cohort, cache_dir), "debug=fast", "model=resnet18,resnet34",
+        "-m",
+        *_data_args(small_cohort, cache_dir),
+        "debug=fast",
+        "model=resnet18,resnet34",
         f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gliograde.atomic import write_text
 from gliograde.config import build
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False)
 
-    _write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     datamodule.write_splits(out / "splits.csv")
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -100,7 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics["best_checkpoint"] = best  # type: ignore[assignment]
 
     if trainer.is_global_zero:
-        _write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _log_hparams(trainer, cfg, metrics)
         print(format_results(metrics, out))
     return metrics
@@ -155,9 +156,3 @@ def _check_writable(path: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise RuntimeError(f"{path}: run directory is not writable ({exc.strerror})") from None
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

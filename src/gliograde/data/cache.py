@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from tqdm.auto import tqdm
 
 from gliograde.data.cohort import PatientRecord
@@ -131,11 +131,17 @@ def open_or_build(
     final = cache_dir / key
     if not (final / "index.npz").exists():
         lock = FileLock(str(cache_dir / f".{key}.lock"))
-        if lock.is_locked:
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
             log.info("Another process is building cache %s; waiting for it", final)
-        with lock:
+            lock.acquire()
+        try:
             if not (final / "index.npz").exists():
+                _remove_abandoned_builds(cache_dir)
                 _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
+        finally:
+            lock.release()
     cached = CachedCohort.load(final)
     if on_error == "raise" and cached.problems:
         raise cached.problems[0]
@@ -151,20 +157,21 @@ def _build(
     on_error: str,
     progress: bool,
 ) -> None:
-    for stale in cache_dir.glob(f".{key}.partial-*"):  # left by a killed builder; we hold the lock
-        shutil.rmtree(stale, ignore_errors=True)
-    good, problems, shape = _check_headers(patients, on_error)
+    good, problems, shape = _check_headers(patients, on_error, spec.reorient)
     if not good:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
+    x, y, z = shape
+    _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
     tmp = cache_dir / f".{key}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        x, y, z = shape
         volumes = np.lib.format.open_memmap(
             tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, len(MODALITIES), y, x)
         )
         del volumes  # workers open it themselves
-        areas, decode_problems = _preprocess_all(good, tmp / "volumes.npy", spec, mask_labels, on_error, progress)
+        areas, decode_problems = _preprocess_all(
+            good, tmp / "volumes.npy", spec, mask_labels, on_error, progress
+        )
         problems += decode_problems
         kept = [(slot, r) for slot, r in enumerate(good) if slot in areas]
         if not kept:
@@ -189,8 +196,35 @@ def _build(
         raise
 
 
+def _remove_abandoned_builds(cache_dir: Path) -> None:
+    """Delete partial caches left by killed builders: those whose key's lock nobody holds."""
+    for partial in cache_dir.glob(".*.partial-*"):
+        key = partial.name[1:].split(".partial-")[0]
+        lock = FileLock(str(cache_dir / f".{key}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue  # being built right now
+        try:
+            log.info("Removing an abandoned partial cache: %s", partial)
+            shutil.rmtree(partial, ignore_errors=True)
+        finally:
+            lock.release()
+
+
+def _check_free_space(cache_dir: Path, needed: int) -> None:
+    """Refuse to start a build the disk cannot hold: a full disk mid-build kills the workers."""
+    free = shutil.disk_usage(cache_dir).free
+    if free < needed * 1.02:
+        raise DataError(
+            f"not enough free disk space for the cache: needs {needed / 1e9:.2f} GB, "
+            f"{free / 1e9:.2f} GB free (set data.cache_dir to a larger disk)",
+            where=cache_dir,
+        )
+
+
 def _check_headers(
-    patients: list[PatientRecord], on_error: str
+    patients: list[PatientRecord], on_error: str, reorient: str | None
 ) -> tuple[list[PatientRecord], list[DataError], tuple[int, int, int]]:
     """Header checks for every file, before any decoding: cheap, and they fail early."""
     shapes: dict[str, tuple[int, int, int]] = {}
@@ -198,10 +232,10 @@ def _check_headers(
     for record in patients:
         try:
             headers: dict[str, VolumeHeader] = {
-                m: read_header(record.modalities[m], record.patient_id) for m in MODALITIES
+                m: read_header(record.modalities[m], record.patient_id, reorient) for m in MODALITIES
             }
             if record.mask is not None:
-                headers["mask"] = read_header(record.mask, record.patient_id)
+                headers["mask"] = read_header(record.mask, record.patient_id, reorient)
             shapes[record.patient_id] = check_same_grid(headers, record.patient_id)
         except DataError as err:
             if on_error == "raise":
@@ -265,7 +299,6 @@ def _preprocess_all(
         if isinstance(outcome, DataError):
             if on_error == "raise":
                 raise outcome
-            log.warning("Skipping %s", outcome)
             problems.append(outcome)
         else:
             areas[slot] = outcome
@@ -301,13 +334,21 @@ def _preprocess_all(
 
 
 def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | DataError:
+    """Preprocess one patient; any failure comes back as a DataError naming the patient."""
     try:
         return _preprocess_slot(volumes_path, slot, record, spec, mask_labels)
     except DataError as err:
         return err
+    except (MemoryError, OSError) as exc:  # the machine, not the patient: stop everything
+        raise RuntimeError(f"patient {record.patient_id}: {type(exc).__name__}: {exc}") from exc
+    except Exception as exc:
+        problem = f"cannot preprocess ({type(exc).__name__}: {exc})".replace("\n", " ")
+        return DataError(problem, record.patient_id, record.folder)
 
 
-def _write_index(path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape) -> None:
+def _write_index(
+    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape
+) -> None:
     arrays: dict[str, np.ndarray] = {
         "patient_ids": np.array([r.patient_id for _, r in kept]),
         "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
@@ -318,7 +359,9 @@ def _write_index(path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[
         arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(
             [
-                areas[slot].tumour[plane] if areas[slot].tumour is not None else np.zeros_like(areas[slot].brain[plane])
+                areas[slot].tumour[plane]
+                if areas[slot].tumour is not None
+                else np.zeros_like(areas[slot].brain[plane])
                 for slot, _ in kept
             ]
         )
@@ -338,7 +381,10 @@ def _read_problems(path: Path) -> list[DataError]:
     if not path.exists():
         return []
     with open(path, newline="") as fh:
-        return [DataError(row["problem"], row["patient_id"] or None, row["file"] or None) for row in csv.DictReader(fh)]
+        return [
+            DataError(row["problem"], row["patient_id"] or None, row["file"] or None)
+            for row in csv.DictReader(fh)
+        ]
 
 
 def available_cores() -> int:

@@ -28,7 +28,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gliograde.data.errors import DataError
@@ -61,19 +61,26 @@ class Cohort:
     """The patients found under a root, and the ones left out with why."""
 
     root: Path  # the folder that holds the patient folders (resolved)
-    patients: list[PatientRecord]  # sorted by patient_id
+    patients: list[PatientRecord]  # every patient whose files were found, sorted by patient_id
     classes: tuple[str, ...]
     labelled: bool  # a label table with the label column was found and used
-    problems: list[DataError] = field(default_factory=list)  # excluded patients, with why
+    problems: list[DataError] = field(default_factory=list)  # per-patient problems (files or label)
+
+    def excluded_ids(self) -> set[str]:
+        """Patients with a problem: not to be used for training or evaluation."""
+        return {p.patient for p in self.problems if p.patient is not None}
+
     label_file: Path | None = None
 
 
-def find_patient_root(root: str | Path, layout: LayoutSpec) -> Path:
+def find_patient_root(root: str | Path, layout: LayoutSpec, label_file: str | None = None) -> Path:
     """The folder holding the patient folders: ``root`` itself or a folder up to two levels below.
 
-    Raises :class:`DataError` when ``root`` does not exist or is not a directory, when no patient
-    folder is found within two levels, and when the shallowest depth with any has them in more
-    than one place (the message lists those places).
+    When the shallowest depth with patient folders has them in several places (the Kaggle
+    archive holds both the training and the validation cohort), the one place that holds
+    ``label_file`` (a relative name) wins. Raises :class:`DataError` when ``root`` does not
+    exist or is not a directory, when no patient folder is found within two levels, and when
+    the places stay ambiguous (the message lists them).
     """
     pattern = _compile_pattern(layout)
     given = Path(root).expanduser()
@@ -97,9 +104,7 @@ def find_patient_root(root: str | Path, layout: LayoutSpec) -> Path:
                 subdirs = _subdirectories(folder)
             except OSError as err:
                 if folder == base:
-                    raise DataError(
-                        f"cannot list folder ({err.strerror or err})", where=folder
-                    ) from None
+                    raise DataError(f"cannot list folder ({err.strerror or err})", where=folder) from None
                 logger.debug("skipping unreadable folder %s: %s", folder, err)
                 continue
             names = [d.name for d in subdirs if pattern.fullmatch(d.name)]
@@ -111,6 +116,19 @@ def find_patient_root(root: str | Path, layout: LayoutSpec) -> Path:
         if len(hits) == 1:
             return next(iter(hits))
         if hits:
+            labelled = [
+                f
+                for f in hits
+                if label_file and not Path(label_file).is_absolute() and (f / label_file).is_file()
+            ]
+            if len(labelled) == 1:
+                logger.info(
+                    "patient folders in %d places; using %s, which holds %s",
+                    len(hits),
+                    labelled[0],
+                    label_file,
+                )
+                return labelled[0]
             raise DataError(_ambiguous_message(hits, pattern, depth), where=given)
         level = below
         if not level:
@@ -131,9 +149,7 @@ def find_patient_root(root: str | Path, layout: LayoutSpec) -> Path:
     )
 
 
-def discover_cohort(
-    root: str | Path, layout: LayoutSpec, labels: LabelSpec, require_labels: bool
-) -> Cohort:
+def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, require_labels: bool) -> Cohort:
     """Find the patients under ``root``, their files and (when configured) their labels.
 
     Raises :class:`DataError` for problems with the whole cohort (no patient folders, an
@@ -143,7 +159,7 @@ def discover_cohort(
     label, sorted by patient); whether an empty cohort is acceptable is the caller's decision.
     """
     templates = _templates(layout)
-    patient_root = find_patient_root(root, layout)
+    patient_root = find_patient_root(root, layout, labels.file)
     pattern = _compile_pattern(layout)
     folders = sorted(
         (d for d in _subdirectories(patient_root) if pattern.fullmatch(d.name)),
@@ -169,17 +185,8 @@ def discover_cohort(
                 label = table.label_of(pid, required=require_labels)
             except DataError as err:
                 problems.append(err)
-                record = None
-        if record is not None:
-            patients.append(
-                PatientRecord(
-                    patient_id=pid,
-                    folder=record.folder,
-                    modalities=record.modalities,
-                    mask=record.mask,
-                    label=label,
-                )
-            )
+        if record is not None:  # listed even with a label problem: its images still get cached
+            patients.append(replace(record, label=label))
 
     if problems:
         excluded = len({p.patient for p in problems})
@@ -294,7 +301,10 @@ def _label_table(
     if spec.file is None:
         if require_labels:
             raise DataError(
-                "labels are required but data.labels.file is null", where="data.labels.file"
+                "labels are required but data.labels.file is null: set it to your label CSV "
+                "(and data.labels.id_column, label_column, classes), or data.require_labels=false "
+                "to only predict",
+                where="data.labels.file",
             )
         return None
     try:
@@ -303,16 +313,10 @@ def _label_table(
         return LabelTable.load(path, spec)
     except UnusableLabelTable as err:
         if require_labels:
-            raise
+            hint = "; for a cohort without labels set data.require_labels=false"
+            raise UnusableLabelTable(err.problem + hint, err.patient, err.where) from None
         logger.warning("%s; treating the cohort as unlabelled", err)
         return None
-
-
-@dataclass(frozen=True)
-class _Files:
-    folder: Path
-    modalities: dict[str, Path]
-    mask: Path | None
 
 
 def _nifti_name(name: str) -> bool:
@@ -320,9 +324,7 @@ def _nifti_name(name: str) -> bool:
     return any(lower.endswith(suffix) for suffix in NIFTI_SUFFIXES)
 
 
-def _scan_patient(
-    folder: Path, templates: dict[str, str]
-) -> tuple[_Files | None, DataError | None]:
+def _scan_patient(folder: Path, templates: dict[str, str]) -> tuple[PatientRecord | None, DataError | None]:
     """A patient's files, or ``None`` and the problem (one error, its issues joined by ``;``)."""
     pid = folder.name
     try:
@@ -335,9 +337,7 @@ def _scan_patient(
                 except OSError:
                     continue
     except OSError as err:
-        return None, DataError(
-            f"cannot list folder ({err.strerror or err})", patient=pid, where=folder
-        )
+        return None, DataError(f"cannot list folder ({err.strerror or err})", patient=pid, where=folder)
     by_lower: dict[str, list[str]] = {}
     for name in files:
         by_lower.setdefault(name.lower(), []).append(name)
@@ -348,15 +348,11 @@ def _scan_patient(
         stem = template.replace("{id}", pid)
         present = [stem + s for s in NIFTI_SUFFIXES if stem + s in files]
         if len(present) == 2:
-            issues.append(
-                f"both {present[0]} and {present[1]} exist for {key}; keep one"
-            )
+            issues.append(f"both {present[0]} and {present[1]} exist for {key}; keep one")
         elif present:
             found[key] = folder / present[0]
         elif key != "mask":
-            near = sorted(
-                n for s in NIFTI_SUFFIXES for n in by_lower.get((stem + s).lower(), [])
-            )
+            near = sorted(n for s in NIFTI_SUFFIXES for n in by_lower.get((stem + s).lower(), []))
             hint = f"; found {', '.join(near)}, which differs in case" if near else ""
             issues.append(f"missing {key} file (expected {stem}.nii[.gz]{hint})")
     if issues:
@@ -365,15 +361,11 @@ def _scan_patient(
     mask = found.pop("mask", None)
     if mask is None:
         used = {p.name for p in found.values()}
-        others = sorted(
-            n for n in files if _nifti_name(n) and not _is_stray(n) and n not in used
-        )
+        others = sorted(n for n in files if _nifti_name(n) and not _is_stray(n) and n not in used)
         expected = templates["mask"].replace("{id}", pid) + ".nii[.gz]"
         if len(others) == 1:
             mask = folder / others[0]
-            logger.warning(
-                "patient %s: no %s; using %s as its mask", pid, expected, others[0]
-            )
+            logger.warning("patient %s: no %s; using %s as its mask", pid, expected, others[0])
         elif others:
             logger.warning(
                 "patient %s: no %s and %d other NIfTI files could be the mask (%s); using "
@@ -384,4 +376,4 @@ def _scan_patient(
                 ", ".join(others),
                 expected,
             )
-    return _Files(folder=folder, modalities=found, mask=mask), None
+    return PatientRecord(patient_id=pid, folder=folder, modalities=found, mask=mask, label=None), None

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import logging
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
 
+from gliograde.atomic import write_csv
 from gliograde.data.augment import BatchAugmenter
 from gliograde.data.cache import CachedCohort, open_or_build
 from gliograde.data.cohort import Cohort, discover_cohort
@@ -99,7 +98,9 @@ class GliomaDataModule(L.LightningDataModule):
         self.sampler = sampler
         self.augment_spec = from_mapping(AugmentSpec, augment, "data.augment")
         self.preprocess_spec = from_mapping(PreprocessSpec, preprocess, "data.preprocess")
-        self.synthetic = None if synthetic is None else from_mapping(SyntheticSpec, synthetic, "data.synthetic")
+        self.synthetic = (
+            None if synthetic is None else from_mapping(SyntheticSpec, synthetic, "data.synthetic")
+        )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory
@@ -123,7 +124,9 @@ class GliomaDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ checks
     def _validate_options(self) -> None:
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"data.modalities={list(self.modalities)} must be a non-empty list without repeats")
+            raise ValueError(
+                f"data.modalities={list(self.modalities)} must be a non-empty list without repeats"
+            )
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
             raise ValueError(f"data.modalities: unknown {unknown}; choose from {list(MODALITIES)}")
@@ -132,11 +135,19 @@ class GliomaDataModule(L.LightningDataModule):
         if self.sampler not in SAMPLERS:
             raise ValueError(f"data.sampler={self.sampler!r} must be one of {list(SAMPLERS)}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
-            raise ValueError(f"data.transfer_dtype={self.transfer_dtype!r} must be one of {list(TRANSFER_DTYPES)}")
+            raise ValueError(
+                f"data.transfer_dtype={self.transfer_dtype!r} must be one of {list(TRANSFER_DTYPES)}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"data.batch_size={self.batch_size} must be at least 1")
         if self.folds is not None and self.folds < 2:
             raise ValueError(f"data.folds={self.folds} must be at least 2 (or null)")
+        if self.fold is not None and self.folds is None:
+            raise ValueError(f"data.fold={self.fold} needs data.folds (e.g. data.folds=5)")
+        if self.folds is not None and (self.fold is None or not 0 <= self.fold < self.folds):
+            raise ValueError(
+                f"data.fold={self.fold} must be in 0..{self.folds - 1} when data.folds={self.folds}"
+            )
         validate_slice_spec(self.slice_spec)
 
     @property
@@ -153,14 +164,31 @@ class GliomaDataModule(L.LightningDataModule):
         self._load()
 
     def _ensure_synthetic(self) -> None:
-        if self.synthetic is None or _has_entries(self.root):
+        if self.synthetic is None:
             return
-        from gliograde.data.synthetic import generate_cohort
+        from gliograde.data.synthetic import generate_cohort, generation_settings
+
+        if _has_entries(self.root):
+            made_with = generation_settings(self.root)
+            wanted = {
+                "patients": self.synthetic.patients,
+                "seed": self.synthetic.seed,
+                "shape": list(self.synthetic.shape),
+                "lgg_fraction": self.synthetic.lgg_fraction,
+            }
+            if made_with is not None and made_with != wanted:
+                raise ValueError(
+                    f"{self.root} holds a synthetic cohort generated with {made_with}, not the "
+                    f"configured {wanted}: delete that folder or set data.root elsewhere"
+                )
+            return
 
         self.root.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root.parent / f".{self.root.name}.lock")):
             if not _has_entries(self.root):
-                log.info("Generating the synthetic cohort (%d patients) in %s", self.synthetic.patients, self.root)
+                log.info(
+                    "Generating the synthetic cohort (%d patients) in %s", self.synthetic.patients, self.root
+                )
                 if self.root.exists():
                     self.root.rmdir()
                 generate_cohort(
@@ -179,12 +207,15 @@ class GliomaDataModule(L.LightningDataModule):
         self._ensure_synthetic()
         cohort = discover_cohort(self.root, self.layout, self.label_spec, self.require_labels)
         if cohort.problems and self.on_error == "raise":
-            more = f" (and {len(cohort.problems) - 1} more)" if len(cohort.problems) > 1 else ""
-            raise DataError(str(cohort.problems[0]) + more)
+            first = cohort.problems[0]
+            more = f" (and {len(cohort.problems) - 1} more problem(s))" if len(cohort.problems) > 1 else ""
+            raise DataError(first.problem + more, first.patient, first.where)
         if self.slice_spec.strategy in NEEDS_MASK and self.on_error == "raise":
             for record in cohort.patients:
                 if record.mask is None:  # fail before the long build, not after it
-                    select_slices(record.patient_id, np.zeros(1), None, self.slice_spec, self._mask_hint(record))
+                    select_slices(
+                        record.patient_id, np.zeros(1), None, self.slice_spec, self._mask_hint(record)
+                    )
         cached = open_or_build(
             cohort.patients,
             self.cache_dir,
@@ -203,24 +234,24 @@ class GliomaDataModule(L.LightningDataModule):
         """cohort.csv and skipped.csv beside the cache (atomically; labels as read now)."""
         assert self.cohort is not None and self.cached is not None
         cached_ids = set(self.cached.patient_ids)
-        problem_of = {err.patient: err for err in self.skipped if err.patient}
+        skipped_ids = {err.patient for err in self.skipped if err.patient}
         rows = []
         for record in self.cohort.patients:
-            status = "ok" if record.patient_id in cached_ids else "skipped"
+            usable = record.patient_id in cached_ids and record.patient_id not in skipped_ids
             rows.append(
                 [record.patient_id, self._label_name(record.label)]
                 + [str(record.modalities[m]) for m in MODALITIES]
-                + [str(record.mask or ""), status]
+                + [str(record.mask or ""), "ok" if usable else "skipped"]
             )
-        for patient, err in problem_of.items():
-            if patient not in {r[0] for r in rows}:
-                rows.append([patient, ""] + [""] * len(MODALITIES) + ["", "skipped"])
-        _write_csv(
+        listed = {row[0] for row in rows}
+        for patient in sorted(skipped_ids - listed):  # skipped before their files were found
+            rows.append([patient, ""] + [""] * len(MODALITIES) + ["", "skipped"])
+        write_csv(
             self.cached.directory / "cohort.csv",
             ["patient_id", "label", *MODALITIES, "mask", "status"],
             sorted(rows),
         )
-        _write_csv(
+        write_csv(
             self.cached.directory / "skipped.csv",
             ["patient_id", "file", "problem"],
             [[e.patient or "", e.where or "", e.problem] for e in self.skipped],
@@ -235,24 +266,48 @@ class GliomaDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:
-        """Select slices, split patients, and build the datasets (cheap: reads only the index)."""
+        """Split patients, select their slices, and build the datasets (reads only the index).
+
+        The split is made over every usable patient before slice selection, so it depends on
+        the cohort and ``data.split`` alone: a sweep over slice strategies keeps one test set.
+        """
         if self.datasets:
             return
         self._load()
         assert self.cohort is not None and self.cached is not None
         cached = self.cached
+        excluded = self.cohort.excluded_ids()
+        records = {r.patient_id: r for r in self.cohort.patients if r.patient_id not in excluded}
+        usable = [(pos, pid) for pos, pid in enumerate(cached.patient_ids) if pid in records]
+        if not usable:
+            raise DataError("no usable patient is left after the checks (see skipped.csv)", where=self.root)
+        labels = [records[pid].label for _, pid in usable]
+        if self.cohort.labelled and all(label is not None for label in labels):
+            assignment = split_patients(
+                [pid for _, pid in usable], labels, self.classes, self.split_spec, self.folds, self.fold
+            )
+        elif self.require_labels:
+            raise DataError(
+                "training needs labels, but the cohort has none: set data.labels.file (and its "
+                "columns), or data.require_labels=false to only predict",
+                where=self.root,
+            )
+        else:
+            assignment = {pid: "all" for _, pid in usable}
+
         plane = self.slice_spec.plane
-        records = {r.patient_id: r for r in self.cohort.patients}
         patients: list[PatientSlices] = []
         empty: list[str] = []
-        for position, patient_id in enumerate(cached.patient_ids):
-            record = records.get(patient_id)
-            if record is None:
-                continue  # excluded by a label problem, already reported
+        for position, patient_id in usable:
+            record = records[patient_id]
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
             try:
                 chosen = select_slices(
-                    patient_id, cached.brain_area[plane][position], tumour, self.slice_spec, self._mask_hint(record)
+                    patient_id,
+                    cached.brain_area[plane][position],
+                    tumour,
+                    self.slice_spec,
+                    self._mask_hint(record),
                 )
             except DataError as err:
                 if self.on_error == "raise":
@@ -261,7 +316,7 @@ class GliomaDataModule(L.LightningDataModule):
                 self.skipped.append(err)
                 continue
             if chosen.size == 0:
-                empty.append(patient_id)
+                empty.append(f"{patient_id} ({assignment[patient_id]})")
                 continue
             label = -1 if record.label is None else record.label
             patients.append(PatientSlices(patient_id, position, label, chosen))
@@ -273,27 +328,24 @@ class GliomaDataModule(L.LightningDataModule):
                 ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
             )
         self._write_cohort_tables()
-        if not patients:
-            raise DataError(f"no patient has slices selected by data.slices={self.slice_spec}", where=self.root)
         self.patients = patients
-        labelled = self.cohort.labelled and all(p.label >= 0 for p in patients)
-        if labelled:
-            self.assignment = split_patients(
-                [p.patient_id for p in patients],
-                [p.label for p in patients],
-                self.classes,
-                self.split_spec,
-                self.folds,
-                self.fold,
-            )
-        elif self.require_labels:
-            raise DataError("training needs labels but the cohort has none", where=self.root)
-        else:
-            self.assignment = {p.patient_id: "all" for p in patients}
+        self.assignment = {p.patient_id: assignment[p.patient_id] for p in patients}
         groups = {name: [p for p in patients if self.assignment[p.patient_id] == name] for name in SPLITS}
         groups["all"] = patients
+        for name in SPLITS:
+            if not groups[name] and name in set(assignment.values()):
+                raise DataError(
+                    f"every {name} patient lost its slices to data.slices={self.slice_spec}", where=self.root
+                )
         self.datasets = {name: self._dataset(group) for name, group in groups.items() if group}
-        assert_disjoint([(p.patient_id, name) for name in SPLITS for p in groups[name]])
+        assert_disjoint(
+            [
+                (cached.patient_ids[position], name)
+                for name in SPLITS
+                if name in self.datasets
+                for position in np.unique(self.datasets[name].patient_positions)
+            ]
+        )
         if self.augment_spec.enabled:
             self._augmenter = BatchAugmenter(self.augment_spec, seed=self.seed)
 
@@ -328,7 +380,10 @@ class GliomaDataModule(L.LightningDataModule):
 
     def split_table(self) -> list[tuple[str, str, str]]:
         """(patient_id, label name, split) for every usable patient."""
-        return [(p.patient_id, self._label_name(None if p.label < 0 else p.label), self.assignment[p.patient_id]) for p in self.patients]
+        return [
+            (p.patient_id, self._label_name(None if p.label < 0 else p.label), self.assignment[p.patient_id])
+            for p in self.patients
+        ]
 
     def write_splits(self, path: str | Path) -> None:
         """Write ``splits.csv`` (patient_id,label,split) for a run directory."""
@@ -338,7 +393,9 @@ class GliomaDataModule(L.LightningDataModule):
     def summary(self) -> dict[str, Any]:
         """Counts a user wants to see after preparing a cohort."""
         assert self.cohort is not None and self.cached is not None
-        per_class = Counter(self._label_name(None if p.label < 0 else p.label) or "unlabelled" for p in self.patients)
+        per_class = Counter(
+            self._label_name(None if p.label < 0 else p.label) or "unlabelled" for p in self.patients
+        )
         split_counts = Counter(self.assignment.values())
         return {
             "root": str(self.cohort.root),
@@ -349,7 +406,9 @@ class GliomaDataModule(L.LightningDataModule):
             "slices": int(sum(len(p.slices) for p in self.patients)),
             "slice_strategy": self.slice_spec.strategy,
             "plane": self.slice_spec.plane,
-            "splits": {name: split_counts.get(name, 0) for name in (*SPLITS, "all") if split_counts.get(name)},
+            "splits": {
+                name: split_counts.get(name, 0) for name in (*SPLITS, "all") if split_counts.get(name)
+            },
             "cache_path": str(self.cached.directory),
             "cache_bytes": self.cached.size_bytes(),
         }
@@ -362,8 +421,12 @@ class GliomaDataModule(L.LightningDataModule):
         generator = torch.Generator().manual_seed(self.seed)
         if train and self.sampler == "weighted":
             counts = self.class_counts(split)
-            weights = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)[torch.from_numpy(dataset.labels)]
-            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True, generator=generator)
+            weights = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)[
+                torch.from_numpy(dataset.labels)
+            ]
+            sampler = WeightedRandomSampler(
+                weights, num_samples=len(dataset), replacement=True, generator=generator
+            )
         elif train:
             sampler = RandomSampler(dataset, generator=generator)
         else:
@@ -412,12 +475,3 @@ class GliomaDataModule(L.LightningDataModule):
 
 def _has_entries(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)

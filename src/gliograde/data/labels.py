@@ -53,9 +53,7 @@ def resolve_label_file(spec: LabelSpec, patient_root: Path, root: str | Path) ->
             return path
     for path in tried:
         if path.exists():
-            raise UnusableLabelTable(
-                "is not a file (data.labels.file must name a CSV table)", where=path
-            )
+            raise UnusableLabelTable("is not a file (data.labels.file must name a CSV table)", where=path)
     places = " or ".join(str(p) for p in tried)
     raise UnusableLabelTable(f"label table not found (looked for {places})", where=spec.file)
 
@@ -202,11 +200,7 @@ def _column_index(header: list[str], column: str, path: Path, role: str) -> int:
     hits = [i for i, name in enumerate(header) if name == column]
     if not hits:
         present = ", ".join(repr(name) for name in header)
-        raise UnusableLabelTable(
-            f"no {role} column {column!r} (columns present: {present})", where=path
-        )
+        raise UnusableLabelTable(f"no {role} column {column!r} (columns present: {present})", where=path)
     if len(hits) > 1:
-        raise DataError(
-            f"column {column!r} appears {len(hits)} times in the header; keep one", where=path
-        )
+        raise DataError(f"column {column!r} appears {len(hits)} times in the header; keep one", where=path)
     return hits[0]

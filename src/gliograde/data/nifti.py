@@ -26,11 +26,12 @@ class VolumeHeader:
     dtype: np.dtype
 
 
-def read_header(path: Path, patient: str) -> VolumeHeader:
+def read_header(path: Path, patient: str, reorient: str | None = None) -> VolumeHeader:
     """Open ``path``'s header and check it describes one complete 3D volume.
 
     Catches truncated files here (from the file size, or the gzip trailer's length) so that
-    no long decoding starts on a file that cannot be read to the end.
+    no long decoding starts on a file that cannot be read to the end. ``shape`` is the shape
+    after reorientation to ``reorient`` axis codes, as ``read_voxels`` will return it.
     """
     try:
         img = nib.load(str(path))
@@ -50,7 +51,19 @@ def read_header(path: Path, patient: str) -> VolumeHeader:
         raise DataError(
             f"truncated NIfTI: shorter than the {expected} bytes its header promises", patient, path
         )
-    return VolumeHeader(path, shape, np.asarray(img.affine, dtype=np.float64), dtype)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if reorient:
+        shape = tuple(_reoriented(np.broadcast_to(np.zeros((), bool), shape), affine, reorient).shape)
+    return VolumeHeader(path, shape, affine, dtype)
+
+
+def _reoriented(data: np.ndarray, affine: np.ndarray, codes: str) -> np.ndarray:
+    """``data`` flipped and permuted (views only) from the affine's axes to ``codes``."""
+    orientations = nib.orientations
+    transform = orientations.ornt_transform(
+        orientations.io_orientation(affine), orientations.axcodes2ornt(tuple(codes))
+    )
+    return orientations.apply_orientation(data, transform)
 
 
 def _is_truncated(path: Path, expected: int) -> bool:
@@ -85,7 +98,7 @@ def check_same_grid(headers: dict[str, VolumeHeader], patient: str) -> tuple[int
     """All of a patient's volumes (modalities and mask) must share shape and affine."""
     items = list(headers.items())
     ref_name, ref = items[0]
-    for name, header in items[1:]:
+    for _, header in items[1:]:
         if header.shape != ref.shape:
             raise DataError(
                 f"shape {header.shape} differs from {ref_name}'s {ref.shape}", patient, header.path
@@ -116,9 +129,7 @@ def read_voxels(path: Path, patient: str, reorient: str | None = None) -> np.nda
     if data.ndim == 4:
         data = data[..., 0]
     if reorient:
-        current = nib.orientations.io_orientation(img.affine)
-        target = nib.orientations.axcodes2ornt(tuple(reorient))
-        data = nib.orientations.apply_orientation(data, nib.orientations.ornt_transform(current, target))
+        data = _reoriented(data, img.affine, reorient)
     return data
 
 

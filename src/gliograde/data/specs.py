@@ -24,12 +24,9 @@ class LayoutSpec:
 
     name: str = "brats2020"
     patient_pattern: str = r"BraTS20_(Training|Validation)_\d{3}"
-    modality_files: Mapping[str, str] = field(
-        default_factory=lambda: {m: "{id}_" + m for m in MODALITIES}
-    )
+    modality_files: Mapping[str, str] = field(default_factory=lambda: {m: "{id}_" + m for m in MODALITIES})
     mask_file: str = "{id}_seg"
     mask_labels: tuple[int, ...] = (0, 1, 2, 4)
-    enhancing_label: int = 4
 
 
 @dataclass(frozen=True)
@@ -46,14 +43,43 @@ class LabelSpec:
     classes: tuple[str, ...] = ("LGG", "HGG")
     missing_values: tuple[str, ...] = ("NA", "")
 
+    def __post_init__(self) -> None:
+        # CSV cells are text: classes typed as numbers on the command line (e.g. [0,1]) must match.
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        object.__setattr__(self, "missing_values", tuple(str(v) for v in self.missing_values))
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"data.labels.classes={list(self.classes)} needs at least two distinct names")
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
-    """Settings that change the cached voxels (and so are part of the cache key)."""
+    """Preprocessing settings; all but ``workers`` change the cached voxels (and the cache key)."""
 
     clip_percentiles: tuple[float, float] | None = None
     reorient: str | None = None  # e.g. "RAS" or "LPS"; None keeps the files' voxel order
     workers: int | None = None  # None: every available core
+
+    def __post_init__(self) -> None:
+        clip = self.clip_percentiles
+        if clip is not None:
+            if not isinstance(clip, (tuple, list)) or len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 100:
+                raise ValueError(
+                    f"data.preprocess.clip_percentiles={clip!r} must be two percentiles [low, high] "
+                    "with 0 <= low < high <= 100, or null"
+                )
+            object.__setattr__(self, "clip_percentiles", (float(clip[0]), float(clip[1])))
+        if self.reorient is not None:
+            codes = str(self.reorient).upper()
+            pairs = ("LR", "AP", "SI")
+            axes = sorted(next((i for i, pair in enumerate(pairs) if c in pair), -1) for c in codes)
+            if axes != [0, 1, 2]:
+                raise ValueError(
+                    f"data.preprocess.reorient={self.reorient!r} must be three axis codes, one of L/R, "
+                    "A/P and S/I each (e.g. RAS, LPS), or null"
+                )
+            object.__setattr__(self, "reorient", codes)
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"data.preprocess.workers={self.workers} must be at least 1, or null")
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,13 @@ class SliceSpec:
     n: int = 10
     z_min: int = 0
     z_max: int = -1  # inclusive; negative counts from the end
+
+    def __post_init__(self) -> None:
+        for name in ("k", "n", "min_area"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.slices.{name}={getattr(self, name)} must be at least 1")
+        if not 0 < self.min_brain_fraction <= 1:
+            raise ValueError(f"data.slices.min_brain_fraction={self.min_brain_fraction} must be in (0, 1]")
 
 
 @dataclass(frozen=True)

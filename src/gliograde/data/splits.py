@@ -4,12 +4,13 @@ with one fixed test set. A patient is never in two splits."""
 from __future__ import annotations
 
 import csv
-import os
+import math
 from collections import Counter
 from pathlib import Path
 
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from gliograde.atomic import write_csv
 from gliograde.data.specs import SplitSpec
 
 SPLITS = ("train", "val", "test")
@@ -30,36 +31,64 @@ def split_patients(
     """
     _check_fractions(spec)
     counts = Counter(labels)
-    parts = [("test", spec.test)] + ([] if folds else [("val", spec.val)])
-    for label, count in sorted(counts.items()):
-        needed = 1 + sum(1 for _, fraction in parts if fraction > 0)
-        if folds:
-            needed = max(needed, folds + (1 if spec.test > 0 else 0))
-        if count < needed:
+    for label in range(len(classes)):
+        needed = _per_class_minimum(spec, folds)
+        if counts.get(label, 0) < needed:
             raise ValueError(
-                f"class {classes[label]} has {count} patient(s); the split "
+                f"class {classes[label]} has {counts.get(label, 0)} patient(s); the split "
                 f"{_describe(spec, folds)} needs at least {needed} of each class"
             )
     ids, ys = list(patient_ids), list(labels)
     assignment: dict[str, str] = {}
     if spec.test > 0:
-        ids, test_ids, ys, _ = train_test_split(ids, ys, test_size=spec.test, stratify=ys, random_state=spec.seed)
+        _check_stratifiable(len(ids), spec.test, len(classes), "test", spec, folds)
+        ids, test_ids, ys, _ = train_test_split(
+            ids, ys, test_size=spec.test, stratify=ys, random_state=spec.seed
+        )
         assignment.update(dict.fromkeys(test_ids, "test"))
     if folds:
         if fold is None or not 0 <= fold < folds:
             raise ValueError(f"data.fold={fold} must be in 0..{folds - 1} when data.folds={folds}")
+        remaining = Counter(ys)
+        for label in range(len(classes)):
+            if remaining.get(label, 0) < folds:
+                raise ValueError(
+                    f"class {classes[label]} has {remaining.get(label, 0)} patient(s) outside the test set; "
+                    f"{folds} folds need at least {folds}"
+                )
         splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=spec.seed)
         train_idx, val_idx = list(splitter.split(ids, ys))[fold]
         assignment.update({ids[i]: "train" for i in train_idx})
         assignment.update({ids[i]: "val" for i in val_idx})
     elif spec.val > 0:
         val_share = spec.val / (spec.train + spec.val)
+        _check_stratifiable(len(ids), val_share, len(classes), "val", spec, folds)
         train_ids, val_ids = train_test_split(ids, test_size=val_share, stratify=ys, random_state=spec.seed)
         assignment.update(dict.fromkeys(train_ids, "train"))
         assignment.update(dict.fromkeys(val_ids, "val"))
     else:
         assignment.update(dict.fromkeys(ids, "train"))
     return {pid: assignment[pid] for pid in patient_ids}
+
+
+def _per_class_minimum(spec: SplitSpec, folds: int | None) -> int:
+    """Patients a class needs: one per split it must appear in (and per fold)."""
+    if folds:
+        return folds + (1 if spec.test > 0 else 0)
+    return 1 + (spec.test > 0) + (spec.val > 0)
+
+
+def _check_stratifiable(
+    n: int, fraction: float, n_classes: int, name: str, spec: SplitSpec, folds: int | None
+) -> None:
+    """A stratified split needs at least one patient per class on each side (sklearn's rule)."""
+    taken = math.ceil(fraction * n)
+    if taken < n_classes or n - taken < n_classes:
+        raise ValueError(
+            f"{n} patients are too few for the split {_describe(spec, folds)}: the {name} set would get "
+            f"{taken} and the rest {n - taken}, and each needs at least one patient of each of the "
+            f"{n_classes} classes"
+        )
 
 
 def _check_fractions(spec: SplitSpec) -> None:
@@ -87,16 +116,11 @@ def assert_disjoint(rows: list[tuple[str, str]]) -> None:
 
 
 def write_splits(path: str | Path, assignment: dict[str, str], labels: dict[str, str]) -> None:
-    """Write ``patient_id,label,split`` rows (atomically) after checking disjointness."""
-    assert_disjoint(list(assignment.items()))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["patient_id", "label", "split"])
-        for patient_id in sorted(assignment, key=lambda p: (SPLITS.index(assignment[p]), p)):
-            writer.writerow([patient_id, labels.get(patient_id, ""), assignment[patient_id]])
-    os.replace(tmp, path)
+    """Write ``patient_id,label,split`` rows (atomically), train first, then val and test."""
+    order = sorted(
+        assignment, key=lambda p: (SPLITS.index(assignment[p]) if assignment[p] in SPLITS else 3, p)
+    )
+    write_csv(path, ["patient_id", "label", "split"], [[p, labels.get(p, ""), assignment[p]] for p in order])
 
 
 def read_splits(path: str | Path) -> dict[str, str]:

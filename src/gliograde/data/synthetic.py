@@ -12,6 +12,7 @@ tumour (mainly as the T1ce rim) but not in the per-scanner intensity scale.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import secrets
 import shutil
@@ -29,6 +30,7 @@ MIN_SHAPE: tuple[int, int, int] = (24, 24, 12)
 """Smallest accepted volume; HGG masks there still hold a few voxels each of labels 1, 2 and 4."""
 
 MAPPING_FILE = "name_mapping.csv"
+SETTINGS_FILE = ".synthetic.json"  # hidden: discovery ignores dot files
 MAPPING_COLUMNS: tuple[str, ...] = (
     "Grade",
     "BraTS_2017_subject_ID",
@@ -85,6 +87,12 @@ def synthesize_patient(
     return volumes
 
 
+def generation_settings(root: str | Path) -> dict | None:
+    """The settings a synthetic cohort under ``root`` was generated with (None if not ours)."""
+    path = Path(root) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def generate_cohort(
     out: str | Path,
     patients: int,
@@ -126,13 +134,13 @@ def generate_cohort(
             folder.mkdir()
             for key, array in volumes.items():
                 _write_nifti(folder / f"{name}_{key}.nii", array, affine)
-            rows.append(
-                _mapping_row(np.random.default_rng(meta_seq), grades[index], index, width, name)
-            )
+            rows.append(_mapping_row(np.random.default_rng(meta_seq), grades[index], index, width, name))
         with open(partial / MAPPING_FILE, "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(MAPPING_COLUMNS)
             writer.writerows(rows)
+        settings = {"patients": patients, "seed": seed, "shape": list(shape), "lgg_fraction": lgg_fraction}
+        (partial / SETTINGS_FILE).write_text(json.dumps(settings, sort_keys=True) + "\n")
         try:
             os.replace(partial, out)  # POSIX renames over an empty folder, never a full one
         except OSError as err:
@@ -246,9 +254,7 @@ def _paint_ventricles(
     size = rng.uniform(0.8, 1.3)
     semi = np.maximum(np.array([0.07, 0.30, 0.14]) * size, 1.2 / axes)  # in brain units
     for side in (-1, 1):
-        c = np.array(
-            [side * rng.uniform(0.10, 0.16), rng.uniform(-0.05, 0.08), rng.uniform(0.05, 0.15)]
-        )
+        c = np.array([side * rng.uniform(0.10, 0.16), rng.uniform(-0.05, 0.08), rng.uniform(0.05, 0.15)])
         region = _ellipsoid_box(u, c, semi * 1.05)
         if region is None:
             continue
@@ -336,16 +342,13 @@ def _ellipsoid_distance(
 ) -> np.ndarray:
     """Normalised ellipsoid radius (1 on the surface) over ``region``."""
     a, b, c = (
-        ((coords[r] - ci) / si).astype(np.float32)
-        for coords, r, ci, si in zip(u, region, centre, semi)
+        ((coords[r] - ci) / si).astype(np.float32) for coords, r, ci, si in zip(u, region, centre, semi)
     )
     d = (a[:, None] ** 2 + b[None, :] ** 2)[:, :, None] + (c**2)[None, None, :]
     return np.sqrt(d, out=d)
 
 
-def _smooth_noise(
-    rng: np.random.Generator, shape: Sequence[int], cells: Sequence[int]
-) -> np.ndarray:
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], cells: Sequence[int]) -> np.ndarray:
     """Smooth random field in [-1, 1]: a coarse uniform grid of ``cells`` nodes spread over
     ``shape``, interpolated axis by axis with smoothstep weights.
 
@@ -384,9 +387,7 @@ def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     img.to_filename(path)
 
 
-def _mapping_row(
-    rng: np.random.Generator, grade: str, index: int, width: int, name: str
-) -> list[str]:
+def _mapping_row(rng: np.random.Generator, grade: str, index: int, width: int, name: str) -> list[str]:
     """A plausible name_mapping.csv row: like the real file, subjects new in a later challenge
     year have ``NA`` for the earlier ones, and only some have a TCGA id."""
     first_year = rng.choice([2017, 2019, 2020], p=[0.77, 0.14, 0.09])
@@ -416,8 +417,7 @@ def _refuse_existing(out: Path) -> None:
     if out.is_dir():
         if any(out.iterdir()):
             raise FileExistsError(
-                f"synthetic cohort: {out} already exists and is not empty; "
-                "choose another folder or remove it"
+                f"synthetic cohort: {out} already exists and is not empty; choose another folder or remove it"
             )
     elif out.exists() or out.is_symlink():
         raise FileExistsError(f"synthetic cohort: {out} already exists and is not a folder")

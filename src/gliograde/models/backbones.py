@@ -6,7 +6,6 @@ as ``pretrained``, so nothing is ever downloaded.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -180,9 +179,7 @@ def _load_pretrained(model: nn.Module, name: str, path: Path) -> None:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(
-            f"pretrained weights file {str(path)!r} does not match {name}: {error}"
-        ) from error
+        raise ValueError(f"pretrained weights file {str(path)!r} does not match {name}: {error}") from error
 
 
 __all__ = ["BACKBONES", "adapt_input_conv", "classifier_layer", "create_backbone", "first_conv"]

@@ -41,7 +41,10 @@ class SliceMetrics(torch.nn.Module):
         if self.binary:
             ranking = {"auroc": BinaryAUROC(), "f1": BinaryF1Score()}
         else:
-            ranking = {"auroc": MulticlassAUROC(num_classes), "f1": MulticlassF1Score(num_classes, average="macro")}
+            ranking = {
+                "auroc": MulticlassAUROC(num_classes),
+                "f1": MulticlassF1Score(num_classes, average="macro"),
+            }
         self.on_scores = MetricCollection(ranking, prefix=f"{stage}/")
 
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
@@ -95,8 +98,12 @@ class GradeClassifier(L.LightningModule):
         self.channels_last = channels_last
         self._forward_net = torch.compile(self.net) if compile else self.net
         # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
-        self.slice_metrics = torch.nn.ModuleDict({f"{s}_slices": SliceMetrics(s, num_classes) for s in STAGES})
-        self.patient_probs = torch.nn.ModuleDict({f"{s}_patients": PatientProbabilities() for s in ("val", "test")})
+        self.slice_metrics = torch.nn.ModuleDict(
+            {f"{s}_slices": SliceMetrics(s, num_classes) for s in STAGES}
+        )
+        self.patient_probs = torch.nn.ModuleDict(
+            {f"{s}_patients": PatientProbabilities() for s in ("val", "test")}
+        )
         self.monitor = monitor
         self.best_monitored = MaxMetric()
         self.test_patient_outputs: dict[str, torch.Tensor] = {}
@@ -113,9 +120,19 @@ class GradeClassifier(L.LightningModule):
         loss = F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=self.label_smoothing)
         probs = logits.detach().float().softmax(dim=1)
         self.slice_metrics[f"{stage}_slices"].update(probs, labels)
-        self.log(f"{stage}/loss", loss, on_step=stage == "train", on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=stage != "train")
+        self.log(
+            f"{stage}/loss",
+            loss,
+            on_step=stage == "train",
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(labels),
+            sync_dist=stage != "train",
+        )
         if f"{stage}_patients" in self.patient_probs:
-            self.patient_probs[f"{stage}_patients"].update(probs, labels, batch["patient"], batch["slice_index"])
+            self.patient_probs[f"{stage}_patients"].update(
+                probs, labels, batch["patient"], batch["slice_index"]
+            )
         return loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -129,7 +146,12 @@ class GradeClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         probs = self(batch["image"]).float().softmax(dim=1)
-        return {"probs": probs, "patient": batch["patient"], "slice_index": batch["slice_index"], "label": batch["label"]}
+        return {
+            "probs": probs,
+            "patient": batch["patient"],
+            "slice_index": batch["slice_index"],
+            "label": batch["label"],
+        }
 
     # ------------------------------------------------------------ epoch ends
     def _log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
@@ -148,7 +170,11 @@ class GradeClassifier(L.LightningModule):
         # Every rank computed the same values from the gathered states.
         self.log_dict({k: v.to(self.device) for k, v in values.items()}, sync_dist=True)
         if stage == "test":
-            self.test_patient_outputs = {"patient": patients.cpu(), "probs": probs.cpu(), "label": labels.cpu()}
+            self.test_patient_outputs = {
+                "patient": patients.cpu(),
+                "probs": probs.cpu(),
+                "label": labels.cpu(),
+            }
         return values
 
     def on_train_start(self) -> None:

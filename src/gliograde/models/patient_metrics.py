@@ -33,7 +33,9 @@ class PatientProbabilities(Metric):
         self.add_state("probs", default=[], dist_reduce_fx="cat")
         self.add_state("label", default=[], dist_reduce_fx="cat")
 
-    def update(self, probs: torch.Tensor, label: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor) -> None:
+    def update(
+        self, probs: torch.Tensor, label: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor
+    ) -> None:
         self.probs.append(probs.detach().float())
         self.label.append(label.detach())
         self.patient.append(patient.detach())
@@ -41,7 +43,9 @@ class PatientProbabilities(Metric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(patient ids [P], mean probabilities [P, K], labels [P]), sorted by patient."""
-        patient, slice_index, probs, label = (_cat(s) for s in (self.patient, self.slice_index, self.probs, self.label))
+        patient, slice_index, probs, label = (
+            _cat(s) for s in (self.patient, self.slice_index, self.probs, self.label)
+        )
         if patient.numel() == 0:
             return patient, probs, label
         key = torch.stack([patient, slice_index], dim=1)
@@ -50,7 +54,9 @@ class PatientProbabilities(Metric):
         patients, inverse = torch.unique(patient, return_inverse=True)
         sums = torch.zeros(len(patients), probs.shape[1], device=probs.device).index_add_(0, inverse, probs)
         counts = torch.bincount(inverse, minlength=len(patients)).unsqueeze(1)
-        labels = torch.zeros(len(patients), dtype=label.dtype, device=label.device).scatter_(0, inverse, label)
+        labels = torch.zeros(len(patients), dtype=label.dtype, device=label.device).scatter_(
+            0, inverse, label
+        )
         return patients, sums / counts, labels
 
 
