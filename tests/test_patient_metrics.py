@@ -1,0 +1,62 @@
+"""Patient aggregation and the metric suite against hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gliograde.models.module import _warmup_cosine
+from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
+
+
+def _probs(p1):
+    p1 = torch.tensor(p1, dtype=torch.float32)
+    return torch.stack([1 - p1, p1], dim=1)
+
+
+def test_patient_probability_is_the_mean_over_its_slices_counted_once():
+    metric = PatientProbabilities()
+    # patient 7: slices 0 and 1; patient 3: slice 5. The last row repeats (7, 1), as a
+    # DistributedSampler's padding would, and must not count twice.
+    metric.update(_probs([0.2, 0.6]), torch.tensor([1, 1]), torch.tensor([7, 7]), torch.tensor([0, 1]))
+    metric.update(_probs([0.9, 0.6]), torch.tensor([0, 1]), torch.tensor([3, 7]), torch.tensor([5, 1]))
+    patients, probs, labels = metric.compute()
+    assert patients.tolist() == [3, 7]
+    assert torch.allclose(probs[:, 1], torch.tensor([0.9, 0.4]))
+    assert torch.allclose(probs.sum(1), torch.ones(2))
+    assert labels.tolist() == [0, 1]
+
+
+def test_binary_metrics_match_hand_computation():
+    # labels:      1    1    1    0    0    0    0
+    # p(HGG):     .9   .8   .3   .6   .2   .1   .4
+    # predicted:   1    1    0    1    0    0    0  -> TP=2 FN=1 FP=1 TN=3
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0])
+    values = classification_metrics(_probs([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.4]), labels, prefix="test/patient_")
+    sensitivity, specificity = 2 / 3, 3 / 4
+    expected = {
+        "accuracy": 5 / 7,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "balanced_accuracy": (sensitivity + specificity) / 2,
+        "f1": 2 * 2 / (2 * 2 + 1 + 1),
+        # pairs (pos, neg) ranked correctly: .9 and .8 beat all 4; .3 beats .2 and .1 -> 10/12
+        "auroc": 10 / 12,
+    }
+    for name, value in expected.items():
+        assert values[f"test/patient_{name}"].item() == pytest.approx(value, abs=1e-6), name
+
+
+def test_auroc_is_nan_when_only_one_class_is_present():
+    values = classification_metrics(_probs([0.2, 0.7]), torch.tensor([1, 1]), prefix="val/patient_")
+    assert math.isnan(values["val/patient_auroc"].item())
+
+
+def test_warmup_then_cosine_schedule():
+    factor = _warmup_cosine(total=110, warmup=10, floor=0.0)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0)
+    assert factor(60) == pytest.approx(0.5)
+    assert factor(110) == pytest.approx(0.0, abs=1e-9)
