@@ -34,7 +34,9 @@ def test_binary_metrics_match_hand_computation():
     # p(HGG):     .9   .8   .3   .6   .2   .1   .4
     # predicted:   1    1    0    1    0    0    0  -> TP=2 FN=1 FP=1 TN=3
     labels = torch.tensor([1, 1, 1, 0, 0, 0, 0])
-    values = classification_metrics(_probs([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.4]), labels, prefix="test/patient_")
+    values = classification_metrics(
+        _probs([0.9, 0.8, 0.3, 0.6, 0.2, 0.1, 0.4]), labels, prefix="test/patient_"
+    )
     sensitivity, specificity = 2 / 3, 3 / 4
     expected = {
         "accuracy": 5 / 7,

@@ -30,6 +30,13 @@ _FIRST_CONV = {
     "efficientnet": "features.0.0",
     "convnext": "features.0.0",
 }
+# The last convolutional stage, whose activations Grad-CAM weighs.
+_LAST_STAGE = {
+    "resnet": "layer4",
+    "densenet": "features",
+    "efficientnet": "features",
+    "convnext": "features",
+}
 _HEAD = {
     "resnet": "fc",
     "densenet": "classifier",
@@ -117,6 +124,11 @@ def classifier_layer(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return _locate(model, _HEAD[_family(name)], nn.Linear)
 
 
+def cam_layer(model: nn.Module, name: str) -> nn.Module:
+    """The last convolutional stage of backbone ``name`` (the layer Grad-CAM explains)."""
+    return model.get_submodule(_LAST_STAGE[_family(name)])
+
+
 def _family(name: str) -> str:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
@@ -182,4 +194,4 @@ def _load_pretrained(model: nn.Module, name: str, path: Path) -> None:
         raise ValueError(f"pretrained weights file {str(path)!r} does not match {name}: {error}") from error
 
 
-__all__ = ["BACKBONES", "adapt_input_conv", "classifier_layer", "create_backbone", "first_conv"]
+__all__ = ["BACKBONES", "adapt_input_conv", "cam_layer", "classifier_layer", "create_backbone", "first_conv"]

@@ -1,0 +1,1 @@
+"""Patient-level evaluation: aggregation, metrics with bootstrap intervals, plots, Grad-CAM."""

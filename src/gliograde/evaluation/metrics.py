@@ -1,0 +1,117 @@
+"""Binary classification metrics with patient-bootstrap confidence intervals (scikit-learn)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import sklearn
+import torch
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    roc_auc_score,
+    roc_curve,
+)
+from torchmetrics.functional.classification import binary_calibration_error
+
+METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "sensitivity",
+    "specificity",
+    "ppv",
+    "npv",
+    "f1",
+    "mcc",
+    "auroc",
+    "auprc",
+    "brier",
+    "ece",
+)
+
+
+def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """Every metric in METRICS for labels in {0, 1} and positive-class probabilities.
+
+    Metrics that a sample cannot define (AUROC with one class, PPV with no positive call)
+    are NaN rather than a misleading 0. The threshold metrics all derive from one confusion
+    matrix; ranking and calibration metrics come from scikit-learn and torchmetrics.
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    predicted = (probs >= threshold).astype(int)
+    with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+        tn, fp, fn, tp = (float(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+        both = 0 < labels.sum() < len(labels)
+        auroc = roc_auc_score(labels, probs) if both else np.nan
+        auprc = average_precision_score(labels, probs) if both else np.nan
+        brier = brier_score_loss(labels, probs, pos_label=1)
+    sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    return {
+        "accuracy": (tp + tn) / len(labels),
+        "balanced_accuracy": (sensitivity + specificity) / 2 if both else np.nan,
+        "sensitivity": sensitivity,
+        "specificity": specificity,
+        "ppv": _ratio(tp, tp + fp),
+        "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "mcc": (tp * tn - fp * fn) / mcc_den if mcc_den > 0 else (0.0 if both else np.nan),
+        "auroc": float(auroc),
+        "auprc": float(auprc),
+        "brier": float(brier),
+        "ece": float(
+            binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=10, norm="l1")
+        ),
+    }
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den else np.nan
+
+
+def bootstrap_intervals(
+    compute: Callable[[np.ndarray], dict[str, float]],
+    n_patients: int,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """``{metric: {value, ci_low, ci_high}}`` by resampling patients with replacement.
+
+    ``compute(indices)`` returns the metrics for the patients at ``indices`` (a resample may
+    repeat patients); the point value uses every patient once. Resamples where a metric is
+    undefined are left out of that metric's interval.
+    """
+    point = compute(np.arange(n_patients))
+    rng = np.random.default_rng(seed)
+    draws = {name: [] for name in point}
+    for _ in range(resamples):
+        values = compute(rng.integers(0, n_patients, n_patients))
+        for name, value in values.items():
+            if np.isfinite(value):
+                draws[name].append(value)
+    tail = (1 - level) / 2 * 100
+    result = {}
+    for name, value in point.items():
+        samples = np.asarray(draws[name])
+        low, high = np.percentile(samples, [tail, 100 - tail]) if len(samples) else (np.nan, np.nan)
+        result[name] = {"value": _plain(value), "ci_low": _plain(low), "ci_high": _plain(high)}
+    return result
+
+
+def _plain(value: float) -> float | None:
+    """JSON has no NaN: undefined values are null."""
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The threshold that maximises sensitivity + specificity - 1 (Youden's J)."""
+    labels = np.asarray(labels, dtype=int)
+    if not 0 < labels.sum() < len(labels):
+        raise ValueError("threshold=youden needs both classes among the validation patients")
+    fpr, tpr, thresholds = roc_curve(labels, probs)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thresholds[best], 1.0))

@@ -1,0 +1,87 @@
+"""Figures of an evaluation: ROC, reliability diagram, per-patient strip, Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
+
+from gliograde.callbacks import confusion_figure  # noqa: E402
+
+__all__ = ["confusion_figure", "roc_figure", "reliability_figure", "strip_figure", "gradcam_figure"]
+
+
+def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:
+    """ROC curve of the positive-class probability, with its AUC."""
+    fpr, tpr, _ = roc_curve(labels, probs)
+    auc = roc_auc_score(labels, probs)
+    figure, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot(fpr, tpr, lw=2, label=f"AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def reliability_figure(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> plt.Figure:
+    """Observed positive rate against mean predicted probability per bin, with bin sizes."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    predicted, observed, sizes = [], [], []
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            predicted.append(probs[members].mean())
+            observed.append(labels[members].mean())
+            sizes.append(members.sum())
+    figure, ax = plt.subplots(figsize=(3.6, 3.4))
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
+    ax.plot(predicted, observed, marker="o")
+    for x, y, n in zip(predicted, observed, sizes):
+        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.set_title("reliability (patients)")
+    figure.tight_layout()
+    return figure
+
+
+def strip_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float) -> plt.Figure:
+    """Each patient's probability of the positive class, one column per true class."""
+    rng = np.random.default_rng(0)
+    figure, ax = plt.subplots(figsize=(3.6, 3.4))
+    for k, name in enumerate(classes):
+        values = probs[labels == k]
+        ax.scatter(k + rng.uniform(-0.15, 0.15, len(values)), values, s=14, alpha=0.8)
+    ax.axhline(threshold, ls="--", c="grey", lw=1)
+    ax.set_xticks(range(len(classes)), [f"{c}\n(true)" for c in classes])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(f"p({classes[-1]})")
+    ax.set_title("per-patient probability")
+    figure.tight_layout()
+    return figure
+
+
+def gradcam_figure(
+    image: np.ndarray, heat: np.ndarray, modalities: tuple[str, ...], title: str
+) -> plt.Figure:
+    """One slice: each modality in grey with the Grad-CAM heat map over it."""
+    channels = image.shape[0]
+    figure, axes = plt.subplots(1, channels, figsize=(2.6 * channels, 2.9), squeeze=False)
+    for c in range(channels):
+        ax = axes[0][c]
+        ax.imshow(image[c], cmap="gray")
+        ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        ax.set_title(modalities[c])
+        ax.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
