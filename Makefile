@@ -1,10 +1,11 @@
-# gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests.
+# gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests,
+# `make bench` measures the data path and the training loop (a few minutes, CPU).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test prepare tensorboard clean
+.PHONY: install train test bench prepare tensorboard clean
 
 install: $(STAMP)
 
@@ -19,6 +20,9 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m gliograde.bench --out logs/bench/bench.json
 
 prepare: install
 	$(BIN)/python -m gliograde.prepare

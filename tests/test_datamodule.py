@@ -34,7 +34,8 @@ def test_batches_carry_image_label_patient_and_slice(ready, tiny_cohort_master):
     dm = ready(modalities=["flair", "t1ce", "t1", "t2"])
     batch = next(iter(dm.train_dataloader()))
     x, y, _ = TINY_SHAPE
-    assert batch["image"].shape == (8, 4, y, x) and batch["image"].dtype == torch.float32
+    # float16 is the default transfer dtype (the cache's own); the device hook casts to float32.
+    assert batch["image"].shape == (8, 4, y, x) and batch["image"].dtype == torch.float16
     assert batch["label"].dtype == torch.int64 and batch["slice_index"].dtype == torch.int64
     grades = _grades(tiny_cohort_master)
     volumes = np.load(dm.cached.volumes_path, mmap_mode="r")

@@ -276,6 +276,7 @@ def _preprocess_slot(
             mask_labels,
             spec.clip_percentiles,
             spec.reorient,
+            out_is_zero=True,  # a new volumes.npy reads as zeros: write brain voxels only
         )
     finally:
         volumes.flush()

@@ -1,0 +1,615 @@
+"""``python -m gliograde.bench [--out FILE] [--patients N] [--shape X Y Z] ...``
+
+Measures the data path and the training loop side by side, in one run, on a synthetic cohort
+it generates (full size by default: 240x240x155), and writes the figures to FILE (JSON):
+
+- ``preprocess_s_per_patient``: NIfTI decode + z-score + cache write (a real cache build),
+  one worker; ``preprocess_s_per_patient_all_workers``: the same with every core.
+- ``nibabel_read_s_per_patient``: nibabel reading the patient's five files into arrays.
+- ``loader_slices_per_s``: slices per second from the DataModule's train loader (batches of
+  ``--batch-size``, ``num_workers=0``); ``loader_slices_per_s_workers2``: two workers.
+- ``article_loader_slices_per_s``: a Dataset whose ``__getitem__`` loads the four NIfTI files
+  with ``get_fdata()`` and takes one slice.
+- ``memcpy_slices_per_s``: copying one batch's bytes, in the dtype the loader delivers, into
+  a preallocated buffer (the ceiling).
+- ``lightning_vs_plain_ratio``: samples/s of ``Trainer.fit`` on the GradeClassifier over a
+  plain PyTorch loop with the same model, optimizer, batches and data.
+- ``rss_mb_small``, ``rss_mb_large``: peak RSS of a short training run (separate processes) on
+  a cohort of ``max(2, N // 4)`` patients and on the N-patient one.
+
+Timings are medians of ``--repeats`` runs (or of per-step intervals), so a busy machine moves
+them less. The NIfTI files are read from the page cache (they were just written): the figures
+are CPU costs, not disk speed. A readable table with ratios and the targets follows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+KEYS: tuple[str, ...] = (
+    "preprocess_s_per_patient",
+    "preprocess_s_per_patient_all_workers",
+    "nibabel_read_s_per_patient",
+    "loader_slices_per_s",
+    "loader_slices_per_s_workers2",
+    "article_loader_slices_per_s",
+    "memcpy_slices_per_s",
+    "lightning_vs_plain_ratio",
+    "rss_mb_small",
+    "rss_mb_large",
+)
+FULL_SHAPE = (240, 240, 155)
+
+# Targets on a 2-core CPU machine (at full size).
+PREPROCESS_MAX_S = 0.4
+LOADER_MIN_OF_MEMCPY = 0.35
+LOADER_MIN_OVER_ARTICLE = 1000.0
+LIGHTNING_MIN_RATIO = 0.95
+RSS_MAX_GROWTH_MB = 200.0
+
+# Each loader and memcpy measurement runs at least this long (short runs are noisy).
+MIN_SECONDS = 0.5
+
+# Every run uses all patients for training: the loader and the steps see the whole cohort,
+# and small cohorts need one patient of each class only.
+TRAIN_ONLY = {"train": 1.0, "val": 0.0, "test": 0.0}
+
+log = logging.getLogger("gliograde.bench")
+
+
+@dataclass
+class Options:
+    out: Path
+    patients: int = 12
+    shape: tuple[int, int, int] = FULL_SHAPE
+    batch_size: int = 64
+    train_batch_size: int = 16
+    warmup_steps: int = 2
+    train_steps: int = 10
+    rss_steps: int = 3
+    repeats: int = 3
+    article_slices: int = 32
+    workdir: Path | None = None
+    keep: bool = False
+    seed: int = 0
+
+
+# ---------------------------------------------------------------------------- helpers
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _quiet() -> None:
+    """Lightning's banners and the DataLoader's advice are noise in a benchmark."""
+    import lightning  # noqa: F401  (it sets its loggers' levels on import)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*__array__ implementation.*")
+
+
+def _datamodule(root: Path, cache_dir: Path, **overrides):
+    from gliograde.data.datamodule import GliomaDataModule
+
+    options: dict[str, Any] = {
+        "root": root,
+        "cache_dir": cache_dir,
+        "split": TRAIN_ONLY,
+        "slices": {"strategy": "brain"},
+        "progress": False,
+        "preprocess": {"workers": 1},
+    }
+    options.update(overrides)
+    dm = GliomaDataModule(**options)
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+def _records(root: Path):
+    from gliograde.data.cohort import discover_cohort
+    from gliograde.data.specs import LabelSpec, LayoutSpec
+
+    return discover_cohort(root, LayoutSpec(), LabelSpec(), require_labels=True).patients
+
+
+# ------------------------------------------------------------------------ measurements
+def measure_preprocess(root: Path, work: Path, workers: int | None, repeats: int) -> tuple[float, Path]:
+    """Seconds per patient of a full cache build (header checks, decode, z-score, write).
+
+    Returns the median and the directory of the last build, kept for the loader runs.
+    """
+    from gliograde.data.cache import open_or_build
+    from gliograde.data.specs import LayoutSpec, PreprocessSpec
+
+    records = _records(root)
+    spec = PreprocessSpec(workers=workers)
+    per_patient = []
+    cache_dir = work
+    for rep in range(repeats):
+        cache_dir = work / f"cache-{workers or 'all'}-{rep}"
+        start = time.perf_counter()
+        open_or_build(records, cache_dir, spec, LayoutSpec().mask_labels, progress=False)
+        per_patient.append((time.perf_counter() - start) / len(records))
+        if rep < repeats - 1:
+            shutil.rmtree(cache_dir)
+    return float(np.median(per_patient)), cache_dir
+
+
+def measure_nibabel_read(root: Path, repeats: int) -> float:
+    """Seconds per patient for nibabel to read the five files into in-memory arrays."""
+    import nibabel as nib
+
+    from gliograde.data.specs import MODALITIES
+
+    records = _records(root)
+    paths = [[r.modalities[m] for m in MODALITIES] + [r.mask] for r in records]
+
+    def read_all() -> None:
+        for files in paths:
+            for path in files:
+                np.asarray(nib.load(str(path), mmap=False).dataobj.get_unscaled())
+
+    return _median_time(read_all, repeats) / len(records)
+
+
+def measure_loader(dm, repeats: int, min_seconds: float = MIN_SECONDS) -> float:
+    """Slices per second from the train loader, after one warm-up epoch (steady state).
+
+    Each of ``repeats`` measurements runs whole epochs for at least ``min_seconds``.
+    """
+    loader = dm.train_dataloader()
+    for _ in loader:  # maps the cache pages, starts persistent workers
+        pass
+    rates = []
+    for _ in range(repeats):
+        slices = 0
+        start = time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < min_seconds or not slices:
+            for batch in loader:
+                slices += len(batch["image"])
+        rates.append(slices / elapsed)
+    return float(np.median(rates))
+
+
+def measure_memcpy(shape: tuple[int, ...], dtype: np.dtype, min_seconds: float = MIN_SECONDS) -> float:
+    """Slices per second of copying a batch's bytes into a preallocated buffer (median copy)."""
+    source = np.random.default_rng(0).standard_normal(shape, dtype=np.float32).astype(dtype)
+    target = np.empty_like(source)
+    times: list[float] = []
+    deadline = time.perf_counter() + min_seconds
+    while time.perf_counter() < deadline or len(times) < 5:
+        start = time.perf_counter()
+        np.copyto(target, source)
+        times.append(time.perf_counter() - start)
+    return shape[0] / float(np.median(times))
+
+
+class ArticleSliceDataset:
+    """The article's loader: every item loads the four NIfTI files and keeps one slice."""
+
+    def __init__(self, items: list[tuple[list[Path], int, int]]):
+        self.items = items  # (modality paths, axial slice, label)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        import nibabel as nib
+        import torch
+
+        paths, z, label = self.items[index]
+        image = np.stack([nib.load(str(p)).get_fdata()[:, :, z] for p in paths]).astype(np.float32)
+        return torch.from_numpy(image), label
+
+
+def measure_article_loader(root: Path, n: int, batch_size: int, depth: int, seed: int) -> float:
+    """Slices per second of the article's loader over ``n`` random axial slices."""
+    from torch.utils.data import DataLoader
+
+    from gliograde.data.specs import MODALITIES
+
+    records = _records(root)
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        record = records[i % len(records)]
+        items.append(([record.modalities[m] for m in MODALITIES], int(rng.integers(depth)), record.label))
+    loader = DataLoader(ArticleSliceDataset(items), batch_size=min(batch_size, n), shuffle=False)
+    start = time.perf_counter()
+    slices = sum(len(images) for images, _ in loader)
+    return slices / (time.perf_counter() - start)
+
+
+def _classifier(seed: int):
+    import lightning as L
+
+    from gliograde.models.module import GradeClassifier
+
+    L.seed_everything(seed, verbose=False)
+    return GradeClassifier(backbone="resnet18", in_channels=4, num_classes=2, scheduler={"name": "none"})
+
+
+def _trainer(max_steps: int, callbacks: list):
+    import lightning as L
+
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=callbacks,
+    )
+
+
+def measure_lightning_vs_plain(
+    root: Path, cache_dir: Path, batch_size: int, warmup: int, steps: int, seed: int
+) -> tuple[float, float, float]:
+    """(ratio, Lightning s/step, plain s/step), each the median over ``steps`` steps.
+
+    ``Trainer.fit`` trains a GradeClassifier; after each of its steps a callback runs one step
+    of a plain PyTorch loop on a second, identically initialised GradeClassifier with the same
+    optimizer, its own train loader over the same data and device hook. Interleaving step by
+    step makes load from other processes hit both alike. A Lightning step is the time from
+    the callback's return to its next call (batch fetch, transfer hooks, training_step,
+    backward, optimizer step and Lightning's bookkeeping); a plain step is the same work
+    written by hand. The first ``warmup`` steps of each are left out.
+    """
+    import lightning as L
+    import torch.nn.functional as F
+
+    from gliograde.models.module import OPTIMIZERS
+
+    plain_dm = _datamodule(root, cache_dir, batch_size=batch_size, seed=seed)
+    plain_model = _classifier(seed)
+    plain_model.train()
+    cfg = dict(plain_model.optimizer_cfg)
+    optimizer = OPTIMIZERS[cfg.pop("name")](plain_model.parameters(), **cfg)
+    batches = iter(())
+
+    def plain_step() -> None:
+        nonlocal batches
+        batch = next(batches, None)
+        if batch is None:  # a new epoch
+            batches = iter(plain_dm.train_dataloader())
+            batch = next(batches)
+        batch = plain_dm.on_after_batch_transfer(batch, 0)
+        loss = F.cross_entropy(plain_model(batch["image"]), batch["label"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    class Interleave(L.Callback):
+        def __init__(self):
+            self.lightning: list[float] = []
+            self.plain: list[float] = []
+            self.resumed: float | None = None
+
+        def on_train_batch_end(self, *args, **kwargs) -> None:
+            now = time.perf_counter()
+            if self.resumed is not None:
+                self.lightning.append(now - self.resumed)
+            plain_step()
+            self.plain.append(time.perf_counter() - now)
+            self.resumed = time.perf_counter()
+
+    clock = Interleave()
+    dm = _datamodule(root, cache_dir, batch_size=batch_size, seed=seed)
+    _trainer(warmup + steps + 1, [clock]).fit(_classifier(seed), datamodule=dm)
+    lightning_s = float(np.median(clock.lightning[warmup:]))
+    plain_s = float(np.median(clock.plain[warmup:]))
+    return plain_s / lightning_s, lightning_s, plain_s
+
+
+def _rss_child(spec: dict[str, Any]) -> None:
+    """Inside a fresh process: a short training run, then print this process's peak RSS."""
+    _quiet()
+    dm = _datamodule(Path(spec["root"]), Path(spec["cache_dir"]), batch_size=spec["batch_size"])
+    _trainer(spec["steps"], []).fit(_classifier(0), datamodule=dm)
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"rss_mb": peak_kb / 1024}))
+
+
+def measure_rss(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """Peak RSS (MB) of each run, each in its own process (run side by side: RSS is per process)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    children = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "gliograde.bench", "--rss-child", json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name, spec in runs.items()
+    }
+    peaks = {}
+    for name, child in children.items():
+        out, err = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"RSS run {name!r} failed:\n{err[-3000:]}")
+        peaks[name] = float(json.loads(out.strip().splitlines()[-1])["rss_mb"])
+    return peaks
+
+
+# ------------------------------------------------------------------------------- run
+def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
+    """Every measurement; returns (the KEYS figures, extra figures for the table)."""
+    _quiet()
+    from gliograde.data.cache import available_cores
+    from gliograde.data.synthetic import generate_cohort
+
+    work = Path(tempfile.mkdtemp(prefix="gliograde-bench-", dir=opts.workdir))
+    extra: dict[str, Any] = {"shape": opts.shape, "patients": opts.patients, "cores": available_cores()}
+    try:
+        small_n = max(2, opts.patients // 4)
+        extra["small_patients"] = small_n
+
+        def say(text: str) -> None:
+            print(f"[bench] {text}", flush=True)
+
+        say(f"generating {opts.patients} + {small_n} synthetic patients of {opts.shape} in {work}")
+        large = generate_cohort(work / "cohort", opts.patients, seed=opts.seed, shape=opts.shape)
+        small = generate_cohort(work / "cohort-small", small_n, seed=opts.seed + 1, shape=opts.shape)
+        results: dict[str, float] = {}
+
+        say("preprocessing (cache builds)")
+        results["preprocess_s_per_patient"], _ = measure_preprocess(large, work, 1, opts.repeats)
+        results["preprocess_s_per_patient_all_workers"], cache = measure_preprocess(
+            large, work, None, opts.repeats
+        )
+        cache_dir = cache  # a built cache for this cohort: the DataModules below reuse it
+        results["nibabel_read_s_per_patient"] = measure_nibabel_read(large, opts.repeats)
+
+        say("loaders")
+        default = _datamodule(large, cache_dir, batch_size=opts.batch_size)  # config defaults
+        delivered = extra["default_dtype"] = default.transfer_dtype
+        results["loader_slices_per_s"] = extra[f"loader_{delivered}"] = measure_loader(default, opts.repeats)
+        other = "float32" if delivered == "float16" else "float16"
+        extra[f"loader_{other}"] = measure_loader(
+            _datamodule(large, cache_dir, batch_size=opts.batch_size, transfer_dtype=other), opts.repeats
+        )
+        results["loader_slices_per_s_workers2"] = measure_loader(
+            _datamodule(large, cache_dir, batch_size=opts.batch_size, num_workers=2, persistent_workers=True),
+            opts.repeats,
+        )
+        x, y, z = opts.shape
+        batch_shape = (opts.batch_size, len(default.modalities), y, x)
+        for dtype in ("float16", "float32"):
+            extra[f"memcpy_{dtype}"] = measure_memcpy(batch_shape, np.dtype(dtype))
+        results["memcpy_slices_per_s"] = extra[f"memcpy_{delivered}"]
+        results["article_loader_slices_per_s"] = measure_article_loader(
+            large, opts.article_slices, opts.batch_size, z, opts.seed
+        )
+
+        say(f"Lightning vs plain PyTorch ({opts.warmup_steps} + {opts.train_steps} steps each)")
+        ratio, lightning_s, plain_s = measure_lightning_vs_plain(
+            large, cache_dir, opts.train_batch_size, opts.warmup_steps, opts.train_steps, opts.seed
+        )
+        results["lightning_vs_plain_ratio"] = ratio
+        extra["lightning_samples_per_s"] = opts.train_batch_size / lightning_s
+        extra["plain_samples_per_s"] = opts.train_batch_size / plain_s
+
+        say(f"peak RSS of {opts.rss_steps}-step training runs ({small_n} and {opts.patients} patients)")
+        small_cache = work / "cache-small"
+        _datamodule(small, small_cache)  # build it here: the runs measure training, not building
+        spec = {"batch_size": opts.train_batch_size, "steps": opts.rss_steps}
+        peaks = measure_rss(
+            {
+                "small": {**spec, "root": str(small), "cache_dir": str(small_cache)},
+                "large": {**spec, "root": str(large), "cache_dir": str(cache_dir)},
+            }
+        )
+        results["rss_mb_small"], results["rss_mb_large"] = peaks["small"], peaks["large"]
+        return {k: float(results[k]) for k in KEYS}, extra
+    finally:
+        if opts.keep:
+            print(f"[bench] kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- report
+def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
+    """(what, measured, met) for every target of the requirement."""
+    of_memcpy = r["loader_slices_per_s"] / r["memcpy_slices_per_s"]
+    over_article = r["loader_slices_per_s"] / r["article_loader_slices_per_s"]
+    growth = r["rss_mb_large"] - r["rss_mb_small"]
+    return [
+        (
+            f"preprocessing <= {PREPROCESS_MAX_S} s/patient per core",
+            f"{r['preprocess_s_per_patient']:.3f} s",
+            r["preprocess_s_per_patient"] <= PREPROCESS_MAX_S,
+        ),
+        (
+            f"loader >= {LOADER_MIN_OF_MEMCPY} of memcpy",
+            f"{of_memcpy:.2f}",
+            of_memcpy >= LOADER_MIN_OF_MEMCPY,
+        ),
+        (
+            f"loader > {LOADER_MIN_OVER_ARTICLE:.0f}x the article's",
+            f"{over_article:,.0f}x",
+            over_article > LOADER_MIN_OVER_ARTICLE,
+        ),
+        (
+            f"Lightning / plain >= {LIGHTNING_MIN_RATIO}",
+            f"{r['lightning_vs_plain_ratio']:.3f}",
+            r["lightning_vs_plain_ratio"] >= LIGHTNING_MIN_RATIO,
+        ),
+        (f"peak RSS growth < {RSS_MAX_GROWTH_MB:.0f} MB", f"{growth:+.0f} MB", growth < RSS_MAX_GROWTH_MB),
+    ]
+
+
+def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> str:
+    x, y, z = extra["shape"]
+    cores = extra["cores"]
+    dtype = extra["default_dtype"]
+    rows = [
+        (
+            "preprocess_s_per_patient",
+            f"{r['preprocess_s_per_patient']:.3f}",
+            "s",
+            "decode + z-score + cache write, 1 worker",
+        ),
+        (
+            "preprocess_s_per_patient_all_workers",
+            f"{r['preprocess_s_per_patient_all_workers']:.3f}",
+            "s",
+            f"{cores} workers (wall time / patients)",
+        ),
+        (
+            "nibabel_read_s_per_patient",
+            f"{r['nibabel_read_s_per_patient']:.3f}",
+            "s",
+            f"floor; preprocessing is {r['preprocess_s_per_patient'] / r['nibabel_read_s_per_patient']:.1f}x it",
+        ),
+        (
+            "loader_slices_per_s",
+            f"{r['loader_slices_per_s']:,.0f}",
+            "slices/s",
+            f"[{opts.batch_size},4,{y},{x}] {dtype}, num_workers=0; "
+            + f"{r['loader_slices_per_s'] / r['memcpy_slices_per_s']:.2f} of memcpy",
+        ),
+        (
+            "loader_slices_per_s_workers2",
+            f"{r['loader_slices_per_s_workers2']:,.0f}",
+            "slices/s",
+            "num_workers=2",
+        ),
+        (
+            "article_loader_slices_per_s",
+            f"{r['article_loader_slices_per_s']:,.2f}",
+            "slices/s",
+            f"get_fdata() per item; ours is {r['loader_slices_per_s'] / r['article_loader_slices_per_s']:,.0f}x",
+        ),
+        (
+            "memcpy_slices_per_s",
+            f"{r['memcpy_slices_per_s']:,.0f}",
+            "slices/s",
+            f"ceiling: copy a {dtype} batch",
+        ),
+        (
+            "lightning_vs_plain_ratio",
+            f"{r['lightning_vs_plain_ratio']:.3f}",
+            "",
+            f"{extra['lightning_samples_per_s']:.1f} vs {extra['plain_samples_per_s']:.1f} samples/s, "
+            + f"batch {opts.train_batch_size} (median steps, interleaved)",
+        ),
+        (
+            "rss_mb_small",
+            f"{r['rss_mb_small']:,.0f}",
+            "MB",
+            f"{extra['small_patients']} patients, {opts.rss_steps} steps",
+        ),
+        (
+            "rss_mb_large",
+            f"{r['rss_mb_large']:,.0f}",
+            "MB",
+            f"{extra['patients']} patients, {opts.rss_steps} steps",
+        ),
+    ]
+    width = max(len(k) for k, *_ in rows)
+    lines = [f"gliograde bench: {extra['patients']} synthetic patients of {x}x{y}x{z}, {cores} cores", ""]
+    lines += [f"  {k:<{width}}  {v:>12} {u:<9} {note}" for k, v, u, note in rows]
+    lines += ["", "  transfer dtype (evidence for the default):"]
+    for d in ("float16", "float32"):
+        loader, ceiling = extra[f"loader_{d}"], extra[f"memcpy_{d}"]
+        lines.append(
+            f"    {d}: loader {loader:>9,.0f} slices/s, memcpy {ceiling:>9,.0f} slices/s, ratio {loader / ceiling:.2f}"
+        )
+    lines += ["", "  targets:"]
+    for what, value, met in targets(r):
+        lines.append(f"    {'PASS' if met else 'FAIL'}  {what:<40} {value}")
+    if tuple(extra["shape"]) != FULL_SHAPE:
+        lines.append(f"    (targets are for full-size {FULL_SHAPE} volumes; this run used {extra['shape']})")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> Options | dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m gliograde.bench", description=__doc__.split("\n\n")[1])
+    parser.add_argument("--out", type=Path, default=Path("logs/bench/bench.json"), help="JSON file to write")
+    parser.add_argument("--patients", type=int, default=12, help="patients of the (large) cohort")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(FULL_SHAPE), metavar=("X", "Y", "Z"))
+    parser.add_argument("--batch-size", type=int, default=64, help="loader batch size")
+    parser.add_argument("--train-batch-size", type=int, default=16, help="batch size of the training runs")
+    parser.add_argument("--warmup-steps", type=int, default=2)
+    parser.add_argument("--train-steps", type=int, default=10, help="timed steps, Lightning and plain each")
+    parser.add_argument("--rss-steps", type=int, default=3, help="steps of each peak-RSS training run")
+    parser.add_argument("--repeats", type=int, default=3, help="repetitions behind each median")
+    parser.add_argument("--article-slices", type=int, default=32, help="slices the article's loader reads")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the cohorts go (default: temp)")
+    parser.add_argument("--keep", action="store_true", help="keep the generated cohorts and caches")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child is not None:
+        return json.loads(args.rss_child)
+    if args.patients < 2:
+        parser.error("--patients must be at least 2 (one of each class)")
+    if min(args.shape) < 1 or args.batch_size < 1 or args.train_batch_size < 1 or args.repeats < 1:
+        parser.error("--shape, batch sizes and --repeats must be positive")
+    if args.warmup_steps < 1 or args.train_steps < 2 or args.rss_steps < 1 or args.article_slices < 1:
+        parser.error("--warmup-steps >= 1, --train-steps >= 2, --rss-steps >= 1 and --article-slices >= 1")
+    return Options(
+        out=args.out,
+        patients=args.patients,
+        shape=tuple(args.shape),
+        batch_size=args.batch_size,
+        train_batch_size=args.train_batch_size,
+        warmup_steps=args.warmup_steps,
+        train_steps=args.train_steps,
+        rss_steps=args.rss_steps,
+        repeats=args.repeats,
+        article_slices=args.article_slices,
+        workdir=args.workdir,
+        keep=args.keep,
+        seed=args.seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, float] | None:
+    opts = parse_args(argv)
+    if isinstance(opts, dict):
+        _rss_child(opts)
+        return None
+    start = time.perf_counter()
+    results, extra = run(opts)
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = opts.out.with_name(opts.out.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, opts.out)
+    print(format_report(results, extra, opts))
+    print(f"\nwrote {opts.out} ({time.perf_counter() - start:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()
