@@ -13,14 +13,14 @@ from omegaconf import DictConfig
 
 from gliograde.config import CONF_DIR
 from gliograde.data.errors import DataError
-from gliograde.training import NoGPUError, train
+from gliograde.training import NoGPUError, RunDirectoryError, train
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
-    except (DataError, NoGPUError, ValueError) as err:
+    except (DataError, NoGPUError, RunDirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     value = metrics.get(cfg.optimized_metric)

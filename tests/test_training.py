@@ -205,3 +205,36 @@ def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
     state = torch.load(last, weights_only=False, map_location="cpu")
     assert state["global_step"] == 6
     assert "Restoring states from the checkpoint" in second.stdout + second.stderr
+
+
+def test_slurm_launcher_config_composes():
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_dir, tmp_path):
+    sweep = tmp_path / "optuna"
+    result = _train(
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *_data_args(small_cohort, cache_dir),
+        "trainer=cpu",
+        "debug=limit",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = OmegaConf.load(sweep / "optimization_results.yaml")
+    # data.batch_size is fixed by the command line here, so only the optimiser is searched
+    assert set(results.best_params) == {"model.optimizer.lr", "model.optimizer.weight_decay"}
+    best = max(
+        json.loads((sweep / j / "metrics.json").read_text())["val/patient_auroc_best"] for j in ("0", "1")
+    )
+    assert results.best_value == pytest.approx(best)

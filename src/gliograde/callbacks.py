@@ -71,7 +71,7 @@ class TestConfusionMatrixToTensorBoard(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        outputs = getattr(pl_module, "test_patient_outputs", None)
+        outputs = getattr(pl_module, "patient_outputs", {}).get("test")
         if logger is None or not outputs or not trainer.is_global_zero:
             return
         classes = list(pl_module.hparams.get("class_names", []))

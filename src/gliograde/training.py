@@ -13,16 +13,27 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.atomic import write_text
+from gliograde.atomic import write_csv, write_text
+from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
+from gliograde.distributed import launch_ranks_as_this_job
 
 log = logging.getLogger(__name__)
 
 
+# Set by Lightning's DDP launcher in the launching process.
+_LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
 class NoGPUError(RuntimeError):
     """A GPU was asked for on a machine without one."""
+
+
+class RunDirectoryError(RuntimeError):
+    """The run directory cannot be written."""
 
 
 def trainer_options(cfg: DictConfig) -> dict[str, Any]:
@@ -50,6 +61,12 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
             "trainer.accelerator=gpu, but no GPU is available (torch.cuda.is_available() is False). "
             "Run on the CPU with trainer=cpu."
         )
+    on_cpu = options.get("accelerator") == "cpu" or (
+        options.get("accelerator") in (None, "auto") and torch.cuda.device_count() == 0
+    )
+    if options.get("sync_batchnorm") and on_cpu:
+        log.info("trainer.sync_batchnorm needs GPUs; batch norm stays per process on the CPU")
+        options["sync_batchnorm"] = False
     return options
 
 
@@ -60,6 +77,22 @@ def run_dir(cfg: DictConfig) -> Path:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as ``cfg`` says; return the run's final metrics (also in metrics.json)."""
+    launcher_env = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
+    try:
+        return _train(cfg)
+    finally:
+        # The next job of a sweep runs in this process: it must start its own process group
+        # and launch its own ranks, which Lightning skips while LOCAL_RANK is set.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in launcher_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
     out = run_dir(cfg)
     _check_writable(out)
@@ -83,28 +116,48 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
-    trainer = L.Trainer(**trainer_kwargs, callbacks=callbacks, logger=loggers or False)
+    launch_ranks_as_this_job()
+    trainer = L.Trainer(
+        **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
 
-    write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    datamodule.write_splits(out / "splits.csv")
+    lead = rank_zero_only.rank == 0  # DDP ranks started by Lightning carry their rank in the environment
+    if lead:
+        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        datamodule.write_splits(out / "splits.csv")
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = _numbers(trainer.callback_metrics)
-
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        log.info("Validating and testing the best checkpoint: %s", best)
+        metrics["best_checkpoint"] = best  # type: ignore[assignment]
+    # The best model's validation predictions: the out-of-fold predictions of cross-validation.
+    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+    metrics.update(_numbers(trainer.callback_metrics))
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if best:
-            log.info("Testing the best checkpoint: %s", best)
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
         metrics.update(_numbers(trainer.callback_metrics))
-        if best:
-            metrics["best_checkpoint"] = best  # type: ignore[assignment]
 
     if trainer.is_global_zero:
+        for stage, outputs in model.patient_outputs.items():
+            _write_patient_predictions(out / f"predictions_{stage}.csv", outputs, datamodule)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _log_hparams(trainer, cfg, metrics)
         print(format_results(metrics, out))
     return metrics
+
+
+def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], datamodule) -> None:
+    """patient_id, label and class probabilities of one stage's patients."""
+    classes = list(datamodule.classes)
+    rows = []
+    for position, label, probs in zip(
+        outputs["patient"].tolist(), outputs["label"].tolist(), outputs["probs"].tolist()
+    ):
+        name = classes[label] if label >= 0 else ""
+        rows.append([datamodule.cached.patient_ids[position], name, *(f"{p:.6f}" for p in probs)])
+    write_csv(path, ["patient_id", "label", *(f"prob_{c}" for c in classes)], rows)
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
@@ -155,4 +208,4 @@ def _check_writable(path: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise RuntimeError(f"{path}: run directory is not writable ({exc.strerror})") from None
+        raise RunDirectoryError(f"{path}: run directory is not writable ({exc.strerror})") from None

@@ -13,14 +13,15 @@ import lightning as L
 import numpy as np
 import torch
 from filelock import FileLock
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, SequentialSampler
 
 from gliograde.atomic import write_csv
 from gliograde.data.augment import BatchAugmenter
 from gliograde.data.cache import CachedCohort, open_or_build
 from gliograde.data.cohort import Cohort, discover_cohort
-from gliograde.data.dataset import SliceDataset, identity_collate
+from gliograde.data.dataset import SliceDataset, cast, identity_collate
 from gliograde.data.errors import DataError
+from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from gliograde.data.slices import NEEDS_MASK, select_slices, validate_slice_spec
 from gliograde.data.specs import (
     MODALITIES,
@@ -81,7 +82,7 @@ class GliomaDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         on_error: str = "raise",
         require_labels: bool = True,
-        transfer_dtype: str = "float32",
+        transfer_dtype: str = "float16",
         seed: int = 0,
         progress: bool = True,
     ):
@@ -418,17 +419,14 @@ class GliomaDataModule(L.LightningDataModule):
         if split not in self.datasets:
             raise RuntimeError(f"no patients in the {split} split (call setup() first, or check data.split)")
         dataset = self.datasets[split]
-        generator = torch.Generator().manual_seed(self.seed)
         if train and self.sampler == "weighted":
             counts = self.class_counts(split)
             weights = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)[
                 torch.from_numpy(dataset.labels)
             ]
-            sampler = WeightedRandomSampler(
-                weights, num_samples=len(dataset), replacement=True, generator=generator
-            )
+            sampler = EpochWeightedSampler(weights, seed=self.seed)
         elif train:
-            sampler = RandomSampler(dataset, generator=generator)
+            sampler = EpochShuffleSampler(len(dataset), seed=self.seed)
         else:
             sampler = SequentialSampler(dataset)
         return DataLoader(
@@ -462,7 +460,7 @@ class GliomaDataModule(L.LightningDataModule):
         """On the device: cast to float32, then augment if training."""
         image = batch["image"]
         if image.dtype != torch.float32:
-            image = image.float()
+            image = cast(image, torch.float32)
         trainer = self.trainer
         if self._augmenter is not None and trainer is not None and trainer.training:
             if trainer.current_epoch != self._augment_epoch:

@@ -106,9 +106,14 @@ class GradeClassifier(L.LightningModule):
         )
         self.monitor = monitor
         self.best_monitored = MaxMetric()
-        self.test_patient_outputs: dict[str, torch.Tensor] = {}
+        self.best_monitored.persistent(True)  # a resumed run continues the same best-so-far
+        # Latest patient-level outputs per stage: {"patient", "probs", "label"} tensors on the CPU.
+        self.patient_outputs: dict[str, dict[str, torch.Tensor]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        weight_dtype = next(self.net.parameters()).dtype
+        if images.is_floating_point() and images.dtype != weight_dtype:
+            images = images.to(weight_dtype)  # float16 batches straight from a DataLoader
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self._forward_net(images)
@@ -169,16 +174,8 @@ class GradeClassifier(L.LightningModule):
         values[f"{stage}/patient_count"] = torch.tensor(float(len(patients)))
         # Every rank computed the same values from the gathered states.
         self.log_dict({k: v.to(self.device) for k, v in values.items()}, sync_dist=True)
-        if stage == "test":
-            self.test_patient_outputs = {
-                "patient": patients.cpu(),
-                "probs": probs.cpu(),
-                "label": labels.cpu(),
-            }
+        self.patient_outputs[stage] = {"patient": patients.cpu(), "probs": probs.cpu(), "label": labels.cpu()}
         return values
-
-    def on_train_start(self) -> None:
-        self.best_monitored.reset()  # the sanity check's values must not count
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
