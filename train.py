@@ -23,6 +23,9 @@ def main(cfg: DictConfig) -> float | None:
     except (DataError, NoGPUError, RunDirectoryError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except OSError as err:  # a full disk, a checkpoint directory that cannot be written...
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
 

@@ -44,6 +44,30 @@ def test_metrics_match_a_hand_computed_case():
     assert m["auprc"] == pytest.approx((1 + 1 + 3 / 5) / 3)
 
 
+def test_metrics_agree_with_scikit_learn_on_random_cases():
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        f1_score,
+        matthews_corrcoef,
+        precision_score,
+        recall_score,
+    )
+
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        labels = rng.integers(0, 2, 40)
+        probs = rng.random(40)
+        predicted = (probs >= 0.5).astype(int)
+        m = binary_metrics(labels, probs, 0.5)
+        assert m["sensitivity"] == pytest.approx(recall_score(labels, predicted))
+        assert m["specificity"] == pytest.approx(recall_score(labels, predicted, pos_label=0))
+        assert m["ppv"] == pytest.approx(precision_score(labels, predicted))
+        assert m["npv"] == pytest.approx(precision_score(labels, predicted, pos_label=0))
+        assert m["f1"] == pytest.approx(f1_score(labels, predicted))
+        assert m["mcc"] == pytest.approx(matthews_corrcoef(labels, predicted))
+        assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predicted))
+
+
 def test_undefined_metrics_are_nan_not_zero():
     m = binary_metrics(np.array([1, 1]), np.array([0.2, 0.3]), 0.5)
     assert np.isnan(m["auroc"]) and np.isnan(m["ppv"]) and m["sensitivity"] == 0
@@ -220,3 +244,13 @@ def test_cohort_without_labels_or_masks_gets_predictions_only(trained_run, tmp_p
     rows = _rows(out / "patient_predictions.csv")
     assert len(rows) == 5 and all(r["label"] == "" and r["prediction"] in ("LGG", "HGG") for r in rows)
     assert list(out.glob("gradcam_all_*.png"))
+
+
+def test_best_checkpoint_is_found_in_the_run_directory_itself(trained_run, tmp_path):
+    """A copied run without metrics.json (killed, or still running) still evaluates its best."""
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run["run"], copy, ignore=shutil.ignore_patterns("eval", "metrics.json"))
+    result = _evaluate(f"run_dir={copy}", "gradcam_n=0", f"output_dir={tmp_path / 'out'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    used = Path(json.loads((tmp_path / "out" / "metrics.json").read_text())["checkpoint"])
+    assert used.parent == copy / "checkpoints" and used.name.startswith("epoch_")

@@ -22,7 +22,9 @@ def test_patient_probability_is_the_mean_over_its_slices_counted_once():
     # DistributedSampler's padding would, and must not count twice.
     metric.update(_probs([0.2, 0.6]), torch.tensor([1, 1]), torch.tensor([7, 7]), torch.tensor([0, 1]))
     metric.update(_probs([0.9, 0.6]), torch.tensor([0, 1]), torch.tensor([3, 7]), torch.tensor([5, 1]))
-    patients, probs, labels = metric.compute()
+    rows = metric.compute()
+    patients, probs, labels = rows["patient"], rows["probs"], rows["label"]
+    assert len(rows["slice_probs"]) == 3 and rows["slice_label"].tolist() == [0, 1, 1]
     assert patients.tolist() == [3, 7]
     assert torch.allclose(probs[:, 1], torch.tensor([0.9, 0.4]))
     assert torch.allclose(probs.sum(1), torch.ones(2))
@@ -53,7 +55,9 @@ def test_binary_metrics_match_hand_computation():
 
 def test_auroc_is_nan_when_only_one_class_is_present():
     values = classification_metrics(_probs([0.2, 0.7]), torch.tensor([1, 1]), prefix="val/patient_")
-    assert math.isnan(values["val/patient_auroc"].item())
+    for name in ("auroc", "specificity", "balanced_accuracy"):
+        assert math.isnan(values[f"val/patient_{name}"].item()), name
+    assert values["val/patient_sensitivity"].item() == 0.5
 
 
 def test_warmup_then_cosine_schedule():

@@ -138,10 +138,8 @@ def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["n_patients"] == 9
     for name in ("auroc", "accuracy", "sensitivity", "specificity"):
-        if report["patient"][name]["value"] is not None:
-            assert metrics[f"test/patient_{name}"] == pytest.approx(
-                report["patient"][name]["value"], abs=1e-5
-            )
+        assert report["patient"][name]["value"] is not None, name  # both classes are among the test patients
+        assert metrics[f"test/patient_{name}"] == pytest.approx(report["patient"][name]["value"], abs=1e-5)
 
 
 def test_ddp_inside_a_two_job_sweep(cohort, tmp_path):
@@ -176,11 +174,18 @@ def _resume_args(cohort, run: Path) -> list[str]:
 
 
 def _comparable(metrics: dict) -> dict:
-    return {
-        k: v
-        for k, v in metrics.items()
-        if k.startswith(("val/", "test/")) and "loss" not in k or k == "test/loss"
-    }
+    return {k: v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The weights after the last epoch (not the best checkpoint's)."""
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_killed_run_resumes_to_the_same_metrics_and_seeds_repeat(cohort, tmp_path):
@@ -189,6 +194,7 @@ def test_killed_run_resumes_to_the_same_metrics_and_seeds_repeat(cohort, tmp_pat
     again = tmp_path / "again"
     assert _train(*_resume_args(cohort, again)).returncode == 0
     assert _comparable(_metrics(whole)) == pytest.approx(_comparable(_metrics(again)), abs=1e-6)
+    _assert_same_weights(_final_weights(whole), _final_weights(again))
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
@@ -200,21 +206,22 @@ def test_killed_run_resumes_to_the_same_metrics_and_seeds_repeat(cohort, tmp_pat
     )
     last = killed / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if last.exists():
-            try:
-                if torch.load(last, map_location="cpu", weights_only=False)["epoch"] == 0:
-                    break
-            except Exception:
-                pass
-        time.sleep(0.05)
+    # last.ckpt appears (renamed into place whole) when epoch 0 ends: kill at once, mid-epoch 1
+    while time.time() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     assert not (killed / "metrics.json").exists()
+    assert torch.load(last, map_location="cpu", weights_only=False)["global_step"] < 9  # unfinished
 
     resumed = _train(*_resume_args(cohort, killed), f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (
+        torch.load(last, map_location="cpu", weights_only=False)["global_step"] == 9
+    )  # 3 epochs x 3 batches
+    # epochs 1 and 2 were trained after the resume: the final weights show whether they repeat
+    _assert_same_weights(_final_weights(killed), _final_weights(whole))
     assert _comparable(_metrics(killed)) == pytest.approx(_comparable(_metrics(whole)), abs=1e-6)
 
 

@@ -28,3 +28,12 @@ def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[A
     writer.writerow(header)
     writer.writerows(rows)
     write_text(path, buffer.getvalue())
+
+
+def check_writable_dir(directory: str | Path) -> None:
+    """Create ``directory`` if needed and prove a file can be written there (raises OSError)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".write-test-{os.getpid()}"
+    probe.write_bytes(b"")
+    probe.unlink()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+
+from gliograde.atomic import check_writable_dir
 
 
 class CheckOutputDirectory(Callback):
@@ -24,10 +25,7 @@ class CheckOutputDirectory(Callback):
 
 def _check(directory: Path, key: str) -> None:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / f".write-test-{uuid.uuid4().hex[:8]}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        check_writable_dir(directory)
     except OSError as exc:
         print(
             f"error: {directory}: cannot write the output directory ({exc.strerror or exc}); set {key}=...",

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.atomic import write_csv, write_text
+from gliograde.atomic import check_writable_dir, write_csv, write_text
 from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
 from gliograde.distributed import launch_ranks_as_this_job
@@ -95,7 +95,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _train(cfg: DictConfig) -> dict[str, float]:
     trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
     out = run_dir(cfg)
-    _check_writable(out)
+    try:
+        check_writable_dir(out)
+    except OSError as exc:
+        raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise RunDirectoryError(
+            f"ckpt_path={ckpt_path}: no such checkpoint file (resume from RUN/checkpoints/last.ckpt)"
+        )
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
@@ -131,7 +139,6 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         log.info("Validating and testing the best checkpoint: %s", best)
-        metrics["best_checkpoint"] = best  # type: ignore[assignment]
     # The best model's validation predictions: the out-of-fold predictions of cross-validation.
     trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
     metrics.update(_numbers(trainer.callback_metrics))
@@ -161,11 +168,12 @@ def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], dat
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    """Finite scalar metrics as floats (JSON has no NaN; an undefined metric is left out)."""
     flat = {}
     for key, value in values.items():
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and math.isfinite(value):
             flat[key] = float(value)
     return flat
 
@@ -199,13 +207,3 @@ def format_results(metrics: dict[str, Any], out: Path) -> str:
     lines += [f"  {k:<{width}}  {v:.4f}" for k, v in rows] or ["  (no test metrics)"]
     lines.append(f"Run directory: {out}")
     return "\n".join(lines)
-
-
-def _check_writable(path: Path) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise RunDirectoryError(f"{path}: run directory is not writable ({exc.strerror})") from None

@@ -7,6 +7,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from gliograde.callbacks import confusion_figure  # noqa: E402
@@ -31,15 +32,11 @@ def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:
 
 def reliability_figure(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> plt.Figure:
     """Observed positive rate against mean predicted probability per bin, with bin sizes."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
-    predicted, observed, sizes = [], [], []
-    for b in range(bins):
-        members = which == b
-        if members.any():
-            predicted.append(probs[members].mean())
-            observed.append(labels[members].mean())
-            sizes.append(members.sum())
+    observed, predicted = calibration_curve(labels, probs, n_bins=bins, strategy="uniform")
+    counts = np.bincount(
+        np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], probs), minlength=bins
+    )  # as sklearn bins
+    sizes = counts[counts > 0]
     figure, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.plot(predicted, observed, marker="o")

@@ -22,7 +22,7 @@ from gliograde.data.slices import NEEDS_MASK
 from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
 from gliograde.data.splits import read_splits
 from gliograde.evaluation import plots
-from gliograde.evaluation.aggregate import aggregate
+from gliograde.evaluation.aggregate import AGGREGATES, aggregate
 from gliograde.evaluation.gradcam import grad_cam
 from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, youden_threshold
 from gliograde.models.backbones import cam_layer
@@ -59,8 +59,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         raise EvaluationError(
             f"{run}: not a run directory (no config.yaml); pass run_dir=logs/train/runs/..."
         )
-    if cfg.split not in SPLITS:
-        raise EvaluationError(f"split={cfg.split!r} must be one of {list(SPLITS)}")
+    _check_options(cfg)
     run_cfg = OmegaConf.load(run / "config.yaml")
     data_cfg = OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
     other_cohort = Path(str(data_cfg.root)).resolve() != Path(str(run_cfg.data.root)).resolve()
@@ -95,7 +94,9 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     for stale in out.glob("gradcam_*.png"):  # from an earlier evaluation with another gradcam_n
         stale.unlink()
     predictions = predict(model, datamodule, cfg.split, cfg.aggregate, device)
-    threshold = _threshold(cfg, model, datamodule, device)
+    # A Youden threshold comes from the run's own validation patients, never the evaluated ones.
+    val_source = _run_datamodule(run_cfg) if other_cohort and str(cfg.threshold) == "youden" else datamodule
+    threshold = _threshold(cfg, model, val_source, device)
     _write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
         "run_dir": str(run),
@@ -122,20 +123,49 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     return report
 
 
+def _check_options(cfg: DictConfig) -> None:
+    """Reject bad options before any data or model work."""
+    if cfg.split not in SPLITS:
+        raise EvaluationError(f"split={cfg.split!r} must be one of {list(SPLITS)}")
+    if cfg.aggregate not in AGGREGATES:
+        raise EvaluationError(f"aggregate={cfg.aggregate!r} must be one of {list(AGGREGATES)}")
+    if str(cfg.threshold) != "youden":
+        try:
+            value = float(cfg.threshold)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < 1:
+            raise EvaluationError(f"threshold={cfg.threshold} must be a probability in (0, 1), or youden")
+
+
+def _run_datamodule(run_cfg: DictConfig) -> GliomaDataModule:
+    """The run's own cohort and split, as it trained on them (its cache already exists)."""
+    data_cfg = run_cfg.data.copy()
+    data_cfg.synthetic = None
+    datamodule = build(data_cfg)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
 def _use_mask_free_strategy(data_cfg: DictConfig, fallback: str) -> None:
     """A cohort without masks cannot use a tumour-based slice strategy: switch and say so."""
     if data_cfg.slices.strategy not in NEEDS_MASK:
         return
     layout = from_mapping(LayoutSpec, OmegaConf.to_container(data_cfg.layout), "data.layout")
     labels = from_mapping(LabelSpec, OmegaConf.to_container(data_cfg.labels), "data.labels")
-    cohort = discover_cohort(data_cfg.root, layout, labels, require_labels=False)
+    quiet = logging.getLogger("gliograde.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the DataModule reports the cohort's warnings itself, once
+    try:
+        cohort = discover_cohort(data_cfg.root, layout, labels, require_labels=False)
+    finally:
+        quiet.setLevel(level)
     if cohort.patients and all(p.mask is None for p in cohort.patients):
-        message = (
+        print(
             f"The cohort has no tumour masks, so slices are chosen by data.slices.strategy={fallback} "
             f"instead of the run's {data_cfg.slices.strategy}."
         )
-        print(message)
-        log.warning(message)
         data_cfg.slices.strategy = fallback
 
 
@@ -169,14 +199,19 @@ def _refuse_leak(datamodule: GliomaDataModule, split: str, splits_csv: Path, all
 
 
 def _checkpoint(run: Path, which: str) -> Path:
+    """``best``: the run's one monitored checkpoint (``epoch_*.ckpt``, kept with save_top_k=1),
+    looked up in the run directory itself so that a copied run uses its own files."""
+    folder = run / "checkpoints"
     if which == "last":
-        path = run / "checkpoints" / "last.ckpt"
+        path = folder / "last.ckpt"
     elif which == "best":
-        metrics_file = run / "metrics.json"
-        best = json.loads(metrics_file.read_text()).get("best_checkpoint") if metrics_file.is_file() else None
-        path = Path(best) if best else run / "checkpoints" / "last.ckpt"
-        if not path.is_file():  # the run directory was moved: look beside it
-            path = run / "checkpoints" / Path(best or "last.ckpt").name
+        best = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith("last"))
+        if len(best) != 1:
+            found = ", ".join(p.name for p in best) or "none"
+            raise EvaluationError(
+                f"{folder}: expected one best checkpoint besides last.ckpt, found {found}; pass ckpt=PATH or ckpt=last"
+            )
+        path = best[0]
     else:
         path = Path(which)
     if not path.is_file():
@@ -222,10 +257,7 @@ def predict(
 
 def _threshold(cfg: DictConfig, model, datamodule: GliomaDataModule, device) -> float:
     if str(cfg.threshold) != "youden":
-        value = float(cfg.threshold)
-        if not 0 < value < 1:
-            raise EvaluationError(f"threshold={value} must be in (0, 1), or youden")
-        return value
+        return float(cfg.threshold)
     if "val" not in datamodule.datasets:
         raise EvaluationError("threshold=youden is chosen on the val split, which this cohort does not have")
     val = predict(model, datamodule, "val", cfg.aggregate, device)

@@ -21,7 +21,6 @@ from torchmetrics.classification import (
 from gliograde.models.backbones import create_backbone
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
 
-STAGES = ("train", "val", "test")
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
@@ -96,11 +95,13 @@ class GradeClassifier(L.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
-        self._forward_net = torch.compile(self.net) if compile else self.net
+        # Kept out of the module tree: registering the compiled wrapper would store every weight twice.
+        self.__dict__["_compiled_net"] = torch.compile(self.net) if compile else None
         # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
-        self.slice_metrics = torch.nn.ModuleDict(
-            {f"{s}_slices": SliceMetrics(s, num_classes) for s in STAGES}
-        )
+        # Slice metrics of training batches; val/test slice and patient metrics come from the
+        # gathered (patient, slice) rows, where a DistributedSampler's padding counts once.
+        self.train_slice_metrics = SliceMetrics("train", num_classes)
+        # ModuleDict keys may not shadow nn.Module attributes such as ``train``.
         self.patient_probs = torch.nn.ModuleDict(
             {f"{s}_patients": PatientProbabilities() for s in ("val", "test")}
         )
@@ -116,7 +117,7 @@ class GradeClassifier(L.LightningModule):
             images = images.to(weight_dtype)  # float16 batches straight from a DataLoader
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self._forward_net(images)
+        return (self._compiled_net or self.net)(images)
 
     # ----------------------------------------------------------------- steps
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
@@ -124,7 +125,8 @@ class GradeClassifier(L.LightningModule):
         labels = batch["label"]
         loss = F.cross_entropy(logits, labels, weight=self.class_weight, label_smoothing=self.label_smoothing)
         probs = logits.detach().float().softmax(dim=1)
-        self.slice_metrics[f"{stage}_slices"].update(probs, labels)
+        if stage == "train":
+            self.train_slice_metrics.update(probs, labels)
         self.log(
             f"{stage}/loss",
             loss,
@@ -160,21 +162,21 @@ class GradeClassifier(L.LightningModule):
 
     # ------------------------------------------------------------ epoch ends
     def _log_epoch_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        slice_metrics = self.slice_metrics[f"{stage}_slices"]
-        self.log_dict(slice_metrics.compute(), sync_dist=True)
-        slice_metrics.reset()
-        if f"{stage}_patients" not in self.patient_probs:
+        if stage == "train":
+            self.log_dict(self.train_slice_metrics.compute(), sync_dist=True)
+            self.train_slice_metrics.reset()
             return {}
-        patient_probs = self.patient_probs[f"{stage}_patients"]
-        patients, probs, labels = patient_probs.compute()
-        patient_probs.reset()
-        if len(patients) == 0:
+        collected = self.patient_probs[f"{stage}_patients"]
+        rows = collected.compute()
+        collected.reset()
+        if len(rows["patient"]) == 0:
             return {}
-        values = classification_metrics(probs, labels, prefix=f"{stage}/patient_")
-        values[f"{stage}/patient_count"] = torch.tensor(float(len(patients)))
+        values = classification_metrics(rows["slice_probs"], rows["slice_label"], prefix=f"{stage}/")
+        values.update(classification_metrics(rows["probs"], rows["label"], prefix=f"{stage}/patient_"))
+        values[f"{stage}/patient_count"] = torch.tensor(float(len(rows["patient"])))
         # Every rank computed the same values from the gathered states.
         self.log_dict({k: v.to(self.device) for k, v in values.items()}, sync_dist=True)
-        self.patient_outputs[stage] = {"patient": patients.cpu(), "probs": probs.cpu(), "label": labels.cpu()}
+        self.patient_outputs[stage] = {k: rows[k].cpu() for k in ("patient", "probs", "label")}
         return values
 
     def on_train_epoch_end(self) -> None:
@@ -187,7 +189,8 @@ class GradeClassifier(L.LightningModule):
         current = values[self.monitor]
         if not torch.isnan(current):
             self.best_monitored.update(current.to(self.device))
-        self.log(f"{self.monitor}_best", self.best_monitored.compute(), sync_dist=True)
+        if self.best_monitored.update_called:  # nothing to report while every value was undefined
+            self.log(f"{self.monitor}_best", self.best_monitored.compute(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

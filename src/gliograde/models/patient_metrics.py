@@ -41,15 +41,16 @@ class PatientProbabilities(Metric):
         self.patient.append(patient.detach())
         self.slice_index.append(slice_index.detach())
 
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(patient ids [P], mean probabilities [P, K], labels [P]), sorted by patient."""
+    def compute(self) -> dict[str, torch.Tensor]:
+        """Each (patient, slice) once: ``slice_probs`` [N, K], ``slice_label`` [N]; and per
+        patient, sorted: ``patient`` [P], mean ``probs`` [P, K], ``label`` [P]."""
         patient, slice_index, probs, label = (
             _cat(s) for s in (self.patient, self.slice_index, self.probs, self.label)
         )
         if patient.numel() == 0:
-            return patient, probs, label
-        key = torch.stack([patient, slice_index], dim=1)
-        _, first = _first_occurrence(key)
+            empty = {"patient": patient, "probs": probs, "label": label}
+            return {**empty, "slice_probs": probs, "slice_label": label}
+        first = _first_occurrence(torch.stack([patient, slice_index], dim=1))
         patient, probs, label = patient[first], probs[first], label[first]
         patients, inverse = torch.unique(patient, return_inverse=True)
         sums = torch.zeros(len(patients), probs.shape[1], device=probs.device).index_add_(0, inverse, probs)
@@ -57,7 +58,13 @@ class PatientProbabilities(Metric):
         labels = torch.zeros(len(patients), dtype=label.dtype, device=label.device).scatter_(
             0, inverse, label
         )
-        return patients, sums / counts, labels
+        return {
+            "patient": patients,
+            "probs": sums / counts,
+            "label": labels,
+            "slice_probs": probs,
+            "slice_label": label,
+        }
 
 
 def _cat(state) -> torch.Tensor:
@@ -66,13 +73,12 @@ def _cat(state) -> torch.Tensor:
     return torch.cat(state) if state else torch.empty(0)
 
 
-def _first_occurrence(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unique rows and the index of each one's first occurrence."""
+def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
+    """Index of each distinct row's first occurrence."""
     unique, inverse = torch.unique(rows, dim=0, return_inverse=True)
     positions = torch.arange(len(rows), device=rows.device)
     first = torch.full((len(unique),), len(rows), device=rows.device, dtype=torch.long)
-    first.scatter_reduce_(0, inverse, positions, reduce="amin")
-    return unique, first
+    return first.scatter_reduce_(0, inverse, positions, reduce="amin")
 
 
 def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
@@ -84,13 +90,16 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, prefix: st
     num_classes = probs.shape[1]
     labels = labels.long()
     if num_classes == 2:
+        # A rate over a class that is absent is undefined (NaN), as in evaluate.py's report.
+        nan = torch.tensor(float("nan"))
+        has_pos, has_neg = bool((labels == 1).any()), bool((labels == 0).any())
         positive = probs[:, 1]
-        sensitivity = binary_recall(positive, labels)
-        specificity = binary_specificity(positive, labels)
+        sensitivity = binary_recall(positive, labels) if has_pos else nan
+        specificity = binary_specificity(positive, labels) if has_neg else nan
         values = {
             "accuracy": multiclass_accuracy(probs, labels, num_classes, average="micro"),
             "balanced_accuracy": (sensitivity + specificity) / 2,
-            "auroc": binary_auroc(positive, labels) if _both_classes(labels) else torch.tensor(float("nan")),
+            "auroc": binary_auroc(positive, labels) if has_pos and has_neg else nan,
             "f1": binary_f1_score(positive, labels),
             "sensitivity": sensitivity,
             "specificity": specificity,
@@ -105,7 +114,3 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, prefix: st
             "specificity": multiclass_specificity(probs, labels, num_classes, average="macro"),
         }
     return {f"{prefix}{name}": value.float() for name, value in values.items()}
-
-
-def _both_classes(labels: torch.Tensor) -> bool:
-    return bool((labels == 0).any() and (labels == 1).any())
