@@ -70,8 +70,6 @@ MIN_SECONDS = 0.5
 # and small cohorts need one patient of each class only.
 TRAIN_ONLY = {"train": 1.0, "val": 0.0, "test": 0.0}
 
-log = logging.getLogger("gliograde.bench")
-
 
 @dataclass
 class Options:

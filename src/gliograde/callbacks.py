@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import lightning as L
 import matplotlib
@@ -12,8 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 
 def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:

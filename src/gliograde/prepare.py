@@ -6,7 +6,6 @@ Validates a cohort, builds its slice cache, and prints what was found. Takes the
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import hydra
@@ -14,8 +13,6 @@ from omegaconf import DictConfig
 
 from gliograde.config import CONF_DIR, build
 from gliograde.data.errors import DataError
-
-log = logging.getLogger("gliograde.prepare")
 
 
 def format_summary(summary: dict) -> str:

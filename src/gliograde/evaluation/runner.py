@@ -28,7 +28,6 @@ from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_inte
 from gliograde.models.backbones import cam_layer
 from gliograde.models.module import GradeClassifier
 
-log = logging.getLogger(__name__)
 SPLITS = ("test", "val", "train", "all")
 
 
