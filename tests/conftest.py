@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,12 @@ from gliograde.data.datamodule import GliomaDataModule
 from gliograde.data.synthetic import generate_cohort
 
 TINY_SHAPE = (40, 40, 20)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python ARGS`` from the repository root, as a user types it, with its output captured."""
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

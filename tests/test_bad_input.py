@@ -18,11 +18,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import make_datamodule, patient_file
 
 import gliograde.data.cache as cache_module
 from gliograde.data.errors import DataError
-
-from conftest import make_datamodule, patient_file
 
 PID = "BraTS20_Training_005"  # the patient we damage; not the first, so others decode before it
 N_PATIENTS = 24

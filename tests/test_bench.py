@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_datamodule
 
 from gliograde.bench import KEYS
 from gliograde.data.preprocess import normalise_into
 from gliograde.data.specs import MODALITIES
-
-from conftest import make_datamodule
 
 
 def test_bench_writes_every_key_on_a_tiny_cohort(tmp_path):

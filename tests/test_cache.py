@@ -10,13 +10,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import make_datamodule, patient_file
 
 import gliograde.data.cache as cache_module
 from gliograde.data.cache import CachedCohort
 from gliograde.data.errors import DataError
 from gliograde.data.specs import MODALITIES
-
-from conftest import make_datamodule, patient_file
 
 
 def _entries(cache_dir: Path) -> list[str]:

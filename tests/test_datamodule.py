@@ -8,10 +8,9 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_SHAPE, make_datamodule
 
 from gliograde.data.specs import MODALITIES
-
-from conftest import TINY_SHAPE, make_datamodule
 
 
 @pytest.fixture

@@ -7,17 +7,15 @@ import csv
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 
 from gliograde.data.synthetic import generate_cohort
 from gliograde.evaluation.aggregate import aggregate
 from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_threshold
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- unit
@@ -114,41 +112,28 @@ def trained_run(tmp_path_factory) -> dict[str, Path]:
     cohort = base / "cohort"
     generate_cohort(cohort, patients=32, seed=5, shape=(48, 48, 24), lgg_fraction=0.5)
     run = base / "run"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "data=brats2020",
-            f"data.root={cohort}",
-            f"data.cache_dir={base / 'cache'}",
-            "data.slices.k=5",
-            "data.batch_size=16",
-            "data.progress=false",
-            "data.split.train=0.5",
-            "data.split.val=0.25",
-            "data.split.test=0.25",
-            "trainer=cpu",
-            "trainer.max_epochs=3",
-            "callbacks.progress_bar.refresh_rate=0",
-            f"hydra.run.dir={run}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = run_python(
+        "train.py",
+        "data=brats2020",
+        f"data.root={cohort}",
+        f"data.cache_dir={base / 'cache'}",
+        "data.slices.k=5",
+        "data.batch_size=16",
+        "data.progress=false",
+        "data.split.train=0.5",
+        "data.split.val=0.25",
+        "data.split.test=0.25",
+        "trainer=cpu",
+        "trainer.max_epochs=3",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.run.dir={run}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return {"cohort": cohort, "run": run, "cache": base / "cache"}
 
 
 def _evaluate(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "evaluate.py", "bootstrap=100", "gradcam_n=1", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_python("evaluate.py", "bootstrap=100", "gradcam_n=1", *args)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_python
 
 from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from gliograde.data.synthetic import generate_cohort
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +43,7 @@ def _args(cohort: dict[str, Path]) -> list[str]:
 
 
 def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+    return run_python("train.py", *args, timeout=timeout)
 
 
 def _splits(run: Path) -> dict[str, str]:
@@ -84,13 +81,7 @@ def test_three_fold_cross_validation_and_summary(cohort, tmp_path):
     assert not (vals[0] & vals[1] or vals[0] & vals[2] or vals[1] & vals[2])
     assert set().union(*vals) == set(splits[0]) - tests[0]
 
-    summary = subprocess.run(
-        [sys.executable, "-m", "gliograde.summarize", str(sweep), "--bootstrap", "100"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    summary = run_python("-m", "gliograde.summarize", str(sweep), "--bootstrap", "100", timeout=300)
     assert summary.returncode == 0, summary.stderr
     assert "mean" in summary.stdout and "pooled out-of-fold" in summary.stdout
     data = json.loads((sweep / "cv_summary.json").read_text())
@@ -120,18 +111,12 @@ def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
     assert metrics["test/patient_count"] == sum(s == "test" for s in splits.values()) == 9
     assert metrics["val/patient_count"] == sum(s == "val" for s in splits.values())
     # the same checkpoint evaluated in one process gives the same patient-level figures
-    single = subprocess.run(
-        [
-            sys.executable,
-            "evaluate.py",
-            f"run_dir={run}",
-            "bootstrap=10",
-            "gradcam_n=0",
-            f"output_dir={tmp_path / 'eval'}",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    single = run_python(
+        "evaluate.py",
+        f"run_dir={run}",
+        "bootstrap=10",
+        "gradcam_n=0",
+        f"output_dir={tmp_path / 'eval'}",
         timeout=300,
     )
     assert single.returncode == 0, single.stderr[-3000:]

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
+from conftest import run_python
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -20,7 +20,6 @@ from gliograde.data.datamodule import GliomaDataModule
 from gliograde.data.synthetic import generate_cohort
 from gliograde.training import NoGPUError, trainer_options
 
-REPO = Path(__file__).resolve().parents[1]
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
     for group in ("data", "model", "trainer", "callbacks", "logger", "experiment", "debug", "hparams_search")
@@ -56,9 +55,7 @@ def _data_args(root: Path, cache: Path) -> list[str]:
 
 
 def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+    return run_python("train.py", *args, timeout=timeout)
 
 
 def _compose(overrides: list[str]):

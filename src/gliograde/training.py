@@ -70,11 +70,6 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     return options
 
 
-def run_dir(cfg: DictConfig) -> Path:
-    """The run's output directory (Hydra's, or ``paths.output_dir``)."""
-    return Path(cfg.paths.output_dir)
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as ``cfg`` says; return the run's final metrics (also in metrics.json)."""
     launcher_env = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
@@ -94,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def _train(cfg: DictConfig) -> dict[str, float]:
     trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
-    out = run_dir(cfg)
+    out = Path(cfg.paths.output_dir)  # Hydra's run directory
     try:
         check_writable_dir(out)
     except OSError as exc:

@@ -39,7 +39,6 @@ class Predictions:
     slice_index: np.ndarray
     labels: np.ndarray  # per slice, -1 when unknown
     probs: np.ndarray  # [N, K]
-    tumour_area: np.ndarray
     patients: list[str]  # per patient (ascending)
     patient_probs: np.ndarray  # [P, K]
     patient_labels: np.ndarray
@@ -245,7 +244,6 @@ def predict(
         slice_index=slice_index,
         labels=label,
         probs=prob,
-        tumour_area=area,
         patients=[cached.patient_ids[p] for p in unique],
         patient_probs=patient_probs,
         patient_labels=patient_label,
