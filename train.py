@@ -6,26 +6,18 @@ Examples: ``python train.py model=resnet18 trainer.gpus=1``,
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from gliograde.config import CONF_DIR
-from gliograde.data.errors import DataError
-from gliograde.training import NoGPUError, RunDirectoryError, train
+from gliograde.errors import exit_on_user_error
+from gliograde.training import train
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    try:
+    with exit_on_user_error():
         metrics = train(cfg)
-    except (DataError, NoGPUError, RunDirectoryError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:  # a full disk, a checkpoint directory that cannot be written...
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     value = metrics.get(cfg.optimized_metric)
     return None if value is None else float(value)
 

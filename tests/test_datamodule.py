@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-import lightning as L
+import pytorch_lightning as pl
 import numpy as np
 import pytest
 import torch
@@ -118,7 +118,7 @@ def test_float16_transfer_is_cast_back_on_the_device(ready):
     assert moved["image"].dtype == torch.float32
 
 
-class _Recorder(L.LightningModule):
+class _Recorder(pl.LightningModule):
     """Records what each stage's batches look like after the DataModule's device hook."""
 
     def __init__(self):
@@ -143,7 +143,7 @@ class _Recorder(L.LightningModule):
 def test_augmentation_changes_training_batches_only(ready):
     dm = ready(augment={"enabled": True, "prob": 1.0})
     module = _Recorder()
-    trainer = L.Trainer(
+    trainer = pl.Trainer(
         max_epochs=1,
         limit_train_batches=2,
         limit_val_batches=2,

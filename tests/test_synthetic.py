@@ -363,7 +363,9 @@ def test_cli(tmp_path: Path, capsys):
     img = nib.load(out / "BraTS20_Training_001" / "BraTS20_Training_001_flair.nii")
     assert img.shape == TINY
 
-    assert cli.main([str(out), "--patients", "1", "--shape", *shape]) == 1
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(out), "--patients", "1", "--shape", *shape])
+    assert exited.value.code == 2
     assert "error:" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main([str(tmp_path / "x")])  # --patients is required

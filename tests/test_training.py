@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-import lightning as L
+import pytorch_lightning as pl
 import pytest
 import torch
 from conftest import run_python
@@ -75,15 +75,15 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
     datamodule = build(cfg.data)
     assert isinstance(datamodule, GliomaDataModule)
     model = build(cfg.model, in_channels=datamodule.num_channels, num_classes=2)
-    assert isinstance(model, L.LightningModule)
+    assert isinstance(model, pl.LightningModule)
     for node in (cfg.get("callbacks") or {}).values():
         if node is not None:
-            assert isinstance(instantiate(node), L.Callback)
+            assert isinstance(instantiate(node), pl.Callback)
     for node in (cfg.get("logger") or {}).values():
         instantiate(node)
     options = trainer_options(cfg.trainer) if cfg.trainer.accelerator != "gpu" else None
     if options is not None:
-        L.Trainer(**options, logger=False, enable_checkpointing=False)
+        pl.Trainer(**options, logger=False, enable_checkpointing=False)
 
 
 def test_optuna_sweeper_config_composes(tmp_path):

@@ -100,7 +100,7 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 def _quiet() -> None:
     """Lightning's banners and the DataLoader's advice are noise in a benchmark."""
-    import lightning  # noqa: F401  (it sets its loggers' levels on import)
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' levels on import)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -243,18 +243,18 @@ def measure_article_loader(root: Path, n: int, batch_size: int, depth: int, seed
 
 
 def _classifier(seed: int):
-    import lightning as L
+    import pytorch_lightning as pl
 
     from gliograde.models.module import GradeClassifier
 
-    L.seed_everything(seed, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     return GradeClassifier(backbone="resnet18", in_channels=4, num_classes=2, scheduler={"name": "none"})
 
 
 def _trainer(max_steps: int, callbacks: list):
-    import lightning as L
+    import pytorch_lightning as pl
 
-    return L.Trainer(
+    return pl.Trainer(
         accelerator="cpu",
         devices=1,
         max_steps=max_steps,
@@ -281,7 +281,7 @@ def measure_lightning_vs_plain(
     backward, optimizer step and Lightning's bookkeeping); a plain step is the same work
     written by hand. The first ``warmup`` steps of each are left out.
     """
-    import lightning as L
+    import pytorch_lightning as pl
     import torch.nn.functional as F
 
     from gliograde.models.module import OPTIMIZERS
@@ -305,7 +305,7 @@ def measure_lightning_vs_plain(
         loss.backward()
         optimizer.step()
 
-    class Interleave(L.Callback):
+    class Interleave(pl.Callback):
         def __init__(self):
             self.lightning: list[float] = []
             self.plain: list[float] = []

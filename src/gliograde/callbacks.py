@@ -3,31 +3,31 @@
 from __future__ import annotations
 
 
-import lightning as L
+import pytorch_lightning as pl
 import matplotlib
 
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 
-def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             return logger
     return None
 
 
-class SampleSlicesToTensorBoard(L.Callback):
+class SampleSlicesToTensorBoard(pl.Callback):
     """At the start of fitting, a grid of training slices: one row per sample, one column per
     modality, titled with patient, slice and label. Shows what the network is fed."""
 
     def __init__(self, max_samples: int = 8):
         self.max_samples = max_samples
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
         datamodule = trainer.datamodule
         if logger is None or datamodule is None or not trainer.is_global_zero:
@@ -63,10 +63,10 @@ def sample_grid(batch: dict, modalities: tuple[str, ...], classes: tuple[str, ..
     return figure
 
 
-class TestConfusionMatrixToTensorBoard(L.Callback):
+class TestConfusionMatrixToTensorBoard(pl.Callback):
     """After testing, the patient-level confusion matrix as an image."""
 
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
         outputs = getattr(pl_module, "patient_outputs", {}).get("test")
         if logger is None or not outputs or not trainer.is_global_zero:

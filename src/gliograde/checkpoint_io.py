@@ -7,7 +7,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from gliograde.errors import GliogradeError
+
+
+class CheckpointWriteError(GliogradeError):
+    """A checkpoint cannot be written (full disk, read-only or vanished directory)."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -17,10 +23,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
     ) -> None:
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             super().save_checkpoint(checkpoint, tmp, storage_options)
             os.replace(tmp, target)
+        except OSError as exc:
+            raise CheckpointWriteError(f"{target}: cannot write the checkpoint ({exc.strerror or exc})") from exc
         finally:
             tmp.unlink(missing_ok=True)

@@ -8,6 +8,7 @@ from typing import Any
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
+from gliograde.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The repository's ``conf/`` (the package is installed in editable mode from the checkout)."""
@@ -23,7 +24,7 @@ def build(node: DictConfig, **overrides: Any) -> Any:
         kwargs = OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as err:
         key = err.full_key or "a required value"
-        raise ValueError(f"{key} is not set: add {key}=... to the command line") from None
+        raise ConfigError(f"{key} is not set: add {key}=... to the command line") from None
     assert isinstance(kwargs, dict)
     target = kwargs.pop("_target_")
     kwargs.update(overrides)

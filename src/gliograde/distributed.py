@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 def launch_ranks_as_this_job() -> None:
     """Route Lightning's subprocess launcher through :func:`job_command` (idempotent)."""
-    from lightning.pytorch.strategies.launchers import subprocess_script
+    from pytorch_lightning.strategies.launchers import subprocess_script
 
     subprocess_script._hydra_subprocess_cmd = job_command
 

@@ -6,13 +6,11 @@ Validates a cohort, builds its slice cache, and prints what was found. Takes the
 
 from __future__ import annotations
 
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
 from gliograde.config import CONF_DIR, build
-from gliograde.data.errors import DataError
+from gliograde.errors import exit_on_user_error
 
 
 def format_summary(summary: dict) -> str:
@@ -42,11 +40,8 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         summary = run(cfg)
-    except (DataError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     print(format_summary(summary))
 
 

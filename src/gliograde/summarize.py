@@ -19,10 +19,11 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from gliograde.atomic import write_csv, write_text
+from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals
 
 
-class SummaryError(ValueError):
+class SummaryError(GliogradeError, ValueError):
     """The folder is not a finished sweep."""
 
 
@@ -153,11 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         "--bootstrap", type=int, default=1000, help="patient resamples for the pooled intervals"
     )
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         summary = summarize(args.sweep_dir, args.bootstrap)
-    except (SummaryError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     print(format_summary(summary))
     print(f"Wrote {args.sweep_dir / 'cv_summary.csv'} and {args.sweep_dir / 'cv_summary.json'}")
     return 0

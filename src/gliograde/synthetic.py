@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from gliograde.errors import exit_on_user_error
 from gliograde.data.synthetic import (
     DEFAULT_LGG_FRACTION,
     DEFAULT_SHAPE,
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit status."""
     args = build_parser().parse_args(argv)
     start = time.perf_counter()
-    try:
+    with exit_on_user_error():
         out = generate_cohort(
             args.out,
             patients=args.patients,
@@ -60,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
             lgg_fraction=args.lgg_fraction,
             progress=True,
         )
-    except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     seconds = time.perf_counter() - start
     with open(out / MAPPING_FILE, newline="", encoding="utf-8") as fh:
         grades = Counter(row["Grade"] for row in csv.DictReader(fh))

@@ -10,16 +10,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from lightning.fabric.utilities.rank_zero import rank_zero_only
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gliograde.atomic import check_writable_dir, write_csv, write_text
 from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
 from gliograde.distributed import launch_ranks_as_this_job
+from gliograde.errors import GliogradeError
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +29,11 @@ log = logging.getLogger(__name__)
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
-class NoGPUError(RuntimeError):
+class NoGPUError(GliogradeError):
     """A GPU was asked for on a machine without one."""
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(GliogradeError):
     """The run directory cannot be written."""
 
 
@@ -99,7 +100,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         raise RunDirectoryError(
             f"ckpt_path={ckpt_path}: no such checkpoint file (resume from RUN/checkpoints/last.ckpt)"
         )
-    L.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
     datamodule.prepare_data()
@@ -120,7 +121,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     launch_ranks_as_this_job()
-    trainer = L.Trainer(
+    trainer = pl.Trainer(
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 
@@ -173,7 +174,7 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
+def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
     """Hyperparameters with the final metrics, so TensorBoard's HPARAMS tab compares runs."""
     params = {
         "model": cfg.model.backbone,
@@ -189,7 +190,7 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -
     }
     finite = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k}
     for logger in trainer.loggers:
-        if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
+        if isinstance(logger, pl.loggers.TensorBoardLogger):
             logger.log_hyperparams(params, metrics=finite)
             logger.finalize("success")
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from gliograde.data.errors import DataError
 from gliograde.data.labels import LabelTable, UnusableLabelTable, resolve_label_file
 from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec
+from gliograde.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def _compile_pattern(layout: LayoutSpec) -> re.Pattern[str]:
     try:
         return re.compile(layout.patient_pattern)
     except re.error as err:
-        raise ValueError(
+        raise ConfigError(
             f"data.layout.patient_pattern {layout.patient_pattern!r} is not a valid regex: {err}"
         ) from None
 
@@ -225,7 +226,7 @@ def _templates(layout: LayoutSpec) -> dict[str, str]:
     missing = [m for m in MODALITIES if m not in files]
     unknown = sorted(set(files) - set(MODALITIES))
     if missing or unknown:
-        raise ValueError(
+        raise ConfigError(
             f"data.layout.modality_files must have exactly the keys {list(MODALITIES)} "
             f"(missing: {missing}, unknown: {unknown})"
         )
@@ -234,11 +235,11 @@ def _templates(layout: LayoutSpec) -> dict[str, str]:
     for key, template in templates.items():
         where = "mask_file" if key == "mask" else f"modality_files.{key}"
         if "/" in template or "\\" in template or not template.strip():
-            raise ValueError(
+            raise ConfigError(
                 f"data.layout.{where} {template!r} must be a file-name stem in the patient folder"
             )
     if len(set(templates.values())) != len(templates):
-        raise ValueError(f"data.layout templates must all differ, got {templates}")
+        raise ConfigError(f"data.layout templates must all differ, got {templates}")
     return templates
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as pl
 import numpy as np
 import torch
 from filelock import FileLock
@@ -35,6 +35,7 @@ from gliograde.data.specs import (
     from_mapping,
 )
 from gliograde.data.splits import SPLITS, assert_disjoint, split_patients, write_splits
+from gliograde.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class PatientSlices:
     slices: np.ndarray
 
 
-class GliomaDataModule(L.LightningDataModule):
+class GliomaDataModule(pl.LightningDataModule):
     """BraTS-style cohort to patient-split batches of ``[B, C, H, W]`` slices.
 
     Arguments mirror the ``data.*`` config; nested groups accept mappings (see ``specs``).
@@ -125,28 +126,28 @@ class GliomaDataModule(L.LightningDataModule):
     # ------------------------------------------------------------------ checks
     def _validate_options(self) -> None:
         if not self.modalities or len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(
+            raise ConfigError(
                 f"data.modalities={list(self.modalities)} must be a non-empty list without repeats"
             )
         unknown = [m for m in self.modalities if m not in MODALITIES]
         if unknown:
-            raise ValueError(f"data.modalities: unknown {unknown}; choose from {list(MODALITIES)}")
+            raise ConfigError(f"data.modalities: unknown {unknown}; choose from {list(MODALITIES)}")
         if self.on_error not in ON_ERROR:
-            raise ValueError(f"data.on_error={self.on_error!r} must be one of {list(ON_ERROR)}")
+            raise ConfigError(f"data.on_error={self.on_error!r} must be one of {list(ON_ERROR)}")
         if self.sampler not in SAMPLERS:
-            raise ValueError(f"data.sampler={self.sampler!r} must be one of {list(SAMPLERS)}")
+            raise ConfigError(f"data.sampler={self.sampler!r} must be one of {list(SAMPLERS)}")
         if self.transfer_dtype not in TRANSFER_DTYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"data.transfer_dtype={self.transfer_dtype!r} must be one of {list(TRANSFER_DTYPES)}"
             )
         if self.batch_size < 1:
-            raise ValueError(f"data.batch_size={self.batch_size} must be at least 1")
+            raise ConfigError(f"data.batch_size={self.batch_size} must be at least 1")
         if self.folds is not None and self.folds < 2:
-            raise ValueError(f"data.folds={self.folds} must be at least 2 (or null)")
+            raise ConfigError(f"data.folds={self.folds} must be at least 2 (or null)")
         if self.fold is not None and self.folds is None:
-            raise ValueError(f"data.fold={self.fold} needs data.folds (e.g. data.folds=5)")
+            raise ConfigError(f"data.fold={self.fold} needs data.folds (e.g. data.folds=5)")
         if self.folds is not None and (self.fold is None or not 0 <= self.fold < self.folds):
-            raise ValueError(
+            raise ConfigError(
                 f"data.fold={self.fold} must be in 0..{self.folds - 1} when data.folds={self.folds}"
             )
         validate_slice_spec(self.slice_spec)
@@ -178,7 +179,7 @@ class GliomaDataModule(L.LightningDataModule):
                 "lgg_fraction": self.synthetic.lgg_fraction,
             }
             if made_with is not None and made_with != wanted:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.root} holds a synthetic cohort generated with {made_with}, not the "
                     f"configured {wanted}: delete that folder or set data.root elsewhere"
                 )

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gliograde.errors import GliogradeError
 
-class DataError(ValueError):
+
+class DataError(GliogradeError, ValueError):
     """Bad input data: names the patient (if any), the file or column, and the problem.
 
     ``str(err)`` is one line, e.g.

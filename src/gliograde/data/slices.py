@@ -6,6 +6,7 @@ import numpy as np
 
 from gliograde.data.errors import DataError
 from gliograde.data.specs import PLANES, SliceSpec
+from gliograde.errors import ConfigError
 
 STRATEGIES = ("tumor_topk", "tumor_all", "brain", "middle", "range")
 NEEDS_MASK = ("tumor_topk", "tumor_all")
@@ -14,9 +15,9 @@ NEEDS_MASK = ("tumor_topk", "tumor_all")
 def validate_slice_spec(spec: SliceSpec) -> None:
     """Reject unknown strategies and planes before any work starts."""
     if spec.strategy not in STRATEGIES:
-        raise ValueError(f"data.slices.strategy={spec.strategy!r} is not one of {list(STRATEGIES)}")
+        raise ConfigError(f"data.slices.strategy={spec.strategy!r} is not one of {list(STRATEGIES)}")
     if spec.plane not in PLANES:
-        raise ValueError(f"data.slices.plane={spec.plane!r} is not one of {list(PLANES)}")
+        raise ConfigError(f"data.slices.plane={spec.plane!r} is not one of {list(PLANES)}")
 
 
 def select_slices(
@@ -63,4 +64,4 @@ def select_slices(
         low = spec.z_min + n if spec.z_min < 0 else spec.z_min
         high = spec.z_max + n if spec.z_max < 0 else spec.z_max
         return np.arange(max(low, 0), min(high, n - 1) + 1)
-    raise ValueError(f"unknown slice strategy {strategy!r}")
+    raise ConfigError(f"unknown slice strategy {strategy!r}")

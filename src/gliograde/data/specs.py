@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from gliograde.errors import ConfigError
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 """Canonical modality names, and the channel order of the cache."""
@@ -48,7 +49,7 @@ class LabelSpec:
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         object.__setattr__(self, "missing_values", tuple(str(v) for v in self.missing_values))
         if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
-            raise ValueError(f"data.labels.classes={list(self.classes)} needs at least two distinct names")
+            raise ConfigError(f"data.labels.classes={list(self.classes)} needs at least two distinct names")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class PreprocessSpec:
         clip = self.clip_percentiles
         if clip is not None:
             if not isinstance(clip, (tuple, list)) or len(clip) != 2 or not 0 <= clip[0] < clip[1] <= 100:
-                raise ValueError(
+                raise ConfigError(
                     f"data.preprocess.clip_percentiles={clip!r} must be two percentiles [low, high] "
                     "with 0 <= low < high <= 100, or null"
                 )
@@ -73,13 +74,13 @@ class PreprocessSpec:
             pairs = ("LR", "AP", "SI")
             axes = sorted(next((i for i, pair in enumerate(pairs) if c in pair), -1) for c in codes)
             if axes != [0, 1, 2]:
-                raise ValueError(
+                raise ConfigError(
                     f"data.preprocess.reorient={self.reorient!r} must be three axis codes, one of L/R, "
                     "A/P and S/I each (e.g. RAS, LPS), or null"
                 )
             object.__setattr__(self, "reorient", codes)
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"data.preprocess.workers={self.workers} must be at least 1, or null")
+            raise ConfigError(f"data.preprocess.workers={self.workers} must be at least 1, or null")
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,9 @@ class SliceSpec:
     def __post_init__(self) -> None:
         for name in ("k", "n", "min_area"):
             if getattr(self, name) < 1:
-                raise ValueError(f"data.slices.{name}={getattr(self, name)} must be at least 1")
+                raise ConfigError(f"data.slices.{name}={getattr(self, name)} must be at least 1")
         if not 0 < self.min_brain_fraction <= 1:
-            raise ValueError(f"data.slices.min_brain_fraction={self.min_brain_fraction} must be in (0, 1]")
+            raise ConfigError(f"data.slices.min_brain_fraction={self.min_brain_fraction} must be in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -152,11 +153,11 @@ def from_mapping(cls: type[T], mapping: Mapping[str, Any] | T | None, where: str
     if isinstance(mapping, cls):
         return mapping
     if not isinstance(mapping, Mapping):
-        raise ValueError(f"{where}: expected a mapping, got {type(mapping).__name__}")
+        raise ConfigError(f"{where}: expected a mapping, got {type(mapping).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(mapping) - set(names))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
     values = {}
     for key, value in mapping.items():
         values[key] = _plain(value)

@@ -12,6 +12,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from gliograde.atomic import write_csv
 from gliograde.data.specs import SplitSpec
+from gliograde.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
@@ -34,7 +35,7 @@ def split_patients(
     for label in range(len(classes)):
         needed = _per_class_minimum(spec, folds)
         if counts.get(label, 0) < needed:
-            raise ValueError(
+            raise ConfigError(
                 f"class {classes[label]} has {counts.get(label, 0)} patient(s); the split "
                 f"{_describe(spec, folds)} needs at least {needed} of each class"
             )
@@ -48,11 +49,11 @@ def split_patients(
         assignment.update(dict.fromkeys(test_ids, "test"))
     if folds:
         if fold is None or not 0 <= fold < folds:
-            raise ValueError(f"data.fold={fold} must be in 0..{folds - 1} when data.folds={folds}")
+            raise ConfigError(f"data.fold={fold} must be in 0..{folds - 1} when data.folds={folds}")
         remaining = Counter(ys)
         for label in range(len(classes)):
             if remaining.get(label, 0) < folds:
-                raise ValueError(
+                raise ConfigError(
                     f"class {classes[label]} has {remaining.get(label, 0)} patient(s) outside the test set; "
                     f"{folds} folds need at least {folds}"
                 )
@@ -84,7 +85,7 @@ def _check_stratifiable(
     """A stratified split needs at least one patient per class on each side (sklearn's rule)."""
     taken = math.ceil(fraction * n)
     if taken < n_classes or n - taken < n_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{n} patients are too few for the split {_describe(spec, folds)}: the {name} set would get "
             f"{taken} and the rest {n - taken}, and each needs at least one patient of each of the "
             f"{n_classes} classes"
@@ -94,7 +95,7 @@ def _check_stratifiable(
 def _check_fractions(spec: SplitSpec) -> None:
     fractions = (spec.train, spec.val, spec.test)
     if min(fractions) < 0 or spec.train <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
-        raise ValueError(
+        raise ConfigError(
             f"data.split fractions train={spec.train} val={spec.val} test={spec.test} "
             "must be non-negative, with train > 0, and sum to 1"
         )

@@ -23,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from .specs import MODALITIES
+from gliograde.errors import ConfigError, GliogradeError
 
 DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
 DEFAULT_LGG_FRACTION: float = 76 / 369  # the BraTS 2020 training ratio
@@ -68,6 +69,10 @@ _SCANNERS = np.array(
 )
 
 
+
+class CohortExistsError(GliogradeError, FileExistsError):
+    """The output folder of a synthetic cohort exists and holds something else."""
+
 def brats_affine(shape: Sequence[int]) -> np.ndarray:
     """The voxel-to-world affine of BraTS 2020 files: ``diag(-1, -1, 1, 1)``, y offset ``Y-1``."""
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -110,11 +115,11 @@ def generate_cohort(
     """
     shape = _check_shape(shape)
     if isinstance(patients, bool) or not isinstance(patients, (int, np.integer)) or patients < 1:
-        raise ValueError(f"synthetic cohort: patients must be a positive integer, got {patients!r}")
+        raise ConfigError(f"synthetic cohort: patients must be a positive integer, got {patients!r}")
     if not 0.0 <= lgg_fraction <= 1.0:
-        raise ValueError(f"synthetic cohort: lgg_fraction must be in [0, 1], got {lgg_fraction!r}")
+        raise ConfigError(f"synthetic cohort: lgg_fraction must be in [0, 1], got {lgg_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"synthetic cohort: seed must be a non-negative integer, got {seed!r}")
+        raise ConfigError(f"synthetic cohort: seed must be a non-negative integer, got {seed!r}")
     patients, seed = int(patients), int(seed)
 
     out = Path(out)
@@ -144,7 +149,7 @@ def generate_cohort(
         try:
             os.replace(partial, out)  # POSIX renames over an empty folder, never a full one
         except OSError as err:
-            raise FileExistsError(
+            raise CohortExistsError(
                 f"synthetic cohort: {out} appeared while generating and is not empty ({err})"
             ) from None
     except BaseException:
@@ -176,7 +181,7 @@ def _synthesize(
     """Volumes, plus (if asked) the healthy-tissue map (0 bg, 1 CSF, 2 GM, 3 WM) before the
     tumour was painted in; the map lets tests check contrasts without re-deriving anatomy."""
     if grade not in GRADES:
-        raise ValueError(f"synthetic patient: grade must be one of {GRADES}, got {grade!r}")
+        raise ConfigError(f"synthetic patient: grade must be one of {GRADES}, got {grade!r}")
     shape = _check_shape(shape)
     dims = np.array(shape, dtype=np.float64)
 
@@ -405,9 +410,9 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     try:
         dims = tuple(int(s) for s in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"synthetic cohort: shape must be three integers, got {shape!r}") from None
+        raise ConfigError(f"synthetic cohort: shape must be three integers, got {shape!r}") from None
     if len(dims) != 3 or any(d < m for d, m in zip(dims, MIN_SHAPE)):
-        raise ValueError(
+        raise ConfigError(
             f"synthetic cohort: shape must be three integers >= {MIN_SHAPE}, got {tuple(shape)!r}"
         )
     return dims  # type: ignore[return-value]
@@ -416,11 +421,11 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, int, int]:
 def _refuse_existing(out: Path) -> None:
     if out.is_dir():
         if any(out.iterdir()):
-            raise FileExistsError(
+            raise CohortExistsError(
                 f"synthetic cohort: {out} already exists and is not empty; choose another folder or remove it"
             )
     elif out.exists() or out.is_symlink():
-        raise FileExistsError(f"synthetic cohort: {out} already exists and is not a folder")
+        raise CohortExistsError(f"synthetic cohort: {out} already exists and is not a folder")
 
 
 def _make_partial_dir(out: Path) -> Path:

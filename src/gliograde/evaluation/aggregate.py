@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from gliograde.errors import ConfigError
 
 AGGREGATES = ("mean", "vote", "tumor_weighted")
 
@@ -18,7 +19,7 @@ def aggregate(
     slices carry no weight.
     """
     if method not in AGGREGATES:
-        raise ValueError(f"aggregate={method!r} must be one of {list(AGGREGATES)}")
+        raise ConfigError(f"aggregate={method!r} must be one of {list(AGGREGATES)}")
     patients, inverse, counts = np.unique(patient, return_inverse=True, return_counts=True)
     if method == "vote":
         values = np.eye(probs.shape[1])[probs.argmax(axis=1)]

@@ -16,6 +16,8 @@ from sklearn.metrics import (
 )
 from torchmetrics.functional.classification import binary_calibration_error
 
+from gliograde.errors import ConfigError
+
 METRICS = (
     "accuracy",
     "balanced_accuracy",
@@ -113,7 +115,7 @@ def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
     """The threshold that maximises sensitivity + specificity - 1 (Youden's J)."""
     labels = np.asarray(labels, dtype=int)
     if not 0 < labels.sum() < len(labels):
-        raise ValueError("threshold=youden needs both classes among the validation patients")
+        raise ConfigError("threshold=youden needs both classes among the validation patients")
     fpr, tpr, thresholds = roc_curve(labels, probs)
     best = int(np.argmax(tpr - fpr))
     return float(min(thresholds[best], 1.0))

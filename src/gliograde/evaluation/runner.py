@@ -21,6 +21,7 @@ from gliograde.data.errors import DataError
 from gliograde.data.slices import NEEDS_MASK
 from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
 from gliograde.data.splits import read_splits
+from gliograde.errors import GliogradeError
 from gliograde.evaluation import plots
 from gliograde.evaluation.aggregate import AGGREGATES, aggregate
 from gliograde.evaluation.gradcam import grad_cam
@@ -46,7 +47,7 @@ class Predictions:
     slice_patient: np.ndarray  # per slice: its row in the patient arrays
 
 
-class EvaluationError(ValueError):
+class EvaluationError(GliogradeError, ValueError):
     """The evaluation cannot be done as asked (leakage, missing run files, no labels...)."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torchvision
 from torch import nn
+from gliograde.errors import ConfigError
 
 BACKBONES: tuple[str, ...] = (
     "resnet18",
@@ -61,14 +62,14 @@ def create_backbone(
     """
     family = _family(name)
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     if stem_stride is not None:
         if family != "resnet":
-            raise ValueError(f"stem_stride is only supported for ResNets, not {name!r}")
+            raise ConfigError(f"stem_stride is only supported for ResNets, not {name!r}")
         if isinstance(stem_stride, bool) or not isinstance(stem_stride, int) or stem_stride < 1:
-            raise ValueError(f"stem_stride must be a positive integer or None, got {stem_stride!r}")
+            raise ConfigError(f"stem_stride must be a positive integer or None, got {stem_stride!r}")
 
     model = getattr(torchvision.models, name)(weights=None)
     if pretrained is not None:
@@ -105,7 +106,7 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     if weight.ndim != 4:
         raise ValueError(f"expected a 4-D conv weight [O, I, kH, kW], got shape {tuple(weight.shape)}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive integer, got {in_channels!r}")
+        raise ConfigError(f"in_channels must be a positive integer, got {in_channels!r}")
     weight = weight.detach()
     source = weight.shape[1]
     if in_channels == 1:
@@ -131,7 +132,7 @@ def cam_layer(model: nn.Module, name: str) -> nn.Module:
 
 def _family(name: str) -> str:
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     return next(family for family in _FIRST_CONV if name.startswith(family))
 
 
@@ -176,22 +177,22 @@ def _init_like_family(conv: nn.Conv2d, family: str) -> None:
 def _load_pretrained(model: nn.Module, name: str, path: Path) -> None:
     """Load a local state dict of the unmodified torchvision model, strictly."""
     if not path.is_file():
-        raise ValueError(f"pretrained weights file {str(path)!r} does not exist")
+        raise ConfigError(f"pretrained weights file {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling raises many unrelated types
-        raise ValueError(f"cannot read pretrained weights file {str(path)!r}: {error}") from error
+        raise ConfigError(f"cannot read pretrained weights file {str(path)!r}: {error}") from error
     for key in ("state_dict", "model"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
             break
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
-        raise ValueError(f"pretrained weights file {str(path)!r} does not hold a state dict")
+        raise ConfigError(f"pretrained weights file {str(path)!r} does not hold a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise ValueError(f"pretrained weights file {str(path)!r} does not match {name}: {error}") from error
+        raise ConfigError(f"pretrained weights file {str(path)!r} does not match {name}: {error}") from error
 
 
 __all__ = ["BACKBONES", "adapt_input_conv", "cam_layer", "classifier_layer", "create_backbone", "first_conv"]

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import lightning as L
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import MaxMetric, MetricCollection
@@ -20,6 +20,7 @@ from torchmetrics.classification import (
 
 from gliograde.models.backbones import create_backbone
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
+from gliograde.errors import ConfigError
 
 OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
@@ -58,7 +59,7 @@ class SliceMetrics(torch.nn.Module):
         self.on_scores.reset()
 
 
-class GradeClassifier(L.LightningModule):
+class GradeClassifier(pl.LightningModule):
     """Slice classifier whose reports are patient-level (mean slice probability per patient).
 
     Metric names: ``{stage}/{metric}`` for slices, ``{stage}/patient_{metric}`` for patients,
@@ -200,14 +201,14 @@ class GradeClassifier(L.LightningModule):
         cfg = dict(self.optimizer_cfg)
         name = cfg.pop("name")
         if name not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer.name={name!r} must be one of {list(OPTIMIZERS)}")
+            raise ConfigError(f"model.optimizer.name={name!r} must be one of {list(OPTIMIZERS)}")
         optimizer = OPTIMIZERS[name](self.parameters(), **cfg)
         schedule = dict(self.scheduler_cfg)
         kind = schedule.pop("name")
         if kind in (None, "none", "constant"):
             return {"optimizer": optimizer}
         if kind != "cosine":
-            raise ValueError(f"model.scheduler.name={kind!r} must be cosine or none")
+            raise ConfigError(f"model.scheduler.name={kind!r} must be cosine or none")
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
         warmup = int(total * float(schedule.get("warmup_epochs", 0)) / epochs)
