@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test bench prepare tensorboard clean
+.PHONY: install train test test-fast bench prepare tensorboard clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ train: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# unit tests only: everything but the end-to-end runs marked slow
+test-fast: install
+	$(BIN)/python -m pytest -q -m 'not slow'
 
 bench: install
 	$(BIN)/python -m gliograde.bench --out logs/bench/bench.json
