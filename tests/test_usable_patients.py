@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_datamodule, patient_file, run_python
 
@@ -78,6 +79,11 @@ def test_empty_mask_skipped_is_listed_and_never_split(tiny_cohort, tmp_path, cap
         status = {r["patient_id"]: r["status"] for r in _table(dm.cached.directory / "cohort.csv")}
         assert status[pid] == "skipped" and list(status.values()).count("ok") == 23
         assert pid not in dm.assignment and len(dm.assignment) == 23
+        table = dm.cohort_table()
+        assert table.set_index("patient_id").loc[pid, "status"] == "skipped"
+        written = pd.read_csv(dm.cached.directory / "cohort.csv", dtype=str, keep_default_na=False)
+        assert written.values.tolist() == table.values.tolist()
+        assert dm.skipped_table()["patient_id"].tolist() == [pid]
         assert dm.summary()["skipped"] == 1
     assert any(pid in r.getMessage() and "mask is empty" in r.getMessage() for r in caplog.records)
     # One pool of patients whatever the strategy, so one test set.

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 import numpy as np
+import pandas as pd
 import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, SequentialSampler
 
-from gliograde.atomic import write_csv
+from gliograde.atomic import write_text
 from gliograde.data.augment import BatchAugmenter
 from gliograde.data.cache import CachedCohort, open_or_build
 from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
@@ -266,15 +267,9 @@ class GliomaDataModule(pl.LightningDataModule):
                     problems.append(err)
         return problems
 
-    def _write_cohort_tables(self) -> None:
-        """cohort.csv and skipped.csv beside the cache (atomically; labels as read now).
-
-        A complete cache may sit in a read-only place: then the tables are left as they are.
-        """
+    def cohort_table(self) -> pd.DataFrame:
+        """One row per patient found: id, label, modality and mask paths, and ``ok``/``skipped``."""
         assert self.cohort is not None and self.cached is not None
-        if not os.access(self.cached.directory, os.W_OK):
-            log.info("Cache %s is read-only; not writing cohort.csv and skipped.csv", self.cached.directory)
-            return
         cached_ids = set(self.cached.patient_ids)
         skipped_ids = {err.patient for err in self.skipped if err.patient}
         rows = []
@@ -288,17 +283,27 @@ class GliomaDataModule(pl.LightningDataModule):
         listed = {row[0] for row in rows}
         for patient in sorted(skipped_ids - listed):  # skipped before their files were found
             rows.append([patient, ""] + [""] * len(MODALITIES) + ["", "skipped"])
+        columns = ["patient_id", "label", *MODALITIES, "mask", "status"]
+        return pd.DataFrame(sorted(rows), columns=columns, dtype=object)
+
+    def skipped_table(self) -> pd.DataFrame:
+        """One row per problem that left a patient out: id, file and problem."""
+        rows = [[e.patient or "", e.where or "", e.problem] for e in self.skipped]
+        return pd.DataFrame(rows, columns=["patient_id", "file", "problem"], dtype=object)
+
+    def _write_cohort_tables(self) -> None:
+        """cohort.csv and skipped.csv beside the cache (atomically; labels as read now).
+
+        A complete cache may sit in a read-only place: then the tables are left as they are.
+        """
+        assert self.cached is not None
+        directory = self.cached.directory
+        if not os.access(directory, os.W_OK):
+            log.info("Cache %s is read-only; not writing cohort.csv and skipped.csv", directory)
+            return
         try:
-            write_csv(
-                self.cached.directory / "cohort.csv",
-                ["patient_id", "label", *MODALITIES, "mask", "status"],
-                sorted(rows),
-            )
-            write_csv(
-                self.cached.directory / "skipped.csv",
-                ["patient_id", "file", "problem"],
-                [[e.patient or "", e.where or "", e.problem] for e in self.skipped],
-            )
+            write_text(directory / "cohort.csv", self.cohort_table().to_csv(index=False, lineterminator="\n"))
+            write_text(directory / "skipped.csv", self.skipped_table().to_csv(index=False, lineterminator="\n"))
         except PermissionError as err:  # e.g. a read-only mount that os.access cannot see
             log.info("Not writing the cohort tables beside the cache (%s)", err)
 
