@@ -302,8 +302,8 @@ class GliomaDataModule(pl.LightningDataModule):
             log.info("Cache %s is read-only; not writing cohort.csv and skipped.csv", directory)
             return
         try:
-            write_text(directory / "cohort.csv", self.cohort_table().to_csv(index=False, lineterminator="\n"))
-            write_text(directory / "skipped.csv", self.skipped_table().to_csv(index=False, lineterminator="\n"))
+            for name, table in (("cohort.csv", self.cohort_table()), ("skipped.csv", self.skipped_table())):
+                write_text(directory / name, table.to_csv(index=False, lineterminator="\n"))
         except PermissionError as err:  # e.g. a read-only mount that os.access cannot see
             log.info("Not writing the cohort tables beside the cache (%s)", err)
 

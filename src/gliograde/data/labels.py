@@ -105,7 +105,8 @@ def read_label_frame(path: Path, spec: LabelSpec) -> pd.DataFrame:
         )
     except (pd.errors.ParserError, csv.Error) as err:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise DataError(f"malformed label table ({detail}); check its delimiter and quoting", where=path) from None
+        problem = f"malformed label table ({detail}); check its delimiter and quoting"
+        raise DataError(problem, where=path) from None
     cells = raw.fillna("").apply(lambda column: column.str.replace("\ufeff", "").str.strip())
     filled = cells.ne("").any(axis=1)
     if not filled.any():
