@@ -12,11 +12,15 @@ Rules, in short:
   shallowest depth holding any patient folder wins; several places at that depth is an error.
 * Each modality file is ``<template with {id}>.nii`` or ``.nii.gz`` in the patient folder; a
   missing one, or both spellings at once, excludes the patient (a per-patient problem).
-* The mask is ``layout.mask_file`` likewise. When absent, a single other NIfTI file in the
-  folder is taken as the mask with a warning (the Kaggle 2020 copy names case 355's mask
-  ``W39_1998.09.19_Segm.nii``); with none the mask is ``None`` (validation downloads); with
-  several the mask is ``None`` and a warning lists them: guessing among them could train on a
-  wrong file, and whether a missing mask matters is the caller's decision.
+* A modality or mask name that exists but is no readable file (a directory, a broken symbolic
+  link) is a per-patient problem that says what it is.
+* The mask is ``layout.mask_file`` likewise. When absent, only a file the preset itself names
+  as a mask (:data:`KNOWN_MASK_NAMES`: the Kaggle 2020 copy names case 355's mask
+  ``W39_1998.09.19_Segm.nii``) is taken instead, with a warning. Any other NIfTI file (a
+  ``_brainmask.nii``, say) is never guessed to be the tumour mask: the mask is ``None`` and a
+  warning names the files passed over. Whether a missing mask matters is the caller's decision.
+* A folder whose name matches the pattern only once surrounding spaces are stripped is a
+  per-patient problem that names the spaces and the fix (rename it).
 * Labels come from :mod:`gliograde.data.labels`.
 
 Warnings go to ``logging.getLogger(__name__)`` (and ``gliograde.data.labels``).
@@ -41,6 +45,10 @@ logger = logging.getLogger(__name__)
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 MAX_DEPTH = 2
 """How many levels above the patient folders' parent ``root`` may be."""
+
+KNOWN_MASK_NAMES: dict[str, tuple[str, ...]] = {"brats2020": ("W39_1998.09.19_Segm",)}
+"""File stems (per ``layout.name``) that a released cohort uses for a mask instead of
+``layout.mask_file``; used, with a warning, only when that file is absent."""
 
 _STRAY_DIRS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
 _MAX_LISTED = 5
@@ -160,6 +168,7 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
     label, sorted by patient); whether an empty cohort is acceptable is the caller's decision.
     """
     templates = _templates(layout)
+    aliases = KNOWN_MASK_NAMES.get(layout.name, ())
     patient_root = find_patient_root(root, layout, labels.file)
     pattern = _compile_pattern(layout)
     folders = sorted(
@@ -167,17 +176,18 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
         key=lambda d: d.name,
     )
     _check_unique_ids(folders, patient_root)
+    spaced = _spaced_folders(patient_root, pattern)
     ids = [d.name for d in folders]
 
     table = _label_table(labels, patient_root, root, require_labels)
     if table is not None:
-        table.warn_unmatched(ids, patient_root)
+        table.warn_unmatched(ids + list(spaced), patient_root)
 
     patients: list[PatientRecord] = []
-    problems: list[DataError] = []
+    problems: list[DataError] = list(spaced.values())
     for folder in folders:
         pid = folder.name
-        record, problem = _scan_patient(folder, templates)
+        record, problem = _scan_patient(folder, templates, aliases)
         if problem is not None:
             problems.append(problem)
         label: int | None = None
@@ -188,6 +198,7 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
                 problems.append(err)
         if record is not None:  # listed even with a label problem: its images still get cached
             patients.append(replace(record, label=label))
+    problems.sort(key=lambda err: err.patient or "")
 
     if problems:
         excluded = len({p.patient for p in problems})
@@ -282,6 +293,24 @@ def _ambiguous_message(hits: dict[Path, list[str]], pattern: re.Pattern[str], de
     )
 
 
+def _spaced_folders(patient_root: Path, pattern: re.Pattern[str]) -> dict[str, DataError]:
+    """Folders that are patient folders but for spaces around the name: {stripped id: problem}."""
+    found: dict[str, DataError] = {}
+    for folder in _subdirectories(patient_root):
+        name, stripped = folder.name, folder.name.strip()
+        if name != stripped and not pattern.fullmatch(name) and pattern.fullmatch(stripped):
+            where = "a trailing space" if name.startswith(stripped) else "spaces around it"
+            if name.endswith(stripped):
+                where = "a leading space"
+            found[stripped] = DataError(
+                f"folder name {name!r} has {where}, so it is not read as patient {stripped}; "
+                f"rename the folder to {stripped!r}",
+                patient=stripped,
+                where=folder,
+            )
+    return found
+
+
 def _check_unique_ids(folders: list[Path], patient_root: Path) -> None:
     """Folder names that differ only in case clash on macOS/Windows and in label lookups."""
     by_key: dict[str, str] = {}
@@ -325,18 +354,23 @@ def _nifti_name(name: str) -> bool:
     return any(lower.endswith(suffix) for suffix in NIFTI_SUFFIXES)
 
 
-def _scan_patient(folder: Path, templates: dict[str, str]) -> tuple[PatientRecord | None, DataError | None]:
+def _scan_patient(
+    folder: Path, templates: dict[str, str], aliases: tuple[str, ...] = ()
+) -> tuple[PatientRecord | None, DataError | None]:
     """A patient's files, or ``None`` and the problem (one error, its issues joined by ``;``)."""
     pid = folder.name
     try:
         with os.scandir(folder) as entries:
-            files = set()
+            files: set[str] = set()
+            others: dict[str, str] = {}  # names that exist but are no readable file: what they are
             for entry in entries:
                 try:
                     if entry.is_file():
                         files.add(entry.name)
-                except OSError:
-                    continue
+                    else:
+                        others[entry.name] = _not_a_file(folder / entry.name)
+                except OSError as err:
+                    others[entry.name] = f"cannot be read ({err.strerror or err})"
     except OSError as err:
         return None, DataError(f"cannot list folder ({err.strerror or err})", patient=pid, where=folder)
     by_lower: dict[str, list[str]] = {}
@@ -348,7 +382,10 @@ def _scan_patient(folder: Path, templates: dict[str, str]) -> tuple[PatientRecor
     for key, template in templates.items():
         stem = template.replace("{id}", pid)
         present = [stem + s for s in NIFTI_SUFFIXES if stem + s in files]
-        if len(present) == 2:
+        unusable = [f"{stem + s} {others[stem + s]}" for s in NIFTI_SUFFIXES if stem + s in others]
+        if unusable:
+            issues.append(f"{key} file {'; '.join(unusable)}")
+        elif len(present) == 2:
             issues.append(f"both {present[0]} and {present[1]} exist for {key}; keep one")
         elif present:
             found[key] = folder / present[0]
@@ -361,20 +398,43 @@ def _scan_patient(folder: Path, templates: dict[str, str]) -> tuple[PatientRecor
 
     mask = found.pop("mask", None)
     if mask is None:
-        used = {p.name for p in found.values()}
-        others = sorted(n for n in files if _nifti_name(n) and not _is_stray(n) and n not in used)
-        expected = templates["mask"].replace("{id}", pid) + ".nii[.gz]"
-        if len(others) == 1:
-            mask = folder / others[0]
-            logger.warning("patient %s: no %s; using %s as its mask", pid, expected, others[0])
-        elif others:
-            logger.warning(
-                "patient %s: no %s and %d other NIfTI files could be the mask (%s); using "
-                "none, rename the mask to %s",
-                pid,
-                expected,
-                len(others),
-                ", ".join(others),
-                expected,
-            )
+        mask = _known_mask(folder, files, templates["mask"].replace("{id}", pid), aliases, found)
     return PatientRecord(patient_id=pid, folder=folder, modalities=found, mask=mask, label=None), None
+
+
+def _not_a_file(path: Path) -> str:
+    """What a directory entry that is not a regular file is, in words for an error message."""
+    if path.is_symlink():
+        target = os.readlink(path)
+        if not path.exists():
+            return f"is a broken symbolic link to {target}"
+        if path.is_dir():
+            return f"is a symbolic link to the directory {target}"
+        return f"is a symbolic link to {target}, which is not a regular file"
+    if path.is_dir():
+        return "is a directory"
+    return "is not a regular file"
+
+
+def _known_mask(
+    folder: Path, files: set[str], expected_stem: str, aliases: tuple[str, ...], found: dict[str, Path]
+) -> Path | None:
+    """The mask under a name the preset knows, or ``None``; never a guess, never silent."""
+    pid = folder.name
+    expected = expected_stem + ".nii[.gz]"
+    known = sorted(stem + s for stem in aliases for s in NIFTI_SUFFIXES if stem + s in files)
+    if len(known) == 1:
+        logger.warning("patient %s: no %s; using %s as its mask", pid, expected, known[0])
+        return folder / known[0]
+    used = {p.name for p in found.values()}
+    others = sorted(n for n in files if _nifti_name(n) and not _is_stray(n) and n not in used)
+    if others:
+        logger.warning(
+            "patient %s: no %s, so no tumour mask; not taking %s as the mask (only files the "
+            "layout names count); rename the tumour mask to %s",
+            pid,
+            expected,
+            ", ".join(others),
+            expected,
+        )
+    return None

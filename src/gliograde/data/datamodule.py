@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -11,14 +12,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import numpy as np
+import pandas as pd
 import torch
 from filelock import FileLock
 from torch.utils.data import DataLoader, SequentialSampler
 
-from gliograde.atomic import write_csv
+from gliograde.atomic import write_text
 from gliograde.data.augment import BatchAugmenter
 from gliograde.data.cache import CachedCohort, open_or_build
-from gliograde.data.cohort import Cohort, discover_cohort
+from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.dataset import SliceDataset, cast, identity_collate
 from gliograde.data.errors import DataError
 from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
@@ -58,6 +60,8 @@ class GliomaDataModule(pl.LightningDataModule):
     """BraTS-style cohort to patient-split batches of ``[B, C, H, W]`` slices.
 
     Arguments mirror the ``data.*`` config; nested groups accept mappings (see ``specs``).
+    ``split=None`` means no split at all: every usable patient goes to the ``all`` dataset,
+    labelled or not (for evaluating or predicting on an external cohort).
     ``prepare_data`` (one process per node) generates the synthetic cohort if asked and builds
     the cache; ``setup`` reads the cache index, selects slices and splits patients.
     """
@@ -70,7 +74,7 @@ class GliomaDataModule(pl.LightningDataModule):
         cache_dir: str | Path = "data/cache",
         modalities: Sequence[str] = ("flair", "t1ce", "t1", "t2"),
         slices: Mapping[str, Any] | SliceSpec | None = None,
-        split: Mapping[str, Any] | SplitSpec | None = None,
+        split: Mapping[str, Any] | SplitSpec | None = SplitSpec(),
         folds: int | None = None,
         fold: int | None = None,
         sampler: str = "random",
@@ -94,7 +98,7 @@ class GliomaDataModule(pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser()
         self.modalities = tuple(modalities)
         self.slice_spec = from_mapping(SliceSpec, slices, "data.slices")
-        self.split_spec = from_mapping(SplitSpec, split, "data.split")
+        self.split_spec = None if split is None else from_mapping(SplitSpec, split, "data.split")
         self.folds = folds
         self.fold = fold
         self.sampler = sampler
@@ -144,6 +148,8 @@ class GliomaDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size={self.batch_size} must be at least 1")
         if self.folds is not None and self.folds < 2:
             raise ConfigError(f"data.folds={self.folds} must be at least 2 (or null)")
+        if self.folds is not None and self.split_spec is None:
+            raise ConfigError(f"data.folds={self.folds} needs a split: data.split is null (no split)")
         if self.fold is not None and self.folds is None:
             raise ConfigError(f"data.fold={self.fold} needs data.folds (e.g. data.folds=5)")
         if self.folds is not None and (self.fold is None or not 0 <= self.fold < self.folds):
@@ -226,14 +232,43 @@ class GliomaDataModule(pl.LightningDataModule):
             on_error=self.on_error,
             progress=self.progress,
         )
+        unusable = self._mask_problems(cohort, cached)
+        if unusable and self.on_error == "raise":
+            raise unusable[0]
         self.cohort, self.cached = cohort, cached
-        self.skipped = list(cohort.problems) + list(cached.problems)
+        self.skipped = list(cohort.problems) + list(cached.problems) + unusable
         for err in self.skipped:
             log.warning("Skipped %s", err)
         self._write_cohort_tables()
 
-    def _write_cohort_tables(self) -> None:
-        """cohort.csv and skipped.csv beside the cache (atomically; labels as read now)."""
+    def _mask_problems(self, cohort: Cohort, cached: CachedCohort) -> list[DataError]:
+        """Cached patients whose mask makes them unusable: empty, or absent when the strategy needs one.
+
+        An empty mask is a problem whatever the strategy (a glioma cohort's mask without tumour
+        is a wrong file), so the patients that are split do not depend on the strategy.
+        """
+        records = {r.patient_id: r for r in cohort.patients}
+        problems = []
+        for position, patient_id in enumerate(cached.patient_ids):
+            record = records[patient_id]
+            if cached.has_mask[position] and not cached.tumour_area["axial"][position].any():
+                problems.append(
+                    DataError(
+                        "mask is empty (no tumour voxel): replace it with the patient's tumour mask, "
+                        "or set data.on_error=skip to leave the patient out",
+                        patient_id,
+                        record.mask,
+                    )
+                )
+            elif self.slice_spec.strategy in NEEDS_MASK and not cached.has_mask[position]:
+                try:
+                    select_slices(patient_id, np.zeros(1), None, self.slice_spec, self._mask_hint(record))
+                except DataError as err:
+                    problems.append(err)
+        return problems
+
+    def cohort_table(self) -> pd.DataFrame:
+        """One row per patient found: id, label, modality and mask paths, and ``ok``/``skipped``."""
         assert self.cohort is not None and self.cached is not None
         cached_ids = set(self.cached.patient_ids)
         skipped_ids = {err.patient for err in self.skipped if err.patient}
@@ -248,18 +283,31 @@ class GliomaDataModule(pl.LightningDataModule):
         listed = {row[0] for row in rows}
         for patient in sorted(skipped_ids - listed):  # skipped before their files were found
             rows.append([patient, ""] + [""] * len(MODALITIES) + ["", "skipped"])
-        write_csv(
-            self.cached.directory / "cohort.csv",
-            ["patient_id", "label", *MODALITIES, "mask", "status"],
-            sorted(rows),
-        )
-        write_csv(
-            self.cached.directory / "skipped.csv",
-            ["patient_id", "file", "problem"],
-            [[e.patient or "", e.where or "", e.problem] for e in self.skipped],
-        )
+        columns = ["patient_id", "label", *MODALITIES, "mask", "status"]
+        return pd.DataFrame(sorted(rows), columns=columns, dtype=object)
 
-    def _mask_hint(self, record) -> str:
+    def skipped_table(self) -> pd.DataFrame:
+        """One row per problem that left a patient out: id, file and problem."""
+        rows = [[e.patient or "", e.where or "", e.problem] for e in self.skipped]
+        return pd.DataFrame(rows, columns=["patient_id", "file", "problem"], dtype=object)
+
+    def _write_cohort_tables(self) -> None:
+        """cohort.csv and skipped.csv beside the cache (atomically; labels as read now).
+
+        A complete cache may sit in a read-only place: then the tables are left as they are.
+        """
+        assert self.cached is not None
+        directory = self.cached.directory
+        if not os.access(directory, os.W_OK):
+            log.info("Cache %s is read-only; not writing cohort.csv and skipped.csv", directory)
+            return
+        try:
+            for name, table in (("cohort.csv", self.cohort_table()), ("skipped.csv", self.skipped_table())):
+                write_text(directory / name, table.to_csv(index=False, lineterminator="\n"))
+        except PermissionError as err:  # e.g. a read-only mount that os.access cannot see
+            log.info("Not writing the cohort tables beside the cache (%s)", err)
+
+    def _mask_hint(self, record: PatientRecord) -> str:
         expected = self.layout.mask_file.format(id=record.patient_id)
         return str(record.folder / f"{expected}.nii[.gz]")
 
@@ -270,32 +318,23 @@ class GliomaDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Split patients, select their slices, and build the datasets (reads only the index).
 
-        The split is made over every usable patient before slice selection, so it depends on
-        the cohort and ``data.split`` alone: a sweep over slice strategies keeps one test set.
+        The split is made over the patients that can contribute slices (every usable patient
+        with a non-empty mask, or without a mask when the strategy needs none) before slice
+        selection, so among mask-based strategies it depends on the cohort and ``data.split``
+        alone: a sweep over them keeps one test set. A split that selection leaves without a
+        patient of some class is refused before any training.
         """
         if self.datasets:
             return
         self._load()
         assert self.cohort is not None and self.cached is not None
         cached = self.cached
-        excluded = self.cohort.excluded_ids()
+        excluded = {err.patient for err in self.skipped if err.patient}
         records = {r.patient_id: r for r in self.cohort.patients if r.patient_id not in excluded}
         usable = [(pos, pid) for pos, pid in enumerate(cached.patient_ids) if pid in records]
         if not usable:
             raise DataError("no usable patient is left after the checks (see skipped.csv)", where=self.root)
-        labels = [records[pid].label for _, pid in usable]
-        if self.cohort.labelled and all(label is not None for label in labels):
-            assignment = split_patients(
-                [pid for _, pid in usable], labels, self.classes, self.split_spec, self.folds, self.fold
-            )
-        elif self.require_labels:
-            raise DataError(
-                "training needs labels, but the cohort has none: set data.labels.file (and its "
-                "columns), or data.require_labels=false to only predict",
-                where=self.root,
-            )
-        else:
-            assignment = {pid: "all" for _, pid in usable}
+        assignment = self._assign([pid for _, pid in usable], [records[pid].label for _, pid in usable])
 
         plane = self.slice_spec.plane
         patients: list[PatientSlices] = []
@@ -303,20 +342,13 @@ class GliomaDataModule(pl.LightningDataModule):
         for position, patient_id in usable:
             record = records[patient_id]
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
-            try:
-                chosen = select_slices(
-                    patient_id,
-                    cached.brain_area[plane][position],
-                    tumour,
-                    self.slice_spec,
-                    self._mask_hint(record),
-                )
-            except DataError as err:
-                if self.on_error == "raise":
-                    raise
-                log.warning("Skipped %s", err)
-                self.skipped.append(err)
-                continue
+            chosen = select_slices(
+                patient_id,
+                cached.brain_area[plane][position],
+                tumour,
+                self.slice_spec,
+                self._mask_hint(record),
+            )
             if chosen.size == 0:
                 empty.append(f"{patient_id} ({assignment[patient_id]})")
                 continue
@@ -329,16 +361,16 @@ class GliomaDataModule(pl.LightningDataModule):
                 self.slice_spec.strategy,
                 ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
             )
-        self._write_cohort_tables()
+        if not patients:
+            raise ConfigError(
+                f"data.slices={self._describe_slices()} selects no slice of any patient; "
+                "choose another data.slices setting"
+            )
         self.patients = patients
         self.assignment = {p.patient_id: assignment[p.patient_id] for p in patients}
+        self._check_split_sizes(set(assignment.values()), len(empty))
         groups = {name: [p for p in patients if self.assignment[p.patient_id] == name] for name in SPLITS}
         groups["all"] = patients
-        for name in SPLITS:
-            if not groups[name] and name in set(assignment.values()):
-                raise DataError(
-                    f"every {name} patient lost its slices to data.slices={self.slice_spec}", where=self.root
-                )
         self.datasets = {name: self._dataset(group) for name, group in groups.items() if group}
         assert_disjoint(
             [
@@ -350,6 +382,47 @@ class GliomaDataModule(pl.LightningDataModule):
         )
         if self.augment_spec.enabled:
             self._augmenter = BatchAugmenter(self.augment_spec, seed=self.seed)
+
+    def _assign(self, patient_ids: list[str], labels: list[int | None]) -> dict[str, str]:
+        """Each patient's split: ``all`` without a split (or labels, when they are optional)."""
+        assert self.cohort is not None
+        if self.split_spec is None:
+            return dict.fromkeys(patient_ids, "all")
+        if self.cohort.labelled and all(label is not None for label in labels):
+            return split_patients(patient_ids, labels, self.classes, self.split_spec, self.folds, self.fold)
+        if self.require_labels:
+            raise DataError(
+                "training needs labels, but the cohort has none: set data.labels.file (and its "
+                "columns), or data.require_labels=false to only predict",
+                where=self.root,
+            )
+        return dict.fromkeys(patient_ids, "all")
+
+    def _check_split_sizes(self, splits: set[str], n_left_out: int) -> None:
+        """Every split made must keep a patient of each class after slice selection."""
+        for name in SPLITS:
+            if name not in splits:
+                continue
+            present = Counter(p.label for p in self.patients if self.assignment[p.patient_id] == name)
+            lacking = [self.classes[c] for c in range(len(self.classes)) if not present.get(c)]
+            if lacking:
+                raise ConfigError(
+                    f"the {name} split has no {' or '.join(lacking)} patient left after slice selection "
+                    f"by data.slices={self._describe_slices()} ({n_left_out} patient(s) got no slice): "
+                    "choose a data.slices setting that selects slices of every patient (e.g. a lower "
+                    "data.slices.min_area), or add patients"
+                )
+
+    def _describe_slices(self) -> str:
+        spec = self.slice_spec
+        detail = {
+            "tumor_topk": f"k={spec.k}",
+            "tumor_all": f"min_area={spec.min_area}",
+            "brain": f"min_brain_fraction={spec.min_brain_fraction}",
+            "middle": f"n={spec.n}",
+            "range": f"z_min={spec.z_min}, z_max={spec.z_max}",
+        }.get(spec.strategy, "")
+        return f"{{strategy={spec.strategy}, {detail}, plane={spec.plane}}}"
 
     def _dataset(self, group: list[PatientSlices]) -> SliceDataset:
         assert self.cached is not None
@@ -417,8 +490,16 @@ class GliomaDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------ dataloaders
     def _loader(self, split: str, train: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("call setup() before asking for a DataLoader")
         if split not in self.datasets:
-            raise RuntimeError(f"no patients in the {split} split (call setup() first, or check data.split)")
+            if self.split_spec is None or set(self.assignment.values()) == {"all"}:
+                why = "data.split is null" if self.split_spec is None else "the cohort has no labels"
+                raise ConfigError(f"there is no {split} split: {why}, so every patient is in 'all'")
+            raise ConfigError(
+                f"the {split} split has no patient: data.split={self.split_spec} gives it none; "
+                f"give data.split.{split} a share above 0"
+            )
         dataset = self.datasets[split]
         if train and self.sampler == "weighted":
             counts = self.class_counts(split)

@@ -1,4 +1,4 @@
-"""The label table: a CSV keyed by patient id, read with the ``csv`` module (no pandas).
+"""The label table: a CSV keyed by patient id, read with pandas.
 
 Everything here raises :class:`DataError` with one-line messages that name the file and column.
 :class:`UnusableLabelTable` (a ``DataError``) marks the failures that only matter when labels
@@ -16,12 +16,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from gliograde.data.errors import DataError
 from gliograde.data.specs import LabelSpec
 
 logger = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 3
+_DELIMITERS = ",;\t|"
+_SNIFF_LINES = 20
 
 
 class UnusableLabelTable(DataError):
@@ -58,17 +62,17 @@ def resolve_label_file(spec: LabelSpec, patient_root: Path, root: str | Path) ->
     raise UnusableLabelTable(f"label table not found (looked for {places})", where=spec.file)
 
 
-def read_label_table(path: Path, spec: LabelSpec) -> dict[str, str | None]:
-    """Read ``path`` into ``{patient id: label cell}``; the cell is ``None`` when missing.
+def read_label_frame(path: Path, spec: LabelSpec) -> pd.DataFrame:
+    """Read ``path`` as a table of stripped strings, one row per patient, every column kept.
 
-    Headers and cells are stripped of surrounding whitespace and a UTF-8 BOM; cells equal to one
-    of ``spec.missing_values`` count as missing. Rows with an empty id (Excel's trailing
-    ``,,,,`` lines) are skipped. The delimiter is ``,`` unless the header line has none and has
-    ``;`` or a tab instead.
+    A UTF-8 BOM, CRLF line ends, blank lines, Excel's trailing ``,,,,`` rows (an empty id) and
+    extra (clinical) columns are all fine; the delimiter is sniffed among ``,``, ``;``, tab and
+    ``|``. Cells equal to one of ``spec.missing_values`` are ``None``. The frame's index is the
+    row's line number in the file.
 
-    Raises :class:`UnusableLabelTable` when the id or label column is absent (the message lists
-    the columns present), and :class:`DataError` for a duplicate id, a column named twice, or a
-    file that is not UTF-8 text.
+    Raises :class:`UnusableLabelTable` when the table is empty or the id or label column is
+    absent (the message lists the columns present), and :class:`DataError` for a duplicate id,
+    a column named twice, a malformed table, or a file that is not UTF-8 text.
     """
     path = Path(path)
     try:
@@ -79,49 +83,70 @@ def read_label_table(path: Path, spec: LabelSpec) -> dict[str, str | None]:
         ) from None
     except OSError as err:
         raise DataError(f"cannot read label table ({err.strerror or err})", where=path) from None
-
-    first = next((line for line in text.splitlines() if line.strip()), "")
-    delimiter = ","
-    if "," not in first:
-        if ";" in first:
-            delimiter = ";"
-        elif "\t" in first:
-            delimiter = "\t"
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-
-    header: list[str] | None = None
-    for row in reader:
-        if any(cell.strip() for cell in row):
-            header = [_clean(cell) for cell in row]
-            break
-    if header is None:
-        raise UnusableLabelTable(
-            f"label table is empty (expected a header with columns "
-            f"{spec.id_column!r} and {spec.label_column!r})",
-            where=path,
+    empty = UnusableLabelTable(
+        f"label table is empty (expected a header with columns {spec.id_column!r} and {spec.label_column!r})",
+        where=path,
+    )
+    if not text.strip():
+        raise empty
+    sep = _delimiter(text)
+    try:
+        # Rows may be wider than the header (Excel pads with ",,,,"): read them all that wide.
+        width = max((len(row) for row in csv.reader(io.StringIO(text, newline=""), delimiter=sep)), default=1)
+        raw = pd.read_csv(
+            io.StringIO(text),
+            sep=sep,
+            header=None,
+            names=range(width),
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,  # keeps index + 1 equal to the line number
+            engine="python",
         )
-
+    except (pd.errors.ParserError, csv.Error) as err:
+        detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        problem = f"malformed label table ({detail}); check its delimiter and quoting"
+        raise DataError(problem, where=path) from None
+    cells = raw.fillna("").apply(lambda column: column.str.replace("\ufeff", "").str.strip())
+    filled = cells.ne("").any(axis=1)
+    if not filled.any():
+        raise empty
+    header_at = int(filled.idxmax())
+    header = list(cells.loc[header_at])
     id_index = _column_index(header, spec.id_column, path, "id")
     label_index = _column_index(header, spec.label_column, path, "label")
 
     missing = {_clean(value) for value in spec.missing_values}
-    table: dict[str, str | None] = {}
-    first_line: dict[str, int] = {}
-    for row in reader:
-        line_no = reader.line_num
-        pid = _clean(row[id_index]) if id_index < len(row) else ""
-        if not pid or pid in missing:
-            continue
-        cell = _clean(row[label_index]) if label_index < len(row) else ""
-        if pid in table:
-            raise DataError(
-                f"duplicate id {pid!r} in column {spec.id_column!r} "
-                f"(lines {first_line[pid]} and {line_no}); each patient needs exactly one row",
-                where=path,
-            )
-        table[pid] = None if cell in missing else cell
-        first_line[pid] = line_no
-    return table
+    body = cells.loc[header_at + 1 :]
+    body = body[body.iloc[:, id_index].ne("") & ~body.iloc[:, id_index].isin(missing)]
+    body = body.set_axis(header, axis=1).set_axis(body.index + 1, axis=0)
+    ids = body.iloc[:, id_index]
+    repeated = ids[ids.duplicated(keep=False)]
+    if not repeated.empty:
+        pid = repeated.iloc[0]
+        first, second = repeated.index[repeated == pid][:2]
+        raise DataError(
+            f"duplicate id {pid!r} in column {spec.id_column!r} (lines {first} and {second}); "
+            "each patient needs exactly one row",
+            where=path,
+        )
+    return body.astype(object).where(~body.isin(missing), None)
+
+
+def read_label_table(path: Path, spec: LabelSpec) -> dict[str, str | None]:
+    """``{patient id: label cell}`` from :func:`read_label_frame`; the cell is ``None`` when missing."""
+    frame = read_label_frame(path, spec)
+    ids = frame[spec.id_column].tolist()
+    return dict(zip(ids, frame[spec.label_column].tolist()))
+
+
+def _delimiter(text: str) -> str:
+    """The delimiter of the first lines with content; ``,`` when they show none."""
+    sample = "\n".join([line for line in text.splitlines() if line.strip()][:_SNIFF_LINES])
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        return ","
 
 
 @dataclass(frozen=True)
@@ -199,7 +224,7 @@ def _clean(cell: str) -> str:
 def _column_index(header: list[str], column: str, path: Path, role: str) -> int:
     hits = [i for i, name in enumerate(header) if name == column]
     if not hits:
-        present = ", ".join(repr(name) for name in header)
+        present = ", ".join(repr(name) for name in header if name)  # not the padding of wide rows
         raise UnusableLabelTable(f"no {role} column {column!r} (columns present: {present})", where=path)
     if len(hits) > 1:
         raise DataError(f"column {column!r} appears {len(hits)} times in the header; keep one", where=path)

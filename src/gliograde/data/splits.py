@@ -3,14 +3,14 @@ with one fixed test set. A patient is never in two splits."""
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from gliograde.atomic import write_csv
+from gliograde.atomic import write_text
 from gliograde.data.specs import SplitSpec
 from gliograde.errors import ConfigError
 
@@ -116,17 +116,26 @@ def assert_disjoint(rows: list[tuple[str, str]]) -> None:
         seen[patient_id] = split
 
 
-def write_splits(path: str | Path, assignment: dict[str, str], labels: dict[str, str]) -> None:
-    """Write ``patient_id,label,split`` rows (atomically), train first, then val and test."""
+def splits_frame(assignment: dict[str, str], labels: dict[str, str]) -> pd.DataFrame:
+    """``patient_id, label, split`` rows, train first, then val, test and all, by id within each."""
     order = sorted(
         assignment, key=lambda p: (SPLITS.index(assignment[p]) if assignment[p] in SPLITS else 3, p)
     )
-    write_csv(path, ["patient_id", "label", "split"], [[p, labels.get(p, ""), assignment[p]] for p in order])
+    rows = [[p, labels.get(p, ""), assignment[p]] for p in order]
+    return pd.DataFrame(rows, columns=["patient_id", "label", "split"], dtype=object)
+
+
+def write_splits(path: str | Path, assignment: dict[str, str], labels: dict[str, str]) -> None:
+    """Write :func:`splits_frame` as ``splits.csv`` (atomically)."""
+    write_text(path, splits_frame(assignment, labels).to_csv(index=False, lineterminator="\n"))
 
 
 def read_splits(path: str | Path) -> dict[str, str]:
-    """Read a ``splits.csv`` back as {patient_id: split}, checking disjointness."""
-    with open(path, newline="") as fh:
-        rows = [(row["patient_id"], row["split"]) for row in csv.DictReader(fh)]
+    """Read a ``splits.csv`` back as {patient_id: split}, checking disjointness.
+
+    Every cell is read as text (an id such as ``001`` or a label ``NA`` stays as written).
+    """
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows = list(zip(frame["patient_id"], frame["split"]))
     assert_disjoint(rows)
     return dict(rows)
