@@ -25,7 +25,8 @@ def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 def tiny_cohort_master(tmp_path_factory) -> Path:
     """24 patients (8 LGG) of 40x40x20 voxels; never modified (copy it to change files)."""
     root = tmp_path_factory.mktemp("cohorts") / "tiny"
-    generate_cohort(root, patients=24, seed=3, shape=TINY_SHAPE, lgg_fraction=1 / 3)
+    # Uncompressed: tests rewrite and corrupt these files by their .nii names.
+    generate_cohort(root, patients=24, seed=3, shape=TINY_SHAPE, lgg_fraction=1 / 3, compress=False)
     return root
 
 

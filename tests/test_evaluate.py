@@ -110,7 +110,7 @@ def test_youden_threshold_separates_perfectly_separable_patients():
 def trained_run(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("evaluate")
     cohort = base / "cohort"
-    generate_cohort(cohort, patients=32, seed=5, shape=(48, 48, 24), lgg_fraction=0.5)
+    generate_cohort(cohort, patients=32, seed=5, shape=(48, 48, 24), lgg_fraction=0.5, compress=False)
     run = base / "run"
     result = run_python(
         "train.py",

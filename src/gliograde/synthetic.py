@@ -1,23 +1,29 @@
 """Command line: write a synthetic BraTS-2020-layout cohort.
 
-``python -m gliograde.synthetic OUT --patients N [--seed S] [--shape X Y Z] [--lgg-fraction F]``
+``python -m gliograde.synthetic OUT --patients N [--seed S] [--shape X Y Z] [--lgg-fraction F]
+[--difficulty D]``; every default is the ``data=synthetic`` preset's, so
+``python train.py data.root=OUT`` plus the printed overrides trains on the cohort.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
+import shlex
 import time
 from collections import Counter
 from pathlib import Path
 
 from gliograde.errors import exit_on_user_error
 from gliograde.data.synthetic import (
+    DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
+    DEFAULT_SEED,
     DEFAULT_SHAPE,
     MAPPING_FILE,
     generate_cohort,
+    generation_settings,
+    train_overrides,
 )
 
 
@@ -26,11 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gliograde.synthetic",
         description="Write a synthetic glioma cohort in the BraTS 2020 training layout "
-        "(NIfTI volumes per patient plus name_mapping.csv).",
+        "(gzip-compressed NIfTI volumes per patient plus name_mapping.csv).",
     )
     parser.add_argument("out", type=Path, help="folder to create (must not exist or be empty)")
     parser.add_argument("--patients", type=int, required=True, help="number of patients")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     parser.add_argument(
         "--shape",
         type=int,
@@ -44,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=DEFAULT_LGG_FRACTION,
         help="fraction of LGG patients (default: 76/369, as in BraTS 2020)",
+    )
+    parser.add_argument(
+        "--difficulty",
+        type=float,
+        default=DEFAULT_DIFFICULTY,
+        help="overlap of the grade cues, 0 (cleanly separable) to 1 (chance) (default: %(default)s)",
     )
     return parser
 
@@ -59,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             shape=tuple(args.shape),
             lgg_fraction=args.lgg_fraction,
+            difficulty=args.difficulty,
             progress=True,
         )
     seconds = time.perf_counter() - start
@@ -68,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         f"synthetic cohort: {args.patients} patients ({grades['HGG']} HGG, {grades['LGG']} LGG) "
         f"written to {out} in {seconds:.1f} s"
     )
+    command = ["python train.py", f"data.root={out}", *train_overrides(generation_settings(out))]
+    command = command[:1] + [shlex.quote(part) for part in command[1:]]
+    print(f"train on it: {' '.join(command)}")
     return 0
 
 
