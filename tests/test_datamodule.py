@@ -187,5 +187,5 @@ def test_synthetic_cohort_is_generated_once_and_guarded(tmp_path):
     again.prepare_data()
     assert (root / ".synthetic.json").stat().st_mtime_ns == stamp
     assert again.cached.directory == dm.cached.directory
-    with pytest.raises(ValueError, match="holds a synthetic cohort generated with .*'patients': 12.*delete"):
+    with pytest.raises(ValueError, match="holds a synthetic cohort generated with patients=12.*data.synthetic.patients=12.*delete"):
         make_datamodule(root, tmp_path / "cache", synthetic={**spec, "patients": 20}).prepare_data()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -174,21 +175,14 @@ class GliomaDataModule(pl.LightningDataModule):
     def _ensure_synthetic(self) -> None:
         if self.synthetic is None:
             return
-        from gliograde.data.synthetic import generate_cohort, generation_settings
+        from gliograde.data.synthetic import generate_cohort, generation_settings, settings_mismatch
 
+        wanted = dataclasses.asdict(self.synthetic)
         if _has_entries(self.root):
             made_with = generation_settings(self.root)
-            wanted = {
-                "patients": self.synthetic.patients,
-                "seed": self.synthetic.seed,
-                "shape": list(self.synthetic.shape),
-                "lgg_fraction": self.synthetic.lgg_fraction,
-            }
-            if made_with is not None and made_with != wanted:
-                raise ConfigError(
-                    f"{self.root} holds a synthetic cohort generated with {made_with}, not the "
-                    f"configured {wanted}: delete that folder or set data.root elsewhere"
-                )
+            problem = None if made_with is None else settings_mismatch(made_with, wanted)
+            if problem:
+                raise ConfigError(f"{self.root} {problem}")
             return
 
         self.root.parent.mkdir(parents=True, exist_ok=True)
@@ -199,14 +193,7 @@ class GliomaDataModule(pl.LightningDataModule):
                 )
                 if self.root.exists():
                     self.root.rmdir()
-                generate_cohort(
-                    self.root,
-                    patients=self.synthetic.patients,
-                    seed=self.synthetic.seed,
-                    shape=tuple(self.synthetic.shape),
-                    lgg_fraction=self.synthetic.lgg_fraction,
-                    progress=self.progress,
-                )
+                generate_cohort(self.root, **wanted, progress=self.progress)
 
     def _load(self) -> None:
         """Discover the cohort and open (or build) its cache; idempotent."""

@@ -7,6 +7,13 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from gliograde.data.synthetic import (
+    DEFAULT_DIFFICULTY,
+    DEFAULT_LGG_FRACTION,
+    DEFAULT_PATIENTS,
+    DEFAULT_SEED,
+    DEFAULT_SHAPE,
+)
 from gliograde.errors import ConfigError
 
 MODALITIES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
@@ -134,10 +141,11 @@ class AugmentSpec:
 class SyntheticSpec:
     """The built-in synthetic cohort, generated under ``data.root`` on first use."""
 
-    patients: int = 40
-    seed: int = 0
-    shape: tuple[int, int, int] = (240, 240, 155)
-    lgg_fraction: float = 76 / 369
+    patients: int = DEFAULT_PATIENTS
+    seed: int = DEFAULT_SEED
+    shape: tuple[int, int, int] = DEFAULT_SHAPE
+    lgg_fraction: float = DEFAULT_LGG_FRACTION
+    difficulty: float = DEFAULT_DIFFICULTY
 
 
 T = TypeVar("T")
