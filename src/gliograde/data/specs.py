@@ -7,6 +7,7 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+
 from gliograde.data.synthetic import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
