@@ -9,7 +9,7 @@ import pytest
 from conftest import run_python
 from scipy.stats import norm
 
-from gliograde.compare import CompareError, compare
+from gliograde.compare import CompareError, compare, main
 
 CLASSES = ("LGG", "HGG")
 # the hand-computed DeLong case of test_intervals: AUROC 5/6 vs 1/3, z = 1.5
@@ -66,21 +66,26 @@ def test_evaluate_outputs_are_preferred_with_their_threshold(tmp_path):
     assert data["difference"]["accuracy"]["a"] == pytest.approx(4 / 5)
 
 
-def test_refuses_different_patients_unless_common(tmp_path):
+def _exit_code(capsys, *argv: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as stop:
+        main(list(argv))
+    return stop.value.code, capsys.readouterr().err
+
+
+def test_refuses_different_patients_unless_common(tmp_path, capsys):
     a = _trained_run(tmp_path / "a", PROBS_A)
     b = _trained_run(tmp_path / "b", PROBS_B[:4], PATIENTS[:4], LABELS[:4])
-    result = run_python("-m", "gliograde.compare", str(a), str(b))
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.count("\n") == 1 and "1 only in A" in result.stderr and "--common" in result.stderr
+    code, err = _exit_code(capsys, str(a), str(b))
+    assert code == 2 and err.count("\n") == 1 and "1 only in A" in err and "--common" in err
     assert compare(a, b, common=True)["n_patients"] == 4
 
 
-def test_refuses_different_labels_classes_and_missing_files(tmp_path):
+def test_refuses_different_labels_classes_and_missing_files(tmp_path, capsys):
     a = _trained_run(tmp_path / "a", PROBS_A)
     flipped = _trained_run(tmp_path / "b", PROBS_B, labels=["LGG", *LABELS[1:]])
     with pytest.raises(CompareError, match="patient P1 is labelled HGG in A and LGG in B"):
         compare(a, flipped)
     with pytest.raises(CompareError, match="no patient predictions for split=val"):
         compare(a, flipped, split="val")
-    result = run_python("-m", "gliograde.compare", str(a), str(tmp_path / "missing"))
-    assert result.returncode == 2 and "evaluate.py" in result.stderr and "Traceback" not in result.stderr
+    code, err = _exit_code(capsys, str(a), str(tmp_path / "missing"))
+    assert code == 2 and "evaluate.py run_dir=" in err

@@ -124,7 +124,8 @@ def compare(
     for p in patients:
         if a.labels[p] != b.labels[p]:
             raise CompareError(
-                f"patient {p} is labelled {a.labels[p]} in A and {b.labels[p]} in B: the runs use different labels"
+                f"patient {p} is labelled {a.labels[p]} in A and {b.labels[p]} in B: "
+                "the runs use different labels"
             )
     classes = a.classes
     for p in patients:
@@ -160,8 +161,9 @@ def _shared_patients(a: RunPredictions, b: RunPredictions, common: bool) -> list
     if (only_a or only_b) and not common:
         example = f"e.g. {(only_a or only_b)[0]}"
         raise CompareError(
-            f"the runs evaluated different patients ({len(only_a)} only in A, {len(only_b)} only in B, {example}): "
-            f"evaluate both on the same cohort and split, or pass --common to compare the {len(shared)} shared ones"
+            f"the runs evaluated different patients ({len(only_a)} only in A, {len(only_b)} only in B, "
+            f"{example}): evaluate both on the same cohort and split, or pass --common to compare the "
+            f"{len(shared)} shared ones"
         )
     if not shared:
         raise CompareError("the runs have no patient in common")
@@ -210,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", help=f"one of {list(SPLITS)} (default test)")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument(
-        "--common", action="store_true", help="compare on the patients both runs evaluated when the sets differ"
+        "--common",
+        action="store_true",
+        help="compare on the patients both runs evaluated when the sets differ",
     )
     parser.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)

@@ -71,12 +71,17 @@ def delong_test(
     if not np.isfinite(var):
         result["note"] = "needs at least two patients of each class"
     elif var <= 0:
-        result["note"] = "DeLong's variance of the difference is zero (e.g. both rankings separate the classes)"
+        result["note"] = (
+            "DeLong's variance of the difference is zero (e.g. both rankings separate the classes)"
+        )
     else:
         half = norm.ppf(0.5 + level / 2) * np.sqrt(var)
         z = diff / np.sqrt(var)
         result.update(
-            ci_low=max(-1.0, diff - half), ci_high=min(1.0, diff + half), z=float(z), p_value=float(2 * norm.sf(abs(z)))
+            ci_low=max(-1.0, diff - half),
+            ci_high=min(1.0, diff + half),
+            z=float(z),
+            p_value=float(2 * norm.sf(abs(z))),
         )
     return result
 

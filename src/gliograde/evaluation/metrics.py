@@ -98,7 +98,10 @@ def bootstrap_intervals(
     point = compute(np.arange(n_patients))
     rng = np.random.default_rng(seed)
     draws = {name: [] for name in point}
-    groups = [np.arange(n_patients)] if strata is None else [np.flatnonzero(strata == s) for s in np.unique(strata)]
+    if strata is None:
+        groups = [np.arange(n_patients)]
+    else:
+        groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     for _ in range(resamples):
         if n_patients == 0:
             break

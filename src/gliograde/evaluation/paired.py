@@ -86,7 +86,10 @@ def compare_calls(
             "ci_high": _plain(high),
             "p_value": exact_paired_pvalue(a_ok, b_ok, np.full(n, 1.0 / max(n, 1))) if n else None,
             "method": "exact McNemar; newcombe-paired interval",
-            "discordant": {"a_right_b_wrong": int((a_ok & ~b_ok).sum()), "a_wrong_b_right": int((~a_ok & b_ok).sum())},
+            "discordant": {
+                "a_right_b_wrong": int((a_ok & ~b_ok).sum()),
+                "a_wrong_b_right": int((~a_ok & b_ok).sum()),
+            },
         }
     }
     pos, neg = labels == 1, labels == 0
