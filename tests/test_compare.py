@@ -87,5 +87,8 @@ def test_refuses_different_labels_classes_and_missing_files(tmp_path, capsys):
         compare(a, flipped)
     with pytest.raises(CompareError, match="no patient predictions for split=val"):
         compare(a, flipped, split="val")
+    other = _trained_run(tmp_path / "c", PROBS_B, [f"Q{i}" for i in range(5)])
+    with pytest.raises(CompareError, match="no patient in common"):
+        compare(a, other, common=True)
     code, err = _exit_code(capsys, str(a), str(tmp_path / "missing"))
     assert code == 2 and "evaluate.py run_dir=" in err

@@ -158,6 +158,10 @@ def compare(
 def _shared_patients(a: RunPredictions, b: RunPredictions, common: bool) -> list[str]:
     only_a, only_b = sorted(set(a.labels) - set(b.labels)), sorted(set(b.labels) - set(a.labels))
     shared = sorted(set(a.labels) & set(b.labels))
+    if not shared:
+        raise CompareError(
+            f"the runs have no patient in common ({a.source} and {b.source}): compare runs on the same cohort"
+        )
     if (only_a or only_b) and not common:
         example = f"e.g. {(only_a or only_b)[0]}"
         raise CompareError(
@@ -165,8 +169,6 @@ def _shared_patients(a: RunPredictions, b: RunPredictions, common: bool) -> list
             f"{example}): evaluate both on the same cohort and split, or pass --common to compare the "
             f"{len(shared)} shared ones"
         )
-    if not shared:
-        raise CompareError("the runs have no patient in common")
     return shared
 
 
