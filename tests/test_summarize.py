@@ -24,13 +24,15 @@ def _job(
     stages: dict[str, tuple[list[str], list[int], list[float]]],
     fold: int | None = None,
     lr: float = 0.001,
+    monitor: tuple[str, str] = ("val/patient_auroc", "max"),
+    extra: dict[str, float] | None = None,
 ) -> Path:
     """A finished job: config.yaml, metrics.json, predictions_<stage>.csv, .hydra/overrides.yaml."""
     job = sweep / name
     job.mkdir(parents=True)
     config = {
-        "monitor": "val/patient_auroc",
-        "monitor_mode": "max",
+        "monitor": monitor[0],
+        "monitor_mode": monitor[1],
         "data": {"fold": fold},
         "model": {"optimizer": {"lr": lr}},
         "paths": {"output_dir": str(job)},
@@ -47,7 +49,7 @@ def _job(
             for p, y, q in zip(patients, labels, probs):
                 writer.writerow([p, CLASSES[y], f"{1 - q:.6f}", f"{q:.6f}"])
         metrics[f"{stage}/patient_accuracy"] = float(np.mean((np.array(probs) >= 0.5) == np.array(labels)))
-    (job / "metrics.json").write_text(json.dumps(metrics))
+    (job / "metrics.json").write_text(json.dumps({**metrics, **(extra or {})}))
     return job
 
 
@@ -95,6 +97,19 @@ def test_overrides_fall_back_to_the_config_keys_that_differ(tmp_path):
     table, swept, monitor, mode = sweep_table(sweep, resamples=0)
     assert swept == ["model.optimizer.lr"] and monitor == "val/patient_auroc" and mode == "max"
     assert table["job"].tolist() == ["1", "0", "2"]
+
+
+def test_a_slice_level_monitor_sorts_lowest_first_and_mixed_monitors_are_refused(tmp_path):
+    sweep = tmp_path / "loss"
+    val = (PATIENTS, LABELS, [0.5] * 8)
+    for name, loss in zip("012", (0.7, 0.3, 0.5)):
+        extra = {"val/loss": loss}
+        _job(sweep, name, [f"seed={name}"], {"val": val}, monitor=("val/loss", "min"), extra=extra)
+    table, _, monitor, mode = sweep_table(sweep, resamples=0)
+    assert (monitor, mode) == ("val/loss", "min") and table["job"].tolist() == ["1", "2", "0"]
+    _job(sweep, "3", ["seed=3"], {"val": val})
+    with pytest.raises(SummaryError, match="monitor different metrics"):
+        sweep_table(sweep, resamples=0)
 
 
 def test_cross_validation_keeps_its_fold_summary(tmp_path, capsys):

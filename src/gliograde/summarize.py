@@ -33,6 +33,7 @@ from gliograde.evaluation.metrics import METRICS
 STAGES = ("val", "test")
 SHOWN = ("auroc", "balanced_accuracy")
 FOLD_KEY = "data.fold"
+DEFAULT_MONITOR = "val/patient_auroc"
 
 
 class SummaryError(GliogradeError, ValueError):
@@ -111,7 +112,9 @@ def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarr
     return classes, [r["patient_id"] for r in rows], labels, probs
 
 
-def _job_row(job: Path, overrides: dict[str, str], resamples: int, level: float) -> dict[str, Any]:
+def _job_row(
+    job: Path, overrides: dict[str, str], monitor: str, resamples: int, level: float
+) -> dict[str, Any]:
     metrics = json.loads((job / "metrics.json").read_text())
     row: dict[str, Any] = {"job": job.name, **overrides}
     for stage in STAGES:
@@ -128,8 +131,8 @@ def _job_row(job: Path, overrides: dict[str, str], resamples: int, level: float)
         else:  # point values only, as training logged them
             for name in METRICS:
                 row[f"{stage}/patient_{name}"] = metrics.get(f"{stage}/patient_{name}")
-    for key, value in metrics.items():  # e.g. the monitor's best-so-far value
-        if "/patient_" in key and key not in row:
+    for key, value in metrics.items():  # e.g. the best-so-far values, or a slice-level monitor
+        if ("/patient_" in key or key == monitor) and key not in row:
             row[key] = value
     row["run_dir"] = str(job)
     return row
@@ -142,9 +145,15 @@ def sweep_table(
     sweep_dir = Path(sweep_dir)
     jobs = _finished_jobs(sweep_dir)
     overrides = job_overrides(jobs)
-    table = pd.DataFrame([_job_row(j, o, resamples, level) for j, o in zip(jobs, overrides)])
-    cfg = OmegaConf.load(jobs[0] / "config.yaml")
-    monitor, mode = str(cfg.get("monitor", "val/patient_auroc")), str(cfg.get("monitor_mode", "max"))
+    configs = [OmegaConf.load(job / "config.yaml") for job in jobs]
+    monitors = {(str(c.get("monitor", DEFAULT_MONITOR)), str(c.get("monitor_mode", "max"))) for c in configs}
+    if len(monitors) > 1:
+        raise SummaryError(
+            f"{sweep_dir}: the jobs monitor different metrics {sorted(monitors)}, so no one order ranks "
+            "them; summarize sweeps that share monitor and monitor_mode"
+        )
+    monitor, mode = monitors.pop()
+    table = pd.DataFrame([_job_row(j, o, monitor, resamples, level) for j, o in zip(jobs, overrides)])
     if monitor in table:
         table = table.sort_values(monitor, ascending=mode == "min", na_position="last", kind="stable")
     return table.reset_index(drop=True), swept_keys(overrides), monitor, mode
