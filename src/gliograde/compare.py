@@ -138,11 +138,12 @@ def compare(
     calls_b = np.array([classes.index(b.predicted[p]) for p in patients])
     differences = {"auroc": delong_test(labels, probs_a, probs_b, level)}
     differences.update(compare_calls(labels, calls_a, calls_b, level))
-    # each run's own figures, called as that run calls them (its threshold)
-    runs = {
-        key: patient_intervals(labels, probs, run.threshold, level, resamples=0)
-        for key, run, probs in (("a", a, probs_a), ("b", b, probs_b))
-    }
+    # each run's own figures, called as that run calls them (its threshold); the shown metrics
+    # have closed-form intervals, so no bootstrap is drawn
+    runs = {}
+    for key, run, probs in (("a", a, probs_a), ("b", b, probs_b)):
+        figures = patient_intervals(labels, probs, run.threshold, level, resamples=0)
+        runs[key] = {name: figures[name] for name in SHOWN}
     return {
         "split": split,
         "ci_level": level,
