@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 from omegaconf import OmegaConf
 
 from gliograde.atomic import write_csv, write_text
@@ -65,7 +64,7 @@ def job_overrides(jobs: list[Path]) -> list[dict[str, str]]:
     if all(f.is_file() for f in files):
         result = []
         for f in files:
-            items = yaml.safe_load(f.read_text()) or []
+            items = OmegaConf.to_container(OmegaConf.load(f)) or []
             pairs = (str(item).split("=", 1) for item in items if "=" in str(item))
             result.append({k.lstrip("+~"): v for k, v in pairs})
         return result
