@@ -1,0 +1,172 @@
+"""Patient-level confidence intervals that stay honest on small cohorts.
+
+A percentile bootstrap cannot leave the observed range, so 5 of 5 patients right reads as
+``1.000 [1.000, 1.000]``. Here each metric gets an interval whose coverage holds at the
+boundary:
+
+- accuracy, sensitivity, specificity, PPV, NPV: Wilson score interval of the proportion
+  (``wilson``; Wilson 1927, Newcombe 1998).
+- balanced accuracy: MOVER-Wilson (``mover-wilson``; Zou & Donner 2008): the Wilson intervals
+  of sensitivity and specificity, two independent proportions, recovered into an interval for
+  their mean.
+- AUROC: DeLong's variance (``delong``; DeLong et al. 1988), a Wald interval clipped to [0, 1];
+  when that variance is zero (the classes are perfectly separated, or every score ties) the
+  Wald interval would have no width, so Newcombe's score interval with the Hanley-McNeil
+  variance is used instead (``newcombe-score``; Newcombe 2006, method 5).
+- F1, MCC, AUPRC, Brier score, ECE: a percentile bootstrap of patients resampled within each
+  class (``bootstrap-stratified``); its interval is flagged whenever it has no width.
+
+Every entry carries ``unreliable: true`` when a class it depends on has fewer than
+:data:`MIN_PER_CLASS` patients (sensitivity: the positives; specificity: the negatives; the
+rest: the smaller class).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from scipy.optimize import brentq
+from scipy.stats import binomtest, norm
+
+from gliograde.evaluation.delong import delong_covariance
+from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals
+
+MIN_PER_CLASS = 10
+PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
+
+
+def wilson_interval(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of ``successes / trials`` (NaN, NaN when there are no trials)."""
+    if trials <= 0:
+        return np.nan, np.nan
+    ci = binomtest(int(successes), int(trials)).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def mean_of_two_interval(
+    p1: float, ci1: tuple[float, float], p2: float, ci2: tuple[float, float]
+) -> tuple[float, float]:
+    """MOVER interval of ``(p1 + p2) / 2`` for two independent estimates with intervals."""
+    centre = (p1 + p2) / 2
+    low = centre - np.hypot(p1 - ci1[0], p2 - ci2[0]) / 2
+    high = centre + np.hypot(ci1[1] - p1, ci2[1] - p2) / 2
+    return float(low), float(high)
+
+
+def auroc_interval(labels: np.ndarray, scores: np.ndarray, level: float = 0.95) -> tuple[float, float, str]:
+    """``(low, high, method)`` for the AUROC: DeLong, or Newcombe's score interval when
+    DeLong's variance is zero. NaN bounds when a class has no patient."""
+    labels = np.asarray(labels, dtype=int)
+    m, n = int((labels == 1).sum()), int((labels == 0).sum())
+    aucs, cov = delong_covariance(labels, scores)
+    auc, var = float(aucs[0]), float(cov[0, 0])
+    if not np.isfinite(auc):
+        return np.nan, np.nan, "delong"
+    if np.isfinite(var) and var > 0:
+        half = norm.ppf(0.5 + level / 2) * np.sqrt(var)
+        return max(0.0, auc - half), min(1.0, auc + half), "delong"
+    low, high = newcombe_auroc_interval(auc, m, n, level)
+    return low, high, "newcombe-score"
+
+
+def newcombe_auroc_interval(auc: float, m: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Newcombe (2006) method 5: the AUROCs ``t`` with ``(auc - t)^2 <= z^2 var(t)``, where
+    ``var(t)`` is Hanley and McNeil's variance with both class sizes replaced by their mean."""
+    z2 = norm.ppf(0.5 + level / 2) ** 2
+    half_total = (m + n) / 2
+
+    def outside(t: float) -> float:  # > 0 outside the interval
+        var = t * (1 - t) / (m * n) * (1 + (half_total - 1) * ((1 - t) / (2 - t) + t / (1 + t)))
+        return (auc - t) ** 2 - z2 * var
+
+    grid = np.linspace(0.0, 1.0, 2001)
+    out = np.array([outside(t) for t in grid]) > 0
+    below = np.flatnonzero(out & (grid < auc))
+    above = np.flatnonzero(out & (grid > auc))
+    low = brentq(outside, grid[below[-1]], min(grid[below[-1] + 1], auc)) if len(below) else 0.0
+    high = brentq(outside, max(grid[above[0] - 1], auc), grid[above[0]]) if len(above) else 1.0
+    return float(low), float(high)
+
+
+def patient_intervals(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    threshold: float = 0.5,
+    level: float = 0.95,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """``{metric: {value, ci_low, ci_high, ci_method, unreliable}}`` for every metric in METRICS.
+
+    ``labels`` in {0, 1} and positive-class ``probs``, one per patient. Undefined values (and
+    their intervals) are None, so the result is valid JSON as it is.
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    point = binary_metrics(labels, probs, threshold)
+    called = probs >= threshold
+    tp = int((called & (labels == 1)).sum())
+    fn = int((~called & (labels == 1)).sum())
+    tn = int((~called & (labels == 0)).sum())
+    fp = int((called & (labels == 0)).sum())
+    counts = {
+        "accuracy": (tp + tn, len(labels)),
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+    }
+    boot = bootstrap_intervals(
+        lambda i: binary_metrics(labels[i], probs[i], threshold),
+        len(labels),
+        resamples=resamples,
+        level=level,
+        seed=seed,
+        strata=labels,
+    )
+    n_pos, n_neg = tp + fn, tn + fp
+    result = {}
+    for name in METRICS:
+        value = point[name]
+        if name in PROPORTIONS:
+            (low, high), method = wilson_interval(*counts[name], level), "wilson"
+        elif name == "balanced_accuracy":
+            sens, spec = point["sensitivity"], point["specificity"]
+            low, high = mean_of_two_interval(
+                sens, wilson_interval(tp, n_pos, level), spec, wilson_interval(tn, n_neg, level)
+            )
+            method = "mover-wilson"
+        elif name == "auroc":
+            low, high, method = auroc_interval(labels, probs, level)
+        else:
+            low, high, method = boot[name]["ci_low"], boot[name]["ci_high"], "bootstrap-stratified"
+        low, high = _finite(low), _finite(high)
+        defined = np.isfinite(value)
+        smallest = {"sensitivity": n_pos, "specificity": n_neg}.get(name, min(n_pos, n_neg))
+        no_width = method == "bootstrap-stratified" and low is not None and low == high
+        result[name] = {
+            "value": float(value) if defined else None,
+            "ci_low": low if defined else None,
+            "ci_high": high if defined else None,
+            "ci_method": method,
+            "unreliable": bool(smallest < MIN_PER_CLASS or no_width),
+        }
+    return result
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not np.isfinite(value) else float(value)
+
+
+def format_interval(entry: dict[str, Any], digits: int = 3) -> str:
+    """``0.800 [0.490, 0.943]``, with ``*`` appended when the interval is flagged unreliable."""
+    if entry.get("value") is None:
+        return "n/a"
+    text = f"{entry['value']:.{digits}f}"
+    if entry.get("ci_low") is not None:
+        text += f" [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+    return text + ("*" if entry.get("unreliable") else "")
+
+
+UNRELIABLE_NOTE = f"* fewer than {MIN_PER_CLASS} patients in a class: the interval is unreliable"

@@ -1,0 +1,172 @@
+"""Patient-level intervals: published and hand-computed cases, the boundary, and tiny inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
+
+from gliograde.evaluation.delong import delong_covariance, delong_test
+from gliograde.evaluation.intervals import (
+    MIN_PER_CLASS,
+    auroc_interval,
+    format_interval,
+    newcombe_auroc_interval,
+    patient_intervals,
+    wilson_interval,
+)
+from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals
+from gliograde.evaluation.paired import compare_calls, exact_paired_pvalue, paired_difference_interval
+
+Z = norm.ppf(0.975)
+
+
+def test_wilson_matches_newcombe_1998_and_the_closed_form():
+    # Newcombe (1998), Stat Med 17:857, Table I, method 3 (Wilson score)
+    assert wilson_interval(81, 263) == pytest.approx((0.2553, 0.3662), abs=5e-5)
+    assert wilson_interval(15, 148) == pytest.approx((0.0624, 0.1605), abs=5e-5)
+    assert wilson_interval(0, 20) == pytest.approx((0.0, 0.1611), abs=5e-5)
+    assert wilson_interval(1, 29) == pytest.approx((0.0061, 0.1718), abs=5e-5)
+    # all n right: the lower bound is n / (n + z^2), not 1
+    assert wilson_interval(5, 5) == pytest.approx((5 / (5 + Z**2), 1.0))
+    assert all(np.isnan(wilson_interval(0, 0)))
+
+
+def test_five_of_five_right_is_no_longer_certain():
+    labels = np.array([1, 1, 1, 0, 0])
+    probs = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    result = patient_intervals(labels, probs, resamples=50)
+    acc = result["accuracy"]
+    assert acc["value"] == 1.0 and acc["ci_high"] == 1.0 and acc["ci_low"] == pytest.approx(5 / (5 + Z**2))
+    assert acc["ci_method"] == "wilson" and acc["unreliable"]
+    sens_low, _ = wilson_interval(3, 3)
+    spec_low, _ = wilson_interval(2, 2)
+    bal = result["balanced_accuracy"]
+    assert bal["ci_method"] == "mover-wilson"
+    assert bal["ci_low"] == pytest.approx(1 - np.hypot(1 - sens_low, 1 - spec_low) / 2)
+    auc = result["auroc"]
+    assert auc["value"] == 1.0 and auc["ci_method"] == "newcombe-score" and auc["ci_low"] < 0.9
+    # a percentile bootstrap cannot leave 1: its zero-width interval is flagged
+    assert result["f1"]["ci_low"] == result["f1"]["ci_high"] == 1.0 and result["f1"]["unreliable"]
+    assert format_interval(acc).endswith("*") and "[0.566, 1.000]" in format_interval(acc)
+
+
+def test_newcombe_auroc_bounds_solve_the_score_equation():
+    m, n, auc = 5, 5, 1.0
+    low, high = newcombe_auroc_interval(auc, m, n)
+    var = low * (1 - low) / (m * n) * (1 + (5 - 1) * ((1 - low) / (2 - low) + low / (1 + low)))
+    assert (auc - low) ** 2 == pytest.approx(Z**2 * var) and high == 1.0
+    wide, narrow = newcombe_auroc_interval(0.8, 5, 5), newcombe_auroc_interval(0.8, 50, 50)
+    assert wide[0] < narrow[0] < 0.8 < narrow[1] < wide[1]
+
+
+def test_delong_on_a_hand_computed_case():
+    # positives 0.9 0.8 0.4, negatives 0.7 0.3: placements V10 = 1, 1, 1/2 and V01 = 2/3, 1
+    labels = np.array([1, 1, 1, 0, 0])
+    a = np.array([0.9, 0.8, 0.4, 0.7, 0.3])
+    aucs, cov = delong_covariance(labels, a)
+    # S10 = var(1, 1, 1/2) = 1/12, S01 = var(2/3, 1) = 1/18: 1/12/3 + 1/18/2 = 1/18
+    assert aucs[0] == pytest.approx(5 / 6) == roc_auc_score(labels, a)
+    assert cov[0, 0] == pytest.approx(1 / 18)
+    low, high, method = auroc_interval(labels, a)
+    assert method == "delong" and low == pytest.approx(5 / 6 - Z * np.sqrt(1 / 18)) and high == 1.0
+    # B: positives 0.6 0.2 0.5 -> V10 = 1/2, 0, 1/2; negatives -> V01 = 0, 2/3; AUROC 1/3.
+    # differences V10: 1/2, 1, 0 (var 1/4), V01: 2/3, 1/3 (var 1/18): var = 1/12 + 1/36 = 1/9
+    b = np.array([0.6, 0.2, 0.5, 0.7, 0.3])
+    test = delong_test(labels, a, b)
+    assert test["auroc_b"] == pytest.approx(1 / 3) and test["difference"] == pytest.approx(1 / 2)
+    assert test["z"] == pytest.approx(1.5)
+    assert test["p_value"] == pytest.approx(2 * norm.sf(1.5))
+    assert test["ci_low"] == pytest.approx(0.5 - Z / 3)
+    same = delong_test(labels, a, a)
+    assert same["difference"] == 0 and same["p_value"] is None and "zero" in same["note"]
+
+
+def test_paired_interval_matches_the_published_newcombe_square_and_add_case():
+    # Fagerland, Lydersen & Laake (2017) ch. 8, Cavo et al. 2012: table 59, 6 / 16, 80
+    a = np.array([1] * 59 + [1] * 6 + [0] * 16 + [0] * 80, bool)
+    b = np.array([1] * 59 + [0] * 6 + [1] * 16 + [0] * 80, bool)
+    d, low, high = paired_difference_interval(a, b)
+    assert (d, low, high) == pytest.approx((-0.0621, -0.1186, -0.0046), abs=5e-5)
+    # agreement on every patient still leaves an interval around 0
+    _, low, high = paired_difference_interval(np.ones(5, bool), np.ones(5, bool))
+    assert low < -0.3 and high > 0.3
+
+
+def test_exact_mcnemar_and_its_stratified_form():
+    from scipy.stats import binomtest
+
+    a = np.array([1] * 12 + [0] * 2 + [1] * 36, bool)
+    b = np.array([0] * 12 + [1] * 2 + [1] * 36, bool)
+    assert exact_paired_pvalue(a, b, np.full(50, 1 / 50)) == pytest.approx(binomtest(12, 14).pvalue)
+    assert exact_paired_pvalue(a, a, np.full(50, 1 / 50)) == 1.0
+    # one discordant positive (weight 1/4) and one discordant negative (1/6), both for A:
+    # the null values are +-1/4 +-1/6, each 1/4 likely; only +-(1/4 + 1/6) reach the observed
+    labels = np.array([1, 1, 0, 0, 0])
+    calls_a = np.array([1, 1, 0, 0, 0])
+    calls_b = np.array([0, 1, 1, 0, 0])
+    result = compare_calls(labels, calls_a, calls_b)
+    bal = result["balanced_accuracy"]
+    assert bal["difference"] == pytest.approx(0.5 * (1 / 2) + 0.5 * (1 / 3))
+    assert bal["p_value"] == pytest.approx(0.5)
+    assert result["accuracy"]["p_value"] == pytest.approx(0.5)  # 2 of 2 discordant: 2 * 1/4
+    assert bal["ci_low"] < 0 < bal["difference"] < bal["ci_high"]
+
+
+@pytest.mark.parametrize(
+    "labels, probs",
+    [
+        ([1], [0.7]),  # one patient
+        ([0], [0.7]),
+        ([0, 0, 0], [0.2, 0.6, 0.4]),  # one class present
+        ([1, 1, 0, 0], [0.5, 0.5, 0.5, 0.5]),  # all predictions equal
+        ([], []),  # nobody
+    ],
+)
+def test_tiny_inputs_give_null_not_a_crash(labels, probs):
+    labels, probs = np.array(labels, dtype=int), np.array(probs, dtype=float)
+    result = patient_intervals(labels, probs, resamples=20)
+    json.dumps(result, allow_nan=False)  # valid JSON: undefined is null
+    assert set(result) == set(METRICS)
+    for entry in result.values():
+        assert entry["unreliable"]
+        if entry["value"] is None:
+            assert entry["ci_low"] is None and entry["ci_high"] is None
+        elif entry["ci_low"] is not None:
+            assert entry["ci_low"] <= entry["value"] + 1e-12 and entry["value"] <= entry["ci_high"] + 1e-12
+    if len(set(labels.tolist())) < 2:
+        assert result["auroc"]["value"] is None and result["balanced_accuracy"]["value"] is None
+    boot = bootstrap_intervals(lambda i: binary_metrics(labels[i], probs[i]), len(labels), resamples=10)
+    assert set(boot) == set(METRICS)
+    calls = (probs >= 0.5).astype(int)
+    paired = compare_calls(labels, calls, 1 - calls)
+    json.dumps(paired, allow_nan=False)
+    json.dumps(delong_test(labels, probs, 1 - probs), allow_nan=False)
+
+
+def test_unreliable_flag_follows_the_class_counts():
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * (MIN_PER_CLASS + 5) + [0] * (MIN_PER_CLASS - 1))
+    probs = np.clip(labels * 0.4 + rng.random(len(labels)) * 0.6, 0, 1)
+    result = patient_intervals(labels, probs, resamples=50)
+    assert not result["sensitivity"]["unreliable"]  # positives: 15
+    assert result["specificity"]["unreliable"] and result["auroc"]["unreliable"]  # negatives: 9
+    big = np.array([1] * 30 + [0] * 30)
+    result = patient_intervals(big, np.clip(big * 0.3 + rng.random(60) * 0.7, 0, 1), resamples=50)
+    assert not any(e["unreliable"] for e in result.values())
+    assert result["auroc"]["ci_method"] == "delong"
+
+
+def test_stratified_bootstrap_keeps_class_counts():
+    labels = np.array([1, 0, 0, 0, 0, 0])
+    seen = []
+
+    def compute(idx):
+        seen.append(int(labels[idx].sum()))
+        return {"x": 0.0}
+
+    bootstrap_intervals(compute, len(labels), resamples=30, strata=labels)
+    assert set(seen) == {1}
