@@ -113,6 +113,14 @@ class SplitSpec:
     test: float = 0.15
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        fractions = (self.train, self.val, self.test)
+        if not all(0 <= f <= 1 for f in fractions) or self.train <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.split fractions train={self.train} val={self.val} test={self.test} "
+                "must each be in [0, 1], with train > 0, and sum to 1"
+            )
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
