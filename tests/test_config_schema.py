@@ -88,6 +88,9 @@ def test_a_wrong_type_for_any_leaf_is_one_line_naming_the_key(key):
         ("data.modalities=[flair,dwi]", "'dwi'"),
         ("data.folds=1", "data.folds=1"),
         ("data.preprocess.workers=two", "data.preprocess.workers='two'"),
+        ("data.augment.prob=1.5", "data.augment.prob=1.5 must be in [0, 1]"),
+        ("data.augment.gamma=[1.2,0.8]", "data.augment.gamma=[1.2, 0.8]"),
+        ("data.synthetic.lgg_fraction=2", "data.synthetic.lgg_fraction=2"),
         ("model.optimizer.name=rmsprop", "model.optimizer.name='rmsprop' must be one of ['adamw', 'adam', 'sgd']"),
         ("model.scheduler.name=step", "model.scheduler.name='step'"),
         ("model.backbone=resnet999", "model.backbone='resnet999'"),
@@ -100,7 +103,7 @@ def test_a_wrong_type_for_any_leaf_is_one_line_naming_the_key(key):
         ("+data.slices.depth=3", "data.slices.depth=3: unknown key"),
         ("+model.optimizer.betas2=1", "model.optimizer.betas2=1: unknown key"),
         ("+trainer.gpu=1", "trainer.gpu=1: unknown key"),
-        ("+verbose=true", "verbose: unknown key"),
+        ("+verbose=true", "verbose=True: unknown key; the top level takes"),
     ],
 )
 def test_out_of_range_unknown_values_and_keys(override, expected):
@@ -146,6 +149,9 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
     [
         ("train", ["hydra.run.dir=/tmp/x", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"]),
         ("train", ["-m", "model=resnet18,resnet34", "data.batch_size=16,32", "seed=1"]),
+        ("train", ["-m", "data.folds=5", "data.fold=0,1,2,3,4"]),
+        ("train", ["-m", "data.modalities=[flair,t1ce,t1,t2],[flair]", "trainer=ddp", "trainer.devices=4"]),
+        ("train", ["--cfg", "job", "experiment=strong", "data=brats2020", "data.root=/data/brats2020"]),
         ("train", ["trainer.gpus=1", "ckpt_path=RUN/checkpoints/last.ckpt", 'data.root="/tmp/Résumé"']),
         ("train", ["--help"]),
         ("evaluate", ["run_dir=R", "threshold=youden", "data.root=OTHER", "split=all"]),

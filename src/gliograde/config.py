@@ -81,11 +81,11 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
     if args.help or args.hydra_help or args.info or args.shell_completion:
         return
     overrides = [_parse(item) for item in args.overrides]
-    if args.config_path or args.config_dir:
-        return  # another config tree: Hydra reports on it itself
+    if args.config_path or args.config_dir or args.config_name not in (None, config_name):
+        return  # another config: Hydra reports on it itself
     from gliograde.schema import validate_config
 
-    name = args.config_name or config_name
+    name = config_name
     plain = [o.input_line for o in overrides if not o.is_sweep_override()]
     sweeps = [o for o in overrides if o.is_sweep_override()]
     with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -93,12 +93,16 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
         mode = str(OmegaConf.select(base, "hydra.mode", default=None))
         if sweeps and not (args.multirun or mode.endswith("MULTIRUN")):
             _compose(name, [o.input_line for o in overrides])  # Hydra's "use --multirun" error
-        for cfg in _sweep_configs(name, plain, sweeps) if sweeps else [base]:
+        # Without its swept values a config may be incomplete (data.folds=5 -m data.fold=0,1,...).
+        for cfg in list(_sweep_configs(name, plain, sweeps)) or [base]:
             validate_config(cfg, name)
 
 
 def _sweep_configs(name: str, plain: list[str], sweeps: list[Override]):
-    """One composed config per value of each enumerable sweep (the others at their first value)."""
+    """One composed config per value of each enumerable sweep (the others at their first value).
+
+    Interval sweeps (e.g. Optuna's) cannot be enumerated; each job checks its own values.
+    """
     discrete = {o.get_key_element(): list(o.sweep_string_iterator()) for o in sweeps if o.is_discrete_sweep()}
     for key, values in discrete.items():
         others = [f"{k}={v[0]}" for k, v in discrete.items() if k != key and v]

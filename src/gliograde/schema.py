@@ -9,6 +9,7 @@ trainer group is checked against ``pytorch_lightning.Trainer``'s signature.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -145,6 +146,7 @@ class ModelSchema:
 _SET_BY_CODE = {"self", "logger", "callbacks", "plugins", "return"}
 
 
+@functools.cache
 def trainer_schema() -> dict[str, Any]:
     """Types of the ``trainer`` keys: ``pl.Trainer``'s arguments plus the ``gpus`` shortcut."""
     hints = typing.get_type_hints(pl.Trainer.__init__, include_extras=True)
@@ -199,7 +201,7 @@ class PrepareSchema:
 
 # Groups with no schema of their own: their nodes are ``_target_`` configs checked on use.
 _FREE_GROUPS = {
-    "train": ("callbacks", "logger", "paths", "experiment", "hparams_search", "debug"),
+    "train": ("callbacks", "logger", "paths"),
     "evaluate": (),
     "prepare": (),
 }
@@ -214,7 +216,8 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
     allowed = set(top) | groups | set(_FREE_GROUPS[config_name]) | {"hydra"}
     for key in cfg:
         if key not in allowed:
-            raise ConfigError(f"{key}: unknown key; allowed top-level keys: {', '.join(sorted(allowed - {'hydra'}))}")
+            known = ", ".join(sorted(allowed - {"hydra"}))
+            raise ConfigError(f"{key}={_show(_plain(cfg, key, key))}: unknown key; the top level takes {known}")
     for key, hint in top.items():
         if key in cfg.keys():  # ``in cfg`` is False for a mandatory ``???`` value
             value = _plain(cfg, key, key)

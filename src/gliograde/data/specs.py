@@ -137,6 +137,16 @@ class AugmentSpec:
     noise_std: float = 0.05
     bias_field: float = 0.2
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.prob <= 1:
+            raise ConfigError(f"data.augment.prob={self.prob} must be in [0, 1]")
+        for name in ("rotate_degrees", "scale", "intensity_scale", "intensity_shift", "noise_std", "bias_field"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be at least 0")
+        low, high = self.gamma
+        if not 0 < low <= high:
+            raise ConfigError(f"data.augment.gamma={list(self.gamma)} must be [low, high] with 0 < low <= high")
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
@@ -146,6 +156,16 @@ class SyntheticSpec:
     seed: int = 0
     shape: tuple[int, int, int] = (240, 240, 155)
     lgg_fraction: float = 76 / 369
+
+    def __post_init__(self) -> None:
+        if self.patients < 1 or min(self.shape) < 1:
+            raise ConfigError(
+                f"data.synthetic: patients={self.patients} and shape={list(self.shape)} must be at least 1"
+            )
+        if not 0 <= self.lgg_fraction <= 1:
+            raise ConfigError(f"data.synthetic.lgg_fraction={self.lgg_fraction} must be in [0, 1]")
+        if self.seed < 0:
+            raise ConfigError(f"data.synthetic.seed={self.seed} must be at least 0")
 
 
 T = TypeVar("T")
