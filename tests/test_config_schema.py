@@ -33,9 +33,9 @@ def _compose(name: str, overrides: list[str]) -> DictConfig:
 def _leaves(node: DictConfig, prefix: str) -> list[str]:
     keys = []
     for key in node.keys():
-        child = node._get_node(key)
+        child = node[key]
         path = f"{prefix}.{key}"
-        keys += _leaves(child, path) if isinstance(child, DictConfig) and not child._is_none() else [path]
+        keys += _leaves(child, path) if isinstance(child, DictConfig) else [path]
     return keys
 
 
@@ -45,8 +45,8 @@ LEAVES = [key for group in GROUPS for key in _leaves(TRAIN_CFG[group], group)]
 
 def _wrong_value(cfg: DictConfig, key: str):
     """A value of the wrong type for ``key``: text for numbers, flags and lists; a mapping for text."""
-    node = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
-    if isinstance(node, (bool, int, float, ListConfig)) or str(node).startswith("${"):
+    node = OmegaConf.select(cfg, key)
+    if isinstance(node, (bool, int, float, ListConfig)):
         return "abc"
     return {"wrong": 1}
 
@@ -91,7 +91,7 @@ def test_a_wrong_type_for_any_leaf_is_one_line_naming_the_key(key):
         ("data.augment.prob=1.5", "data.augment.prob=1.5 must be in [0, 1]"),
         ("data.augment.gamma=[1.2,0.8]", "data.augment.gamma=[1.2, 0.8]"),
         ("data.synthetic.lgg_fraction=2", "data.synthetic.lgg_fraction=2"),
-        ("model.optimizer.name=rmsprop", "model.optimizer.name='rmsprop' must be one of ['adamw', 'adam', 'sgd']"),
+        ("model.optimizer.name=rmsprop", "model.optimizer.name='rmsprop' must be one of ['adamw', 'adam',"),
         ("model.scheduler.name=step", "model.scheduler.name='step'"),
         ("model.backbone=resnet999", "model.backbone='resnet999'"),
         ("model.loss.label_smoothing=1.5", "model.loss.label_smoothing=1.5"),
@@ -115,7 +115,8 @@ def test_evaluate_options_are_checked():
     assert "threshold=1.0" in _error(_compose("evaluate", ["run_dir=R", "threshold=1.0"]), "evaluate")
     assert "split='holdout'" in _error(_compose("evaluate", ["run_dir=R", "split=holdout"]), "evaluate")
     assert "run_dir is not set" in _error(_compose("evaluate", []), "evaluate")
-    assert "data.batch_size='abc'" in _error(_compose("evaluate", ["run_dir=R", "data.batch_size=abc"]), "evaluate")
+    wrong_batch = _compose("evaluate", ["run_dir=R", "data.batch_size=abc"])
+    assert "data.batch_size='abc'" in _error(wrong_batch, "evaluate")
     for threshold in ("youden", "0.3"):
         validate_config(_compose("evaluate", ["run_dir=R", f"threshold={threshold}"]), "evaluate")
 

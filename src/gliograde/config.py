@@ -118,11 +118,11 @@ def _parse(item: str) -> Override:
         reason = next((line for line in lines if not line.startswith(("Error parsing", "See "))), "")
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"cannot read the argument {item!r}: write key=value (e.g. data.root=PATH)") from None
-        raise ConfigError(
-            f"cannot read the override {item!r} ({reason or 'not valid override syntax'}): "
-            f"quote the value for Hydra, e.g. '{key}=\"{value}\"'"
-        ) from None
+            fix = "write key=value (e.g. data.root=PATH)"
+        else:
+            fix = f"quote the value for Hydra, e.g. '{key}=\"{value}\"'"
+        reason = reason or "not valid override syntax"
+        raise ConfigError(f"cannot read the override {item!r} ({reason}): {fix}") from None
 
 
 def _compose(name: str, overrides: list[str]) -> DictConfig:

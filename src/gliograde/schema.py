@@ -217,7 +217,8 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
     for key in cfg:
         if key not in allowed:
             known = ", ".join(sorted(allowed - {"hydra"}))
-            raise ConfigError(f"{key}={_show(_plain(cfg, key, key))}: unknown key; the top level takes {known}")
+            value = _show(_plain(cfg, key, key))
+            raise ConfigError(f"{key}={value}: unknown key; the top level takes {known}")
     for key, hint in top.items():
         if key in cfg.keys():  # ``in cfg`` is False for a mandatory ``???`` value
             value = _plain(cfg, key, key)
@@ -266,7 +267,7 @@ def validate_trainer_config(node: DictConfig) -> None:
     if isinstance(strategy, str):
         from pytorch_lightning.strategies import StrategyRegistry
 
-        known = sorted({"auto", "ddp", "ddp_spawn", "fsdp", "deepspeed", *StrategyRegistry.available_strategies()})
+        known = sorted({"auto", "ddp", "ddp_spawn", "fsdp", *StrategyRegistry.available_strategies()})
         if strategy not in known:
             raise ConfigError(f"trainer.strategy={strategy!r} must be one of {known}")
 
@@ -308,7 +309,9 @@ def check(value: Any, hint: Any, key: str, missing_ok: bool = False) -> None:
         raise ConfigError(f"{key}={_show(value)} must be {describe(hint)}")
 
 
-def check_mapping(values: Mapping[str, Any], schema: Mapping[str, Any], where: str, missing_ok: bool = False) -> None:
+def check_mapping(
+    values: Mapping[str, Any], schema: Mapping[str, Any], where: str, missing_ok: bool = False
+) -> None:
     """Check each key of ``values`` against ``schema``; an unknown key is an error."""
     for name, value in values.items():
         if name not in schema:
@@ -410,8 +413,7 @@ def _container(node: Any, where: str) -> dict[str, Any]:
 
 def _plain(cfg: DictConfig, key: str, where: str) -> Any:
     try:
-        node = cfg._get_node(key)
-        if node is not None and node._is_missing():
+        if OmegaConf.is_missing(cfg, key):
             return MISSING
         value = cfg[key]
     except OmegaConfBaseException as err:

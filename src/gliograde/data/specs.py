@@ -140,12 +140,15 @@ class AugmentSpec:
     def __post_init__(self) -> None:
         if not 0 <= self.prob <= 1:
             raise ConfigError(f"data.augment.prob={self.prob} must be in [0, 1]")
-        for name in ("rotate_degrees", "scale", "intensity_scale", "intensity_shift", "noise_std", "bias_field"):
+        amounts = ("rotate_degrees", "scale", "intensity_scale", "intensity_shift", "noise_std", "bias_field")
+        for name in amounts:
             if getattr(self, name) < 0:
                 raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be at least 0")
         low, high = self.gamma
         if not 0 < low <= high:
-            raise ConfigError(f"data.augment.gamma={list(self.gamma)} must be [low, high] with 0 < low <= high")
+            raise ConfigError(
+                f"data.augment.gamma={list(self.gamma)} must be [low, high] with 0 < low <= high"
+            )
 
 
 @dataclass(frozen=True)
