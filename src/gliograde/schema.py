@@ -240,9 +240,9 @@ def validate_data_config(node: DictConfig) -> None:
     from gliograde.data.datamodule import GliomaDataModule
 
     values = _container(node, "data")
-    check(values, DataSchema, "data", missing_ok=True)
     if values.get("root") == MISSING:
         raise ConfigError("data.root is not set: add data.root=PATH to the command line")
+    check(values, DataSchema, "data")
     values.pop("_target_", None)
     GliomaDataModule(**values)  # its constructor checks the options and the specs' ranges; no I/O
 
@@ -275,8 +275,10 @@ def validate_trainer_config(node: DictConfig) -> None:
 # ------------------------------------------------------------------------- checker
 def check(value: Any, hint: Any, key: str, missing_ok: bool = False) -> None:
     """Raise ``ConfigError`` naming ``key`` unless ``value`` (plain Python) matches ``hint``."""
-    if missing_ok and value == MISSING:
-        return
+    if isinstance(value, str) and value == MISSING:
+        if missing_ok:
+            return
+        raise ConfigError(f"{key} is not set: add {key}=... to the command line")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is Annotated:
         check(value, args[0], key, missing_ok)
