@@ -7,17 +7,17 @@ TensorBoard.
 
 from __future__ import annotations
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gliograde.config import CONF_DIR
+from gliograde.config import checked_main
 from gliograde.errors import exit_on_user_error
-from gliograde.evaluation.runner import data_overrides, evaluate
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="evaluate")
+@checked_main("evaluate")
 def main(cfg: DictConfig) -> None:
+    from gliograde.evaluation.runner import data_overrides, evaluate  # after the command line is checked
+
     with exit_on_user_error():
         evaluate(cfg, data_overrides(list(HydraConfig.get().overrides.task)))
 

@@ -6,16 +6,16 @@ Examples: ``python train.py model=resnet18 trainer.gpus=1``,
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from gliograde.config import CONF_DIR
+from gliograde.config import checked_main
 from gliograde.errors import exit_on_user_error
-from gliograde.training import train
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@checked_main("train")
 def main(cfg: DictConfig) -> float | None:
+    from gliograde.training import train  # after the command line is checked
+
     with exit_on_user_error():
         metrics = train(cfg)
     value = metrics.get(cfg.optimized_metric)

@@ -6,10 +6,9 @@ Validates a cohort, builds its slice cache, and prints what was found. Takes the
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from gliograde.config import CONF_DIR, build
+from gliograde.config import build, checked_main
 from gliograde.errors import exit_on_user_error
 
 
@@ -38,7 +37,7 @@ def run(cfg: DictConfig) -> dict:
     return datamodule.summary()
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="prepare")
+@checked_main("prepare")
 def main(cfg: DictConfig) -> None:
     with exit_on_user_error():
         summary = run(cfg)

@@ -121,6 +121,14 @@ class SplitSpec:
     test: float = 0.15
     seed: int = 42
 
+    def __post_init__(self) -> None:
+        fractions = (self.train, self.val, self.test)
+        if not all(0 <= f <= 1 for f in fractions) or self.train <= 0 or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"data.split fractions train={self.train} val={self.val} test={self.test} "
+                "must each be in [0, 1], with train > 0, and sum to 1"
+            )
+
 
 @dataclass(frozen=True)
 class AugmentSpec:
@@ -137,6 +145,19 @@ class AugmentSpec:
     noise_std: float = 0.05
     bias_field: float = 0.2
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.prob <= 1:
+            raise ConfigError(f"data.augment.prob={self.prob} must be in [0, 1]")
+        amounts = ("rotate_degrees", "scale", "intensity_scale", "intensity_shift", "noise_std", "bias_field")
+        for name in amounts:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"data.augment.{name}={getattr(self, name)} must be at least 0")
+        low, high = self.gamma
+        if not 0 < low <= high:
+            raise ConfigError(
+                f"data.augment.gamma={list(self.gamma)} must be [low, high] with 0 < low <= high"
+            )
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
@@ -147,6 +168,16 @@ class SyntheticSpec:
     shape: tuple[int, int, int] = DEFAULT_SHAPE
     lgg_fraction: float = DEFAULT_LGG_FRACTION
     difficulty: float = DEFAULT_DIFFICULTY
+
+    def __post_init__(self) -> None:
+        if self.patients < 1 or min(self.shape) < 1:
+            raise ConfigError(
+                f"data.synthetic: patients={self.patients} and shape={list(self.shape)} must be at least 1"
+            )
+        if not 0 <= self.lgg_fraction <= 1:
+            raise ConfigError(f"data.synthetic.lgg_fraction={self.lgg_fraction} must be in [0, 1]")
+        if self.seed < 0:
+            raise ConfigError(f"data.synthetic.seed={self.seed} must be at least 0")
 
 
 T = TypeVar("T")
