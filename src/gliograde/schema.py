@@ -79,7 +79,7 @@ class DataSchema:
     cache_dir: str
     modalities: tuple[Literal[MODALITIES], ...]  # type: ignore[valid-type]
     slices: SliceSpec
-    split: SplitSpec
+    split: SplitSpec | None  # null: no split (an external cohort, evaluated whole)
     folds: AtLeast1 | None
     fold: NonNegative | None
     sampler: str
