@@ -242,7 +242,7 @@ def open_or_build(
             except DamagedCacheError as err:
                 if damage is None:
                     log.warning("%s; rebuilding the cache", err)
-                _remove_tree(final, key)
+                remove_cache(final, key)
         remove_abandoned_builds(cache_dir, held_key=key)
         _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
     return _checked(CachedCohort.load(final), on_error)
@@ -297,8 +297,12 @@ def _partial_path(cache_dir: Path, key: str) -> Path:
     return cache_dir / f".{key}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
 
 
-def _remove_tree(directory: Path, key: str) -> None:
-    """Rename a cache out of the way first, so a half-removed one never looks complete."""
+def remove_cache(directory: Path, key: str) -> None:
+    """Delete the cache folder of ``key``; the caller holds its lock.
+
+    It is renamed to a partial build's name first, so a half-removed cache never looks
+    complete, and a removal cut short is cleaned up like any abandoned build.
+    """
     doomed = _partial_path(directory.parent, key)
     os.replace(directory, doomed)
     shutil.rmtree(doomed, ignore_errors=True)

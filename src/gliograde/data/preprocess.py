@@ -69,24 +69,47 @@ def preprocess_patient(
     return SliceAreas(areas, tumour, fingerprints)
 
 
-# Slices of the fingerprint loop: their float32 copy (~4 MB) stays small.
+# Slices of the fingerprint loop: their converted copy (a few MB) stays small.
 _FINGERPRINT_VOXELS = 1 << 20
+_INT16 = np.iinfo(np.int16)
 
 
 def voxel_fingerprint(voxels: np.ndarray) -> str:
-    """sha256 hex digest of a decoded 3D volume: its (x, y, z) shape, then its voxels as
-    little-endian float32 with x varying fastest (the NIfTI storage order).
+    """sha256 hex digest of a decoded 3D volume's values and (x, y, z) shape.
 
-    The same image gives the same digest whatever its file name, compression (.nii or
-    .nii.gz), on-disk integer type or scaling, as long as the float32 voxel values agree.
+    The voxels are hashed with x varying fastest (the NIfTI storage order) as little-endian
+    int16 when every value is an integer int16 holds (most MR volumes: half the bytes of
+    float32), else as little-endian float32. So the digest depends on the values alone,
+    not on the file's name, compression (.nii or .nii.gz), integer type or scaling.
     """
-    digest = hashlib.sha256(("x".join(str(n) for n in voxels.shape) + ";float32-le;").encode())
     zyx = voxels.T  # C order of (z, y, x) is x-fastest order of (x, y, z); no copy for .nii
+    canonical = "<i2" if _fits_int16(zyx) else "<f4"
+    shape = "x".join(str(n) for n in voxels.shape)
+    digest = hashlib.sha256(f"{shape};{np.dtype(canonical).name}-le;".encode())
+    for block in _blocks(zyx):
+        digest.update(memoryview(np.ascontiguousarray(block, dtype=canonical)).cast("B"))
+    return digest.hexdigest()
+
+
+def _blocks(zyx: np.ndarray):
     step = max(1, _FINGERPRINT_VOXELS // max(1, zyx[0].size))
     for start in range(0, len(zyx), step):
-        block = np.ascontiguousarray(zyx[start : start + step], dtype="<f4")
-        digest.update(memoryview(block).cast("B"))
-    return digest.hexdigest()
+        yield zyx[start : start + step]
+
+
+def _fits_int16(zyx: np.ndarray) -> bool:
+    """Whether every value is an integer within int16's range (from the dtype where it can)."""
+    kind, size = zyx.dtype.kind, zyx.dtype.itemsize
+    if kind == "i" and size <= 2 or kind == "u" and size == 1:
+        return True
+    if kind not in "iuf":
+        return False
+    for block in _blocks(zyx):
+        if block.size and (block.min() < _INT16.min or block.max() > _INT16.max):
+            return False
+        if kind == "f" and not np.array_equal(block, np.rint(block)):
+            return False
+    return True
 
 
 def _reoriented(data: np.ndarray, path: Path, codes: str | None) -> np.ndarray:
