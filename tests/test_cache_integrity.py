@@ -47,7 +47,8 @@ def test_in_place_rewrite_with_restored_mtime_is_not_served_stale(tiny_cohort, t
         fh.write(data.tobytes(order="F"))
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     after = path.stat()
-    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+    for name in ("st_size", "st_mtime_ns", "st_ino"):
+        assert getattr(after, name) == getattr(before, name)
 
     second = _built(tiny_cohort, tmp_path / "cache")
     assert second.directory != first.directory
@@ -113,7 +114,9 @@ def test_a_complete_cache_opens_from_a_read_only_directory(tiny_cohort, tmp_path
         if os.geteuid() == 0:  # root may write anywhere; report the directory as a user sees it
             monkeypatch.setattr(cache_module, "_is_writable", lambda directory: False)
         with pytest.raises(DamagedCacheError) as err:
-            open_or_build(records, cache_dir, PreprocessSpec(workers=1), LayoutSpec().mask_labels, progress=False)
+            open_or_build(
+                records, cache_dir, PreprocessSpec(workers=1), LayoutSpec().mask_labels, progress=False
+            )
         message = str(err.value)
         assert "\n" not in message and str(built.volumes_path) in message
         assert "1000 bytes" in message and "data.cache_dir" in message
@@ -177,7 +180,7 @@ def test_fingerprints_follow_voxel_content_not_files(tiny_cohort, tmp_path):
     linked = tmp_path / "linked"
     linked.mkdir()
     shutil.copy2(tiny_cohort / "name_mapping.csv", linked / "name_mapping.csv")
-    (linked / "BraTS20_Training_003").symlink_to(tiny_cohort / "BraTS20_Training_003", target_is_directory=True)
+    (linked / "BraTS20_Training_003").symlink_to(tiny_cohort / "BraTS20_Training_003")
 
     cached = _built(tiny_cohort, tmp_path / "cache")
     via_link = open_or_build(
@@ -190,7 +193,8 @@ def test_fingerprints_follow_voxel_content_not_files(tiny_cohort, tmp_path):
 
     def prints(cohort: CachedCohort, pid: str) -> tuple[tuple[str, ...], str]:
         position = cohort.position(pid)
-        return tuple(cohort.fingerprints[m][position] for m in MODALITIES), cohort.patient_fingerprint(position)
+        per_modality = tuple(cohort.fingerprints[m][position] for m in MODALITIES)
+        return per_modality, cohort.patient_fingerprint(position)
 
     assert set(cached.fingerprints) == set(MODALITIES)
     assert all(len(v) == len(cached.patient_ids) for v in cached.fingerprints.values())
@@ -204,7 +208,8 @@ def test_fingerprints_follow_voxel_content_not_files(tiny_cohort, tmp_path):
     assert original[1] != changed_prints[1]
     distinct = {cached.patient_fingerprint(i) for i in range(len(cached.patient_ids))}
     assert len(cached.patient_ids) == 27 and len(distinct) == 25  # 901 and 902 repeat 001 and 002
-    expected = voxel_fingerprint(np.asarray(nib.load(patient_file(tiny_cohort, "BraTS20_Training_001", "t2")).dataobj))
+    t2 = nib.load(patient_file(tiny_cohort, "BraTS20_Training_001", "t2"))
+    expected = voxel_fingerprint(np.asarray(t2.dataobj))
     assert prints(cached, "BraTS20_Training_001")[0][MODALITIES.index("t2")] == expected
 
 

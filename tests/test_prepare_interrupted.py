@@ -17,7 +17,9 @@ from conftest import REPO, make_datamodule
 from gliograde.data.cache import partial_key
 from gliograde.data.specs import MODALITIES
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; workers die by prctl")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent by prctl"
+)
 
 PATIENTS = 150  # tiny volumes, but enough of them that the build lasts well past startup
 
@@ -96,7 +98,8 @@ def _mid_build(proc: subprocess.Popen, cache_dir: Path, log: Path) -> tuple[Path
 
     def ready():
         if proc.poll() is not None:
-            pytest.fail(f"prepare ended (exit {proc.returncode}) before it was caught mid-build: {log.read_text()}")
+            output = log.read_text()
+            pytest.fail(f"prepare ended (exit {proc.returncode}) before it was caught mid-build: {output}")
         partials = list(cache_dir.glob(".*.partial-*")) if cache_dir.is_dir() else []
         workers = _children(proc.pid)
         return (partials[0], workers) if len(partials) == 1 and len(workers) >= 2 else None

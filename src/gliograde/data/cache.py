@@ -193,9 +193,8 @@ def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: 
                 digest.update(b"-")
                 continue
             st = path.stat()
-            digest.update(
-                f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_dev}|{st.st_ino}".encode()
-            )
+            identity = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+            digest.update("|".join(map(str, (path.resolve(), *identity))).encode())
     return digest.hexdigest()[:20]
 
 
