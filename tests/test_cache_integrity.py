@@ -16,7 +16,8 @@ import pytest
 from conftest import make_datamodule, patient_file
 
 import gliograde.data.cache as cache_module
-from gliograde.data.cache import CACHE_FORMAT, CachedCohort, DamagedCacheError, cache_key, open_or_build
+from gliograde.data.cache import CachedCohort, cache_key, open_or_build
+from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.preprocess import voxel_fingerprint
 from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec, PreprocessSpec

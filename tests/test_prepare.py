@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_datamodule, run_python
 
-from gliograde.data.cache import key_lock, tree_bytes
+from gliograde.data.cache_clean import key_lock, tree_bytes
 
 
 def _prepare(*overrides: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_datamodule
 
-from gliograde.data.cache import partial_key
+from gliograde.data.cache_clean import partial_key
 from gliograde.data.specs import MODALITIES
 
 pytestmark = pytest.mark.skipif(

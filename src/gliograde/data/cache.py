@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_EXCEPTION, wait
@@ -37,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from tqdm.auto import tqdm
 
+from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
+from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
@@ -49,16 +50,7 @@ from gliograde.data.workers import sigterm_as_exit, worker_pool
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2
 CACHE_DTYPE = np.float16
-META_FILE = "meta.json"
-CHECKED_FILES = ("volumes.npy", "index.npz", "problems.csv")  # written by the build, checked on open
-HASHED_FILES = ("index.npz", "problems.csv")  # small enough to checksum on every open
-PARTIAL_MARK = ".partial-"
-
-
-class DamagedCacheError(DataError):
-    """A cache directory whose files disagree with its meta.json; ``where`` names the file."""
 
 
 @dataclass
@@ -112,58 +104,6 @@ class CachedCohort:
             raise DamagedCacheError(
                 f"damaged cache file ({type(exc).__name__}: {exc})", where=directory / "index.npz"
             ) from None
-
-
-def read_meta(directory: Path) -> dict:
-    """A cache's meta.json, checked against its own checksum (raises DamagedCacheError)."""
-    path = directory / META_FILE
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DamagedCacheError("damaged cache: file missing", where=path) from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise DamagedCacheError(f"damaged cache: unreadable ({type(exc).__name__})", where=path) from None
-    if not isinstance(meta, dict) or meta.get("checksum") != _meta_checksum(meta):
-        raise DamagedCacheError("damaged cache: checksum mismatch", where=path)
-    if meta.get("format") != CACHE_FORMAT:
-        raise DamagedCacheError(
-            f"cache format {meta.get('format')} is not this version's {CACHE_FORMAT}", where=path
-        )
-    return meta
-
-
-def verify_cache(directory: Path) -> dict:
-    """Check every file's size (and the small files' sha256) against meta.json; return meta.
-
-    Raises DamagedCacheError naming the first file that disagrees.
-    """
-    meta = read_meta(directory)
-    for name, expected in meta["files"].items():
-        path = directory / name
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise DamagedCacheError("damaged cache: file missing", where=path) from None
-        if size != expected["bytes"]:
-            raise DamagedCacheError(
-                f"damaged cache: {size} bytes, meta.json records {expected['bytes']}", where=path
-            )
-        if "sha256" in expected and _sha256(path) != expected["sha256"]:
-            raise DamagedCacheError("damaged cache: checksum mismatch", where=path)
-    return meta
-
-
-def _meta_checksum(meta: dict) -> str:
-    body = {k: v for k, v in meta.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cohort_root(patients: list[PatientRecord]) -> Path:
@@ -266,11 +206,6 @@ def _make_writable_dir(cache_dir: Path) -> None:
         raise DataError("cache directory is not writable (set data.cache_dir)", where=cache_dir)
 
 
-def key_lock(cache_dir: Path, key: str) -> FileLock:
-    """The lock a process holds while it builds (or removes) the cache ``key``."""
-    return FileLock(str(cache_dir / f".{key}.lock"))
-
-
 @contextmanager
 def _key_lock(cache_dir: Path, key: str, final: Path) -> Iterator[None]:
     lock = key_lock(cache_dir, key)
@@ -283,28 +218,6 @@ def _key_lock(cache_dir: Path, key: str, final: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-def partial_key(name: str) -> str | None:
-    """The key of a partial build's folder name (``.<key>.partial-<id>``), else None."""
-    if not name.startswith(".") or PARTIAL_MARK not in name:
-        return None
-    return name[1:].split(PARTIAL_MARK)[0]
-
-
-def _partial_path(cache_dir: Path, key: str) -> Path:
-    return cache_dir / f".{key}{PARTIAL_MARK}{uuid.uuid4().hex[:8]}"
-
-
-def remove_cache(directory: Path, key: str) -> None:
-    """Delete the cache folder of ``key``; the caller holds its lock.
-
-    It is renamed to a partial build's name first, so a half-removed cache never looks
-    complete, and a removal cut short is cleaned up like any abandoned build.
-    """
-    doomed = _partial_path(directory.parent, key)
-    os.replace(directory, doomed)
-    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _build(
@@ -321,7 +234,7 @@ def _build(
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
     x, y, z = shape
     _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
-    tmp = _partial_path(cache_dir, key)
+    tmp = partial_path(cache_dir, key)
     with sigterm_as_exit():
         tmp.mkdir()
         try:
@@ -329,7 +242,6 @@ def _build(
             _write_index(tmp / "index.npz", kept, areas, shape)
             _write_problems(tmp / "problems.csv", problems)
             meta = {
-                "format": CACHE_FORMAT,
                 "key": key,
                 "cohort_root": str(cohort_root(patients)),
                 "patients": len(kept),
@@ -339,14 +251,8 @@ def _build(
                 "clip_percentiles": spec.clip_percentiles,
                 "reorient": spec.reorient,
                 "mask_labels": list(mask_labels),
-                "files": {
-                    name: {"bytes": (tmp / name).stat().st_size}
-                    | ({"sha256": _sha256(tmp / name)} if name in HASHED_FILES else {})
-                    for name in CHECKED_FILES
-                },
             }
-            meta["checksum"] = _meta_checksum(meta)
-            (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+            write_meta(tmp, meta)
             os.replace(tmp, cache_dir / key)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -377,53 +283,6 @@ def _write_volumes(
     if not kept:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=tmp.parent)
     return kept, areas
-
-
-def remove_abandoned_builds(cache_dir: Path, held_key: str | None = None) -> list[tuple[Path, int]]:
-    """Delete partial builds left by killed builders; return each one removed with its bytes.
-
-    A partial build is abandoned when nobody holds its key's lock. The caller's own key
-    (``held_key``, whose lock it already holds) is not locked a second time: a second lock
-    object on the same file would wait on the caller itself, so its partials are abandoned
-    by definition (only the lock holder builds).
-    """
-    removed = []
-    for partial in sorted(cache_dir.glob(f".*{PARTIAL_MARK}*")):
-        key = partial_key(partial.name)
-        if key is None or not partial.is_dir():
-            continue
-        if key == held_key:
-            removed.append((partial, _remove_partial(partial)))
-            continue
-        lock = key_lock(cache_dir, key)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue  # being built right now
-        try:
-            removed.append((partial, _remove_partial(partial)))
-        finally:
-            lock.release()
-    return removed
-
-
-def _remove_partial(partial: Path) -> int:
-    size = tree_bytes(partial)
-    log.info("Removing an abandoned partial cache: %s", partial)
-    shutil.rmtree(partial, ignore_errors=True)
-    return size
-
-
-def tree_bytes(directory: Path) -> int:
-    """Bytes of the files under ``directory`` (links not followed)."""
-    total = 0
-    for folder, _, files in os.walk(directory):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total
 
 
 def _check_free_space(cache_dir: Path, needed: int) -> None:
