@@ -226,3 +226,12 @@ def test_voxel_fingerprint_depends_on_values_and_shape_only():
     wide = values.astype(np.int32)
     wide[0, 0, 0] = 40000  # beyond int16: hashed as float32, still by value
     assert voxel_fingerprint(wide) == voxel_fingerprint(wide.astype(np.float64)) != digest
+
+
+def test_fingerprints_do_not_depend_on_preprocessing_settings(tiny_cohort, tmp_path):
+    plain = _built(tiny_cohort, tmp_path / "cache")
+    settings = {"workers": 1, "reorient": "ASR", "clip_percentiles": (1, 99)}
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache", preprocess=settings)
+    dm.prepare_data()
+    assert dm.cached.directory != plain.directory
+    assert dm.cached.patient_ids == plain.patient_ids and dm.cached.fingerprints == plain.fingerprints

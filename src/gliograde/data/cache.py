@@ -46,7 +46,7 @@ from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
 from gliograde.data.preprocess import SliceAreas, preprocess_patient
 from gliograde.data.specs import MODALITIES, PLANES, PreprocessSpec
-from gliograde.data.workers import sigterm_as_exit, worker_pool
+from gliograde.data.workers import signals_deferred, sigterm_as_exit, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -384,10 +384,11 @@ def _preprocess_all(
                 record_outcome(slot, _outcome(volumes_path, slot, record, spec, mask_labels))
         else:
             with worker_pool(workers) as pool:
-                futures = {
-                    pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
-                    for slot, record in enumerate(good)
-                }
+                with signals_deferred():
+                    futures = {
+                        pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
+                        for slot, record in enumerate(good)
+                    }
                 pending = set(futures)
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)

@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+_DEFERRED = (signal.SIGTERM, signal.SIGINT)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -39,7 +40,9 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 
     Leaving the block normally waits for the workers; leaving it by an exception (a bad
     patient, Ctrl-C, SIGTERM under :func:`sigterm_as_exit`) kills them at once instead of
-    letting them finish patients nobody will use.
+    letting them finish patients nobody will use. Submit the work inside
+    :func:`signals_deferred`: the first submit starts the workers and the pool's thread, and
+    an exception raised half-way through that leaves a pool that cannot be shut down.
     """
     # fork where the platform has it: spawn would re-import the entry point (torch,
     # Lightning) in every worker. Workers use numpy and nibabel only, never torch.
@@ -68,6 +71,27 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
     for process in list((getattr(pool, "_processes", None) or {}).values()):
         if process.is_alive():
             process.kill()
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGTERM and SIGINT until the block ends, then act on the first one caught.
+
+    Python runs signal handlers in the main thread whichever thread the kernel picked, so a
+    signal mask cannot hold them back; recording handlers can.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in _DEFERRED}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        if caught:
+            signal.raise_signal(caught[0])
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
