@@ -7,7 +7,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from conftest import make_datamodule, run_python
+
+from gliograde.data.cache_clean import key_lock, tree_bytes
 
 
 def _prepare(*overrides: str) -> subprocess.CompletedProcess:
@@ -63,3 +65,36 @@ def test_prepare_requires_a_root_for_real_presets(tmp_path):
     result = _prepare("data=brats2021", f"data.cache_dir={tmp_path / 'c'}")
     assert result.returncode == 2
     assert "data.root" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_clean_removes_superseded_caches_and_abandoned_builds_only(tiny_cohort, tiny_cohort_master, tmp_path):
+    cache_dir = tmp_path / "cache"
+    old = make_datamodule(tiny_cohort, cache_dir)
+    old.prepare_data()
+    patient = tiny_cohort / "BraTS20_Training_005" / "BraTS20_Training_005_t2.nii"
+    patient.write_bytes(patient.read_bytes())  # rewritten in place: the old cache is superseded
+    current = make_datamodule(tiny_cohort, cache_dir)
+    current.prepare_data()
+    other_root = tmp_path / "other"
+    shutil.copytree(tiny_cohort_master, other_root)
+    other = make_datamodule(other_root, cache_dir)
+    other.prepare_data()
+    abandoned = cache_dir / ".deadbeef00.partial-00000001"
+    abandoned.mkdir()
+    (abandoned / "volumes.npy").write_bytes(b"\0" * 1000)
+    building = cache_dir / ".feedface00.partial-00000002"
+    building.mkdir()
+    expected_bytes = tree_bytes(old.cached.directory) + 1000
+
+    with key_lock(cache_dir, "feedface00"):  # another process is building that key
+        result = _prepare(
+            "data=brats2020", f"data.root={tiny_cohort}", f"data.cache_dir={cache_dir}", "clean=true"
+        )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"removed       {old.cached.directory} (superseded cache" in out
+    assert f"removed       {abandoned} (abandoned partial build" in out
+    assert f"freed         {expected_bytes} bytes" in out and "in 2 folder(s)" in out
+    assert f"current cache {current.cached.directory} (kept)" in out
+    remaining = sorted(p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock"))
+    assert remaining == sorted([building.name, current.cached.directory.name, other.cached.directory.name])

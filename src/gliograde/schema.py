@@ -197,6 +197,7 @@ class PrepareSchema:
     """Top-level keys of ``prepare.yaml`` besides ``data``."""
 
     seed: int
+    clean: bool
 
 
 # Groups with no schema of their own: their nodes are ``_target_`` configs checked on use.

@@ -1,17 +1,23 @@
 """The slice cache: every patient's four normalised modalities, decoded from NIfTI once.
 
-Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sibling and
-renamed into place only when complete, under a file lock so concurrent builders end with one:
+Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sibling
+(``.<key>.partial-*``) and renamed into place only when complete, under a file lock so
+concurrent builders end with one:
 
 - ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (modalities in MODALITIES order),
   read through a memory map; an axial slice of all modalities is one contiguous block.
-- ``index.npz``: patient ids, their slots, per-slice brain and tumour areas per plane.
+- ``index.npz``: patient ids, their slots, per-slice brain and tumour areas per plane, and
+  each modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
-- ``meta.json``: what the key was made of.
+- ``meta.json``: what the key was made of, the cohort root, the size of every file above and
+  the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
+  ``volumes.npy`` by size), so a truncated or damaged cache is never used.
 
-The key hashes every input file's path, size and mtime and the preprocessing settings, so
-any change to either gives a new cache, and anything else (modalities used, slice strategy,
-splits, labels) is applied when reading.
+The key hashes every input file's path, size, mtime, ctime, device and inode and the
+preprocessing settings, so any change to either gives a new cache (an in-place rewrite
+changes the ctime even when the mtime is put back), and anything else (modalities used,
+slice strategy, splits, labels) is applied when reading. A complete cache is opened without
+any lock or write, so it can live in a read-only directory.
 """
 
 from __future__ import annotations
@@ -20,28 +26,30 @@ import csv
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import uuid
 from collections import Counter
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import FIRST_EXCEPTION, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from filelock import FileLock, Timeout
+from filelock import Timeout
 from tqdm.auto import tqdm
 
+from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
+from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
 from gliograde.data.preprocess import SliceAreas, preprocess_patient
 from gliograde.data.specs import MODALITIES, PLANES, PreprocessSpec
+from gliograde.data.workers import signals_deferred, sigterm_as_exit, worker_pool
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
 CACHE_DTYPE = np.float16
 
 
@@ -56,6 +64,7 @@ class CachedCohort:
     has_mask: np.ndarray
     brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
+    fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
     problems: list[DataError] = field(default_factory=list)
 
     @property
@@ -68,24 +77,47 @@ class CachedCohort:
     def position(self, patient_id: str) -> int:
         return self.patient_ids.index(patient_id)
 
+    def patient_fingerprint(self, position: int) -> str:
+        """One sha256 hex digest over the patient's modality fingerprints, in MODALITIES order."""
+        parts = [f"{m}={self.fingerprints[m][position]}" for m in MODALITIES]
+        return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
     @classmethod
     def load(cls, directory: Path) -> CachedCohort:
-        with np.load(directory / "index.npz", allow_pickle=False) as index:
-            ids = tuple(str(s) for s in index["patient_ids"])
-            return cls(
-                directory=directory,
-                patient_ids=ids,
-                slots=index["slots"],
-                shape=tuple(int(s) for s in index["shape"]),
-                has_mask=index["has_mask"],
-                brain_area={p: index[f"brain_{p}"] for p in PLANES},
-                tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
-                problems=_read_problems(directory / "problems.csv"),
-            )
+        """Open a cache after checking its files against meta.json (raises DamagedCacheError)."""
+        directory = Path(directory)
+        verify_cache(directory)
+        try:
+            with np.load(directory / "index.npz", allow_pickle=False) as index:
+                return cls(
+                    directory=directory,
+                    patient_ids=tuple(str(s) for s in index["patient_ids"]),
+                    slots=index["slots"],
+                    shape=tuple(int(s) for s in index["shape"]),
+                    has_mask=index["has_mask"],
+                    brain_area={p: index[f"brain_{p}"] for p in PLANES},
+                    tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
+                    fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in MODALITIES},
+                    problems=_read_problems(directory / "problems.csv"),
+                )
+        except (KeyError, ValueError, OSError) as exc:  # agrees with meta.json, yet unreadable
+            raise DamagedCacheError(
+                f"damaged cache file ({type(exc).__name__}: {exc})", where=directory / "index.npz"
+            ) from None
+
+
+def cohort_root(patients: list[PatientRecord]) -> Path:
+    """The folder holding the patient folders (their deepest common parent), unresolved."""
+    parents = [os.path.abspath(record.folder.parent) for record in patients]
+    return Path(os.path.commonpath(parents))
 
 
 def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]) -> str:
-    """Hash of every input file's (path, size, mtime) and of the settings that change voxels."""
+    """Hash of every input file's identity and stat, and of the settings that change voxels.
+
+    Size and mtime alone miss a file rewritten in place with its mtime put back; the ctime
+    (which ``os.utime`` cannot set) and the inode (new for a replaced file) catch it.
+    """
     digest = hashlib.sha256()
     settings = {
         "format": CACHE_FORMAT,
@@ -100,8 +132,9 @@ def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: 
             if path is None:
                 digest.update(b"-")
                 continue
-            stat = path.stat()
-            digest.update(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            st = path.stat()
+            identity = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_dev, st.st_ino)
+            digest.update("|".join(map(str, (path.resolve(), *identity))).encode())
     return digest.hexdigest()[:20]
 
 
@@ -117,35 +150,74 @@ def open_or_build(
 
     With ``on_error="raise"`` the first bad patient stops everything (nothing is left behind);
     with ``"skip"`` bad patients are left out and recorded in ``problems.csv``.
+
+    An intact cache is opened without locking or writing anything. A damaged one (a file's
+    size or checksum disagrees with meta.json) is named in a warning and rebuilt, or refused
+    in one line naming the file where ``cache_dir`` is not writable.
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
     cache_dir = Path(cache_dir)
+    key = cache_key(patients, spec, mask_labels)
+    final = cache_dir / key
+    damage: DamagedCacheError | None = None
+    if final.is_dir():
+        try:
+            return _checked(CachedCohort.load(final), on_error)
+        except DamagedCacheError as err:
+            damage = err
+            if not _is_writable(cache_dir):
+                raise DamagedCacheError(
+                    f"{err.problem}; the cache directory is read-only, so it cannot be rebuilt "
+                    "(delete the cache or set data.cache_dir to a writable directory)",
+                    where=err.where,
+                ) from None
+            log.warning("%s; rebuilding the cache", err)
+    _make_writable_dir(cache_dir)
+    with _key_lock(cache_dir, key, final):
+        if final.is_dir():
+            try:
+                return _checked(CachedCohort.load(final), on_error)  # built while we waited
+            except DamagedCacheError as err:
+                if damage is None:
+                    log.warning("%s; rebuilding the cache", err)
+                remove_cache(final, key)
+        remove_abandoned_builds(cache_dir, held_key=key)
+        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
+    return _checked(CachedCohort.load(final), on_error)
+
+
+def _checked(cached: CachedCohort, on_error: str) -> CachedCohort:
+    if on_error == "raise" and cached.problems:
+        raise cached.problems[0]
+    return cached
+
+
+def _is_writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK)
+
+
+def _make_writable_dir(cache_dir: Path) -> None:
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create cache directory ({exc.strerror})", where=cache_dir) from None
-    if not os.access(cache_dir, os.W_OK):
+    if not _is_writable(cache_dir):
         raise DataError("cache directory is not writable (set data.cache_dir)", where=cache_dir)
-    key = cache_key(patients, spec, mask_labels)
-    final = cache_dir / key
-    if not (final / "index.npz").exists():
-        lock = FileLock(str(cache_dir / f".{key}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info("Another process is building cache %s; waiting for it", final)
-            lock.acquire()
-        try:
-            if not (final / "index.npz").exists():
-                _remove_abandoned_builds(cache_dir)
-                _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
-        finally:
-            lock.release()
-    cached = CachedCohort.load(final)
-    if on_error == "raise" and cached.problems:
-        raise cached.problems[0]
-    return cached
+
+
+@contextmanager
+def _key_lock(cache_dir: Path, key: str, final: Path) -> Iterator[None]:
+    lock = key_lock(cache_dir, key)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("Another process is building cache %s; waiting for it", final)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _build(
@@ -162,54 +234,55 @@ def _build(
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
     x, y, z = shape
     _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
-    tmp = cache_dir / f".{key}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
-        volumes = np.lib.format.open_memmap(
-            tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, len(MODALITIES), y, x)
-        )
-        del volumes  # workers open it themselves
-        areas, decode_problems = _preprocess_all(
-            good, tmp / "volumes.npy", spec, mask_labels, on_error, progress
-        )
-        problems += decode_problems
-        kept = [(slot, r) for slot, r in enumerate(good) if slot in areas]
-        if not kept:
-            raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
-        _write_index(tmp / "index.npz", kept, areas, shape)
-        _write_problems(tmp / "problems.csv", problems)
-        meta = {
-            "format": CACHE_FORMAT,
-            "key": key,
-            "patients": len(kept),
-            "skipped": len(problems),
-            "shape_xyz": list(shape),
-            "dtype": np.dtype(CACHE_DTYPE).name,
-            "clip_percentiles": spec.clip_percentiles,
-            "reorient": spec.reorient,
-            "mask_labels": list(mask_labels),
-        }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, cache_dir / key)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    tmp = partial_path(cache_dir, key)
+    with sigterm_as_exit():
+        tmp.mkdir()
+        try:
+            kept, areas = _write_volumes(tmp, good, problems, shape, spec, mask_labels, on_error, progress)
+            _write_index(tmp / "index.npz", kept, areas, shape)
+            _write_problems(tmp / "problems.csv", problems)
+            meta = {
+                "key": key,
+                "cohort_root": str(cohort_root(patients)),
+                "patients": len(kept),
+                "skipped": len(problems),
+                "shape_xyz": list(shape),
+                "dtype": np.dtype(CACHE_DTYPE).name,
+                "clip_percentiles": spec.clip_percentiles,
+                "reorient": spec.reorient,
+                "mask_labels": list(mask_labels),
+            }
+            write_meta(tmp, meta)
+            os.replace(tmp, cache_dir / key)
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not isinstance(exc, Exception):  # Ctrl-C or SIGTERM
+                log.warning("Cache build interrupted; removed its partial files %s", tmp)
+            raise
 
 
-def _remove_abandoned_builds(cache_dir: Path) -> None:
-    """Delete partial caches left by killed builders: those whose key's lock nobody holds."""
-    for partial in cache_dir.glob(".*.partial-*"):
-        key = partial.name[1:].split(".partial-")[0]
-        lock = FileLock(str(cache_dir / f".{key}.lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue  # being built right now
-        try:
-            log.info("Removing an abandoned partial cache: %s", partial)
-            shutil.rmtree(partial, ignore_errors=True)
-        finally:
-            lock.release()
+def _write_volumes(
+    tmp: Path,
+    good: list[PatientRecord],
+    problems: list[DataError],
+    shape: tuple[int, int, int],
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    on_error: str,
+    progress: bool,
+) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas]]:
+    """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept."""
+    x, y, z = shape
+    volumes = np.lib.format.open_memmap(
+        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, len(MODALITIES), y, x)
+    )
+    del volumes  # workers open it themselves
+    areas, decode_problems = _preprocess_all(good, tmp / "volumes.npy", spec, mask_labels, on_error, progress)
+    problems += decode_problems
+    kept = [(slot, r) for slot, r in enumerate(good) if slot in areas]
+    if not kept:
+        raise DataError(f"every patient failed a check; first: {problems[0]}", where=tmp.parent)
+    return kept, areas
 
 
 def _check_free_space(cache_dir: Path, needed: int) -> None:
@@ -310,25 +383,17 @@ def _preprocess_all(
             for slot, record in enumerate(good):
                 record_outcome(slot, _outcome(volumes_path, slot, record, spec, mask_labels))
         else:
-            # fork where the platform has it: spawn would re-import the entry point (torch,
-            # Lightning) in every worker. Workers use numpy and nibabel only, never torch.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                futures = {
-                    pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
-                    for slot, record in enumerate(good)
-                }
+            with worker_pool(workers) as pool:
+                with signals_deferred():
+                    futures = {
+                        pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
+                        for slot, record in enumerate(good)
+                    }
                 pending = set(futures)
-                try:
-                    while pending:
-                        done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)
-                        for future in done:
-                            record_outcome(futures[future], future.result())
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
-                    raise
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)
+                    for future in done:
+                        record_outcome(futures[future], future.result())
     finally:
         bar.close()
     return areas, problems
@@ -356,6 +421,8 @@ def _write_index(
         "shape": np.array(shape, dtype=np.int64),
         "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
     }
+    for modality in MODALITIES:
+        arrays[f"fingerprint_{modality}"] = np.array([areas[slot].fingerprints[modality] for slot, _ in kept])
     for plane in PLANES:
         arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(

@@ -1,12 +1,15 @@
-"""Per-patient preprocessing: validate voxels, z-score each modality inside the brain, and
-measure per-slice brain and tumour areas for slice selection. Writes into a cache slot."""
+"""Per-patient preprocessing: validate voxels, z-score each modality inside the brain, measure
+per-slice brain and tumour areas for slice selection, and fingerprint each modality's voxels.
+Writes into a cache slot."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from gliograde.data.errors import DataError
@@ -23,6 +26,7 @@ class SliceAreas:
 
     brain: dict[str, np.ndarray]
     tumour: dict[str, np.ndarray] | None
+    fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
 
 
 def preprocess_patient(
@@ -40,13 +44,19 @@ def preprocess_patient(
     ``out_is_zero=True`` promises ``out`` holds zeros (a freshly created cache), so only brain
     voxels are written and background pages of the cache file are never touched.
 
+    Each modality's :func:`voxel_fingerprint` is taken from the voxels as decoded, before
+    reorientation, so it does not depend on the preprocessing settings.
+
     Raises DataError naming the patient and file for NaN/infinite or all-zero volumes, and
     for mask labels outside ``mask_labels``.
     """
     brain = np.zeros(out.shape[:1] + out.shape[2:], dtype=bool)
+    fingerprints = {}
     for channel, name in enumerate(MODALITIES):
         path = modalities[name]
-        volume = read_voxels(path, patient, reorient).T  # (z, y, x), C-contiguous for .nii
+        decoded = read_voxels(path, patient)
+        fingerprints[name] = voxel_fingerprint(decoded)
+        volume = _reoriented(decoded, path, reorient).T  # (z, y, x), C-contiguous for .nii
         nonzero = normalise_into(volume, out[:, channel], patient, path, clip_percentiles, out_is_zero)
         brain |= nonzero
     areas = {plane: brain.sum(axis=_SUM_AXES[plane], dtype=np.int32) for plane in PLANES}
@@ -56,7 +66,62 @@ def preprocess_patient(
         check_mask_labels(seg, mask_labels, patient, mask)
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
-    return SliceAreas(areas, tumour)
+    return SliceAreas(areas, tumour, fingerprints)
+
+
+# Slices of the fingerprint loop: their converted copy (a few MB) stays small.
+_FINGERPRINT_VOXELS = 1 << 20
+_INT16 = np.iinfo(np.int16)
+
+
+def voxel_fingerprint(voxels: np.ndarray) -> str:
+    """sha256 hex digest of a decoded 3D volume's values and (x, y, z) shape.
+
+    The voxels are hashed with x varying fastest (the NIfTI storage order) as little-endian
+    int16 when every value is an integer int16 holds (most MR volumes: half the bytes of
+    float32), else as little-endian float32. So the digest depends on the values alone,
+    not on the file's name, compression (.nii or .nii.gz), integer type or scaling.
+    """
+    zyx = voxels.T  # C order of (z, y, x) is x-fastest order of (x, y, z); no copy for .nii
+    canonical = "<i2" if _fits_int16(zyx) else "<f4"
+    shape = "x".join(str(n) for n in voxels.shape)
+    digest = hashlib.sha256(f"{shape};{np.dtype(canonical).name}-le;".encode())
+    for block in _blocks(zyx):
+        digest.update(memoryview(np.ascontiguousarray(block, dtype=canonical)).cast("B"))
+    return digest.hexdigest()
+
+
+def _blocks(zyx: np.ndarray):
+    step = max(1, _FINGERPRINT_VOXELS // max(1, zyx[0].size))
+    for start in range(0, len(zyx), step):
+        yield zyx[start : start + step]
+
+
+def _fits_int16(zyx: np.ndarray) -> bool:
+    """Whether every value is an integer within int16's range (from the dtype where it can)."""
+    kind, size = zyx.dtype.kind, zyx.dtype.itemsize
+    if kind == "i" and size <= 2 or kind == "u" and size == 1:
+        return True
+    if kind not in "iuf":
+        return False
+    for block in _blocks(zyx):
+        if block.size and (block.min() < _INT16.min or block.max() > _INT16.max):
+            return False
+        if kind == "f" and not np.array_equal(block, np.rint(block)):
+            return False
+    return True
+
+
+def _reoriented(data: np.ndarray, path: Path, codes: str | None) -> np.ndarray:
+    """``data`` flipped and permuted (views only) from its file's axes to ``codes``."""
+    if not codes:
+        return data
+    orientations = nib.orientations
+    affine = nib.load(str(path)).affine  # the header only; the voxels are already decoded
+    transform = orientations.ornt_transform(
+        orientations.io_orientation(affine), orientations.axcodes2ornt(tuple(codes))
+    )
+    return orientations.apply_orientation(data, transform)
 
 
 # Voxels per block of the normalise loop: its float32 temporary (~2 MB) stays in the CPU cache.
