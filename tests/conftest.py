@@ -55,3 +55,19 @@ def make_datamodule(root: Path, cache_dir: Path, **overrides) -> GliomaDataModul
 def patient_file(root: Path, patient: str, suffix: str) -> Path:
     """Path of ``patient``'s ``suffix`` file (flair, t1, t1ce, t2 or seg)."""
     return root / patient / f"{patient}_{suffix}.nii"
+
+
+def copy_patient(root: Path, source: str, new_id: str, label_from: Path | None = None) -> Path:
+    """Copy ``source``'s folder under ``new_id`` (files renamed) and give it ``source``'s label row.
+
+    The copy holds the very same images: the case of a cohort that repackages a patient.
+    """
+    folder = root / new_id
+    folder.mkdir()
+    for path in (root / source).iterdir():
+        shutil.copy2(path, folder / path.name.replace(source, new_id))
+    mapping = root / "name_mapping.csv"
+    lines = (label_from or mapping).read_text().splitlines()
+    row = next(line for line in lines if line.endswith("," + source))
+    mapping.write_text(mapping.read_text() + row[: -len(source)] + new_id + "\n")
+    return folder

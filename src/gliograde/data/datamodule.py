@@ -24,6 +24,7 @@ from gliograde.data.cache import CachedCohort, open_or_build
 from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.dataset import SliceDataset, cast, identity_collate
 from gliograde.data.errors import DataError
+from gliograde.data.identity import content_duplicates, fingerprint_table
 from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from gliograde.data.slices import NEEDS_MASK, select_slices, validate_slice_spec
 from gliograde.data.specs import (
@@ -37,7 +38,7 @@ from gliograde.data.specs import (
     SyntheticSpec,
     from_mapping,
 )
-from gliograde.data.splits import SPLITS, assert_disjoint, split_patients, write_splits
+from gliograde.data.splits import SPLITS, assert_disjoint, split_patients, splits_frame
 from gliograde.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -367,8 +368,30 @@ class GliomaDataModule(pl.LightningDataModule):
                 for position in np.unique(self.datasets[name].patient_positions)
             ]
         )
+        self._refuse_shared_images()
         if self.augment_spec.enabled:
             self._augmenter = BatchAugmenter(self.augment_spec, seed=self.seed)
+
+    def _refuse_shared_images(self) -> None:
+        """The same images under two ids in different splits would leak; in one split, warn."""
+        for match in content_duplicates(self.fingerprint_table()):
+            where = (self.assignment[match.patient_id], self.assignment[match.other_id])
+            shared = "/".join(match.modalities)
+            if where[0] != where[1]:
+                raise DataError(
+                    f"holds the same {shared} images as {match.other_id}, but they are in the "
+                    f"{where[0]} and {where[1]} splits (one patient under two ids would leak): "
+                    "remove one of the two folders",
+                    match.patient_id,
+                    self.root,
+                )
+            log.warning(
+                "Patients %s and %s hold the same %s images (both in %s): one patient counted twice?",
+                match.patient_id,
+                match.other_id,
+                shared,
+                where[0],
+            )
 
     def _assign(self, patient_ids: list[str], labels: list[int | None]) -> dict[str, str]:
         """Each patient's split: ``all`` without a split (or labels, when they are optional)."""
@@ -447,10 +470,20 @@ class GliomaDataModule(pl.LightningDataModule):
             for p in self.patients
         ]
 
-    def write_splits(self, path: str | Path) -> None:
-        """Write ``splits.csv`` (patient_id,label,split) for a run directory."""
+    def fingerprint_table(self) -> pd.DataFrame:
+        """``patient_id`` and ``fingerprint_<modality>`` of every usable patient (see ``identity``)."""
+        assert self.cached is not None
+        table = fingerprint_table(self.cached.patient_ids, self.cached.fingerprints)
+        return table[table["patient_id"].isin(self.assignment)].reset_index(drop=True)
+
+    def splits_table(self) -> pd.DataFrame:
+        """``patient_id, label, split`` and the image fingerprints of every usable patient."""
         labels = {pid: label for pid, label, _ in self.split_table()}
-        write_splits(path, self.assignment, labels)
+        return splits_frame(self.assignment, labels).merge(self.fingerprint_table(), on="patient_id", how="left")
+
+    def write_splits(self, path: str | Path) -> None:
+        """Write ``splits.csv`` for a run directory: who was where, and what their images were."""
+        write_text(path, self.splits_table().to_csv(index=False, lineterminator="\n"))
 
     def summary(self) -> dict[str, Any]:
         """Counts a user wants to see after preparing a cohort."""
