@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliograde.atomic import write_csv, write_text
 from gliograde.config import build
+from gliograde.contract import check_grid, check_model, enforce, read_checkpoint_contract
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.datamodule import GliomaDataModule
 from gliograde.data.errors import DataError
@@ -60,7 +61,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         )
     _check_options(cfg)
     run_cfg = OmegaConf.load(run / "config.yaml")
+    checkpoint = _checkpoint(run, str(cfg.ckpt))
+    contract = load_contract(checkpoint, run_cfg)
     data_cfg = OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
+    for note in enforce(contract, data_cfg, {item.split("=", 1)[0] for item in data_overrides}):
+        print(note)
     other_cohort = Path(str(data_cfg.root)).resolve() != Path(str(run_cfg.data.root)).resolve()
     data_cfg.require_labels = False
     data_cfg.synthetic = None  # evaluate what is there; never generate
@@ -70,6 +75,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
 
     datamodule: GliomaDataModule = build(data_cfg)
     datamodule.prepare_data()
+    check_grid(contract, datamodule.cached.shape, str(datamodule.cohort.root))
     datamodule.setup()
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
     if cfg.split != "all" and not labelled:
@@ -80,11 +86,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         _check_same_split(datamodule, run / "splits.csv")
     _refuse_leak(datamodule, cfg.split, run / "splits.csv", bool(cfg.allow_leak))
 
-    checkpoint = _checkpoint(run, str(cfg.ckpt))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = GradeClassifier.load_from_checkpoint(checkpoint, map_location=device, weights_only=False)
     model.eval()
     classes = list(model.hparams.class_names)
+    check_model(contract, int(model.hparams.in_channels), classes)
     if len(classes) != 2:
         raise EvaluationError(f"the report covers two classes; this model has {len(classes)}: {classes}")
 
@@ -105,6 +111,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         "aggregate": cfg.aggregate,
         "threshold": threshold,
         "classes": classes,
+        "input_contract": contract,
         "n_patients": len(predictions.patients),
         "n_slices": len(predictions.probs),
     }
@@ -120,6 +127,14 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     print(format_report(report))
     print(f"Outputs: {out}")
     return report
+
+
+def load_contract(checkpoint: Path, run_cfg: DictConfig) -> dict[str, Any]:
+    """The model's input contract: from its checkpoint, else the run's config.yaml."""
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    if "input_contract" not in stored and "input_contract" in run_cfg:
+        return OmegaConf.to_container(run_cfg.input_contract, resolve=True)
+    return read_checkpoint_contract(stored, run_cfg.data)
 
 
 def _check_options(cfg: DictConfig) -> None:
