@@ -26,6 +26,7 @@ from gliograde.errors import GliogradeError
 from gliograde.evaluation import plots
 from gliograde.evaluation.aggregate import AGGREGATES, aggregate
 from gliograde.evaluation.gradcam import grad_cam
+from gliograde.inference.models import find_checkpoint
 from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, youden_threshold
 from gliograde.models.backbones import cam_layer
 from gliograde.models.module import GradeClassifier
@@ -61,7 +62,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         )
     _check_options(cfg)
     run_cfg = OmegaConf.load(run / "config.yaml")
-    checkpoint = _checkpoint(run, str(cfg.ckpt))
+    checkpoint = find_checkpoint(run, str(cfg.ckpt))
     contract = load_contract(checkpoint, run_cfg)
     data_cfg = OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
     for note in enforce(contract, data_cfg, {item.split("=", 1)[0] for item in data_overrides}):
@@ -210,27 +211,6 @@ def _refuse_leak(datamodule: GliomaDataModule, split: str, splits_csv: Path, all
             f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the run's "
             "training split: the figures would be inflated. Use split=test or val, or allow_leak=true"
         )
-
-
-def _checkpoint(run: Path, which: str) -> Path:
-    """``best``: the run's one monitored checkpoint (``epoch_*.ckpt``, kept with save_top_k=1),
-    looked up in the run directory itself so that a copied run uses its own files."""
-    folder = run / "checkpoints"
-    if which == "last":
-        path = folder / "last.ckpt"
-    elif which == "best":
-        best = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith("last"))
-        if len(best) != 1:
-            found = ", ".join(p.name for p in best) or "none"
-            raise EvaluationError(
-                f"{folder}: expected one best checkpoint besides last.ckpt, found {found}; pass ckpt=PATH or ckpt=last"
-            )
-        path = best[0]
-    else:
-        path = Path(which)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: checkpoint not found (ckpt=best|last|PATH)")
-    return path
 
 
 @torch.no_grad()
