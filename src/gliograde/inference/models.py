@@ -40,8 +40,31 @@ def find_checkpoint(run: Path, which: str = "best") -> Path:
     return path
 
 
+def load_network(stored: dict[str, Any]):
+    """The backbone of a loaded GradeClassifier checkpoint, in eval mode, without Lightning.
+
+    ``GradeClassifier.forward`` is the backbone's forward; building the backbone alone spares
+    importing Lightning and torchmetrics, most of a one-patient prediction's start-up.
+    """
+    from gliograde.models.backbones import create_backbone
+
+    hparams = stored.get("hyper_parameters")
+    state = stored.get("state_dict")
+    if not hparams or state is None or "backbone" not in hparams:
+        raise ModelSourceError("not a gliograde training checkpoint (no hyper_parameters/state_dict)")
+    net = create_backbone(
+        hparams["backbone"],
+        int(hparams["in_channels"]),
+        int(hparams["num_classes"]),
+        None,  # the checkpoint holds every weight
+        hparams.get("stem_stride"),
+    )
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
+    return net.eval()
+
+
 class TorchModel:
-    """A GradeClassifier checkpoint on the CPU (or GPU), with its contract."""
+    """A GradeClassifier checkpoint's network on the CPU (or GPU), with its contract."""
 
     kind = "checkpoint"
 
@@ -51,32 +74,35 @@ class TorchModel:
 
         from gliograde.contract import check_model, read_checkpoint_contract
         from gliograde.models.backbones import cam_layer
-        from gliograde.models.module import GradeClassifier
 
         self.path = path
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        stored = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for a damaged or foreign file
+            raise ModelSourceError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
         run_config = path.parent.parent / "config.yaml"
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
         if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:
             self.contract = OmegaConf.to_container(run_cfg.input_contract, resolve=True)
         else:
             self.contract = read_checkpoint_contract(stored, None if run_cfg is None else run_cfg.data)
-        if "hyper_parameters" not in stored or "state_dict" not in stored:
-            raise ModelSourceError(f"{path}: not a gliograde training checkpoint")
-        model = GradeClassifier(**stored["hyper_parameters"])
-        model.load_state_dict(stored["state_dict"])
-        self.model = model.to(self.device).eval()
-        self.classes = list(model.hparams.class_names)
-        check_model(self.contract, int(model.hparams.in_channels), self.classes)
-        self.cam_layer = cam_layer(model.net, model.hparams.backbone)
+        try:
+            self.model = load_network(stored).to(self.device)
+        except ModelSourceError as err:
+            raise ModelSourceError(f"{path}: {err}") from None
+        hparams = stored["hyper_parameters"]
+        self.classes = [str(c) for c in hparams["class_names"]]
+        self.hparams = hparams
+        check_model(self.contract, int(hparams["in_channels"]), self.classes)
+        self.cam_layer = cam_layer(self.model, hparams["backbone"])
 
     def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
         """Softmax outputs ``[N, K]`` of float16 slices ``[N, C, H, W]`` (computed in float32)."""
         import torch
 
         out = []
-        with torch.no_grad():
+        with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device).float()
                 out.append(self.model(batch).float().softmax(dim=1).cpu().numpy())
