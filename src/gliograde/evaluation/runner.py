@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +108,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     _write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
         "run_dir": str(run),
+        "command": shlex.join(["python", "evaluate.py", *sys.argv[1:]]),
         "checkpoint": str(checkpoint),
         "split": cfg.split,
         "cohort": str(datamodule.cohort.root),
