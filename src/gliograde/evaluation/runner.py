@@ -29,6 +29,7 @@ from gliograde.evaluation import plots
 from gliograde.evaluation.aggregate import AGGREGATES, aggregate
 from gliograde.evaluation.gradcam import grad_cam
 from gliograde.inference.models import find_checkpoint
+from gliograde.evaluation.report_html import evaluation_page, write_page
 from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, youden_threshold
 from gliograde.models.backbones import cam_layer
 from gliograde.models.module import GradeClassifier
@@ -128,6 +129,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     figures = _figures(predictions, classes, threshold, has_labels)
     figures.update(_gradcam_figures(model, datamodule, predictions, threshold, int(cfg.gradcam_n), device))
     _save_figures(figures, out, run, cfg.split)
+    write_page(out / "report.html", evaluation_page(report, [out / f"{name}.png" for name in figures]))
     print(format_report(report))
     print(f"Outputs: {out}")
     return report

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from gliograde.atomic import check_writable_dir, write_csv, write_text
 from gliograde.data.specs import MODALITIES
 from gliograde.errors import ConfigError
+from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.stream import load_patient
@@ -63,6 +64,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         ],
     )
     write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
+    write_page(out / "report.html", prediction_page(report, out))
     print(format_predictions(report))
     print(f"Outputs: {out}")
     return report
