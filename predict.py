@@ -10,8 +10,8 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from gliograde.errors import exit_on_user_error
 from gliograde.config import CONF_DIR
+from gliograde.errors import exit_on_user_error
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict")

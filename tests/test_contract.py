@@ -41,7 +41,9 @@ def test_checkpoints_and_config_record_the_contract(run):
         assert contract["slices"]["k"] == 4 and contract["image_size"] == [40, 40]
         assert {k: contract["grid"][k] for k in expected_grid} == expected_grid
         assert contract["preprocess"]["cache_dtype"] == "float16"
-        assert contract["preprocess"]["clip_percentiles"] is None and contract["preprocess"]["reorient"] is None
+        assert (
+            contract["preprocess"]["clip_percentiles"] is None and contract["preprocess"]["reorient"] is None
+        )
         assert contract["version"] == gliograde.__version__
     saved = yaml.safe_load((run["run"] / "config.yaml").read_text())
     assert saved["input_contract"] == contract
@@ -58,7 +60,9 @@ def test_checkpoints_and_config_record_the_contract(run):
 )
 def test_contradicting_overrides_are_refused_before_data_work(run, tmp_path, override, key, model_value):
     cache = tmp_path / "cache"
-    result = _evaluate(f"run_dir={run['run']}", override, f"data.cache_dir={cache}", f"output_dir={tmp_path / 'o'}")
+    result = _evaluate(
+        f"run_dir={run['run']}", override, f"data.cache_dir={cache}", f"output_dir={tmp_path / 'o'}"
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     line = result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
@@ -130,5 +134,7 @@ def test_grid_of_follows_reorientation_and_size_mismatch_is_refused():
     swapped = grid_of(affine, (10, 20, 30), "SAR")
     assert swapped["shape"] == [30, 20, 10] and swapped["spacing"] == [3.0, 2.0, 1.0]
     contract = {"grid": {"shape": [40, 40, 20]}, "image_size": [40, 40]}
-    with pytest.raises(ContractError, match=r"\[48, 48, 24\] differ from the model's input grid \[40, 40, 20\]"):
+    with pytest.raises(
+        ContractError, match=r"\[48, 48, 24\] differ from the model's input grid \[40, 40, 20\]"
+    ):
         check_grid(contract, (48, 48, 24), "cohort")

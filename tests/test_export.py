@@ -76,16 +76,21 @@ def test_predict_runs_the_export_without_lightning_and_agrees(exported, tmp_path
         import json, sys
         from hydra import compose, initialize_config_dir
         from gliograde.inference.runner import predict
-        with initialize_config_dir(config_dir="{Path(__file__).resolve().parents[1] / 'conf'}", version_base="1.3"):
-            cfg = compose("predict", overrides=["ckpt={run / 'export'}", "input={exported['cohort'] / patient}",
-                                                "output_dir={tmp_path / 'onnx'}"])
+        with initialize_config_dir(config_dir="{Path(__file__).resolve().parents[1] / "conf"}", version_base="1.3"):
+            cfg = compose("predict", overrides=["ckpt={run / "export"}", "input={exported["cohort"] / patient}",
+                                                "output_dir={tmp_path / "onnx"}"])
         predict(cfg)
         assert "pytorch_lightning" not in sys.modules and "lightning" not in sys.modules
         """
     )
     onnx = run_python("-c", script)
     assert onnx.returncode == 0, onnx.stderr[-3000:]
-    torch_run = run_python("predict.py", f"ckpt={run}", f"input={exported['cohort'] / patient}", f"output_dir={tmp_path / 'ckpt'}")
+    torch_run = run_python(
+        "predict.py",
+        f"ckpt={run}",
+        f"input={exported['cohort'] / patient}",
+        f"output_dir={tmp_path / 'ckpt'}",
+    )
     assert torch_run.returncode == 0, torch_run.stderr[-3000:]
     a = json.loads((tmp_path / "onnx" / "predictions.json").read_text())
     b = json.loads((tmp_path / "ckpt" / "predictions.json").read_text())

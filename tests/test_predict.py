@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from conftest import REPO, run_python
 from helpers.runs import tiny_run
 from hydra import compose, initialize_config_dir
@@ -56,14 +57,22 @@ def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_pa
     with open(manifest, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["patient_id", "t2", "flair", "t1", "t1ce", "mask"])
-        writer.writerow(["alpha"] + [f"root/case_0/scan-{s.upper()}.nii" for s in ("t2", "flair", "t1", "t1ce", "seg")])
+        writer.writerow(
+            ["alpha"] + [f"root/case_0/scan-{s.upper()}.nii" for s in ("t2", "flair", "t1", "t1ce", "seg")]
+        )
 
-    folder = run_python("predict.py", f"ckpt={run['run']}", f"input={cohort / first}", f"output_dir={tmp_path / 'a'}")
+    folder = run_python(
+        "predict.py", f"ckpt={run['run']}", f"input={cohort / first}", f"output_dir={tmp_path / 'a'}"
+    )
     assert folder.returncode == 0, folder.stderr[-3000:]
     assert f"{first}: " in folder.stdout
     patterns = [f"files.{m}=*-{m.upper()}.nii" for m in MODALITIES] + ["files.mask=*-SEG.nii"]
-    by_root = _predict_in_process(f"ckpt={run['run']}", f"input={root}", f"output_dir={tmp_path / 'b'}", *patterns)
-    by_manifest = _predict_in_process(f"ckpt={run['run']}", f"manifest={manifest}", f"output_dir={tmp_path / 'c'}")
+    by_root = _predict_in_process(
+        f"ckpt={run['run']}", f"input={root}", f"output_dir={tmp_path / 'b'}", *patterns
+    )
+    by_manifest = _predict_in_process(
+        f"ckpt={run['run']}", f"manifest={manifest}", f"output_dir={tmp_path / 'c'}"
+    )
 
     one = _json(tmp_path / "a")[first]
     assert [p["patient_id"] for p in by_root["patients"]] == ["case_0", "case_1"]
@@ -72,7 +81,11 @@ def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_pa
         assert other["slice_index"] == one["slice_index"] and other["slice_rule"] == "tumor_topk"
 
     evaluated = run_python(
-        "evaluate.py", f"run_dir={run['run']}", "bootstrap=20", "gradcam_n=0", f"output_dir={tmp_path / 'eval'}"
+        "evaluate.py",
+        f"run_dir={run['run']}",
+        "bootstrap=20",
+        "gradcam_n=0",
+        f"output_dir={tmp_path / 'eval'}",
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     with open(tmp_path / "eval" / "patient_predictions.csv", newline="") as fh:
@@ -92,7 +105,9 @@ def test_without_a_mask_the_mask_free_rule_is_used_and_said(run, test_patients, 
     patient.mkdir()
     for m in MODALITIES:
         shutil.copy(run["cohort"] / test_patients[0] / f"{test_patients[0]}_{m}.nii", patient / f"P1_{m}.nii")
-    report = _predict_in_process(f"ckpt={run['run']}", f"input={patient}", f"output_dir={tmp_path / 'o'}", "gradcam=false")
+    report = _predict_in_process(
+        f"ckpt={run['run']}", f"input={patient}", f"output_dir={tmp_path / 'o'}", "gradcam=false"
+    )
     row = report["patients"][0]
     assert row["slice_rule"].startswith("brain (no mask") and row["n_slices"] > 4
     assert "brain (no mask" in (tmp_path / "o" / "predictions.csv").read_text()
@@ -113,13 +128,19 @@ def test_a_volume_off_the_model_grid_is_refused_unless_resampled(run, test_patie
         other = nib.load(path)
         data = np.asarray(other.dataobj).copy()  # a copy: the file is rewritten in place
         nib.save(nib.Nifti1Image(data, affine, other.header), path)
-    refused = run_python("predict.py", f"ckpt={run['run']}", f"input={folder}", f"output_dir={tmp_path / 'o'}")
+    refused = run_python(
+        "predict.py", f"ckpt={run['run']}", f"input={folder}", f"output_dir={tmp_path / 'o'}"
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     line = refused.stderr.strip().splitlines()[-1]
     assert test_patients[0] in line and ".nii" in line and "[1.5, 1.5, 1.5]" in line
     assert "expected [1.0, 1.0, 1.0]" in line and "resample=true" in line
     report = _predict_in_process(
-        f"ckpt={run['run']}", f"input={folder}", f"output_dir={tmp_path / 'r'}", "resample=true", "gradcam=false"
+        f"ckpt={run['run']}",
+        f"input={folder}",
+        f"output_dir={tmp_path / 'r'}",
+        "resample=true",
+        "gradcam=false",
     )
     assert report["patients"][0]["resampled"] is True and report["patients"][0]["n_slices"] > 0
 
@@ -143,3 +164,29 @@ def test_bad_files_get_one_line_naming_patient_and_file(run, test_patients, tmp_
         _predict_in_process(f"ckpt={run['run']}", f"manifest={manifest}", f"output_dir={tmp_path / 'o'}")
     with pytest.raises(ConfigError, match="exactly one of input"):
         _predict_in_process(f"ckpt={run['run']}", f"manifest={manifest}", f"input={folder}")
+
+
+@pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
+def test_slices_are_cut_as_the_cache_dataset_reads_them(plane, tmp_path):
+    from gliograde.data.dataset import SliceDataset
+    from gliograde.inference.stream import _cut
+
+    rng = np.random.default_rng(0)
+    volume = rng.standard_normal((6, 4, 5, 7)).astype(np.float16)  # [z, modality, y, x]
+    np.save(tmp_path / "volumes.npy", volume[None])
+    chosen = np.array([1, 3, 4])
+    modalities = ("t2", "flair")
+    dataset = SliceDataset(
+        volumes_path=tmp_path / "volumes.npy",
+        slots=np.zeros(3, dtype=np.int64),
+        patient_positions=np.zeros(3, dtype=np.int64),
+        slice_indices=chosen,
+        labels=np.zeros(3, dtype=np.int64),
+        patient_ids=("p",),
+        modalities=modalities,
+        plane=plane,
+        dtype=torch.float16,
+    )
+    expected = dataset.__getitems__([0, 1, 2])["image"].numpy()
+    cut = _cut(volume, chosen, [MODALITIES.index(m) for m in modalities], plane)
+    assert cut.shape == expected.shape and np.array_equal(cut, expected)

@@ -60,7 +60,9 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 def test_evaluation_report_embeds_every_figure_and_number(run, tmp_path):
     out = tmp_path / "eval"
-    result = run_python("evaluate.py", f"run_dir={run['run']}", "bootstrap=50", "gradcam_n=1", f"output_dir={out}")
+    result = run_python(
+        "evaluate.py", f"run_dir={run['run']}", "bootstrap=50", "gradcam_n=1", f"output_dir={out}"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     page = _Page((out / "report.html").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
@@ -68,7 +70,7 @@ def test_evaluation_report_embeds_every_figure_and_number(run, tmp_path):
     assert "roc" in pngs and any(name.startswith("gradcam_") for name in pngs)
     assert page.images == pngs and not page.external
     _check_numbers(page, metrics)
-    for name, entry in metrics["patient"].items():
+    for name in metrics["patient"]:
         assert f"patient.{name}.ci_low" in page.numbers and f"slice.{name}.value" in page.numbers
     assert "Input contract" in (out / "report.html").read_text()
 
@@ -77,7 +79,10 @@ def test_prediction_report_embeds_every_patient_figure_and_probability(run, tmp_
     with open(run["run"] / "splits.csv", newline="") as fh:
         patient = next(r["patient_id"] for r in csv.DictReader(fh) if r["split"] == "test")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=[f"ckpt={run['run']}", f"input={run['cohort'] / patient}", f"output_dir={tmp_path}"])
+        cfg = compose(
+            "predict",
+            overrides=[f"ckpt={run['run']}", f"input={run['cohort'] / patient}", f"output_dir={tmp_path}"],
+        )
     predict(cfg)
     page = _Page((tmp_path / "report.html").read_text())
     report = json.loads((tmp_path / "predictions.json").read_text())

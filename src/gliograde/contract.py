@@ -91,10 +91,9 @@ def from_datamodule(datamodule: Any) -> dict[str, Any]:
     grid = None
     records = [r for r in datamodule.cohort.patients if r.patient_id in set(datamodule.cached.patient_ids)]
     if records:
-        header = read_header(records[0].modalities[MODALITIES[0]], records[0].patient_id)
-        raw_shape = header.shape
-        grid = grid_of(header.affine, raw_shape, reorient)
-    contract = _assemble(
+        header = read_header(records[0].modalities[MODALITIES[0]], records[0].patient_id)  # file order
+        grid = grid_of(header.affine, header.shape, reorient)
+    return _assemble(
         modalities=datamodule.modalities,
         classes=datamodule.classes,
         slices=datamodule.slice_spec,
@@ -106,7 +105,6 @@ def from_datamodule(datamodule: Any) -> dict[str, Any]:
         },
         grid=grid,
     )
-    return contract
 
 
 def from_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -122,9 +120,7 @@ def from_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
         modalities=data["modalities"],
         classes=data["labels"]["classes"],
         slices=from_mapping(SliceSpec, data.get("slices"), "data.slices"),
-        preprocess=from_mapping(
-            PreprocessSpec, {k: v for k, v in (data.get("preprocess") or {}).items()}, "data.preprocess"
-        ),
+        preprocess=from_mapping(PreprocessSpec, data.get("preprocess"), "data.preprocess"),
         mask_labels=layout.mask_labels,
         naming={"modality_files": dict(layout.modality_files), "mask_file": layout.mask_file},
         grid=None,

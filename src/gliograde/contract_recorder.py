@@ -23,7 +23,9 @@ class InputContractRecorder(pl.Callback):
             self._contract = from_datamodule(self.datamodule)
         return self._contract
 
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
+    ) -> None:
         checkpoint["input_contract"] = self.contract
 
 

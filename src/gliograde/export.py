@@ -16,7 +16,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -33,7 +32,9 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
     source = Path(source).expanduser()
     if source.is_dir():
         if not (source / "checkpoints").is_dir():
-            raise ModelSourceError(f"{source}: not a run directory (no checkpoints/); pass RUN or RUN/checkpoints/X.ckpt")
+            raise ModelSourceError(
+                f"{source}: not a run directory (no checkpoints/); pass RUN or RUN/checkpoints/X.ckpt"
+            )
         run, checkpoint = source, find_checkpoint(source)
     elif source.is_file():
         checkpoint = source

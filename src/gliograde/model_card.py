@@ -21,10 +21,14 @@ INTENDED_USE = (
     "not for diagnosis or treatment decisions."
 )
 LIMITATIONS = [
-    "Sees 2D slices, not volumes: the patient call is the mean of slice probabilities over the slices "
-    "the contract's rule selects.",
-    "Expects BraTS preprocessing: skull-stripped, co-registered modalities on one voxel grid (the grid in "
-    "the input contract); other preparations are out of scope.",
+    (
+        "Sees 2D slices, not volumes: the patient call is the mean of slice probabilities over the slices "
+        "the contract's rule selects."
+    ),
+    (
+        "Expects BraTS preprocessing: skull-stripped, co-registered modalities on one voxel grid (the grid "
+        "in the input contract); other preparations are out of scope."
+    ),
     "Trained on one cohort (below); performance on other scanners, sites or populations is unknown.",
     "Intervals are patient-level bootstrap intervals on small splits: read them, not the point values.",
 ]
@@ -73,7 +77,8 @@ def _training(run: Path | None) -> dict[str, Any]:
         out["split_sizes"] = dict(Counter(r["split"] for r in rows))
         out["patients_per_class"] = dict(Counter(r["label"] or "unlabelled" for r in rows))
         out["patients_per_split_and_class"] = {
-            split: dict(Counter(r["label"] for r in rows if r["split"] == split)) for split in out["split_sizes"]
+            split: dict(Counter(r["label"] for r in rows if r["split"] == split))
+            for split in out["split_sizes"]
         }
     return out
 
@@ -104,7 +109,9 @@ def _metrics(run: Path | None) -> dict[str, Any]:
             out[split] = {
                 "source": str(run / "metrics.json"),
                 "note": "training's point values; run evaluate.py for bootstrap intervals",
-                "patient": {k: {"value": v, "ci_low": None, "ci_high": None} for k, v in sorted(values.items())},
+                "patient": {
+                    k: {"value": v, "ci_low": None, "ci_high": None} for k, v in sorted(values.items())
+                },
             }
     return out
 
@@ -150,8 +157,10 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         f"- Input: {card['input']}",
         f"- Output: {card['output']}; patient call: {card['patient_aggregation']}",
-        f"- Plane: {contract['plane']}; slice rule: {_rule(contract['slices'])}; "
-        f"without a mask: {contract['mask_free_strategy']}",
+        (
+            f"- Plane: {contract['plane']}; slice rule: {_rule(contract['slices'])}; "
+            f"without a mask: {contract['mask_free_strategy']}"
+        ),
         f"- Image size: {contract['image_size']}; grid: {contract['grid']}",
         f"- Preprocessing: {contract['preprocess']}",
         f"- Decision threshold: {card['decision_threshold']['value']} ({card['decision_threshold']['source']})",
@@ -165,7 +174,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     ]
     for split, entry in card["metrics"].items():
         level = entry.get("ci_level")
-        header = f"{int(round(level * 100))}% CI" if level else "CI"
+        header = f"{round(level * 100)}% CI" if level else "CI"
         lines += [f"### {split} ({entry['source']})", "", f"| metric | value | {header} |", "|---|---|---|"]
         for name, m in entry["patient"].items():
             ci = "n/a" if m.get("ci_low") is None else f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
@@ -177,8 +186,16 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += ["## Commands", ""]
     lines += [f"- {name}: `{command}`" for name, command in card["commands"].items()] or ["- not recorded"]
     onnx = card["model"]["onnx"]
-    lines += ["", "## Files", "", f"- model.onnx (sha256 {onnx.get('onnx_sha256')}), checked against "
-              f"{card['model']['checkpoint']} to {onnx.get('onnx_max_abs_diff'):.1e}", ""]
+    lines += [
+        "",
+        "## Files",
+        "",
+        (
+            f"- model.onnx (sha256 {onnx.get('onnx_sha256')}), checked against "
+            f"{card['model']['checkpoint']} to {onnx.get('onnx_max_abs_diff'):.1e}"
+        ),
+        "",
+    ]
     return "\n".join(lines)
 
 

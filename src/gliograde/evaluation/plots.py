@@ -10,13 +10,12 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-__all__ = [
-    "confusion_figure",
-    "roc_figure",
-    "reliability_figure",
-    "strip_figure",
+__all__ = [  # and confusion_figure, loaded on first use
     "gradcam_figure",
+    "reliability_figure",
+    "roc_figure",
     "slice_curve_figure",
+    "strip_figure",
 ]
 
 

@@ -29,20 +29,24 @@ def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
     )
     parts = [f"<p>{_e(head)}</p>", f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code></p>"]
     if "patient" in report:
-        level = int(round(report["ci_level"] * 100))
+        level = round(report["ci_level"] * 100)
         rows = []
         for name in report["patient"]:
             cells = [f"<td>{_e(name)}</td>"]
             for scope in ("patient", "slice"):
                 entry = report[scope][name]
-                cells += [_number(entry[key], f"{scope}.{name}.{key}") for key in ("value", "ci_low", "ci_high")]
+                cells += [
+                    _number(entry[key], f"{scope}.{name}.{key}") for key in ("value", "ci_low", "ci_high")
+                ]
             rows.append("<tr>" + "".join(cells) + "</tr>")
         parts.append(
             f"<h2>Metrics ({level}% bootstrap intervals over patients)</h2><table>"
             "<tr><th>metric</th><th>patient</th><th>CI low</th><th>CI high</th>"
             "<th>slice</th><th>CI low</th><th>CI high</th></tr>" + "".join(rows) + "</table>"
         )
-        counts = ", ".join(f"{_e(k)}: {_number(v, f'class_counts.{k}', 'span')}" for k, v in report["class_counts"].items())
+        counts = ", ".join(
+            f"{_e(k)}: {_number(v, f'class_counts.{k}', 'span')}" for k, v in report["class_counts"].items()
+        )
         parts.append(f"<p>Patients per class: {counts}</p>")
     else:
         parts.append(f"<p>{_e(report.get('note', ''))}</p>")
@@ -62,10 +66,14 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
             f"{_number(row['n_slices'], f'patients.{i}.n_slices')}<td>{_e(row['slice_rule'])}</td></tr>"
         )
     parts = [
-        f"<p>Model: <code>{_e(report['model'])}</code> ({_e(report['model_kind'])}); decision threshold "
-        f"{_number(report['threshold'], 'threshold', 'span')}</p>",
-        f"<h2>Predictions</h2><table><tr><th>patient</th>{header}<th>prediction</th><th>slices</th>"
-        f"<th>slice rule</th></tr>{''.join(rows)}</table>",
+        (
+            f"<p>Model: <code>{_e(report['model'])}</code> ({_e(report['model_kind'])}); decision threshold "
+            f"{_number(report['threshold'], 'threshold', 'span')}</p>"
+        ),
+        (
+            f"<h2>Predictions</h2><table><tr><th>patient</th>{header}<th>prediction</th><th>slices</th>"
+            f"<th>slice rule</th></tr>{''.join(rows)}</table>"
+        ),
     ]
     for row in report["patients"]:
         parts.append(f"<h3>{_e(row['patient_id'])}</h3>")

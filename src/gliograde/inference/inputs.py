@@ -48,7 +48,9 @@ def from_folder(folder: Path, naming: Mapping[str, Any], patterns: Mapping[str, 
     return PatientFiles(patient, found, mask)
 
 
-def from_root(root: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]) -> list[PatientFiles]:
+def from_root(
+    root: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]
+) -> list[PatientFiles]:
     """Every patient folder (a sub-folder holding NIfTI files) of ``root``, by name."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _has_nifti(p))
     if not folders:
@@ -56,7 +58,9 @@ def from_root(root: Path, naming: Mapping[str, Any], patterns: Mapping[str, str 
     return [from_folder(folder, naming, patterns) for folder in folders]
 
 
-def from_input(path: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]) -> list[PatientFiles]:
+def from_input(
+    path: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]
+) -> list[PatientFiles]:
     """``input=DIR``: a patient folder if it holds NIfTI files itself, else a folder of them."""
     if not path.is_dir():
         raise ConfigError(f"input={path}: no such folder (a patient folder, or a folder of patient folders)")
@@ -75,7 +79,9 @@ def from_manifest(path: Path) -> list[PatientFiles]:
         rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     missing = [c for c in ("patient_id", *MODALITIES) if c not in columns]
     if missing:
-        raise DataError(f"missing column(s) {missing}; needs patient_id, {', '.join(MODALITIES)}[, mask]", where=path)
+        raise DataError(
+            f"missing column(s) {missing}; needs patient_id, {', '.join(MODALITIES)}[, mask]", where=path
+        )
     if not rows:
         raise DataError("no rows", where=path)
     patients, seen = [], set()
@@ -115,7 +121,9 @@ def _find(folder: Path, patient: str, pattern: str | None, template: str, name: 
             matches = sorted(p for s in _NIFTI_SUFFIXES for p in folder.glob(loose + s))
     if len(matches) > 1:
         shown = ", ".join(p.name for p in matches[:4])
-        raise DataError(f"{len(matches)} files match the {name} pattern ({shown}); set files.{name}=GLOB", patient, folder)
+        raise DataError(
+            f"{len(matches)} files match the {name} pattern ({shown}); set files.{name}=GLOB", patient, folder
+        )
     return matches[0] if matches else None
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,7 @@ class TorchModel:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
             stored = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # torch raises many types for a damaged or foreign file
+        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
             raise ModelSourceError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
         run_config = path.parent.parent / "config.yaml"
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None

@@ -34,8 +34,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         patients = from_manifest(Path(str(cfg.manifest)).expanduser())
     else:
         patients = from_input(Path(str(cfg.input)).expanduser(), contract["naming"], patterns)
-    out = Path(str(cfg.output_dir)) if cfg.output_dir else Path("outputs/predict") / datetime.now().strftime(
-        "%Y-%m-%d_%H-%M-%S"
+    out = (
+        Path(str(cfg.output_dir))
+        if cfg.output_dir
+        else Path("outputs/predict") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     )
     try:
         check_writable_dir(out)
@@ -59,7 +61,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         out / "predictions.csv",
         ["patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule"],
         [
-            [r["patient_id"], *(f"{r['probabilities'][c]:.6f}" for c in classes), r["prediction"], r["n_slices"], r["slice_rule"]]
+            [
+                r["patient_id"],
+                *(f"{r['probabilities'][c]:.6f}" for c in classes),
+                r["prediction"],
+                r["n_slices"],
+                r["slice_rule"],
+            ]
             for r in rows
         ],
     )
@@ -75,7 +83,9 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
     if not cfg.ckpt:
         raise ConfigError("ckpt= is required: a checkpoint file, a run directory or an export folder")
     if bool(cfg.input) == bool(cfg.manifest):
-        raise ConfigError("give exactly one of input=DIR (a patient folder or a folder of them) and manifest=FILE.csv")
+        raise ConfigError(
+            "give exactly one of input=DIR (a patient folder or a folder of them) and manifest=FILE.csv"
+        )
     patterns = OmegaConf.to_container(cfg.files, resolve=True) if cfg.get("files") else {}
     unknown = sorted(set(patterns) - {*MODALITIES, "mask"})
     if unknown:
@@ -109,7 +119,7 @@ def _grade(model, files: PatientFiles, contract, cfg, classes, threshold, out: P
         "patient_id": files.patient_id,
         "probabilities": {c: float(p) for c, p in zip(classes, mean)},
         "prediction": classes[predicted],
-        "n_slices": int(len(slices.slice_index)),
+        "n_slices": len(slices.slice_index),
         "slice_rule": slices.slice_rule,
         "resampled": slices.resampled,
         "slice_index": [int(i) for i in slices.slice_index],
@@ -160,8 +170,12 @@ def _safe(name: str) -> str:
 def format_predictions(report: dict[str, Any]) -> str:
     """One line per patient: the call, its probability and the slice rule used."""
     classes = report["classes"]
-    lines = [f"Predicted {len(report['patients'])} patient(s) with {report['model']} (threshold {report['threshold']:g})"]
+    lines = [
+        f"Predicted {len(report['patients'])} patient(s) with {report['model']} (threshold {report['threshold']:g})"
+    ]
     for row in report["patients"]:
         probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)
-        lines.append(f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]")
+        lines.append(
+            f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]"
+        )
     return "\n".join(lines)

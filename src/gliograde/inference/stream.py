@@ -64,7 +64,9 @@ def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: boo
         return _slices(patient, moved, contract, resampled=True)
 
 
-def _slices(patient: str, paths: Mapping[str, Path], contract: Mapping[str, Any], resampled: bool) -> PatientSlices:
+def _slices(
+    patient: str, paths: Mapping[str, Path], contract: Mapping[str, Any], resampled: bool
+) -> PatientSlices:
     reorient = contract["preprocess"]["reorient"]
     x, y, z = read_header(paths[MODALITIES[0]], patient, reorient).shape
     volume = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
@@ -122,7 +124,9 @@ def _resample(path: Path, target: Path, contract: Mapping[str, Any], order: int)
         affine[int(world), axis] = sign * grid["spacing"][axis]
     centre = image.affine @ np.append((np.array(image.shape[:3]) - 1) / 2, 1)
     affine[:3, 3] = centre[:3] - affine[:3, :3] @ ((shape - 1) / 2)
-    moved = resample_from_to(image, (tuple(int(s) for s in shape), affine), order=order, mode="constant", cval=0)
+    moved = resample_from_to(
+        image, (tuple(int(s) for s in shape), affine), order=order, mode="constant", cval=0
+    )
     data = np.asarray(moved.dataobj)
     data = np.rint(data).astype(np.int16) if order == 0 else data.astype(np.float32)
     nib.save(nib.Nifti1Image(data, affine), str(target))
