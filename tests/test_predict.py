@@ -162,6 +162,8 @@ def test_bad_files_get_one_line_naming_patient_and_file(run, test_patients, tmp_
     manifest.write_text(f"patient_id,flair,t1ce,t1,t2\nX,{folder}/a.nii,b.nii,c.nii,d.nii\n")
     with pytest.raises(DataError, match=r"patient X: .*a.nii: file not found"):
         _predict_in_process(f"ckpt={run['run']}", f"manifest={manifest}", f"output_dir={tmp_path / 'o'}")
+    with pytest.raises(ConfigError, match="ckpt= is required"):
+        _predict_in_process(f"input={folder}")
     with pytest.raises(ConfigError, match="exactly one of input"):
         _predict_in_process(f"ckpt={run['run']}", f"manifest={manifest}", f"input={folder}")
 
