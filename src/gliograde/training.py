@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from gliograde.atomic import check_writable_dir, write_csv, write_text
 from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
+from gliograde.contract_recorder import InputContractRecorder, config_with_contract
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
 
@@ -119,6 +120,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     )
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    callbacks.append(InputContractRecorder(datamodule))
     loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     launch_ranks_as_this_job()
     trainer = pl.Trainer(
@@ -127,7 +129,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     lead = rank_zero_only.rank == 0  # DDP ranks started by Lightning carry their rank in the environment
     if lead:
-        write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text(out / "config.yaml", config_with_contract(cfg, datamodule))
         datamodule.write_splits(out / "splits.csv")
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))

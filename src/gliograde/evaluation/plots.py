@@ -10,9 +10,23 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from gliograde.callbacks import confusion_figure  # noqa: E402
+__all__ = [  # and confusion_figure, loaded on first use
+    "gradcam_figure",
+    "reliability_figure",
+    "roc_figure",
+    "slice_curve_figure",
+    "strip_figure",
+]
 
-__all__ = ["confusion_figure", "roc_figure", "reliability_figure", "strip_figure", "gradcam_figure"]
+
+def __getattr__(name: str):
+    # confusion_figure lives with the training callbacks; importing them pulls in Lightning,
+    # which prediction from an exported model does without.
+    if name == "confusion_figure":
+        from gliograde.callbacks import confusion_figure
+
+        return confusion_figure
+    raise AttributeError(name)
 
 
 def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:
@@ -80,5 +94,23 @@ def gradcam_figure(
         ax.set_title(modalities[c])
         ax.axis("off")
     figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def slice_curve_figure(
+    slice_index: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float, title: str
+) -> plt.Figure:
+    """One patient's slice probabilities of the last class along the slice axis, with their mean."""
+    figure, ax = plt.subplots(figsize=(5.5, 3.2))
+    positive = probs[:, -1]
+    ax.plot(slice_index, positive, marker="o", ms=3, lw=1)
+    ax.axhline(float(positive.mean()), c="C1", lw=1, label=f"patient mean {positive.mean():.3f}")
+    ax.axhline(threshold, ls="--", c="grey", lw=1, label=f"threshold {threshold:g}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("slice index")
+    ax.set_ylabel(f"p({classes[-1]})")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return figure

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliograde.atomic import write_csv, write_text
 from gliograde.config import build
+from gliograde.contract import check_grid, check_model, enforce, read_checkpoint_contract
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.datamodule import GliomaDataModule
 from gliograde.data.errors import DataError
@@ -25,6 +28,8 @@ from gliograde.errors import GliogradeError
 from gliograde.evaluation import plots
 from gliograde.evaluation.aggregate import AGGREGATES, aggregate
 from gliograde.evaluation.gradcam import grad_cam
+from gliograde.inference.models import find_checkpoint
+from gliograde.evaluation.report_html import evaluation_page, write_page
 from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, youden_threshold
 from gliograde.models.backbones import cam_layer
 from gliograde.models.module import GradeClassifier
@@ -60,7 +65,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         )
     _check_options(cfg)
     run_cfg = OmegaConf.load(run / "config.yaml")
+    checkpoint = find_checkpoint(run, str(cfg.ckpt))
+    contract = load_contract(checkpoint, run_cfg)
     data_cfg = OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
+    for note in enforce(contract, data_cfg, {item.split("=", 1)[0] for item in data_overrides}):
+        print(note)
     other_cohort = Path(str(data_cfg.root)).resolve() != Path(str(run_cfg.data.root)).resolve()
     data_cfg.require_labels = False
     data_cfg.synthetic = None  # evaluate what is there; never generate
@@ -70,6 +79,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
 
     datamodule: GliomaDataModule = build(data_cfg)
     datamodule.prepare_data()
+    check_grid(contract, datamodule.cached.shape, str(datamodule.cohort.root))
     datamodule.setup()
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
     if cfg.split != "all" and not labelled:
@@ -80,11 +90,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         _check_same_split(datamodule, run / "splits.csv")
     _refuse_leak(datamodule, cfg.split, run / "splits.csv", bool(cfg.allow_leak))
 
-    checkpoint = _checkpoint(run, str(cfg.ckpt))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = GradeClassifier.load_from_checkpoint(checkpoint, map_location=device, weights_only=False)
     model.eval()
     classes = list(model.hparams.class_names)
+    check_model(contract, int(model.hparams.in_channels), classes)
     if len(classes) != 2:
         raise EvaluationError(f"the report covers two classes; this model has {len(classes)}: {classes}")
 
@@ -99,12 +109,14 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     _write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
         "run_dir": str(run),
+        "command": shlex.join(["python", "evaluate.py", *sys.argv[1:]]),
         "checkpoint": str(checkpoint),
         "split": cfg.split,
         "cohort": str(datamodule.cohort.root),
         "aggregate": cfg.aggregate,
         "threshold": threshold,
         "classes": classes,
+        "input_contract": contract,
         "n_patients": len(predictions.patients),
         "n_slices": len(predictions.probs),
     }
@@ -117,9 +129,18 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     figures = _figures(predictions, classes, threshold, has_labels)
     figures.update(_gradcam_figures(model, datamodule, predictions, threshold, int(cfg.gradcam_n), device))
     _save_figures(figures, out, run, cfg.split)
+    write_page(out / "report.html", evaluation_page(report, [out / f"{name}.png" for name in figures]))
     print(format_report(report))
     print(f"Outputs: {out}")
     return report
+
+
+def load_contract(checkpoint: Path, run_cfg: DictConfig) -> dict[str, Any]:
+    """The model's input contract: from its checkpoint, else the run's config.yaml."""
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    if "input_contract" not in stored and "input_contract" in run_cfg:
+        return OmegaConf.to_container(run_cfg.input_contract, resolve=True)
+    return read_checkpoint_contract(stored, run_cfg.data)
 
 
 def _check_options(cfg: DictConfig) -> None:
@@ -195,27 +216,6 @@ def _refuse_leak(datamodule: GliomaDataModule, split: str, splits_csv: Path, all
             f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the run's "
             "training split: the figures would be inflated. Use split=test or val, or allow_leak=true"
         )
-
-
-def _checkpoint(run: Path, which: str) -> Path:
-    """``best``: the run's one monitored checkpoint (``epoch_*.ckpt``, kept with save_top_k=1),
-    looked up in the run directory itself so that a copied run uses its own files."""
-    folder = run / "checkpoints"
-    if which == "last":
-        path = folder / "last.ckpt"
-    elif which == "best":
-        best = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith("last"))
-        if len(best) != 1:
-            found = ", ".join(p.name for p in best) or "none"
-            raise EvaluationError(
-                f"{folder}: expected one best checkpoint besides last.ckpt, found {found}; pass ckpt=PATH or ckpt=last"
-            )
-        path = best[0]
-    else:
-        path = Path(which)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: checkpoint not found (ckpt=best|last|PATH)")
-    return path
 
 
 @torch.no_grad()

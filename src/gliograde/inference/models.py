@@ -1,0 +1,159 @@
+"""The model to predict with: a Lightning checkpoint (with Grad-CAM) or an exported ONNX folder
+(run with onnxruntime, without Lightning). Both carry their input contract."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gliograde.errors import GliogradeError
+
+ONNX_FILE = "model.onnx"
+CARD_FILE = "model_card.json"
+
+
+class ModelSourceError(GliogradeError, ValueError):
+    """The checkpoint, run directory or export folder cannot be used."""
+
+
+def find_checkpoint(run: Path, which: str = "best") -> Path:
+    """``best``: the run's one monitored checkpoint (``epoch_*.ckpt``, kept with save_top_k=1),
+    looked up in the run directory itself so that a copied run uses its own files."""
+    folder = run / "checkpoints"
+    if which == "last":
+        path = folder / "last.ckpt"
+    elif which == "best":
+        best = sorted(p for p in folder.glob("*.ckpt") if not p.name.startswith("last"))
+        if len(best) != 1:
+            found = ", ".join(p.name for p in best) or "none"
+            raise ModelSourceError(
+                f"{folder}: expected one best checkpoint besides last.ckpt, found {found}; pass ckpt=PATH or ckpt=last"
+            )
+        path = best[0]
+    else:
+        path = Path(which)
+    if not path.is_file():
+        raise ModelSourceError(f"{path}: checkpoint not found (ckpt=best|last|PATH)")
+    return path
+
+
+def load_network(stored: dict[str, Any]):
+    """The backbone of a loaded GradeClassifier checkpoint, in eval mode, without Lightning.
+
+    ``GradeClassifier.forward`` is the backbone's forward; building the backbone alone spares
+    importing Lightning and torchmetrics, most of a one-patient prediction's start-up.
+    """
+    from gliograde.models.backbones import create_backbone
+
+    hparams = stored.get("hyper_parameters")
+    state = stored.get("state_dict")
+    if not hparams or state is None or "backbone" not in hparams:
+        raise ModelSourceError("not a gliograde training checkpoint (no hyper_parameters/state_dict)")
+    net = create_backbone(
+        hparams["backbone"],
+        int(hparams["in_channels"]),
+        int(hparams["num_classes"]),
+        None,  # the checkpoint holds every weight
+        hparams.get("stem_stride"),
+    )
+    net.load_state_dict({k[len("net.") :]: v for k, v in state.items() if k.startswith("net.")})
+    return net.eval()
+
+
+class TorchModel:
+    """A GradeClassifier checkpoint's network on the CPU (or GPU), with its contract."""
+
+    kind = "checkpoint"
+
+    def __init__(self, path: Path):
+        import torch
+        from omegaconf import OmegaConf
+
+        from gliograde.contract import check_model, read_checkpoint_contract
+        from gliograde.models.backbones import cam_layer
+
+        self.path = path
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=False)
+        except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+            raise ModelSourceError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        run_config = path.parent.parent / "config.yaml"
+        run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
+        if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:
+            self.contract = OmegaConf.to_container(run_cfg.input_contract, resolve=True)
+        else:
+            self.contract = read_checkpoint_contract(stored, None if run_cfg is None else run_cfg.data)
+        try:
+            self.model = load_network(stored).to(self.device)
+        except ModelSourceError as err:
+            raise ModelSourceError(f"{path}: {err}") from None
+        hparams = stored["hyper_parameters"]
+        self.classes = [str(c) for c in hparams["class_names"]]
+        self.hparams = hparams
+        check_model(self.contract, int(hparams["in_channels"]), self.classes)
+        self.cam_layer = cam_layer(self.model, hparams["backbone"])
+
+    def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        """Softmax outputs ``[N, K]`` of float16 slices ``[N, C, H, W]`` (computed in float32)."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch_size):
+                batch = torch.from_numpy(images[start : start + batch_size]).to(self.device).float()
+                out.append(self.model(batch).float().softmax(dim=1).cpu().numpy())
+        return np.concatenate(out)
+
+    def grad_cam(self, image: np.ndarray, target: int) -> np.ndarray:
+        """Grad-CAM heat map ``[H, W]`` of one slice for class ``target``."""
+        import torch
+
+        from gliograde.evaluation.gradcam import grad_cam
+
+        batch = torch.from_numpy(image[None]).float().to(self.device)
+        return grad_cam(self.model, self.cam_layer, batch, target)[0].cpu().numpy()
+
+
+class OnnxModel:
+    """An exported folder: ``model.onnx`` (probabilities) and ``model_card.json`` (the contract)."""
+
+    kind = "onnx"
+
+    def __init__(self, folder: Path):
+        import onnxruntime
+
+        card = json.loads((folder / CARD_FILE).read_text())
+        self.path = folder / ONNX_FILE
+        self.contract = card["input_contract"]
+        self.classes = list(self.contract["classes"])
+        self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].astype(np.float32)
+            out.append(self.session.run(None, {self.input_name: batch})[0])
+        return np.concatenate(out)
+
+    grad_cam = None  # gradients need the PyTorch model
+
+
+def open_model(source: str | Path) -> TorchModel | OnnxModel:
+    """``ckpt=``: a checkpoint file, a run directory (its best checkpoint) or an export folder."""
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / ONNX_FILE).is_file() and (path / CARD_FILE).is_file():
+        return OnnxModel(path)
+    if path.is_dir() and (path / "checkpoints").is_dir():
+        return TorchModel(find_checkpoint(path))
+    if path.is_file():
+        return TorchModel(path)
+    raise ModelSourceError(
+        f"ckpt={source}: not a checkpoint file, a run directory (with checkpoints/) or an export folder "
+        f"(with {ONNX_FILE} and {CARD_FILE})"
+    )

@@ -1,0 +1,181 @@
+"""``predict.py``: grade new patients with a trained (or exported) model, no labels needed.
+
+Per patient: slice probabilities, their mean, the call at the threshold, a slice-probability
+curve and a Grad-CAM of the most decisive slice. Tables: predictions.csv and predictions.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from gliograde.atomic import check_writable_dir, write_csv, write_text
+from gliograde.data.specs import MODALITIES
+from gliograde.errors import ConfigError
+from gliograde.evaluation.report_html import prediction_page, write_page
+from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
+from gliograde.inference.models import open_model
+from gliograde.inference.stream import load_patient
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Grade every patient ``cfg`` names; return what predictions.json holds."""
+    patterns = _check_options(cfg)
+    model = open_model(str(cfg.ckpt))
+    contract = model.contract
+    if cfg.manifest:
+        patients = from_manifest(Path(str(cfg.manifest)).expanduser())
+    else:
+        patients = from_input(Path(str(cfg.input)).expanduser(), contract["naming"], patterns)
+    out = (
+        Path(str(cfg.output_dir))
+        if cfg.output_dir
+        else Path("outputs/predict") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    )
+    try:
+        check_writable_dir(out)
+    except OSError as exc:
+        raise ConfigError(f"output_dir={out}: not writable ({exc.strerror or exc})") from None
+
+    classes = list(model.classes)
+    threshold = float(cfg.threshold)
+    rows = []
+    for files in patients:
+        rows.append(_grade(model, files, contract, cfg, classes, threshold, out))
+    report = {
+        "model": str(model.path),
+        "model_kind": model.kind,
+        "threshold": threshold,
+        "classes": classes,
+        "input_contract": contract,
+        "patients": rows,
+    }
+    write_csv(
+        out / "predictions.csv",
+        ["patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule"],
+        [
+            [
+                r["patient_id"],
+                *(f"{r['probabilities'][c]:.6f}" for c in classes),
+                r["prediction"],
+                r["n_slices"],
+                r["slice_rule"],
+            ]
+            for r in rows
+        ],
+    )
+    write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
+    write_page(out / "report.html", prediction_page(report, out))
+    print(format_predictions(report))
+    print(f"Outputs: {out}")
+    return report
+
+
+def _check_options(cfg: DictConfig) -> dict[str, str | None]:
+    """Reject bad options before any model or data work; return the ``files.*`` patterns."""
+    if not cfg.ckpt:
+        raise ConfigError("ckpt= is required: a checkpoint file, a run directory or an export folder")
+    if bool(cfg.input) == bool(cfg.manifest):
+        raise ConfigError(
+            "give exactly one of input=DIR (a patient folder or a folder of them) and manifest=FILE.csv"
+        )
+    patterns = OmegaConf.to_container(cfg.files, resolve=True) if cfg.get("files") else {}
+    unknown = sorted(set(patterns) - {*MODALITIES, "mask"})
+    if unknown:
+        raise ConfigError(f"files.{unknown[0]}: unknown; files.* takes {[*MODALITIES, 'mask']}")
+    if cfg.manifest and any(patterns.values()):
+        raise ConfigError("files.* patterns apply to input=DIR; a manifest names its files itself")
+    try:
+        threshold = float(cfg.threshold)
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0 < threshold < 1:
+        raise ConfigError(f"threshold={cfg.threshold} must be a probability in (0, 1)")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
+    return patterns
+
+
+def _grade(model, files: PatientFiles, contract, cfg, classes, threshold, out: Path) -> dict[str, Any]:
+    slices = load_patient(files, contract, bool(cfg.resample))
+    probs = model.probabilities(slices.images, int(cfg.batch_size))
+    mean = probs.mean(axis=0)
+    predicted = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
+    name = _safe(files.patient_id)
+    figures = {f"{name}_slices": _curve(slices, probs, classes, threshold)}
+    if model.grad_cam is not None and cfg.gradcam:
+        figures[f"{name}_gradcam"] = _gradcam(model, slices, probs, predicted, classes, contract, mean)
+    images = {}
+    for stem, figure in figures.items():
+        images[stem.rsplit("_", 1)[1]] = _save(figure, out / f"{stem}.png")
+    return {
+        "patient_id": files.patient_id,
+        "probabilities": {c: float(p) for c, p in zip(classes, mean)},
+        "prediction": classes[predicted],
+        "n_slices": len(slices.slice_index),
+        "slice_rule": slices.slice_rule,
+        "resampled": slices.resampled,
+        "slice_index": [int(i) for i in slices.slice_index],
+        "slice_probabilities": [[float(p) for p in row] for row in probs],
+        "files": {**{m: str(p) for m, p in files.modalities.items()}, "mask": str(files.mask or "")},
+        "figures": images,
+    }
+
+
+def _curve(slices, probs, classes, threshold):
+    from gliograde.evaluation import plots
+
+    title = f"{slices.patient_id}: slice rule {slices.slice_rule}, {len(probs)} slices"
+    return plots.slice_curve_figure(slices.slice_index, probs, classes, threshold, title)
+
+
+def _gradcam(model, slices, probs, predicted, classes, contract, mean):
+    from gliograde.evaluation import plots
+
+    best = int(np.argmax(probs[:, predicted]))  # the slice that speaks most for the call
+    image = slices.images[best].astype(np.float32)
+    heat = model.grad_cam(image, predicted)
+    title = (
+        f"{slices.patient_id} slice {int(slices.slice_index[best])}: predicted {classes[predicted]} "
+        f"(p={mean[predicted]:.2f}; slice p={probs[best, predicted]:.2f})"
+    )
+    return plots.gradcam_figure(image, heat, tuple(contract["modalities"]), title)
+
+
+def _save(figure, path: Path) -> str:
+    """Save ``figure`` as PNG through a temporary name; return the file name."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    try:
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        plt.close(figure)
+    return path.name
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def format_predictions(report: dict[str, Any]) -> str:
+    """One line per patient: the call, its probability and the slice rule used."""
+    classes = report["classes"]
+    lines = [
+        f"Predicted {len(report['patients'])} patient(s) with {report['model']} (threshold {report['threshold']:g})"
+    ]
+    for row in report["patients"]:
+        probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)
+        lines.append(
+            f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""One patient from NIfTI to the model's input slices, exactly as the cache would feed them:
+the same header checks, ``preprocess_patient`` into float16 (the cache's rounding) and
+``select_slices`` with the contract's rule. Nothing is written but resampled temporaries."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from gliograde.contract import grid_mismatch, grid_of
+from gliograde.data.errors import DataError
+from gliograde.data.nifti import check_same_grid, read_header
+from gliograde.data.preprocess import preprocess_patient
+from gliograde.data.slices import NEEDS_MASK, select_slices
+from gliograde.data.specs import MODALITIES, SliceSpec
+from gliograde.inference.inputs import PatientFiles
+
+CACHE_DTYPE = np.float16
+
+
+@dataclass
+class PatientSlices:
+    """The selected slices of one patient, ``[N, C, H, W]`` in the contract's channel order."""
+
+    patient_id: str
+    images: np.ndarray  # float16, as the cache holds them
+    slice_index: np.ndarray
+    slice_rule: str
+    resampled: bool
+
+
+def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: bool) -> PatientSlices:
+    """Check, (optionally) resample, normalise and slice one patient as the contract says."""
+    reorient = contract["preprocess"]["reorient"]
+    patient = files.patient_id
+    paths: dict[str, Path] = dict(files.modalities)
+    if files.mask is not None:
+        paths["mask"] = files.mask
+    headers = {name: read_header(path, patient, reorient) for name, path in paths.items()}
+    wrong = {}
+    for name, path in paths.items():
+        reason = grid_mismatch(contract, grid_of(headers[name].affine, _raw_shape(path), reorient))
+        if reason:
+            wrong[name] = reason
+    if wrong and not resample:
+        name, reason = next(iter(wrong.items()))
+        raise DataError(
+            f"{reason} (the model's input grid); pass resample=true to resample", patient, paths[name]
+        )
+    if not wrong:
+        check_same_grid(headers, patient)
+        return _slices(patient, paths, contract, resampled=False)
+    with tempfile.TemporaryDirectory(prefix="gliograde-resample-") as tmp:
+        moved = {
+            name: _resample(path, Path(tmp) / f"{name}.nii", contract, order=0 if name == "mask" else 1)
+            for name, path in paths.items()
+        }
+        return _slices(patient, moved, contract, resampled=True)
+
+
+def _slices(
+    patient: str, paths: Mapping[str, Path], contract: Mapping[str, Any], resampled: bool
+) -> PatientSlices:
+    reorient = contract["preprocess"]["reorient"]
+    x, y, z = read_header(paths[MODALITIES[0]], patient, reorient).shape
+    volume = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
+    clip = contract["preprocess"]["clip_percentiles"]
+    areas = preprocess_patient(
+        patient,
+        {m: paths[m] for m in MODALITIES},
+        paths.get("mask"),
+        volume,
+        tuple(contract["preprocess"]["mask_labels"]),
+        clip_percentiles=None if clip is None else tuple(clip),
+        reorient=reorient,
+        out_is_zero=True,
+    )
+    spec = SliceSpec(**contract["slices"])
+    rule = spec.strategy
+    if spec.strategy in NEEDS_MASK and areas.tumour is None:
+        spec = replace(spec, strategy=contract["mask_free_strategy"])
+        rule = f"{spec.strategy} (no mask; the model's rule is {rule})"
+    plane = spec.plane
+    tumour = None if areas.tumour is None else areas.tumour[plane]
+    chosen = select_slices(patient, areas.brain[plane], tumour, spec)
+    if chosen.size == 0:
+        raise DataError(f"no slice selected by the slice rule {rule}", patient, paths[MODALITIES[0]])
+    channels = [MODALITIES.index(m) for m in contract["modalities"]]
+    return PatientSlices(patient, _cut(volume, chosen, channels, plane), chosen, rule, resampled)
+
+
+def _cut(volume: np.ndarray, chosen: np.ndarray, channels: list[int], plane: str) -> np.ndarray:
+    """Slices of a ``[z, modality, y, x]`` volume, as ``SliceDataset`` reads them from the cache."""
+    if plane == "axial":
+        return np.ascontiguousarray(volume[chosen][:, channels])
+    if plane == "coronal":  # fixed y -> [channel, z, x]
+        return np.ascontiguousarray(volume[:, channels][:, :, chosen, :].transpose(2, 1, 0, 3))
+    return np.ascontiguousarray(volume[:, channels][..., chosen].transpose(3, 1, 0, 2))  # sagittal
+
+
+def _raw_shape(path: Path) -> tuple[int, ...]:
+    return tuple(int(s) for s in nib.load(str(path)).shape[:3])
+
+
+def _resample(path: Path, target: Path, contract: Mapping[str, Any], order: int) -> Path:
+    """``path`` resampled onto the model's grid (centred on the volume), written to ``target``."""
+    from nibabel.processing import resample_from_to
+
+    grid = contract["grid"]
+    image = nib.load(str(path))
+    if len(image.shape) == 4:
+        image = image.slicer[..., 0]
+    shape = np.array(grid["shape"])
+    ornt = nib.orientations.axcodes2ornt(tuple(grid["orientation"]))
+    affine = np.eye(4)
+    for axis, (world, sign) in enumerate(ornt):
+        affine[:3, axis] = 0
+        affine[int(world), axis] = sign * grid["spacing"][axis]
+    centre = image.affine @ np.append((np.array(image.shape[:3]) - 1) / 2, 1)
+    affine[:3, 3] = centre[:3] - affine[:3, :3] @ ((shape - 1) / 2)
+    moved = resample_from_to(
+        image, (tuple(int(s) for s in shape), affine), order=order, mode="constant", cval=0
+    )
+    data = np.asarray(moved.dataobj)
+    data = np.rint(data).astype(np.int16) if order == 0 else data.astype(np.float32)
+    nib.save(nib.Nifti1Image(data, affine), str(target))
+    return target

@@ -1,0 +1,211 @@
+"""The model card of an export: what the model takes and gives, what it is for, what it was
+trained on, how well it did (with intervals) and how the run was made. JSON and Markdown."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gliograde import __version__
+
+INTENDED_USE = (
+    "Research use only: estimating the WHO grade group (LGG vs HGG) of adult diffuse glioma from "
+    "pre-operative multi-modal MRI prepared like the BraTS challenge data. Not a medical device; "
+    "not for diagnosis or treatment decisions."
+)
+LIMITATIONS = [
+    (
+        "Sees 2D slices, not volumes: the patient call is the mean of slice probabilities over the slices "
+        "the contract's rule selects."
+    ),
+    (
+        "Expects BraTS preprocessing: skull-stripped, co-registered modalities on one voxel grid (the grid "
+        "in the input contract); other preparations are out of scope."
+    ),
+    "Trained on one cohort (below); performance on other scanners, sites or populations is unknown.",
+    "Intervals are patient-level bootstrap intervals on small splits: read them, not the point values.",
+]
+
+
+def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -> dict[str, Any]:
+    """The card's content for ``model`` (a loaded TorchModel) from ``checkpoint`` of ``run``."""
+    hparams = model.hparams
+    contract = model.contract
+    card: dict[str, Any] = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "gliograde_version": __version__,
+        "model": {
+            "backbone": hparams["backbone"],
+            "in_channels": int(hparams["in_channels"]),
+            "classes": list(model.classes),
+            "checkpoint": str(checkpoint),
+            "onnx": {"file": "model.onnx", "input": "image", "output": "probabilities", **export_facts},
+        },
+        "input": (
+            f"float32 [batch, {len(contract['modalities'])}, H, W] slices, channels "
+            f"{contract['modalities']}, each modality z-scored over its nonzero voxels and rounded to float16"
+        ),
+        "output": f"probabilities [batch, {len(model.classes)}] in the order {list(model.classes)}",
+        "patient_aggregation": "mean of the selected slices' probabilities",
+        "input_contract": contract,
+        "intended_use": INTENDED_USE,
+        "limitations": LIMITATIONS,
+        "training": _training(run),
+        "metrics": _metrics(run),
+        "commands": _commands(run),
+    }
+    card["decision_threshold"] = _threshold(run)
+    return card
+
+
+def _training(run: Path | None) -> dict[str, Any]:
+    if run is None:
+        return {"note": "exported from a lone checkpoint: no run directory, no cohort record"}
+    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    out: dict[str, Any] = {"run_dir": str(run), "cohort": (config.get("data") or {}).get("root")}
+    splits = run / "splits.csv"
+    if splits.is_file():
+        with open(splits, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        out["split_sizes"] = dict(Counter(r["split"] for r in rows))
+        out["patients_per_class"] = dict(Counter(r["label"] or "unlabelled" for r in rows))
+        out["patients_per_split_and_class"] = {
+            split: dict(Counter(r["label"] for r in rows if r["split"] == split))
+            for split in out["split_sizes"]
+        }
+    return out
+
+
+def _metrics(run: Path | None) -> dict[str, Any]:
+    """Patient-level val and test metrics: with intervals from evaluate.py's output when present,
+    else the training run's point values."""
+    if run is None:
+        return {}
+    out: dict[str, Any] = {}
+    trained = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
+    for split in ("val", "test"):
+        evaluated = run / "eval" / split / "metrics.json"
+        if evaluated.is_file():
+            report = json.loads(evaluated.read_text())
+            if "patient" in report:
+                out[split] = {
+                    "source": str(evaluated),
+                    "n_patients": report["n_patients"],
+                    "ci_level": report["ci_level"],
+                    "threshold": report["threshold"],
+                    "patient": report["patient"],
+                }
+                continue
+        prefix = f"{split}/patient_"
+        values = {k[len(prefix) :]: v for k, v in trained.items() if k.startswith(prefix)}
+        if values:
+            out[split] = {
+                "source": str(run / "metrics.json"),
+                "note": "training's point values; run evaluate.py for bootstrap intervals",
+                "patient": {
+                    k: {"value": v, "ci_low": None, "ci_high": None} for k, v in sorted(values.items())
+                },
+            }
+    return out
+
+
+def _threshold(run: Path | None) -> dict[str, Any]:
+    evaluated = None if run is None else run / "eval" / "test" / "metrics.json"
+    if evaluated is not None and evaluated.is_file():
+        return {"value": json.loads(evaluated.read_text())["threshold"], "source": str(evaluated)}
+    return {"value": 0.5, "source": "default: the more probable class"}
+
+
+def _commands(run: Path | None) -> dict[str, Any]:
+    if run is None:
+        return {}
+    out: dict[str, Any] = {}
+    overrides = run / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        out["train"] = shlex.join(["python", "train.py", *(yaml.safe_load(overrides.read_text()) or [])])
+    for report in sorted((run / "eval").glob("*/metrics.json")) if (run / "eval").is_dir() else []:
+        command = json.loads(report.read_text()).get("command")
+        if command:
+            out[f"evaluate ({report.parent.name})"] = command
+    return out
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """MODEL_CARD.md: the card for people."""
+    contract = card["input_contract"]
+    lines = [
+        f"# Model card: {card['model']['backbone']} glioma grade classifier ({' vs '.join(card['model']['classes'])})",
+        "",
+        f"Created {card['created']} with gliograde {card['gliograde_version']}.",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Limitations",
+        "",
+        *[f"- {item}" for item in card["limitations"]],
+        "",
+        "## Input contract",
+        "",
+        f"- Input: {card['input']}",
+        f"- Output: {card['output']}; patient call: {card['patient_aggregation']}",
+        (
+            f"- Plane: {contract['plane']}; slice rule: {_rule(contract['slices'])}; "
+            f"without a mask: {contract['mask_free_strategy']}"
+        ),
+        f"- Image size: {contract['image_size']}; grid: {contract['grid']}",
+        f"- Preprocessing: {contract['preprocess']}",
+        f"- Decision threshold: {card['decision_threshold']['value']} ({card['decision_threshold']['source']})",
+        "",
+        "## Training data",
+        "",
+        *[f"- {key}: {value}" for key, value in card["training"].items()],
+        "",
+        "## Patient-level metrics",
+        "",
+    ]
+    for split, entry in card["metrics"].items():
+        level = entry.get("ci_level")
+        header = f"{round(level * 100)}% CI" if level else "CI"
+        lines += [f"### {split} ({entry['source']})", "", f"| metric | value | {header} |", "|---|---|---|"]
+        for name, m in entry["patient"].items():
+            ci = "n/a" if m.get("ci_low") is None else f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+            value = "n/a" if m.get("value") is None else f"{m['value']:.3f}"
+            lines.append(f"| {name} | {value} | {ci} |")
+        lines.append("")
+    if not card["metrics"]:
+        lines += ["No metrics recorded.", ""]
+    lines += ["## Commands", ""]
+    lines += [f"- {name}: `{command}`" for name, command in card["commands"].items()] or ["- not recorded"]
+    onnx = card["model"]["onnx"]
+    lines += [
+        "",
+        "## Files",
+        "",
+        (
+            f"- model.onnx (sha256 {onnx.get('onnx_sha256')}), checked against "
+            f"{card['model']['checkpoint']} to {onnx.get('onnx_max_abs_diff'):.1e}"
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _rule(slices: dict[str, Any]) -> str:
+    strategy = slices["strategy"]
+    detail = {
+        "tumor_topk": f"k={slices['k']}",
+        "tumor_all": f"min_area={slices['min_area']}",
+        "brain": f"min_brain_fraction={slices['min_brain_fraction']}",
+        "middle": f"n={slices['n']}",
+        "range": f"z {slices['z_min']}..{slices['z_max']}",
+    }.get(strategy, "")
+    return f"{strategy} ({detail})"

@@ -1,0 +1,39 @@
+"""A tiny trained run, made once per test session and shared by the tests that need a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_python
+from filelock import FileLock
+
+from gliograde.data.synthetic import generate_cohort
+
+
+def tiny_run(tmp_path_factory) -> dict[str, Path]:
+    """Cohort (16 patients of 40x40x20, half LGG), cache and run directory of a one-epoch ResNet18."""
+    base = tmp_path_factory.getbasetemp() / "tiny_run"
+    base.mkdir(exist_ok=True)
+    paths = {"cohort": base / "cohort", "cache": base / "cache", "run": base / "run"}
+    with FileLock(str(base / ".lock")):
+        if not (paths["run"] / "metrics.json").is_file():
+            generate_cohort(paths["cohort"], patients=16, seed=7, shape=(40, 40, 20), lgg_fraction=0.5)
+            result = run_python(
+                "train.py",
+                "data=brats2020",
+                f"data.root={paths['cohort']}",
+                f"data.cache_dir={paths['cache']}",
+                "data.slices.k=4",
+                "data.batch_size=16",
+                "data.progress=false",
+                "data.preprocess.workers=1",
+                "data.split.train=0.5",
+                "data.split.val=0.25",
+                "data.split.test=0.25",
+                "trainer=cpu",
+                "trainer.max_epochs=1",
+                "callbacks.progress_bar.refresh_rate=0",
+                f"hydra.run.dir={paths['run']}",
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
+    return paths
