@@ -130,12 +130,14 @@ def write_splits(path: str | Path, assignment: dict[str, str], labels: dict[str,
     write_text(path, splits_frame(assignment, labels).to_csv(index=False, lineterminator="\n"))
 
 
-def read_splits(path: str | Path) -> dict[str, str]:
-    """Read a ``splits.csv`` back as {patient_id: split}, checking disjointness.
-
-    Every cell is read as text (an id such as ``001`` or a label ``NA`` stays as written).
-    """
+def read_splits_table(path: str | Path) -> pd.DataFrame:
+    """A ``splits.csv`` as a DataFrame (every cell text, as written), checked for disjointness."""
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    rows = list(zip(frame["patient_id"], frame["split"]))
-    assert_disjoint(rows)
-    return dict(rows)
+    assert_disjoint(list(zip(frame["patient_id"], frame["split"])))
+    return frame
+
+
+def read_splits(path: str | Path) -> dict[str, str]:
+    """Read a ``splits.csv`` back as {patient_id: split}, checking disjointness."""
+    frame = read_splits_table(path)
+    return dict(zip(frame["patient_id"], frame["split"]))

@@ -23,18 +23,23 @@ from gliograde.data.datamodule import GliomaDataModule
 from gliograde.data.errors import DataError
 from gliograde.data.slices import NEEDS_MASK
 from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
-from gliograde.data.splits import read_splits
+from gliograde.data.identity import content_matches, fingerprint_columns, id_collisions
+from gliograde.data.splits import read_splits, read_splits_table
 from gliograde.errors import GliogradeError
 from gliograde.evaluation import plots
 from gliograde.evaluation.aggregate import AGGREGATES, aggregate
 from gliograde.evaluation.gradcam import grad_cam
 from gliograde.inference.models import find_checkpoint
 from gliograde.evaluation.report_html import evaluation_page, write_page
+from gliograde.evaluation.intervals import UNRELIABLE_NOTE, patient_intervals
 from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, youden_threshold
 from gliograde.models.backbones import cam_layer
 from gliograde.models.module import GradeClassifier
+from gliograde.schema import validate_data_config
 
 SPLITS = ("test", "val", "train", "all")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +73,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     checkpoint = find_checkpoint(run, str(cfg.ckpt))
     contract = load_contract(checkpoint, run_cfg)
     data_cfg = OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(data_overrides).get("data", {}))
+    validate_data_config(data_cfg)
     for note in enforce(contract, data_cfg, {item.split("=", 1)[0] for item in data_overrides}):
         print(note)
     other_cohort = Path(str(data_cfg.root)).resolve() != Path(str(run_cfg.data.root)).resolve()
@@ -76,6 +82,9 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     _use_mask_free_strategy(data_cfg, cfg.mask_free_strategy)
     if cfg.batch_size:
         data_cfg.batch_size = cfg.batch_size
+    if cfg.split == "all":
+        data_cfg.split = None  # the whole cohort, however small: nothing to split
+        data_cfg.folds = data_cfg.fold = None
 
     datamodule: GliomaDataModule = build(data_cfg)
     datamodule.prepare_data()
@@ -86,7 +95,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         raise EvaluationError(f"the cohort has no labels, so it has no {cfg.split} split: use split=all")
     if cfg.split not in datamodule.datasets:
         raise EvaluationError(f"no patients in the {cfg.split} split")
-    if not other_cohort:
+    if not other_cohort and cfg.split != "all":
         _check_same_split(datamodule, run / "splits.csv")
     _refuse_leak(datamodule, cfg.split, run / "splits.csv", bool(cfg.allow_leak))
 
@@ -104,7 +113,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         stale.unlink()
     predictions = predict(model, datamodule, cfg.split, cfg.aggregate, device)
     # A Youden threshold comes from the run's own validation patients, never the evaluated ones.
-    val_source = _run_datamodule(run_cfg) if other_cohort and str(cfg.threshold) == "youden" else datamodule
+    own_val = not other_cohort and cfg.split != "all"
+    val_source = _run_datamodule(run_cfg) if not own_val and str(cfg.threshold) == "youden" else datamodule
     threshold = _threshold(cfg, model, val_source, device)
     _write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
@@ -203,19 +213,41 @@ def _check_same_split(datamodule: GliomaDataModule, splits_csv: Path) -> None:
 
 
 def _refuse_leak(datamodule: GliomaDataModule, split: str, splits_csv: Path, allow: bool) -> None:
-    """Patients the model was trained on give no honest estimate: refuse unless allowed."""
-    if allow or not splits_csv.is_file():
+    """Patients the model was trained on give no honest estimate: refuse unless allowed.
+
+    A patient is matched by its images (under any id or path) where the run recorded
+    fingerprints, else by id. A shared id with other images is another patient: a warning.
+    """
+    if not splits_csv.is_file():
         return
-    trained = {p for p, s in read_splits(splits_csv).items() if s == "train"}
+    saved = read_splits_table(splits_csv)
+    trained = saved[saved["split"] == "train"]
     evaluated = {
         datamodule.cached.patient_ids[i] for i in np.unique(datamodule.datasets[split].patient_positions)
     }
-    leaked = sorted(trained & evaluated)
-    if leaked:
+    table = datamodule.fingerprint_table()
+    table = table[table["patient_id"].isin(evaluated)]
+    if fingerprint_columns(trained):
+        leaked = [match.describe() for match in content_matches(table, trained)]
+        for patient in id_collisions(table, trained):
+            log.warning(
+                "Patient %s shares its id with a training patient of the run but not its images: "
+                "an id collision, not a leak",
+                patient,
+            )
+    else:  # a run recorded before fingerprints: ids are all there is
+        leaked = sorted(set(trained["patient_id"]) & evaluated)
+    if not leaked:
+        return
+    message = (
+        f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the run's "
+        "training split"
+    )
+    if not allow:
         raise EvaluationError(
-            f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the run's "
-            "training split: the figures would be inflated. Use split=test or val, or allow_leak=true"
+            f"{message}: the figures would be inflated. Use split=test or val, or allow_leak=true"
         )
+    log.warning("%s (allow_leak=true: the figures are inflated)", message)
 
 
 @torch.no_grad()
@@ -265,11 +297,12 @@ def _threshold(cfg: DictConfig, model, datamodule: GliomaDataModule, device) -> 
 def _metrics(pred: Predictions, threshold: float, cfg: DictConfig, classes: list[str]) -> dict[str, Any]:
     labels = pred.patient_labels
     positive = pred.patient_probs[:, 1]
-    patient = bootstrap_intervals(
-        lambda idx: binary_metrics(labels[idx], positive[idx], threshold),
-        len(labels),
-        resamples=int(cfg.bootstrap),
+    patient = patient_intervals(
+        labels,
+        positive,
+        threshold,
         level=float(cfg.ci_level),
+        resamples=int(cfg.bootstrap),
         seed=int(cfg.seed),
     )
     # Slice metrics resample patients too: slices of one patient are not independent.
@@ -285,6 +318,7 @@ def _metrics(pred: Predictions, threshold: float, cfg: DictConfig, classes: list
         resamples=int(cfg.bootstrap),
         level=float(cfg.ci_level),
         seed=int(cfg.seed),
+        strata=labels,
     )
     counts = np.bincount(labels, minlength=2)
     majority = int(np.argmax(counts))
@@ -427,10 +461,15 @@ def format_report(report: dict[str, Any]) -> str:
     )
     for name in METRICS:
         p, s = report["patient"][name], report["slice"][name]
-        lines.append(f"{name:<18} {_fmt(p['value']):>8} {_ci(p):>16}   {_fmt(s['value']):>8} {_ci(s):>16}")
+        marker = "*" if p.get("unreliable") else ""
+        lines.append(
+            f"{name:<18} {_fmt(p['value']):>8} {_ci(p) + marker:>17}  {_fmt(s['value']):>8} {_ci(s):>16}"
+        )
     counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
     base = report["majority_baseline"]
     lines.append(f"patients per class: {counts}; majority-class baseline accuracy {base['accuracy']:.3f}")
+    if any(report["patient"][name].get("unreliable") for name in METRICS):
+        lines.append(UNRELIABLE_NOTE)
     return "\n".join(lines)
 
 
