@@ -70,6 +70,8 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         overrides.append("data=synthetic")
     if group == "data" and option != "synthetic":
         overrides.append(f"data.root={tmp_path}")
+    if (group, option) == ("trainer", "ddp") and not torch.cuda.is_available():
+        overrides.append("trainer.accelerator=cpu")  # refused on a machine without GPUs otherwise
     cfg = _compose(overrides)
     OmegaConf.resolve(cfg)
     datamodule = build(cfg.data)
@@ -105,6 +107,40 @@ def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(NoGPUError, match="no GPU is available.*trainer=cpu"):
         trainer_options(cfg)
+
+
+def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cfg = _compose(["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
+    with pytest.raises(NoGPUError, match="trainer.devices=4 asks for GPUs.*trainer.accelerator=cpu"):
+        trainer_options(cfg)
+    cfg = _compose(["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"])
+    options = trainer_options(cfg.trainer)
+    assert (options["accelerator"], options["devices"], options["strategy"]) == ("cpu", 4, "ddp")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert trainer_options(_compose(["trainer=ddp", "paths.output_dir=/tmp"]).trainer)["strategy"] == "ddp"
+
+
+def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cache = tmp_path / "cache"
+    result = _train(
+        "trainer=ddp",
+        "trainer.devices=4",
+        f"data.root={tmp_path / 'synthetic'}",
+        f"data.cache_dir={cache}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.strategy=ddp with trainer.devices=4 asks for GPUs, but no GPU is available "
+        "(torch.cuda.is_available() is False). Add trainer.accelerator=cpu for CPU processes, or run on "
+        "the CPU with trainer=cpu."
+    ]
+    assert not (tmp_path / "synthetic").exists() and not cache.exists()
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):

@@ -62,6 +62,15 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
             "trainer.accelerator=gpu, but no GPU is available (torch.cuda.is_available() is False). "
             "Run on the CPU with trainer=cpu."
         )
+    strategy = str(options.get("strategy") or "")
+    no_gpu = torch.cuda.device_count() == 0
+    if strategy.startswith("ddp") and options.get("accelerator") in (None, "auto") and no_gpu:
+        # "auto" would fall back to one CPU process per device, which nobody wants by accident.
+        raise NoGPUError(
+            f"trainer.strategy={strategy} with trainer.devices={options.get('devices')} asks for GPUs, but no GPU "
+            "is available (torch.cuda.is_available() is False). Add trainer.accelerator=cpu for CPU "
+            "processes, or run on the CPU with trainer=cpu."
+        )
     on_cpu = options.get("accelerator") == "cpu" or (
         options.get("accelerator") in (None, "auto") and torch.cuda.device_count() == 0
     )
