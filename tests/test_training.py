@@ -181,6 +181,29 @@ def _events(run: Path) -> dict[str, set[str]]:
     return tags
 
 
+def _served(run: Path):
+    """The run's scalars and hparams experiment as the TensorBoard server serves them."""
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.context import RequestContext
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    logdir = str(run / "tensorboard")
+    multiplexer = EventMultiplexer()  # purges orphaned data, as `tensorboard --logdir` does
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = MultiplexerDataProvider(multiplexer, logdir)
+    ctx = RequestContext()
+    (scalars,) = provider.read_scalars(
+        ctx, experiment_id="", plugin_name="scalars", downsample=10_000
+    ).values()
+    (hparams,) = provider.list_tensors(ctx, experiment_id="", plugin_name="hparams").values()
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        hparams["_hparams_/experiment"].plugin_content
+    )
+    return scalars, {info.name.tag for info in experiment.metric_infos}
+
+
 def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     result = _train(
@@ -201,6 +224,13 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert {"val/patient_auroc", "test/patient_auroc", "train/loss_step"} <= tags["scalars"]
     assert {"train/sample_slices", "test/patient_confusion_matrix"} <= tags["images"]
     assert "_hparams_/session_start_info" in tags["hparams"]
+    # Curves survive the final hyperparameter record: one point per validation epoch.
+    scalars, hparams_metrics = _served(run)
+    steps = [point.step for point in scalars["val/patient_auroc"]]
+    assert len(steps) == 6 and steps == sorted(set(steps)) and steps[0] > 0
+    assert len(scalars["test/patient_auroc"]) == 1 and scalars["test/patient_auroc"][0].step > 0
+    assert {"hparams/val/patient_auroc", "hparams/test/patient_auroc"} <= hparams_metrics
+    assert scalars["hparams/test/patient_auroc"][0].value == pytest.approx(metrics["test/patient_auroc"])
     # a checkpoint alone rebuilds the model
     from gliograde.models.module import GradeClassifier
 

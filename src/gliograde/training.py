@@ -145,7 +145,13 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if best:
         log.info("Validating and testing the best checkpoint: %s", best)
     # The best model's validation predictions: the out-of-fold predictions of cross-validation.
-    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+    # Not logged: its values would add a second point at the last step of every val/* curve;
+    # they reach TensorBoard with the hyperparameters instead.
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+    finally:
+        trainer.loggers = loggers
     metrics.update(_numbers(trainer.callback_metrics))
     if cfg.get("test", True):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
@@ -197,7 +203,11 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
         "seed": cfg.seed,
         "fold": -1 if cfg.data.fold is None else cfg.data.fold,
     }
-    finite = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k}
+    # Tags of their own: written at step 0 under the metrics' names, they would make TensorBoard
+    # drop every later point of those curves as orphaned by a restart.
+    finite = {
+        f"hparams/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k
+    }
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.TensorBoardLogger):
             logger.log_hyperparams(params, metrics=finite)
