@@ -21,6 +21,7 @@ from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
+from gliograde.resume import refuse_existing_run, resumed_config
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +99,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
-    trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
     out = Path(cfg.paths.output_dir)  # Hydra's run directory
-    try:
-        check_writable_dir(out)
-    except OSError as exc:
-        raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise RunDirectoryError(
             f"ckpt_path={ckpt_path}: no such checkpoint file (resume from RUN/checkpoints/last.ckpt)"
         )
+    lead = rank_zero_only.rank == 0  # DDP ranks started by Lightning carry their rank in the environment
+    if ckpt_path:
+        cfg = resumed_config(cfg, out, ckpt_path)
+    elif lead:  # other ranks start after the lead has written the run's config
+        refuse_existing_run(out)
+    trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
+    try:
+        check_writable_dir(out)
+    except OSError as exc:
+        raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
@@ -134,12 +140,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 
-    lead = rank_zero_only.rank == 0  # DDP ranks started by Lightning carry their rank in the environment
     if lead:
         write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         datamodule.write_splits(out / "splits.csv")
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _numbers(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
