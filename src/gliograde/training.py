@@ -134,7 +134,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     )
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     launch_ranks_as_this_job()
     trainer = pl.Trainer(
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
@@ -195,7 +195,8 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
 
 
 def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Hyperparameters with the final metrics, so TensorBoard's HPARAMS tab compares runs."""
+    """Hyperparameters with the final metrics (the best checkpoint's validation and test) in
+    every logger, so TensorBoard's HPARAMS tab and MLflow compare runs side by side."""
     params = {
         "model": cfg.model.backbone,
         "modalities": ",".join(cfg.data.modalities),
@@ -210,13 +211,16 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
     }
     # Tags of their own: written at step 0 under the metrics' names, they would make TensorBoard
     # drop every later point of those curves as orphaned by a restart.
-    finite = {
-        f"hparams/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k
+    final = {
+        f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k
     }
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=finite)
-            logger.finalize("success")
+            logger.log_hyperparams(params, metrics=final)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(final, step=trainer.global_step)
+        logger.finalize("success")
 
 
 def format_results(metrics: dict[str, Any], out: Path) -> str:
