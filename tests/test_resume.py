@@ -4,6 +4,7 @@ overwritten by another experiment."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -45,8 +46,6 @@ def _records(run: Path) -> dict[str, str]:
 
 def test_readme_resume_command_continues_the_run_with_its_own_config(trained_run, tmp_path):
     run = tmp_path / "run"
-    import shutil
-
     shutil.copytree(trained_run, run)  # the other tests refuse to touch the original
     before = _records(run)
     last = run / "checkpoints" / "last.ckpt"
@@ -107,3 +106,16 @@ def test_a_checkpoint_is_resumed_only_in_its_own_run_directory(trained_run, tmp_
     assert result.returncode == 2
     assert f"{elsewhere} holds no config.yaml to resume from" in result.stderr
     assert not (elsewhere / "config.yaml").exists()
+
+
+def test_a_checkpoint_from_another_directory_is_refused(trained_run, tmp_path):
+    before = _records(trained_run)
+    stray = tmp_path / "last.ckpt"
+    stray.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes())
+    result = _train(f"hydra.run.dir={trained_run}", f"ckpt_path={stray}")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: ckpt_path={stray} is not in the run directory {trained_run}: resume a run in its own "
+        "directory (hydra.run.dir=RUN ckpt_path=RUN/checkpoints/last.ckpt)"
+    ]
+    assert _records(trained_run) == before
