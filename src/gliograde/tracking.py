@@ -22,12 +22,16 @@ class LocalMLFlowLogger(MLFlowLogger):
 
     def __init__(self, store: str | Path = "logs/mlflow", **kwargs: Any):
         if not _MLFLOW_AVAILABLE:
-            raise ConfigError("logger=mlflow needs MLflow: pip install mlflow-skinny (or use logger=tensorboard)")
+            raise ConfigError(
+                "logger=mlflow needs MLflow: pip install mlflow-skinny (or use logger=tensorboard)"
+            )
         store = Path(store).expanduser().resolve()
         try:
             store.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"logger.mlflow.store={store}: cannot create it ({exc.strerror or exc})") from None
+            raise ConfigError(
+                f"logger.mlflow.store={store}: cannot create it ({exc.strerror or exc})"
+            ) from None
         super().__init__(
             tracking_uri=tracking_uri(store),
             artifact_location=(store / "artifacts").as_uri(),

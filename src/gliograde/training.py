@@ -68,9 +68,9 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     if strategy.startswith("ddp") and options.get("accelerator") in (None, "auto") and no_gpu:
         # "auto" would fall back to one CPU process per device, which nobody wants by accident.
         raise NoGPUError(
-            f"trainer.strategy={strategy} with trainer.devices={options.get('devices')} asks for GPUs, but no GPU "
-            "is available (torch.cuda.is_available() is False). Add trainer.accelerator=cpu for CPU "
-            "processes, or run on the CPU with trainer=cpu."
+            f"trainer.strategy={strategy} with trainer.devices={options.get('devices')} asks for GPUs, "
+            "but no GPU is available (torch.cuda.is_available() is False). "
+            "Add trainer.accelerator=cpu for CPU processes, or run on the CPU with trainer=cpu."
         )
     on_cpu = options.get("accelerator") == "cpu" or (
         options.get("accelerator") in (None, "auto") and torch.cuda.device_count() == 0
@@ -154,7 +154,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     # they reach TensorBoard with the hyperparameters instead.
     loggers, trainer.loggers = trainer.loggers, []
     try:
-        trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+        trainer.validate(
+            model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False
+        )
     finally:
         trainer.loggers = loggers
     metrics.update(_numbers(trainer.callback_metrics))
