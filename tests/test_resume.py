@@ -91,6 +91,7 @@ def test_resume_refuses_overrides_that_change_what_is_trained(trained_run, overr
 
 def test_a_fresh_run_never_overwrites_another_runs_records(trained_run):
     before = _records(trained_run)
+    hydra_copy = (trained_run / ".hydra" / "config.yaml").read_text()
     result = _train(f"hydra.run.dir={trained_run}", "trainer=cpu")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -98,6 +99,7 @@ def test_a_fresh_run_never_overwrites_another_runs_records(trained_run):
         f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}, or start a new run in another hydra.run.dir"
     ]
     assert _records(trained_run) == before
+    assert (trained_run / ".hydra" / "config.yaml").read_text() == hydra_copy  # Hydra's own copy too
 
 
 def test_a_checkpoint_is_resumed_only_in_its_own_run_directory(trained_run, tmp_path):
