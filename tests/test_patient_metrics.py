@@ -66,3 +66,17 @@ def test_warmup_then_cosine_schedule():
     assert factor(10) == pytest.approx(1.0)
     assert factor(60) == pytest.approx(0.5)
     assert factor(110) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_one_patient_keeps_its_row_dimension_and_undefined_metrics_are_nan():
+    metric = PatientProbabilities()
+    metric.update(_probs([0.8]), torch.tensor([1]), torch.tensor([4]), torch.tensor([9]))
+    rows = metric.rows()
+    assert rows["patient"].tolist() == [4] and rows["label"].tolist() == [1]
+    assert rows["probs"].shape == (1, 2) and rows["slice_probs"].shape == (1, 2)
+    assert rows["slice_label"].tolist() == [1]
+    values = classification_metrics(rows["probs"], rows["label"], prefix="val/patient_")
+    assert values["val/patient_accuracy"].item() == 1.0
+    assert values["val/patient_sensitivity"].item() == 1.0
+    for name in ("auroc", "specificity", "balanced_accuracy"):
+        assert math.isnan(values[f"val/patient_{name}"].item()), name

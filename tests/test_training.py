@@ -70,6 +70,10 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         overrides.append("data=synthetic")
     if group == "data" and option != "synthetic":
         overrides.append(f"data.root={tmp_path}")
+    if (group, option) in (("logger", "mlflow"), ("logger", "many")):
+        overrides.append(f"logger.mlflow.store={tmp_path / 'mlflow'}")  # not the checkout's logs/
+    if (group, option) == ("trainer", "ddp") and not torch.cuda.is_available():
+        overrides.append("trainer.accelerator=cpu")  # refused on a machine without GPUs otherwise
     cfg = _compose(overrides)
     OmegaConf.resolve(cfg)
     datamodule = build(cfg.data)
@@ -80,7 +84,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         if node is not None:
             assert isinstance(instantiate(node), pl.Callback)
     for node in (cfg.get("logger") or {}).values():
-        instantiate(node)
+        assert isinstance(build(node), pl.loggers.Logger)
     options = trainer_options(cfg.trainer) if cfg.trainer.accelerator != "gpu" else None
     if options is not None:
         pl.Trainer(**options, logger=False, enable_checkpointing=False)
@@ -105,6 +109,40 @@ def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(NoGPUError, match="no GPU is available.*trainer=cpu"):
         trainer_options(cfg)
+
+
+def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cfg = _compose(["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
+    with pytest.raises(NoGPUError, match="trainer.devices=4 asks for GPUs.*trainer.accelerator=cpu"):
+        trainer_options(cfg)
+    cfg = _compose(["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"])
+    options = trainer_options(cfg.trainer)
+    assert (options["accelerator"], options["devices"], options["strategy"]) == ("cpu", 4, "ddp")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    assert trainer_options(_compose(["trainer=ddp", "paths.output_dir=/tmp"]).trainer)["strategy"] == "ddp"
+
+
+def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cache = tmp_path / "cache"
+    result = _train(
+        "trainer=ddp",
+        "trainer.devices=4",
+        f"data.root={tmp_path / 'synthetic'}",
+        f"data.cache_dir={cache}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.strategy=ddp with trainer.devices=4 asks for GPUs, but no GPU is available "
+        "(torch.cuda.is_available() is False). Add trainer.accelerator=cpu for CPU processes, or run on "
+        "the CPU with trainer=cpu."
+    ]
+    assert not (tmp_path / "synthetic").exists() and not cache.exists()
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
@@ -145,6 +183,29 @@ def _events(run: Path) -> dict[str, set[str]]:
     return tags
 
 
+def _served(run: Path):
+    """The run's scalars and hparams experiment as the TensorBoard server serves them."""
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.context import RequestContext
+    from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+    logdir = str(run / "tensorboard")
+    multiplexer = EventMultiplexer()  # purges orphaned data, as `tensorboard --logdir` does
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    provider = MultiplexerDataProvider(multiplexer, logdir)
+    ctx = RequestContext()
+    (scalars,) = provider.read_scalars(
+        ctx, experiment_id="", plugin_name="scalars", downsample=10_000
+    ).values()
+    (hparams,) = provider.list_tensors(ctx, experiment_id="", plugin_name="hparams").values()
+    experiment = hparams_metadata.parse_experiment_plugin_data(
+        hparams["_hparams_/experiment"].plugin_content
+    )
+    return scalars, {info.name.tag for info in experiment.metric_infos}
+
+
 def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     result = _train(
@@ -165,6 +226,13 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert {"val/patient_auroc", "test/patient_auroc", "train/loss_step"} <= tags["scalars"]
     assert {"train/sample_slices", "test/patient_confusion_matrix"} <= tags["images"]
     assert "_hparams_/session_start_info" in tags["hparams"]
+    # Curves survive the final hyperparameter record: one point per validation epoch.
+    scalars, hparams_metrics = _served(run)
+    steps = [point.step for point in scalars["val/patient_auroc"]]
+    assert len(steps) == 6 and steps == sorted(set(steps)) and steps[0] > 0
+    assert len(scalars["test/patient_auroc"]) == 1 and scalars["test/patient_auroc"][0].step > 0
+    assert {"final/val/patient_auroc", "final/test/patient_auroc"} <= hparams_metrics
+    assert scalars["final/test/patient_auroc"][0].value == pytest.approx(metrics["test/patient_auroc"])
     # a checkpoint alone rebuilds the model
     from gliograde.models.module import GradeClassifier
 
@@ -199,11 +267,10 @@ def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
     assert (
         torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 4
     )  # one epoch of 4 batches
-    # The second epoch runs 2 batches: a resumed run ends at step 4 + 2, a fresh one at 2 + 2.
-    second = _train(*common, "trainer.max_epochs=2", "trainer.limit_train_batches=2", f"ckpt_path={last}")
+    second = _train(*common, "trainer.max_epochs=2", f"ckpt_path={last}")
     assert second.returncode == 0, second.stderr[-3000:]
     state = torch.load(last, weights_only=False, map_location="cpu")
-    assert state["global_step"] == 6
+    assert state["global_step"] == 8 and state["epoch"] == 1
     assert "Restoring states from the checkpoint" in second.stdout + second.stderr
 
 

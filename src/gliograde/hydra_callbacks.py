@@ -1,4 +1,5 @@
-"""Hydra callbacks: fail in one line when the run or sweep directory cannot be written."""
+"""Hydra callbacks: fail in one line when the run or sweep directory cannot be written, or
+holds another run."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from gliograde.atomic import check_writable_dir
+from gliograde.errors import GliogradeError
+from gliograde.resume import refuse_existing_run
 
 
 class CheckOutputDirectory(Callback):
@@ -17,7 +21,16 @@ class CheckOutputDirectory(Callback):
     otherwise print one line and exit 2 instead of Hydra's traceback."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _check(Path(str(config.hydra.run.dir)), "hydra.run.dir")
+        run_dir = Path(str(config.hydra.run.dir))
+        _check(run_dir, "hydra.run.dir")
+        # A fresh training run over another run: refused before Hydra rewrites that run's .hydra/.
+        # DDP ranks after the first start once the first has written the run's config.
+        if "ckpt_path" in config and not config.ckpt_path and rank_zero_only.rank == 0:
+            try:
+                refuse_existing_run(run_dir)
+            except GliogradeError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _check(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")

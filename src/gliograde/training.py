@@ -22,6 +22,7 @@ from gliograde.config import build
 from gliograde.contract_recorder import InputContractRecorder, config_with_contract
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
+from gliograde.resume import refuse_existing_run, resumed_config
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,15 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
             "trainer.accelerator=gpu, but no GPU is available (torch.cuda.is_available() is False). "
             "Run on the CPU with trainer=cpu."
         )
+    strategy = str(options.get("strategy") or "")
+    no_gpu = torch.cuda.device_count() == 0
+    if strategy.startswith("ddp") and options.get("accelerator") in (None, "auto") and no_gpu:
+        # "auto" would fall back to one CPU process per device, which nobody wants by accident.
+        raise NoGPUError(
+            f"trainer.strategy={strategy} with trainer.devices={options.get('devices')} asks for GPUs, "
+            "but no GPU is available (torch.cuda.is_available() is False). "
+            "Add trainer.accelerator=cpu for CPU processes, or run on the CPU with trainer=cpu."
+        )
     on_cpu = options.get("accelerator") == "cpu" or (
         options.get("accelerator") in (None, "auto") and torch.cuda.device_count() == 0
     )
@@ -90,17 +100,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
-    trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
     out = Path(cfg.paths.output_dir)  # Hydra's run directory
-    try:
-        check_writable_dir(out)
-    except OSError as exc:
-        raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
         raise RunDirectoryError(
             f"ckpt_path={ckpt_path}: no such checkpoint file (resume from RUN/checkpoints/last.ckpt)"
         )
+    lead = rank_zero_only.rank == 0  # DDP ranks started by Lightning carry their rank in the environment
+    if ckpt_path:
+        cfg = resumed_config(cfg, out, ckpt_path)
+    elif lead:  # other ranks start after the lead has written the run's config
+        refuse_existing_run(out)
+    trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
+    try:
+        check_writable_dir(out)
+    except OSError as exc:
+        raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
@@ -121,24 +136,31 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     callbacks.append(InputContractRecorder(datamodule))
-    loggers = [instantiate(node) for node in (cfg.get("logger") or {}).values() if node is not None]
+    loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     launch_ranks_as_this_job()
     trainer = pl.Trainer(
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
 
-    lead = rank_zero_only.rank == 0  # DDP ranks started by Lightning carry their rank in the environment
     if lead:
         write_text(out / "config.yaml", config_with_contract(cfg, datamodule))
         datamodule.write_splits(out / "splits.csv")
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _numbers(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best:
         log.info("Validating and testing the best checkpoint: %s", best)
     # The best model's validation predictions: the out-of-fold predictions of cross-validation.
-    trainer.validate(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
+    # Not logged: its values would add a second point at the last step of every val/* curve;
+    # they reach TensorBoard with the hyperparameters instead.
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        trainer.validate(
+            model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False
+        )
+    finally:
+        trainer.loggers = loggers
     metrics.update(_numbers(trainer.callback_metrics))
     if cfg.get("test", True):
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
@@ -177,7 +199,8 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
 
 
 def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Hyperparameters with the final metrics, so TensorBoard's HPARAMS tab compares runs."""
+    """Hyperparameters with the final metrics (the best checkpoint's validation and test) in
+    every logger, so TensorBoard's HPARAMS tab and MLflow compare runs side by side."""
     params = {
         "model": cfg.model.backbone,
         "modalities": ",".join(cfg.data.modalities),
@@ -190,11 +213,18 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
         "seed": cfg.seed,
         "fold": -1 if cfg.data.fold is None else cfg.data.fold,
     }
-    finite = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k}
+    # Tags of their own: written at step 0 under the metrics' names, they would make TensorBoard
+    # drop every later point of those curves as orphaned by a restart.
+    final = {
+        f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k
+    }
     for logger in trainer.loggers:
         if isinstance(logger, pl.loggers.TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=finite)
-            logger.finalize("success")
+            logger.log_hyperparams(params, metrics=final)
+        else:
+            logger.log_hyperparams(params)
+            logger.log_metrics(final, step=trainer.global_step)
+        logger.finalize("success")
 
 
 def format_results(metrics: dict[str, Any], out: Path) -> str:

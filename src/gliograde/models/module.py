@@ -16,6 +16,7 @@ from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
     MulticlassF1Score,
+    MulticlassStatScores,
 )
 
 from gliograde.models.backbones import create_backbone
@@ -46,17 +47,27 @@ class SliceMetrics(torch.nn.Module):
                 "f1": MulticlassF1Score(num_classes, average="macro"),
             }
         self.on_scores = MetricCollection(ranking, prefix=f"{stage}/")
+        # Slices per class: a class that never appeared leaves AUROC and balanced accuracy undefined.
+        self.per_class = MulticlassStatScores(num_classes, average=None)
+        self.stage = stage
 
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
         self.on_probs.update(probs, labels)
         self.on_scores.update(probs[:, 1] if self.binary else probs, labels)
+        self.per_class.update(probs, labels)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        return {**self.on_probs.compute(), **self.on_scores.compute()}
+        values = {**self.on_probs.compute(), **self.on_scores.compute()}
+        support = self.per_class.compute()[:, 4]
+        if bool((support == 0).any()):
+            for name in ("auroc", "balanced_accuracy"):
+                values[f"{self.stage}/{name}"] = torch.tensor(float("nan"), device=support.device)
+        return values
 
     def reset(self) -> None:
         self.on_probs.reset()
         self.on_scores.reset()
+        self.per_class.reset()
 
 
 class GradeClassifier(pl.LightningModule):
@@ -168,7 +179,7 @@ class GradeClassifier(pl.LightningModule):
             self.train_slice_metrics.reset()
             return {}
         collected = self.patient_probs[f"{stage}_patients"]
-        rows = collected.compute()
+        rows = collected.rows()
         collected.reset()
         if len(rows["patient"]) == 0:
             return {}

@@ -67,6 +67,22 @@ class PatientProbabilities(Metric):
         }
 
 
+    def rows(self) -> dict[str, torch.Tensor]:
+        """:meth:`compute` with every row tensor 1-D or 2-D, whatever the number of rows.
+
+        torchmetrics squeezes one-element results to 0-d, so a stage of one patient (or one
+        slice) would otherwise lose its row dimension.
+        """
+        values = self.compute()
+        if values["patient"].numel() == 0:
+            return values
+        width = values["probs"].shape[-1]
+        return {
+            key: value.reshape(-1, width) if key.endswith("probs") else value.reshape(-1)
+            for key, value in values.items()
+        }
+
+
 def _cat(state) -> torch.Tensor:
     if isinstance(state, torch.Tensor):
         return state
