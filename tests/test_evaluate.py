@@ -203,7 +203,9 @@ def test_training_patients_are_refused_unless_allowed(trained_run, tmp_path):
 
 def test_cohort_without_labels_or_masks_gets_predictions_only(trained_run, tmp_path):
     """Like the BraTS 2020 validation download: other folder names, no masks, no Grade column."""
-    source, other = trained_run["cohort"], tmp_path / "validation"
+    # Patients of their own: renamed copies of the run's patients would be refused as a leak.
+    source, other = tmp_path / "fresh", tmp_path / "validation"
+    generate_cohort(source, patients=5, seed=55, shape=(48, 48, 24), lgg_fraction=0.4, compress=False)
     for i, folder in enumerate(sorted(p for p in source.iterdir() if p.is_dir())[:5]):
         new_id = f"BraTS20_Validation_{i + 1:03d}"
         (other / new_id).mkdir(parents=True)

@@ -30,7 +30,10 @@ class InputContractRecorder(pl.Callback):
 
 
 def config_with_contract(cfg: DictConfig, datamodule: Any) -> str:
-    """The resolved config as YAML, with an ``input_contract:`` block appended."""
-    body = OmegaConf.to_yaml(cfg, resolve=True)
+    """The resolved config as YAML, ending with the ``input_contract:`` block (a resumed run's
+    config already holds one: it is replaced by the contract of the data as set up now)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    plain.pop("input_contract", None)
     block = OmegaConf.to_yaml(OmegaConf.create({"input_contract": from_datamodule(datamodule)}))
-    return body + block
+    return OmegaConf.to_yaml(OmegaConf.create(plain)) + block

@@ -17,7 +17,9 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
     paths = {"cohort": base / "cohort", "cache": base / "cache", "run": base / "run"}
     with FileLock(str(base / ".lock")):
         if not (paths["run"] / "metrics.json").is_file():
-            generate_cohort(paths["cohort"], patients=16, seed=7, shape=(40, 40, 20), lgg_fraction=0.5)
+            generate_cohort(
+                paths["cohort"], patients=16, seed=7, shape=(40, 40, 20), lgg_fraction=0.5, compress=False
+            )
             result = run_python(
                 "train.py",
                 "data=brats2020",
