@@ -217,6 +217,8 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert metrics["test/patient_auroc"] >= 0.8, metrics  # chance is 0.5
     assert "val/patient_auroc_best" in metrics
     assert "Patient-level test metrics:" in result.stdout
+    for noise in ("Tip: For seamless", "already configured with model summary", "LeafSpec"):
+        assert noise not in result.stdout + result.stderr  # handled, so not shown
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1  # the best, by val/patient_auroc
     assert all(isinstance(v, float) for v in metrics.values())  # a flat mapping of numbers

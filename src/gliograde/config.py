@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import functools
 import re
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
@@ -18,7 +20,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from gliograde.errors import ConfigError, exit_on_user_error
+from gliograde.errors import USER_ERROR_EXIT, ConfigError, exit_on_user_error
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 """The repository's ``conf/`` (the package is installed in editable mode from the checkout)."""
@@ -54,11 +56,19 @@ def checked_main(config_name: str) -> Callable[[Callable[[DictConfig], T]], Call
     def decorator(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
         @functools.wraps(task)
         def checked_task(cfg: DictConfig) -> T:
-            from gliograde.schema import validate_config
+            from gliograde.quiet import quiet_known_noise
+            from gliograde.schema import validate_config, warn_ineffective_overrides
 
-            with exit_on_user_error():
-                validate_config(cfg, config_name)
-            return task(cfg)
+            try:
+                with exit_on_user_error():
+                    validate_config(cfg, config_name)
+                warn_ineffective_overrides(cfg, list(HydraConfig.get().overrides.task))
+                quiet_known_noise()
+                return task(cfg)
+            except SystemExit as stop:
+                if stop.code == USER_ERROR_EXIT and config_name == "train":
+                    remove_if_empty_run(Path(HydraConfig.get().runtime.output_dir))
+                raise
 
         run = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)(checked_task)
 
@@ -94,8 +104,10 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
         if sweeps and not (args.multirun or mode.endswith("MULTIRUN")):
             _compose(name, [o.input_line for o in overrides])  # Hydra's "use --multirun" error
         # Without its swept values a config may be incomplete (data.folds=5 -m data.fold=0,1,...).
+        # A single run's deep checks (Lightning's Trainer arguments) follow in the job itself;
+        # a sweep's are made here, before any job starts.
         for cfg in list(_sweep_configs(name, plain, sweeps)) or [base]:
-            validate_config(cfg, name)
+            validate_config(cfg, name, deep=bool(sweeps))
 
 
 def _sweep_configs(name: str, plain: list[str], sweeps: list[Override]):
@@ -165,3 +177,10 @@ def _composition_error(err: Exception, name: str, overrides: list[str]) -> str:
 def _one_line(err: BaseException) -> str:
     """Hydra's multi-line message as one line."""
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def remove_if_empty_run(directory: Path) -> None:
+    """Remove a run directory that a refused command left holding only Hydra's own records."""
+    entries = list(directory.iterdir()) if directory.is_dir() else []
+    if not any(p.name != ".hydra" and not p.name.endswith(".log") for p in entries):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -33,8 +33,7 @@ from gliograde.data.specs import (
 )
 from gliograde.errors import ConfigError
 from gliograde.evaluation.aggregate import AGGREGATES
-from gliograde.models.backbones import BACKBONES
-from gliograde.models.module import OPTIMIZERS
+from gliograde.models.names import BACKBONES, OPTIMIZER_CLASSES
 
 MISSING = "???"
 
@@ -101,7 +100,7 @@ class DataSchema:
 class OptimizerSchema:
     """``model.optimizer``: a torch optimizer's name and keyword arguments."""
 
-    name: Literal[tuple(OPTIMIZERS)]  # type: ignore[valid-type]
+    name: Literal[tuple(OPTIMIZER_CLASSES)]  # type: ignore[valid-type]
     lr: Annotated[float, Range(0, open_low=True)]
     weight_decay: Annotated[float, Range(0)]
     momentum: Annotated[float, Range(0)]
@@ -149,6 +148,8 @@ _SET_BY_CODE = {"self", "logger", "callbacks", "plugins", "return"}
 @functools.cache
 def trainer_schema() -> dict[str, Any]:
     """Types of the ``trainer`` keys: ``pl.Trainer``'s arguments plus the ``gpus`` shortcut."""
+    import pytorch_lightning as pl  # the slowest import of all: only when a trainer is checked
+
     hints = typing.get_type_hints(pl.Trainer.__init__, include_extras=True)
     schema = {name: hint for name, hint in hints.items() if name not in _SET_BY_CODE}
     schema["gpus"] = Union[int, str, list[int], None]
@@ -210,8 +211,13 @@ _TOP = {"train": TrainSchema, "evaluate": EvaluateSchema, "prepare": PrepareSche
 
 
 # --------------------------------------------------------------------- validation
-def validate_config(cfg: DictConfig, config_name: str) -> None:
-    """Check a composed ``train``/``evaluate``/``prepare`` config; raise one-line ``ConfigError``."""
+def validate_config(cfg: DictConfig, config_name: str, deep: bool = True) -> None:
+    """Check a composed ``train``/``evaluate``/``prepare`` config; raise one-line ``ConfigError``.
+
+    ``deep=False`` skips the checks that need torch and Lightning imported (the trainer's
+    arguments, the DataModule's cross-option checks), so a typo on the command line is answered
+    at once; the entry point runs the deep checks too, before any data work.
+    """
     top = _fields(_TOP[config_name])
     groups = {"data"} | ({"model", "trainer"} if config_name == "train" else set())
     allowed = set(top) | groups | set(_FREE_GROUPS[config_name]) | {"hydra"}
@@ -230,22 +236,24 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
         # Only data.* overrides live here; the run's saved data config is merged under them later.
         check(_plain(cfg, "data", "data"), DataSchema, "data", missing_ok=True)
     else:
-        validate_data_config(cfg.data)
+        validate_data_config(cfg.data, deep)
     if config_name == "train":
         validate_model_config(cfg.model)
-        validate_trainer_config(cfg.trainer)
+        if deep:
+            validate_trainer_config(cfg.trainer)
 
 
-def validate_data_config(node: DictConfig) -> None:
+def validate_data_config(node: DictConfig, deep: bool = True) -> None:
     """Check a ``data`` node (types, ranges, allowed values) without touching any data."""
-    from gliograde.data.datamodule import GliomaDataModule
-
     values = _container(node, "data")
     if values.get("root") == MISSING:
         raise ConfigError("data.root is not set: add data.root=PATH to the command line")
     check(values, DataSchema, "data")
-    values.pop("_target_", None)
-    GliomaDataModule(**values)  # its constructor checks the options and the specs' ranges; no I/O
+    if deep:
+        from gliograde.data.datamodule import GliomaDataModule
+
+        values.pop("_target_", None)
+        GliomaDataModule(**values)  # its constructor checks the options and the specs' ranges; no I/O
 
 
 def validate_model_config(node: DictConfig) -> None:
@@ -453,3 +461,33 @@ __all__ = [
     "validate_trainer_config",
 ]
 
+
+
+# Which data.slices keys each strategy reads: any other one given is silently unused.
+_SLICE_KEYS = {"k": ("tumor_topk",), "min_area": ("tumor_all",), "min_brain_fraction": ("brain",),
+               "n": ("middle",), "z_min": ("range",), "z_max": ("range",)}
+
+
+def ineffective_overrides(cfg: DictConfig, overrides: Sequence[str]) -> list[str]:
+    """Warnings for command-line ``data.slices.*`` values the chosen strategy does not read."""
+    data = cfg.get("data")
+    if data is None or "slices" not in data:
+        return []
+    strategy = data.slices.get("strategy")
+    notes = []
+    for item in overrides:
+        key, _, value = item.lstrip("+~").partition("=")
+        name = key.removeprefix("data.slices.")
+        if key.startswith("data.slices.") and strategy not in _SLICE_KEYS.get(name, (strategy,)):
+            users = " or ".join(_SLICE_KEYS[name])
+            notes.append(
+                f"warning: {key}={value} has no effect with data.slices.strategy={strategy} "
+                f"(only {users} reads it)"
+            )
+    return notes
+
+
+def warn_ineffective_overrides(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """Print :func:`ineffective_overrides` to stderr."""
+    for note in ineffective_overrides(cfg, overrides):
+        print(note, file=sys.stderr)

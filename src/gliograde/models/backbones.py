@@ -14,15 +14,8 @@ import torch
 import torchvision
 from torch import nn
 from gliograde.errors import ConfigError
+from gliograde.models.names import BACKBONES
 
-BACKBONES: tuple[str, ...] = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "densenet121",
-    "efficientnet_b0",
-    "convnext_tiny",
-)
 
 # Dotted paths of the stem convolution and of the final linear layer, per model family.
 _FIRST_CONV = {

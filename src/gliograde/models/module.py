@@ -20,10 +20,11 @@ from torchmetrics.classification import (
 )
 
 from gliograde.models.backbones import create_backbone
+from gliograde.models.names import OPTIMIZER_CLASSES
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
 from gliograde.errors import ConfigError
 
-OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+OPTIMIZERS = {name: getattr(torch.optim, cls) for name, cls in OPTIMIZER_CLASSES.items()}
 
 
 class SliceMetrics(torch.nn.Module):
