@@ -7,6 +7,7 @@ curve and a Grad-CAM of the most decisive slice. Tables: predictions.csv and pre
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from datetime import datetime
@@ -14,15 +15,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from gliograde.atomic import check_writable_dir, write_csv, write_text
+from gliograde.data.identity import content_matches, fingerprint_columns, fingerprint_table
 from gliograde.data.specs import MODALITIES
+from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.stream import load_patient
+
+log = logging.getLogger(__name__)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -49,6 +55,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     rows = []
     for files in patients:
         rows.append(_grade(model, files, contract, cfg, classes, threshold, out))
+    _note_training_patients(rows, training_table(model.path))
     report = {
         "model": str(model.path),
         "model_kind": model.kind,
@@ -125,8 +132,40 @@ def _grade(model, files: PatientFiles, contract, cfg, classes, threshold, out: P
         "slice_index": [int(i) for i in slices.slice_index],
         "slice_probabilities": [[float(p) for p in row] for row in probs],
         "files": {**{m: str(p) for m, p in files.modalities.items()}, "mask": str(files.mask or "")},
+        "fingerprints": slices.fingerprints,
         "figures": images,
     }
+
+
+def training_table(model_path: Path) -> pd.DataFrame | None:
+    """The training patients (with fingerprints) of the run a model comes from, when it is known:
+    ``RUN`` itself, ``RUN/checkpoints/X.ckpt`` or ``RUN/export``."""
+    path = Path(model_path)
+    for run in (path, path.parent, path.parent.parent):
+        if (run / "splits.csv").is_file() and (run / "config.yaml").is_file():
+            saved = read_splits_table(run / "splits.csv")
+            return saved[saved["split"] == "train"]
+    return None
+
+
+def _note_training_patients(rows: list[dict[str, Any]], trained: pd.DataFrame | None) -> None:
+    """Warn about, and record, predicted patients whose images the model was trained on."""
+    if trained is None or not fingerprint_columns(trained):
+        return
+    ids = [row["patient_id"] for row in rows]
+    table = fingerprint_table(ids, {m: [row["fingerprints"].get(m, "") for row in rows] for m in MODALITIES})
+    matches = {match.patient_id: match for match in content_matches(table, trained)}
+    for row in rows:
+        match = matches.get(row["patient_id"])
+        row["training_patient"] = match.other_id if match else None
+        if match:
+            log.warning(
+                "Patient %s is the model's training patient %s (same %s images): its prediction is "
+                "not an honest estimate",
+                match.patient_id,
+                match.other_id,
+                "/".join(match.modalities),
+            )
 
 
 def _curve(slices, probs, classes, threshold):

@@ -33,6 +33,7 @@ class PatientSlices:
     slice_index: np.ndarray
     slice_rule: str
     resampled: bool
+    fingerprints: dict[str, str]  # modality -> sha256 of its decoded voxels (see data.identity)
 
 
 def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: bool) -> PatientSlices:
@@ -92,7 +93,8 @@ def _slices(
     if chosen.size == 0:
         raise DataError(f"no slice selected by the slice rule {rule}", patient, paths[MODALITIES[0]])
     channels = [MODALITIES.index(m) for m in contract["modalities"]]
-    return PatientSlices(patient, _cut(volume, chosen, channels, plane), chosen, rule, resampled)
+    images = _cut(volume, chosen, channels, plane)
+    return PatientSlices(patient, images, chosen, rule, resampled, areas.fingerprints)
 
 
 def _cut(volume: np.ndarray, chosen: np.ndarray, channels: list[int], plane: str) -> np.ndarray:
