@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -33,8 +32,6 @@ from gliograde.data.specs import (
 )
 from gliograde.errors import ConfigError
 from gliograde.evaluation.aggregate import AGGREGATES
-from gliograde.models.backbones import BACKBONES
-from gliograde.models.module import OPTIMIZERS
 
 MISSING = "???"
 
@@ -149,6 +146,8 @@ _SET_BY_CODE = {"self", "logger", "callbacks", "plugins", "return"}
 @functools.cache
 def trainer_schema() -> dict[str, Any]:
     """Types of the ``trainer`` keys: ``pl.Trainer``'s arguments plus the ``gpus`` shortcut."""
+    import pytorch_lightning as pl
+
     hints = typing.get_type_hints(pl.Trainer.__init__, include_extras=True)
     schema = {name: hint for name, hint in hints.items() if name not in _SET_BY_CODE}
     schema["gpus"] = Union[int, str, list[int], None]
@@ -238,14 +237,14 @@ def validate_config(cfg: DictConfig, config_name: str) -> None:
 
 def validate_data_config(node: DictConfig) -> None:
     """Check a ``data`` node (types, ranges, allowed values) without touching any data."""
-    from gliograde.data.datamodule import GliomaDataModule
+    from gliograde.data.options import DataOptions
 
     values = _container(node, "data")
     if values.get("root") == MISSING:
         raise ConfigError("data.root is not set: add data.root=PATH to the command line")
     check(values, DataSchema, "data")
     values.pop("_target_", None)
-    GliomaDataModule(**values)  # its constructor checks the options and the specs' ranges; no I/O
+    DataOptions(**values)  # the DataModule's option checks and the specs' ranges; no I/O
 
 
 def validate_model_config(node: DictConfig) -> None:
@@ -396,8 +395,18 @@ def _shape_of(value: Any) -> str | None:
 
 
 def _fields(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls, include_extras=True)
+    localns = _model_names() if cls in (ModelSchema, OptimizerSchema) else None
+    hints = typing.get_type_hints(cls, include_extras=True, localns=localns)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _model_names() -> dict[str, Any]:
+    """The names in the model schemas' annotations, imported (with torch) only when a model is checked:
+    ``prepare`` checks no model and must start without torch."""
+    from gliograde.models.backbones import BACKBONES
+    from gliograde.models.module import OPTIMIZERS
+
+    return {"BACKBONES": BACKBONES, "OPTIMIZERS": OPTIMIZERS}
 
 
 def _container(node: Any, where: str) -> dict[str, Any]:
