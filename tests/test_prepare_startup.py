@@ -7,7 +7,16 @@ import json
 import pytest
 from conftest import run_python
 
-HEAVY = ("torch", "pytorch_lightning", "lightning", "torchvision", "torchmetrics", "monai", "captum", "matplotlib")
+HEAVY = (
+    "torch",
+    "pytorch_lightning",
+    "lightning",
+    "torchvision",
+    "torchmetrics",
+    "monai",
+    "captum",
+    "matplotlib",
+)
 
 # Runs the command as ``python -m`` does, then reports which heavy top-level modules were imported.
 PROBE = """

@@ -166,7 +166,8 @@ class GliomaDataModule(pl.LightningDataModule):
         if self.datasets:
             return
         self.prepared.select()
-        groups = {name: [p for p in self.patients if self.assignment[p.patient_id] == name] for name in SPLITS}
+        assignment = self.assignment
+        groups = {name: [p for p in self.patients if assignment[p.patient_id] == name] for name in SPLITS}
         groups["all"] = self.patients
         datasets = {name: self._dataset(group) for name, group in groups.items() if group}
         assert self.cached is not None

@@ -73,7 +73,9 @@ class DataOptions:
         self.sampler = sampler
         self.augment_spec = from_mapping(AugmentSpec, augment, "data.augment")
         self.preprocess_spec = from_mapping(PreprocessSpec, preprocess, "data.preprocess")
-        self.synthetic = None if synthetic is None else from_mapping(SyntheticSpec, synthetic, "data.synthetic")
+        self.synthetic = (
+            None if synthetic is None else from_mapping(SyntheticSpec, synthetic, "data.synthetic")
+        )
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.pin_memory = pin_memory

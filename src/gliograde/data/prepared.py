@@ -79,7 +79,8 @@ class PreparedCohort:
         if opts.slice_spec.strategy in NEEDS_MASK and opts.on_error == "raise":
             for record in cohort.patients:
                 if record.mask is None:  # fail before the long build, not after it
-                    select_slices(record.patient_id, np.zeros(1), None, opts.slice_spec, self.mask_hint(record))
+                    hint = self.mask_hint(record)
+                    select_slices(record.patient_id, np.zeros(1), None, opts.slice_spec, hint)
         cached = open_or_build(
             cohort.patients,
             opts.cache_dir,
@@ -161,9 +162,8 @@ class PreparedCohort:
         for position, patient_id in usable:
             record = records[patient_id]
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
-            chosen = select_slices(
-                patient_id, cached.brain_area[plane][position], tumour, opts.slice_spec, self.mask_hint(record)
-            )
+            brain = cached.brain_area[plane][position]
+            chosen = select_slices(patient_id, brain, tumour, opts.slice_spec, self.mask_hint(record))
             if chosen.size == 0:
                 empty.append(f"{patient_id} ({assignment[patient_id]})")
                 continue
