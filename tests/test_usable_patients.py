@@ -315,7 +315,7 @@ def test_a_read_only_cache_is_used_without_writing_tables(tiny_cohort_master, tm
         (directory / name).unlink()
     real_access = os.access
     monkeypatch.setattr(
-        "gliograde.data.datamodule.os.access",
+        "gliograde.data.cohort_tables.os.access",
         lambda path, mode: False if Path(path) == directory else real_access(path, mode),
     )
     caplog.set_level(logging.INFO, logger="gliograde")

@@ -17,8 +17,14 @@ from gliograde.config import build, checked_main
 from gliograde.data.cache import cache_key, cohort_root
 from gliograde.data.cache_clean import Removed, clean_cache_dir
 from gliograde.data.cohort import discover_cohort
+from gliograde.data.cohort_tables import summary
 from gliograde.data.errors import DataError
-from gliograde.errors import exit_on_user_error
+from gliograde.data.options import DataOptions
+from gliograde.data.prepared import PreparedCohort
+from gliograde.errors import ConfigError, exit_on_user_error
+
+DATAMODULE = "gliograde.data.datamodule.GliomaDataModule"
+"""The ``data._target_`` whose options ``DataOptions`` reads without importing it (and torch)."""
 
 
 def format_summary(summary: dict) -> str:
@@ -38,12 +44,25 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def data_options(data: DictConfig) -> DataOptions:
+    """The checked options of the ``data`` config node, read without building its DataModule."""
+    target = data.get("_target_")
+    if target != DATAMODULE:
+        raise ConfigError(
+            f"data._target_={target}: prepare reads the options of {DATAMODULE} only; "
+            f"set data._target_={DATAMODULE} or prepare through that DataModule"
+        )
+    node = data.copy()
+    node._target_ = "gliograde.data.options.DataOptions"
+    return build(node)
+
+
 def run(cfg: DictConfig) -> dict:
-    """Prepare the cohort of ``cfg.data`` and return its summary."""
-    datamodule = build(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup()
-    return datamodule.summary()
+    """Prepare the cohort of ``cfg.data`` (cache built, patients split, slices selected) and
+    return its summary."""
+    prepared = PreparedCohort(data_options(cfg.data))
+    prepared.select()
+    return summary(prepared)
 
 
 def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
@@ -51,15 +70,13 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
 
     Returns the current cache's path (kept, built or not) and what was removed.
     """
-    datamodule = build(cfg.data)
-    cohort = discover_cohort(
-        datamodule.root, datamodule.layout, datamodule.label_spec, datamodule.require_labels
-    )
+    options = data_options(cfg.data)
+    cohort = discover_cohort(options.root, options.layout, options.label_spec, options.require_labels)
     if not cohort.patients:
-        raise DataError("no patients found, so the current cache is unknown", where=datamodule.root)
-    key = cache_key(cohort.patients, datamodule.preprocess_spec, datamodule.layout.mask_labels)
-    removed = clean_cache_dir(datamodule.cache_dir, key, cohort_root(cohort.patients))
-    return datamodule.cache_dir / key, removed
+        raise DataError("no patients found, so the current cache is unknown", where=options.root)
+    key = cache_key(cohort.patients, options.preprocess_spec, options.layout.mask_labels)
+    removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients))
+    return options.cache_dir / key, removed
 
 
 def format_clean(current: Path, removed: list[Removed]) -> str:

@@ -245,15 +245,14 @@ def validate_config(cfg: DictConfig, config_name: str, deep: bool = True) -> Non
 
 def validate_data_config(node: DictConfig, deep: bool = True) -> None:
     """Check a ``data`` node (types, ranges, allowed values) without touching any data."""
+    from gliograde.data.options import DataOptions
+
     values = _container(node, "data")
     if values.get("root") == MISSING:
         raise ConfigError("data.root is not set: add data.root=PATH to the command line")
     check(values, DataSchema, "data")
-    if deep:
-        from gliograde.data.datamodule import GliomaDataModule
-
-        values.pop("_target_", None)
-        GliomaDataModule(**values)  # its constructor checks the options and the specs' ranges; no I/O
+    values.pop("_target_", None)
+    DataOptions(**values)  # the DataModule's option checks and the specs' ranges; no I/O, no torch
 
 
 def validate_model_config(node: DictConfig) -> None:

@@ -10,6 +10,7 @@ pages for large arrays, which spares the page faults of a fresh 59 MB tensor per
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,10 +71,16 @@ class SliceDataset(Dataset):
         return self._volumes
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        batch = self.__getitems__([index])
+        batch = self.batch([index])
         return {k: v[0] for k, v in batch.items()}
 
     def __getitems__(self, indices: list[int]) -> dict[str, Any]:
+        """The DataLoader's batched read: see ``batch``."""
+        return self.batch(indices)
+
+    def batch(self, indices: Sequence[int]) -> dict[str, Any]:
+        """The collated batch of rows ``indices``: image ``[B, C, H, W]``, label, patient
+        (position), slice_index and patient_id."""
         idx = np.asarray(indices, dtype=np.int64)
         images = self._read(self.slots[idx], self.slice_indices[idx])
         image = torch.from_numpy(images)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -31,8 +32,11 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
+from filelock import FileLock
 
 from gliograde.errors import ConfigError, GliogradeError
+
+log = logging.getLogger(__name__)
 
 # The one source of the synthetic cohort's defaults: the CLI and the data preset use these.
 DEFAULT_PATIENTS: int = 60
@@ -149,6 +153,33 @@ def settings_mismatch(recorded: Mapping, wanted: Mapping) -> str | None:
         f"holds a synthetic cohort generated with {made}, not the configured {configured}: to train "
         f"on it add {fix}; to generate the configured one, delete that folder or set data.root elsewhere"
     )
+
+
+def ensure_cohort(root: str | Path, settings: Mapping, progress: bool = True) -> None:
+    """Generate the synthetic cohort ``settings`` describes under ``root`` unless it is there.
+
+    ``root`` already holding a cohort generated with other settings is refused (one line naming
+    the overrides that select it); a folder with files of unknown origin is taken as it is.
+    Concurrent callers (one per node or rank) generate it once, under a lock beside ``root``.
+    """
+    root = Path(root)
+    if _has_entries(root):
+        made_with = generation_settings(root)
+        problem = None if made_with is None else settings_mismatch(made_with, settings)
+        if problem:
+            raise ConfigError(f"{root} {problem}")
+        return
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root.parent / f".{root.name}.lock")):
+        if not _has_entries(root):
+            log.info("Generating the synthetic cohort (%d patients) in %s", settings["patients"], root)
+            if root.exists():
+                root.rmdir()
+            generate_cohort(root, **dict(settings), progress=progress)
+
+
+def _has_entries(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def train_overrides(settings: Mapping) -> list[str]:

@@ -1,0 +1,255 @@
+"""A cohort made ready for training, without torch: discover -> cache -> usable patients ->
+split -> slice selection.
+
+``PreparedCohort.load`` finds the cohort and opens (or builds) its cache; ``select`` splits the
+usable patients and selects their slices. ``GliomaDataModule`` wraps one in Lightning, and
+``python -m gliograde.prepare`` uses one alone, so preparing a cohort never imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from gliograde.data.cache import CachedCohort, open_or_build
+from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
+from gliograde.data.cohort_tables import usable_fingerprints, write_cohort_tables
+from gliograde.data.errors import DataError
+from gliograde.data.identity import content_duplicates
+from gliograde.data.options import DataOptions
+from gliograde.data.slices import NEEDS_MASK, select_slices
+from gliograde.data.splits import SPLITS, split_patients
+from gliograde.data.synthetic import ensure_cohort
+from gliograde.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PatientSlices:
+    """The selected slices of one usable patient."""
+
+    patient_id: str
+    position: int  # index into the cache's patient list
+    label: int  # -1: unlabelled
+    slices: np.ndarray
+
+
+class PreparedCohort:
+    """The cohort of ``options``: its records, cache, problems, split and selected slices."""
+
+    def __init__(self, options: DataOptions):
+        self.options = options
+        self.cohort: Cohort | None = None
+        self.cached: CachedCohort | None = None
+        self.skipped: list[DataError] = []
+        self.patients: list[PatientSlices] = []
+        self.assignment: dict[str, str] = {}
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.options.classes
+
+    @property
+    def loaded(self) -> bool:
+        return self.cached is not None
+
+    @property
+    def selected(self) -> bool:
+        return bool(self.patients)
+
+    # ------------------------------------------------------------------ load
+    def load(self) -> None:
+        """Generate the synthetic cohort if configured, discover the cohort and open (or build)
+        its cache, and write cohort.csv/skipped.csv beside it; idempotent."""
+        if self.cached is not None:
+            return
+        opts = self.options
+        if opts.synthetic is not None:
+            ensure_cohort(opts.root, dataclasses.asdict(opts.synthetic), progress=opts.progress)
+        cohort = discover_cohort(opts.root, opts.layout, opts.label_spec, opts.require_labels)
+        if cohort.problems and opts.on_error == "raise":
+            first = cohort.problems[0]
+            more = f" (and {len(cohort.problems) - 1} more problem(s))" if len(cohort.problems) > 1 else ""
+            raise DataError(first.problem + more, first.patient, first.where)
+        if opts.slice_spec.strategy in NEEDS_MASK and opts.on_error == "raise":
+            for record in cohort.patients:
+                if record.mask is None:  # fail before the long build, not after it
+                    hint = self.mask_hint(record)
+                    select_slices(record.patient_id, np.zeros(1), None, opts.slice_spec, hint)
+        cached = open_or_build(
+            cohort.patients,
+            opts.cache_dir,
+            opts.preprocess_spec,
+            opts.layout.mask_labels,
+            on_error=opts.on_error,
+            progress=opts.progress,
+        )
+        unusable = self._mask_problems(cohort, cached)
+        if unusable and opts.on_error == "raise":
+            raise unusable[0]
+        self.cohort, self.cached = cohort, cached
+        self.skipped = list(cohort.problems) + list(cached.problems) + unusable
+        for err in self.skipped:
+            log.warning("Skipped %s", err)
+        write_cohort_tables(self)
+
+    def _mask_problems(self, cohort: Cohort, cached: CachedCohort) -> list[DataError]:
+        """Cached patients whose mask makes them unusable: empty, or absent when the strategy needs one.
+
+        An empty mask is a problem whatever the strategy (a glioma cohort's mask without tumour
+        is a wrong file), so the patients that are split do not depend on the strategy.
+        """
+        spec = self.options.slice_spec
+        records = {r.patient_id: r for r in cohort.patients}
+        problems = []
+        for position, patient_id in enumerate(cached.patient_ids):
+            record = records[patient_id]
+            if cached.has_mask[position] and not cached.tumour_area["axial"][position].any():
+                problems.append(
+                    DataError(
+                        "mask is empty (no tumour voxel): replace it with the patient's tumour mask, "
+                        "or set data.on_error=skip to leave the patient out",
+                        patient_id,
+                        record.mask,
+                    )
+                )
+            elif spec.strategy in NEEDS_MASK and not cached.has_mask[position]:
+                try:
+                    select_slices(patient_id, np.zeros(1), None, spec, self.mask_hint(record))
+                except DataError as err:
+                    problems.append(err)
+        return problems
+
+    def mask_hint(self, record: PatientRecord) -> str:
+        """Where the patient's mask was expected, for messages."""
+        expected = self.options.layout.mask_file.format(id=record.patient_id)
+        return str(record.folder / f"{expected}.nii[.gz]")
+
+    def label_name(self, label: int | None) -> str:
+        """The class name of ``label``; empty for none (or -1, unlabelled)."""
+        return "" if label is None or label < 0 else self.classes[label]
+
+    # ---------------------------------------------------------------- select
+    def select(self) -> None:
+        """Split the usable patients and select their slices (reads only the cache index); idempotent.
+
+        The split is made over the patients that can contribute slices (every usable patient
+        with a non-empty mask, or without a mask when the strategy needs none) before slice
+        selection, so among mask-based strategies it depends on the cohort and ``data.split``
+        alone: a sweep over them keeps one test set. A split that selection leaves without a
+        patient of some class is refused.
+        """
+        if self.patients:
+            return
+        self.load()
+        assert self.cohort is not None and self.cached is not None
+        cached, opts = self.cached, self.options
+        excluded = {err.patient for err in self.skipped if err.patient}
+        records = {r.patient_id: r for r in self.cohort.patients if r.patient_id not in excluded}
+        usable = [(pos, pid) for pos, pid in enumerate(cached.patient_ids) if pid in records]
+        if not usable:
+            raise DataError("no usable patient is left after the checks (see skipped.csv)", where=opts.root)
+        assignment = self._assign([pid for _, pid in usable], [records[pid].label for _, pid in usable])
+
+        plane = opts.slice_spec.plane
+        patients: list[PatientSlices] = []
+        empty: list[str] = []
+        for position, patient_id in usable:
+            record = records[patient_id]
+            tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
+            brain = cached.brain_area[plane][position]
+            chosen = select_slices(patient_id, brain, tumour, opts.slice_spec, self.mask_hint(record))
+            if chosen.size == 0:
+                empty.append(f"{patient_id} ({assignment[patient_id]})")
+                continue
+            label = -1 if record.label is None else record.label
+            patients.append(PatientSlices(patient_id, position, label, chosen))
+        if empty:
+            log.warning(
+                "%d patient(s) have no slice selected by data.slices.strategy=%s and are left out: %s",
+                len(empty),
+                opts.slice_spec.strategy,
+                ", ".join(empty[:10]) + (" ..." if len(empty) > 10 else ""),
+            )
+        if not patients:
+            raise ConfigError(
+                f"data.slices={self.describe_slices()} selects no slice of any patient; "
+                "choose another data.slices setting"
+            )
+        self.patients = patients
+        self.assignment = {p.patient_id: assignment[p.patient_id] for p in patients}
+        try:
+            self._check_split_sizes(set(assignment.values()), len(empty))
+            self._refuse_shared_images()
+        except Exception:
+            self.patients, self.assignment = [], {}  # a refused selection is never used
+            raise
+
+    def _assign(self, patient_ids: list[str], labels: list[int | None]) -> dict[str, str]:
+        """Each patient's split: ``all`` without a split (or labels, when they are optional)."""
+        assert self.cohort is not None
+        opts = self.options
+        if opts.split_spec is None:
+            return dict.fromkeys(patient_ids, "all")
+        if self.cohort.labelled and all(label is not None for label in labels):
+            return split_patients(patient_ids, labels, self.classes, opts.split_spec, opts.folds, opts.fold)
+        if opts.require_labels:
+            raise DataError(
+                "training needs labels, but the cohort has none: set data.labels.file (and its "
+                "columns), or data.require_labels=false to only predict",
+                where=opts.root,
+            )
+        return dict.fromkeys(patient_ids, "all")
+
+    def _check_split_sizes(self, splits: set[str], n_left_out: int) -> None:
+        """Every split made must keep a patient of each class after slice selection."""
+        for name in SPLITS:
+            if name not in splits:
+                continue
+            present = Counter(p.label for p in self.patients if self.assignment[p.patient_id] == name)
+            lacking = [self.classes[c] for c in range(len(self.classes)) if not present.get(c)]
+            if lacking:
+                raise ConfigError(
+                    f"the {name} split has no {' or '.join(lacking)} patient left after slice selection "
+                    f"by data.slices={self.describe_slices()} ({n_left_out} patient(s) got no slice): "
+                    "choose a data.slices setting that selects slices of every patient (e.g. a lower "
+                    "data.slices.min_area), or add patients"
+                )
+
+    def _refuse_shared_images(self) -> None:
+        """The same images under two ids in different splits would leak; in one split, warn."""
+        for match in content_duplicates(usable_fingerprints(self)):
+            where = (self.assignment[match.patient_id], self.assignment[match.other_id])
+            shared = "/".join(match.modalities)
+            if where[0] != where[1]:
+                raise DataError(
+                    f"holds the same {shared} images as {match.other_id}, but they are in the "
+                    f"{where[0]} and {where[1]} splits (one patient under two ids would leak): "
+                    "remove one of the two folders",
+                    match.patient_id,
+                    self.options.root,
+                )
+            log.warning(
+                "Patients %s and %s hold the same %s images (both in %s): one patient counted twice?",
+                match.patient_id,
+                match.other_id,
+                shared,
+                where[0],
+            )
+
+    def describe_slices(self) -> str:
+        """``data.slices`` as the options that matter for its strategy, for messages."""
+        spec = self.options.slice_spec
+        detail = {
+            "tumor_topk": f"k={spec.k}",
+            "tumor_all": f"min_area={spec.min_area}",
+            "brain": f"min_brain_fraction={spec.min_brain_fraction}",
+            "middle": f"n={spec.n}",
+            "range": f"z_min={spec.z_min}, z_max={spec.z_max}",
+        }.get(spec.strategy, "")
+        return f"{{strategy={spec.strategy}, {detail}, plane={spec.plane}}}"
