@@ -190,6 +190,7 @@ class EvaluateSchema:
     gradcam_n: NonNegative
     batch_size: AtLeast1 | None
     seed: int
+    progress: bool
 
 
 @dataclass(frozen=True)
