@@ -32,5 +32,4 @@ def progress(
         file=stream,
         disable=not shown(enabled, stream),
         leave=False,
-        dynamic_ncols=True,
     )
