@@ -43,7 +43,8 @@ def test_report_folder_is_named_by_the_options_that_change_it(tmp_path):
     run = tmp_path / "run"
     assert report_dir(_options(), run, []) == run / "eval" / "test"
     assert report_dir(_options(split="val"), run, []) == run / "eval" / "val"
-    assert report_dir(_options(threshold="youden", aggregate="vote"), run, []) == run / "eval" / "test_youden_vote"
+    youden_vote = _options(threshold="youden", aggregate="vote")
+    assert report_dir(youden_vote, run, []) == run / "eval" / "test_youden_vote"
     assert report_dir(_options(threshold=0.3), run, []) == run / "eval" / "test_t0.3"
     assert report_dir(_options(ckpt="last", aggregate="tumor_weighted"), run, []) == (
         run / "eval" / "test_ckpt-last_tumor_weighted"
@@ -51,7 +52,8 @@ def test_report_folder_is_named_by_the_options_that_change_it(tmp_path):
     one = report_dir(_options(split="all"), run, ["data.root=/a"])
     other = report_dir(_options(split="all"), run, ["data.root=/b"])
     assert one.name.startswith("all_data-") and one != other
-    assert report_dir(_options(output_dir=str(tmp_path / "mine"), threshold="youden"), run, []) == tmp_path / "mine"
+    mine = _options(output_dir=str(tmp_path / "mine"), threshold="youden")
+    assert report_dir(mine, run, []) == tmp_path / "mine"
 
 
 def test_progress_is_drawn_only_on_a_terminal_and_when_asked():
