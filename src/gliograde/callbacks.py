@@ -42,7 +42,7 @@ class TestConfusionMatrixToTensorBoard(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        outputs = pl_module.stage_predictions("test") if hasattr(pl_module, "stage_predictions") else None
+        outputs = pl_module.stage_predictions("test")
         if logger is None or not outputs or not trainer.is_global_zero:
             return
         classes = list(pl_module.hparams.get("class_names", []))
