@@ -1,8 +1,8 @@
 """Evaluate a finished run per patient: ``python evaluate.py run_dir=RUN [split=...] [data.*=...]``.
 
 Writes slice and patient predictions, metrics with bootstrap intervals, plots and Grad-CAM
-overlays to ``RUN/eval/<split>/`` (or ``output_dir``), and logs the figures to the run's
-TensorBoard.
+overlays to ``RUN/eval/<split>/`` for the default options, ``RUN/eval/<split>_<options>/``
+otherwise (e.g. ``test_youden_vote``), or ``output_dir``; logs the figures to the run's TensorBoard.
 """
 
 from __future__ import annotations

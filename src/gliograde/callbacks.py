@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-
+import matplotlib.pyplot as plt
+import numpy as np
 import pytorch_lightning as pl
-import matplotlib
+from pytorch_lightning.loggers import TensorBoardLogger
 
-matplotlib.use("Agg")  # no display on training machines
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
-from sklearn.metrics import confusion_matrix  # noqa: E402
+from gliograde.evaluation.figures import confusion_figure, sample_grid
 
 
 def _tensorboard(trainer: pl.Trainer) -> TensorBoardLogger | None:
@@ -35,32 +32,9 @@ class SampleSlicesToTensorBoard(pl.Callback):
         dataset = datamodule.datasets["train"]
         count = min(self.max_samples, len(dataset))
         picks = np.linspace(0, len(dataset) - 1, count).astype(int).tolist()
-        batch = dataset.__getitems__(picks)
-        figure = sample_grid(batch, datamodule.modalities, datamodule.classes)
+        figure = sample_grid([dataset[i] for i in picks], datamodule.modalities, datamodule.classes)
         logger.experiment.add_figure("train/sample_slices", figure, global_step=0)
         plt.close(figure)
-
-
-def sample_grid(batch: dict, modalities: tuple[str, ...], classes: tuple[str, ...]) -> plt.Figure:
-    """A figure of ``batch['image']`` [B, C, H, W], rows = samples, columns = modalities."""
-    images = batch["image"].float().numpy()
-    rows, cols = images.shape[0], images.shape[1]
-    figure, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.2 * rows), squeeze=False)
-    for r in range(rows):
-        label = int(batch["label"][r])
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.imshow(images[r, c], cmap="gray")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(modalities[c])
-        axes[r][0].set_ylabel(
-            f"{batch['patient_id'][r]}\nz={int(batch['slice_index'][r])} {classes[label] if label >= 0 else '?'}",
-            fontsize=7,
-        )
-    figure.tight_layout()
-    return figure
 
 
 class TestConfusionMatrixToTensorBoard(pl.Callback):
@@ -68,7 +42,7 @@ class TestConfusionMatrixToTensorBoard(pl.Callback):
 
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = _tensorboard(trainer)
-        outputs = getattr(pl_module, "patient_outputs", {}).get("test")
+        outputs = pl_module.stage_predictions("test")
         if logger is None or not outputs or not trainer.is_global_zero:
             return
         classes = list(pl_module.hparams.get("class_names", []))
@@ -78,19 +52,3 @@ class TestConfusionMatrixToTensorBoard(pl.Callback):
         logger.experiment.add_figure("test/patient_confusion_matrix", figure, global_step=trainer.global_step)
         logger.experiment.flush()
         plt.close(figure)
-
-
-def confusion_figure(labels: np.ndarray, predicted: np.ndarray, classes: list[str]) -> plt.Figure:
-    """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
-    matrix = confusion_matrix(labels, predicted, labels=list(range(len(classes))))
-    figure, ax = plt.subplots(figsize=(3.2, 3.0))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes)
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("patients (test)")
-    for (i, j), n in np.ndenumerate(matrix):
-        ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
-    figure.tight_layout()
-    return figure

@@ -191,6 +191,7 @@ class EvaluateSchema:
     gradcam_n: NonNegative
     batch_size: AtLeast1 | None
     seed: int
+    progress: bool
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ rest: the smaller class).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -96,11 +97,13 @@ def patient_intervals(
     level: float = 0.95,
     resamples: int = 1000,
     seed: int = 0,
+    on_resample: Callable[[], object] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """``{metric: {value, ci_low, ci_high, ci_method, unreliable}}`` for every metric in METRICS.
 
     ``labels`` in {0, 1} and positive-class ``probs``, one per patient. Undefined values (and
-    their intervals) are None, so the result is valid JSON as it is.
+    their intervals) are None, so the result is valid JSON as it is. ``on_resample`` is
+    called once per bootstrap resample (to show progress).
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -117,8 +120,13 @@ def patient_intervals(
         "ppv": (tp, tp + fp),
         "npv": (tn, tn + fn),
     }
+    def resampled(i: np.ndarray) -> dict[str, float]:
+        if on_resample is not None:
+            on_resample()
+        return binary_metrics(labels[i], probs[i], threshold)
+
     boot = bootstrap_intervals(
-        lambda i: binary_metrics(labels[i], probs[i], threshold),
+        resampled,
         len(labels),
         resamples=resamples,
         level=level,

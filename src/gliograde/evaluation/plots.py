@@ -10,23 +10,16 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-__all__ = [  # and confusion_figure, loaded on first use
+from gliograde.evaluation.figures import confusion_figure  # noqa: E402
+
+__all__ = [
+    "confusion_figure",
     "gradcam_figure",
     "reliability_figure",
     "roc_figure",
     "slice_curve_figure",
     "strip_figure",
 ]
-
-
-def __getattr__(name: str):
-    # confusion_figure lives with the training callbacks; importing them pulls in Lightning,
-    # which prediction from an exported model does without.
-    if name == "confusion_figure":
-        from gliograde.callbacks import confusion_figure
-
-        return confusion_figure
-    raise AttributeError(name)
 
 
 def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:

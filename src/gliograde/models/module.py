@@ -132,6 +132,11 @@ class GradeClassifier(pl.LightningModule):
             images = images.contiguous(memory_format=torch.channels_last)
         return (self._compiled_net or self.net)(images)
 
+    def stage_predictions(self, stage: str) -> dict[str, torch.Tensor] | None:
+        """The latest patient-level outputs of ``stage`` (val or test): ``patient`` (cache
+        positions), ``probs`` [P, K] and ``label`` tensors on the CPU; None before any."""
+        return self.patient_outputs.get(stage)
+
     # ----------------------------------------------------------------- steps
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         logits = self(batch["image"])

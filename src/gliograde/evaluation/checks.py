@@ -1,0 +1,86 @@
+"""Checks before an evaluation: options, the rebuilt split, and patients the model trained on."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from gliograde.data.identity import content_matches, fingerprint_columns, id_collisions
+from gliograde.data.splits import read_splits, read_splits_table
+from gliograde.evaluation.aggregate import AGGREGATES
+from gliograde.evaluation.errors import EvaluationError
+
+SPLITS = ("test", "val", "train", "all")
+
+log = logging.getLogger(__name__)
+
+
+def check_options(cfg: DictConfig) -> None:
+    """Reject bad options before any data or model work."""
+    if cfg.split not in SPLITS:
+        raise EvaluationError(f"split={cfg.split!r} must be one of {list(SPLITS)}")
+    if cfg.aggregate not in AGGREGATES:
+        raise EvaluationError(f"aggregate={cfg.aggregate!r} must be one of {list(AGGREGATES)}")
+    if str(cfg.threshold) != "youden":
+        try:
+            value = float(cfg.threshold)
+        except ValueError:
+            value = float("nan")
+        if not 0 < value < 1:
+            raise EvaluationError(f"threshold={cfg.threshold} must be a probability in (0, 1), or youden")
+
+
+def split_patients(datamodule, split: str) -> set[str]:
+    """Ids of the usable patients in ``split`` of a set-up datamodule."""
+    return {patient for patient, _, where in datamodule.split_table() if where == split}
+
+
+def check_same_split(datamodule, splits_csv: Path) -> None:
+    """On the run's own cohort, the rebuilt split must be the one the run trained with."""
+    if not splits_csv.is_file():
+        return
+    saved = read_splits(splits_csv)
+    differs = [p for p, _, s in datamodule.split_table() if p in saved and saved[p] != s]
+    if differs:
+        raise EvaluationError(
+            f"{len(differs)} patient(s) (e.g. {differs[0]}) are in another split than in {splits_csv}: "
+            "the data settings differ from the run's; evaluate with the run's own data.* values"
+        )
+
+
+def refuse_leak(datamodule, split: str, splits_csv: Path, allow: bool) -> None:
+    """Patients the model was trained on give no honest estimate: refuse unless allowed.
+
+    A patient is matched by its images (under any id or path) where the run recorded
+    fingerprints, else by id. A shared id with other images is another patient: a warning.
+    """
+    if not splits_csv.is_file():
+        return
+    saved = read_splits_table(splits_csv)
+    trained = saved[saved["split"] == "train"]
+    evaluated = split_patients(datamodule, split)
+    table = datamodule.fingerprint_table()
+    table = table[table["patient_id"].isin(evaluated)]
+    if fingerprint_columns(trained):
+        leaked = [match.describe() for match in content_matches(table, trained)]
+        for patient in id_collisions(table, trained):
+            log.warning(
+                "Patient %s shares its id with a training patient of the run but not its images: "
+                "an id collision, not a leak",
+                patient,
+            )
+    else:  # a run recorded before fingerprints: ids are all there is
+        leaked = sorted(set(trained["patient_id"]) & evaluated)
+    if not leaked:
+        return
+    message = (
+        f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the run's "
+        "training split"
+    )
+    if not allow:
+        raise EvaluationError(
+            f"{message}: the figures would be inflated. Use split=test or val, or allow_leak=true"
+        )
+    log.warning("%s (allow_leak=true: the figures are inflated)", message)

@@ -1,0 +1,108 @@
+"""What an evaluation runs on, rebuilt from the run directory: contract, data and model."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gliograde.config import build
+from gliograde.contract import check_grid, check_model, enforce, read_checkpoint_contract
+from gliograde.data.cohort import discover_cohort
+from gliograde.data.slices import NEEDS_MASK
+from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
+from gliograde.evaluation.errors import EvaluationError
+from gliograde.models.module import GradeClassifier
+from gliograde.schema import validate_data_config
+
+
+def load_run_config(run: Path) -> DictConfig:
+    """The run's resolved config.yaml; refuses a folder that is not a run directory."""
+    if not (run / "config.yaml").is_file():
+        raise EvaluationError(
+            f"{run}: not a run directory (no config.yaml); pass run_dir=logs/train/runs/..."
+        )
+    return OmegaConf.load(run / "config.yaml")
+
+
+def load_contract(checkpoint: Path, run_cfg: DictConfig) -> dict[str, Any]:
+    """The model's input contract: from its checkpoint, else the run's config.yaml."""
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    if "input_contract" not in stored and "input_contract" in run_cfg:
+        return OmegaConf.to_container(run_cfg.input_contract, resolve=True)
+    return read_checkpoint_contract(stored, run_cfg.data)
+
+
+def data_config(
+    cfg: DictConfig, run_cfg: DictConfig, overrides: list[str], contract: dict[str, Any]
+) -> tuple[DictConfig, bool]:
+    """The run's data config with the command line's ``data.*`` overrides, under the contract.
+
+    Returns it and whether it names another cohort than the run's.
+    """
+    data_cfg = OmegaConf.merge(run_cfg.data, OmegaConf.from_dotlist(overrides).get("data", {}))
+    validate_data_config(data_cfg)
+    for note in enforce(contract, data_cfg, {item.split("=", 1)[0] for item in overrides}):
+        print(note)
+    other_cohort = Path(str(data_cfg.root)).resolve() != Path(str(run_cfg.data.root)).resolve()
+    data_cfg.require_labels = False
+    data_cfg.synthetic = None  # evaluate what is there; never generate
+    use_mask_free_strategy(data_cfg, cfg.mask_free_strategy)
+    if cfg.batch_size:
+        data_cfg.batch_size = cfg.batch_size
+    if cfg.split == "all":
+        data_cfg.split = None  # the whole cohort, however small: nothing to split
+        data_cfg.folds = data_cfg.fold = None
+    return data_cfg, other_cohort
+
+
+def use_mask_free_strategy(data_cfg: DictConfig, fallback: str) -> None:
+    """A cohort without masks cannot use a tumour-based slice strategy: switch and say so."""
+    if data_cfg.slices.strategy not in NEEDS_MASK:
+        return
+    layout = from_mapping(LayoutSpec, OmegaConf.to_container(data_cfg.layout), "data.layout")
+    labels = from_mapping(LabelSpec, OmegaConf.to_container(data_cfg.labels), "data.labels")
+    quiet = logging.getLogger("gliograde.data")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the DataModule reports the cohort's warnings itself, once
+    try:
+        cohort = discover_cohort(data_cfg.root, layout, labels, require_labels=False)
+    finally:
+        quiet.setLevel(level)
+    if cohort.patients and all(p.mask is None for p in cohort.patients):
+        print(
+            f"The cohort has no tumour masks, so slices are chosen by data.slices.strategy={fallback} "
+            f"instead of the run's {data_cfg.slices.strategy}."
+        )
+        data_cfg.slices.strategy = fallback
+
+
+def build_datamodule(data_cfg: DictConfig, contract: dict[str, Any] | None = None):
+    """Prepare and set up the datamodule of ``data_cfg``; its cache grid must fit the contract."""
+    datamodule = build(data_cfg)
+    datamodule.prepare_data()
+    if contract is not None:
+        check_grid(contract, datamodule.cached.shape, str(datamodule.cohort.root))
+    datamodule.setup()
+    return datamodule
+
+
+def run_datamodule(run_cfg: DictConfig):
+    """The run's own cohort and split, as it trained on them (its cache already exists)."""
+    data_cfg = run_cfg.data.copy()
+    data_cfg.synthetic = None
+    return build_datamodule(data_cfg)
+
+
+def load_model(checkpoint: Path, contract: dict[str, Any], device: torch.device) -> GradeClassifier:
+    """The checkpoint's two-class model in eval mode on ``device``, checked against the contract."""
+    model = GradeClassifier.load_from_checkpoint(checkpoint, map_location=device, weights_only=False)
+    model.eval()
+    classes = list(model.hparams.class_names)
+    check_model(contract, int(model.hparams.in_channels), classes)
+    if len(classes) != 2:
+        raise EvaluationError(f"the report covers two classes; this model has {len(classes)}: {classes}")
+    return model

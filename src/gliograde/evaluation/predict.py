@@ -1,0 +1,79 @@
+"""Slice probabilities of one split, and their patient aggregate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gliograde.evaluation.aggregate import aggregate
+from gliograde.evaluation.progress import progress
+
+
+@dataclass
+class Predictions:
+    """Slice-level outputs of one split, and their patient-level aggregate."""
+
+    patient_ids: list[str]  # per slice
+    slice_index: np.ndarray
+    labels: np.ndarray  # per slice, -1 when unknown
+    probs: np.ndarray  # [N, K]
+    rows: np.ndarray  # per slice: its index in the split's dataset
+    patients: list[str]  # per patient (in cache order)
+    patient_probs: np.ndarray  # [P, K]
+    patient_labels: np.ndarray
+    slices_per_patient: np.ndarray
+    slice_patient: np.ndarray  # per slice: its row in the patient arrays
+
+    @property
+    def has_labels(self) -> bool:
+        """Whether every patient has a known class."""
+        return bool((self.patient_labels >= 0).all())
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module,
+    datamodule,
+    split: str,
+    method: str,
+    device: torch.device,
+    show_progress: bool = True,
+) -> Predictions:
+    """Run ``model`` over ``split`` of ``datamodule`` in order; aggregate per patient by ``method``."""
+    loader = datamodule.dataloader(split)
+    positions, ids, slices, labels, probs = [], [], [], [], []
+    for batch in progress(loader, desc=f"inference ({split})", total=len(loader), enabled=show_progress):
+        images = batch["image"].to(device, non_blocking=True).float()
+        probs.append(model(images).float().softmax(dim=1).cpu().numpy())
+        positions.append(batch["patient"].numpy())
+        ids.extend(batch["patient_id"])
+        slices.append(batch["slice_index"].numpy())
+        labels.append(batch["label"].numpy())
+    position = np.concatenate(positions)
+    slice_index = np.concatenate(slices)
+    label = np.concatenate(labels)
+    prob = np.concatenate(probs)
+    weights = tumour_area(datamodule, position, slice_index) if method == "tumor_weighted" else None
+    unique, patient_probs, counts = aggregate(position, prob, method, weights)
+    row = np.searchsorted(unique, position)
+    first = np.unique(row, return_index=True)[1]  # each patient's first slice, in patient order
+    return Predictions(
+        patient_ids=ids,
+        slice_index=slice_index,
+        labels=label,
+        probs=prob,
+        rows=np.arange(len(prob)),  # the loader is sequential: the i-th slice is dataset row i
+        patients=[ids[i] for i in first],
+        patient_probs=patient_probs,
+        patient_labels=label[first],
+        slices_per_patient=counts,
+        slice_patient=row,
+    )
+
+
+def tumour_area(datamodule, position: np.ndarray, slice_index: np.ndarray) -> np.ndarray:
+    """Tumour voxels of each (patient position, slice) in the datamodule's plane."""
+    areas = datamodule.cached.tumour_area[datamodule.slice_spec.plane]
+    return areas[position, slice_index].astype(float)

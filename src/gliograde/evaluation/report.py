@@ -1,0 +1,112 @@
+"""Where an evaluation's report goes, and its files: metrics.json, figures, report.html, the table."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from gliograde.atomic import write_text
+from gliograde.evaluation.figures import save_png
+from gliograde.evaluation.intervals import UNRELIABLE_NOTE
+from gliograde.evaluation.metrics import METRICS
+from gliograde.evaluation.report_html import evaluation_page, write_page
+
+DEFAULT_THRESHOLD = 0.5
+DEFAULT_AGGREGATE = "mean"
+DEFAULT_CKPT = "best"
+
+
+def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
+    """``output_dir`` if given, else ``RUN/eval/<name>`` named by the options that change the report.
+
+    The default options give ``<split>`` (e.g. ``test``); each other choice adds a part, in this
+    order: ``ckpt-<name>`` (not the best checkpoint), the threshold (``youden`` or ``t<value>``),
+    the aggregate (``vote``, ``tumor_weighted``), and ``data-<hash>`` of the ``data.*`` overrides.
+    So ``threshold=youden aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
+    """
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    parts = [str(cfg.split)]
+    if str(cfg.ckpt) != DEFAULT_CKPT:
+        parts.append(f"ckpt-{Path(str(cfg.ckpt)).stem}")
+    if str(cfg.threshold) == "youden":
+        parts.append("youden")
+    elif float(cfg.threshold) != DEFAULT_THRESHOLD:
+        parts.append(f"t{float(cfg.threshold):g}")
+    if cfg.aggregate != DEFAULT_AGGREGATE:
+        parts.append(str(cfg.aggregate))
+    if data_overrides:
+        digest = hashlib.sha1("\n".join(sorted(data_overrides)).encode()).hexdigest()[:8]
+        parts.append(f"data-{digest}")
+    return run / "eval" / re.sub(r"[^A-Za-z0-9._-]", "-", "_".join(parts))
+
+
+def write_metrics(out: Path, report: dict[str, Any]) -> None:
+    """``metrics.json``, atomically."""
+    write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+
+
+def save_figures(figures: dict[str, Any], out: Path, tensorboard: Path, tag: str) -> list[Path]:
+    """Each figure as ``out/<name>.png`` (atomically) and in TensorBoard under ``<tag>/<name>``;
+    returns the PNG paths. Closes the figures."""
+    import matplotlib.pyplot as plt
+    from torch.utils.tensorboard import SummaryWriter
+
+    paths = []
+    writer = SummaryWriter(str(tensorboard))
+    try:
+        for name, figure in figures.items():
+            save_png(figure, out / f"{name}.png")
+            writer.add_figure(f"{tag}/{name}", figure, close=False)
+            plt.close(figure)
+            paths.append(out / f"{name}.png")
+    finally:
+        writer.close()
+    return paths
+
+
+def write_html(out: Path, report: dict[str, Any], images: list[Path]) -> None:
+    """``report.html``: the metrics and the figures on one self-contained page."""
+    write_page(out / "report.html", evaluation_page(report, images))
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A readable table of metrics.json."""
+    lines = [
+        f"Evaluated {report['n_patients']} patients ({report['n_slices']} slices), split={report['split']}, "
+        f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}"
+    ]
+    if "patient" not in report:
+        lines.append(report.get("note", ""))
+        return "\n".join(lines)
+    level = int(round(report["ci_level"] * 100))
+    lines.append(
+        f"{'metric':<18} {'patient':>8} {f'[{level}% CI]':>16}   {'slice':>8} {f'[{level}% CI]':>16}"
+    )
+    for name in METRICS:
+        p, s = report["patient"][name], report["slice"][name]
+        marker = "*" if p.get("unreliable") else ""
+        lines.append(
+            f"{name:<18} {_fmt(p['value']):>8} {_ci(p) + marker:>17}  {_fmt(s['value']):>8} {_ci(s):>16}"
+        )
+    counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
+    base = report["majority_baseline"]
+    lines.append(f"patients per class: {counts}; majority-class baseline accuracy {base['accuracy']:.3f}")
+    if any(report["patient"][name].get("unreliable") for name in METRICS):
+        lines.append(UNRELIABLE_NOTE)
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _ci(entry: dict[str, float | None]) -> str:
+    if entry["ci_low"] is None:
+        return "n/a"
+    return f"[{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"

@@ -1,0 +1,75 @@
+"""Patient and slice metrics of one evaluation, with intervals, and its decision threshold."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from gliograde.evaluation.errors import EvaluationError
+from gliograde.evaluation.intervals import patient_intervals
+from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_threshold
+from gliograde.evaluation.predict import Predictions, predict
+from gliograde.evaluation.progress import progress
+
+
+def choose_threshold(
+    threshold: str | float, model, datamodule, aggregate: str, device, show_progress: bool = True
+) -> float:
+    """``threshold`` as a number; ``youden`` is chosen on ``datamodule``'s val patients."""
+    if str(threshold) != "youden":
+        return float(threshold)
+    if "val" not in datamodule.datasets:
+        raise EvaluationError("threshold=youden is chosen on the val split, which this cohort does not have")
+    val = predict(model, datamodule, "val", aggregate, device, show_progress)
+    return youden_threshold(val.patient_labels, val.patient_probs[:, 1])
+
+
+def score(
+    pred: Predictions,
+    threshold: float,
+    classes: list[str],
+    level: float,
+    resamples: int,
+    seed: int,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """The metrics section of metrics.json: patient and slice metrics with ``level`` intervals."""
+    labels = pred.patient_labels
+    # Both interval computations call their metric function once per resample, plus the point value.
+    with progress(desc="intervals", total=2 * (resamples + 1), enabled=show_progress) as bar:
+        patient = patient_intervals(
+            labels,
+            pred.patient_probs[:, 1],
+            threshold,
+            level=level,
+            resamples=resamples,
+            seed=seed,
+            on_resample=bar.update,
+        )
+        # Slice metrics resample patients too: slices of one patient are not independent.
+        members = [np.flatnonzero(pred.slice_patient == i) for i in range(len(labels))]
+
+        def slice_metrics(idx: np.ndarray) -> dict[str, float]:
+            bar.update()
+            rows = np.concatenate([members[i] for i in idx])
+            return binary_metrics(pred.labels[rows], pred.probs[rows, 1], threshold)
+
+        slices = bootstrap_intervals(
+            slice_metrics, len(labels), resamples=resamples, level=level, seed=seed, strata=labels
+        )
+    counts = np.bincount(labels, minlength=2)
+    majority = int(np.argmax(counts))
+    baseline = binary_metrics(labels, np.full(len(labels), float(majority)), 0.5)
+    return {
+        "patient": patient,
+        "slice": slices,
+        "class_counts": {name: int(n) for name, n in zip(classes, counts)},
+        "majority_baseline": {
+            "class": majority,
+            "accuracy": baseline["accuracy"],
+            "balanced_accuracy": 0.5,
+        },
+        "ci_level": level,
+        "bootstrap_resamples": resamples,
+    }

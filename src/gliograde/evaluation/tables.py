@@ -1,0 +1,91 @@
+"""The prediction tables of an evaluation: written with pandas, read back with the run's splits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from gliograde.data.splits import read_splits_table
+from gliograde.evaluation.errors import EvaluationError
+
+if TYPE_CHECKING:
+    from gliograde.evaluation.predict import Predictions
+
+SLICE_TABLE = "slice_predictions.csv"
+PATIENT_TABLE = "patient_predictions.csv"
+
+
+def write_frame(frame: pd.DataFrame, path: str | Path) -> None:
+    """``frame`` as CSV (probabilities to 6 decimals) to a temporary sibling, renamed over ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        frame.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def slice_frame(pred: Predictions, plane: str, classes: list[str]) -> pd.DataFrame:
+    """One row per slice: patient_id, plane, slice_index, label, prob_<class>..."""
+    frame = pd.DataFrame(
+        {
+            "patient_id": pred.patient_ids,
+            "plane": plane,
+            "slice_index": pred.slice_index.astype(int),
+            "label": [_label(classes, y) for y in pred.labels],
+        }
+    )
+    for k, name in enumerate(classes):
+        frame[f"prob_{name}"] = pred.probs[:, k].astype(float)
+    return frame
+
+
+def patient_frame(pred: Predictions, classes: list[str], threshold: float) -> pd.DataFrame:
+    """One row per patient: patient_id, label, probability (of the last class), prediction, n_slices."""
+    positive = pred.patient_probs[:, 1].astype(float)
+    return pd.DataFrame(
+        {
+            "patient_id": pred.patients,
+            "label": [_label(classes, y) for y in pred.patient_labels],
+            "probability": positive,
+            "prediction": [classes[int(p >= threshold)] for p in positive],
+            "n_slices": pred.slices_per_patient.astype(int),
+        }
+    )
+
+
+def write_predictions(out: Path, pred: Predictions, plane: str, classes: list[str], threshold: float) -> None:
+    """``slice_predictions.csv`` and ``patient_predictions.csv`` in ``out``."""
+    write_frame(slice_frame(pred, plane, classes), out / SLICE_TABLE)
+    write_frame(patient_frame(pred, classes, threshold), out / PATIENT_TABLE)
+
+
+def predictions_table(
+    run_dir: str | Path, split: str = "test", folder: str | Path | None = None
+) -> pd.DataFrame:
+    """A run's patient predictions of ``split`` with the run's split of each patient joined.
+
+    Reads ``patient_predictions.csv`` from ``folder`` (default ``RUN/eval/<split>``, evaluate.py's
+    folder for its default options) and adds ``split`` from ``RUN/splits.csv`` (empty for patients
+    the run never saw, e.g. another cohort's). Labels stay strings; an unknown label is empty.
+    """
+    run = Path(run_dir)
+    table = Path(folder or run / "eval" / split) / PATIENT_TABLE
+    if not table.is_file():
+        raise EvaluationError(f"{table}: no such file; run python evaluate.py run_dir={run} split={split}")
+    frame = pd.read_csv(table, dtype={"patient_id": str, "label": str}, keep_default_na=False)
+    splits_csv = run / "splits.csv"
+    if not splits_csv.is_file():
+        raise EvaluationError(f"{splits_csv}: no such file; {run} is not a complete run directory")
+    splits = read_splits_table(splits_csv)[["patient_id", "split"]]
+    joined = frame.merge(splits, on="patient_id", how="left", validate="one_to_one")
+    joined["split"] = joined["split"].fillna("")
+    return joined
+
+
+def _label(classes: list[str], y: int) -> str:
+    return classes[y] if y >= 0 else ""
