@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from scipy.stats import norm
 
 from gliograde.compare import CompareError, compare, main

@@ -8,7 +8,7 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, ListConfig, OmegaConf
 

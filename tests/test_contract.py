@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_python
+from helpers.commands import run_python
 from helpers.runs import tiny_run
 from omegaconf import OmegaConf
 

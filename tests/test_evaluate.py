@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
 from gliograde.evaluation.aggregate import aggregate

@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from omegaconf import OmegaConf
 
 from gliograde import tracking

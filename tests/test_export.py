@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from conftest import run_python
+from helpers.commands import run_python
 from helpers.runs import tiny_run
 
 from gliograde.inference.inputs import from_folder

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
 

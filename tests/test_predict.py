@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 from helpers.runs import tiny_run
 from hydra import compose, initialize_config_dir
 

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_datamodule, run_python
+from helpers.cohorts import make_datamodule
+from helpers.commands import run_python
 
 from gliograde.data.cache_clean import key_lock, tree_bytes
 

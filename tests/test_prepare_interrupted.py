@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_datamodule
+from helpers.cohorts import make_datamodule
+from helpers.commands import REPO
 
 from gliograde.data.cache_clean import partial_key
 from gliograde.data.specs import MODALITIES

@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 from helpers.runs import tiny_run
 from hydra import compose, initialize_config_dir
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_python
+from helpers.commands import run_python
 from omegaconf import OmegaConf
 
 

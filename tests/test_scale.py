@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 
 from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from gliograde.data.synthetic import generate_cohort

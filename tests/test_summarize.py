@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_python
+from helpers.commands import run_python
 
 from gliograde.summarize import SummaryError, main, summarize_sweep, sweep_table
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import pytest
 import torch
-from conftest import run_python
+from helpers.commands import run_python
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf

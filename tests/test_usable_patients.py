@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_datamodule, patient_file, run_python
+from helpers.cohorts import make_datamodule, patient_file
+from helpers.commands import run_python
 
 from gliograde.config import CONF_DIR, build
 from gliograde.data.cohort import discover_cohort
