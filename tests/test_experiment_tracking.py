@@ -15,6 +15,7 @@ from gliograde.errors import ConfigError
 from gliograde.tracking import tracking_uri
 
 
+@pytest.mark.slow
 def test_many_loggers_record_params_curves_and_final_metrics(tiny_cohort_master, tmp_path):
     from mlflow.tracking import MlflowClient
 

@@ -20,6 +20,9 @@ from gliograde.inference.inputs import from_folder
 from gliograde.inference.models import TorchModel, find_checkpoint
 from gliograde.inference.stream import load_patient
 
+# trains a model in a `python train.py` subprocess
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> dict[str, Path]:

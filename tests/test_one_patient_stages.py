@@ -13,6 +13,9 @@ from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
 
+# full-size volumes and a `python train.py` run
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def full_size_cohort(tmp_path) -> Path:

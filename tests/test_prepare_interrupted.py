@@ -18,9 +18,12 @@ from helpers.commands import REPO
 from gliograde.data.cache_clean import partial_key
 from gliograde.data.specs import MODALITIES
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent by prctl"
-)
+pytestmark = [
+    pytest.mark.slow,  # kills a real `python -m gliograde.prepare` with SIGKILL and SIGTERM
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent by prctl"
+    ),
+]
 
 PATIENTS = 150  # tiny volumes, but enough of them that the build lasts well past startup
 

@@ -16,6 +16,9 @@ from hydra import compose, initialize_config_dir
 
 from gliograde.inference.runner import predict
 
+# trains a model in a `python train.py` subprocess
+pytestmark = pytest.mark.slow
+
 
 class _Page(HTMLParser):
     """Images (alt -> decoded bytes), numbers (data-key -> data-value) and external references."""

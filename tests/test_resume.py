@@ -13,6 +13,9 @@ import torch
 from helpers.commands import run_python
 from omegaconf import OmegaConf
 
+# trains a model in a `python train.py` subprocess
+pytestmark = pytest.mark.slow
+
 
 def _train(*args: str) -> subprocess.CompletedProcess:
     return run_python("train.py", *args, timeout=600)

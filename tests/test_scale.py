@@ -67,6 +67,7 @@ def test_epoch_seeded_samplers():
     assert all(i >= 10 for i in weighted) and len(list(weighted)) == 20
 
 
+@pytest.mark.slow
 def test_three_fold_cross_validation_and_summary(cohort, tmp_path):
     sweep = tmp_path / "cv"
     result = _train(
@@ -93,6 +94,7 @@ def test_three_fold_cross_validation_and_summary(cohort, tmp_path):
     assert [r[0] for r in rows[1:]] == ["0", "1", "2", "mean", "std"]
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
     run = tmp_path / "ddp"
     # 9 test patients x 5 slices = 45: a DistributedSampler over 2 ranks pads one repeated slice
@@ -127,6 +129,7 @@ def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
         assert metrics[f"test/patient_{name}"] == pytest.approx(report["patient"][name]["value"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_inside_a_two_job_sweep(cohort, tmp_path):
     sweep, stray = tmp_path / "sweep", tmp_path / "stray"
     result = _train(
@@ -173,6 +176,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics_and_seeds_repeat(cohort, tmp_path):
     whole = tmp_path / "whole"
     assert _train(*_resume_args(cohort, whole)).returncode == 0

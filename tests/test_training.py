@@ -160,6 +160,7 @@ def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     assert "absent" not in result.stderr  # refused before the (bad) data root was looked at
 
 
+@pytest.mark.slow
 def test_fast_dev_run_through_hydra(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     result = _train(*_data_args(small_cohort, cache_dir), "debug=fast", f"hydra.run.dir={run}")
@@ -206,6 +207,7 @@ def _served(run: Path):
     return scalars, {info.name.tag for info in experiment.metric_infos}
 
 
+@pytest.mark.slow
 def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     result = _train(
@@ -241,6 +243,7 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert model.hparams.in_channels == 4 and model(torch.zeros(1, 4, 48, 48)).shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
     result = _train(
@@ -259,6 +262,7 @@ def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_di
     assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 1  # both jobs used one cache
 
 
+@pytest.mark.slow
 def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     common = [*_data_args(small_cohort, cache_dir), "trainer=cpu", "debug=limit", f"hydra.run.dir={run}"]
@@ -287,6 +291,7 @@ def test_slurm_launcher_config_composes():
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
 
 
+@pytest.mark.slow
 def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_dir, tmp_path):
     sweep = tmp_path / "optuna"
     result = _train(
