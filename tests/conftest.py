@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic cohort in the BraTS 2020 layout, made once per session."""
+"""Shared fixtures: a tiny synthetic cohort in the BraTS 2020 layout, made once per session, and
+configs composed from conf/ as the entry points compose them."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from helpers.cohorts import TINY_SHAPE
+from helpers.configs import compose_config
+from omegaconf import DictConfig, OmegaConf
 
 from gliograde.data.synthetic import generate_cohort
 
@@ -26,3 +29,14 @@ def tiny_cohort(tiny_cohort_master, tmp_path) -> Path:
     root = tmp_path / "cohort"
     shutil.copytree(tiny_cohort_master, root)
     return root
+
+
+@pytest.fixture
+def cfg_train(tmp_path) -> DictConfig:
+    """``train.yaml`` on the synthetic preset, resolved, with its outputs and cache under tmp_path."""
+    cfg = compose_config(
+        "train", [f"paths.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", "data.progress=false"]
+    )
+    OmegaConf.resolve(cfg)
+    return cfg
+

@@ -107,15 +107,8 @@ def test_a_run_from_before_contracts_falls_back_to_its_config(run, tmp_path):
     assert "data.labels.classes=[HGG,LGG] contradicts" in result.stderr
 
 
-def test_a_single_modality_model_refuses_another_modality():
-    data = OmegaConf.create(
-        {
-            "modalities": ["flair"],
-            "labels": {"classes": ["LGG", "HGG"]},
-            "slices": {"strategy": "brain", "plane": "axial"},
-            "preprocess": {"clip_percentiles": None, "reorient": None},
-        }
-    )
+def test_a_single_modality_model_refuses_another_modality(cfg_train):
+    data = OmegaConf.merge(cfg_train.data, {"modalities": ["flair"], "slices": {"strategy": "brain"}})
     contract = from_config(data)
     assert contract["modalities"] == ["flair"] and contract["grid"] is None
     given = OmegaConf.merge(data, {"modalities": ["t2"]})

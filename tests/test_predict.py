@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from helpers.commands import REPO, run_python
+from helpers.commands import run_python
+from helpers.configs import compose_config
 from helpers.runs import tiny_run
-from hydra import compose, initialize_config_dir
 
 from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError
@@ -35,8 +35,7 @@ def test_patients(run) -> list[str]:
 
 
 def _predict_in_process(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=list(overrides))
+    cfg = compose_config("predict", overrides)
     return predict(cfg)
 
 

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import pytest
 import torch
 from helpers.commands import run_python
-from hydra import compose, initialize_config_dir
+from helpers.configs import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -58,11 +58,6 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_python("train.py", *args, timeout=timeout)
 
 
-def _compose(overrides: list[str]):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUP_OPTIONS.items() for o in options])
 def test_every_config_composes_and_instantiates(group, option, tmp_path):
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
@@ -74,7 +69,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         overrides.append(f"logger.mlflow.store={tmp_path / 'mlflow'}")  # not the checkout's logs/
     if (group, option) == ("trainer", "ddp") and not torch.cuda.is_available():
         overrides.append("trainer.accelerator=cpu")  # refused on a machine without GPUs otherwise
-    cfg = _compose(overrides)
+    cfg = compose_config("train", overrides)
     OmegaConf.resolve(cfg)
     datamodule = build(cfg.data)
     assert isinstance(datamodule, GliomaDataModule)
@@ -91,8 +86,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
 
 
 def test_optuna_sweeper_config_composes(tmp_path):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    cfg = compose_config("train", ["hparams_search=optuna"], hydra_node=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert set(cfg.hydra.sweeper.params) == {
         "model.optimizer.lr",
@@ -102,7 +96,7 @@ def test_optuna_sweeper_config_composes(tmp_path):
 
 
 def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
-    cfg = _compose(["trainer.gpus=2", "paths.output_dir=/tmp"]).trainer
+    cfg = compose_config("train", ["trainer.gpus=2", "paths.output_dir=/tmp"]).trainer
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     options = trainer_options(cfg)
     assert options["accelerator"] == "gpu" and options["devices"] == 2 and "gpus" not in options
@@ -113,14 +107,14 @@ def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
 
 def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    cfg = _compose(["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
+    cfg = compose_config("train", ["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
     with pytest.raises(NoGPUError, match="trainer.devices=4 asks for GPUs.*trainer.accelerator=cpu"):
         trainer_options(cfg)
-    cfg = _compose(["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"])
+    cfg = compose_config("train", ["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"])
     options = trainer_options(cfg.trainer)
     assert (options["accelerator"], options["devices"], options["strategy"]) == ("cpu", 4, "ddp")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert trainer_options(_compose(["trainer=ddp", "paths.output_dir=/tmp"]).trainer)["strategy"] == "ddp"
+    assert trainer_options(compose_config("train", ["trainer=ddp", "paths.output_dir=/tmp"]).trainer)["strategy"] == "ddp"
 
 
 def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
@@ -280,12 +274,9 @@ def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
 
 
 def test_slurm_launcher_config_composes():
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
-            return_hydra_config=True,
-        )
+    cfg = compose_config(
+        "train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], hydra_node=True
+    )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
