@@ -34,9 +34,8 @@ def tiny_cohort(tiny_cohort_master, tmp_path) -> Path:
 @pytest.fixture
 def cfg_train(tmp_path) -> DictConfig:
     """``train.yaml`` on the synthetic preset, resolved, with its outputs and cache under tmp_path."""
-    cfg = compose_config(
-        "train", [f"paths.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}", "data.progress=false"]
-    )
+    outputs = [f"paths.output_dir={tmp_path / 'run'}", f"data.cache_dir={tmp_path / 'cache'}"]
+    cfg = compose_config("train", [*outputs, "data.progress=false"])
     OmegaConf.resolve(cfg)
     return cfg
 

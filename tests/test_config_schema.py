@@ -106,7 +106,8 @@ def test_out_of_range_unknown_values_and_keys(override, expected):
 
 
 def test_evaluate_options_are_checked():
-    assert "threshold='half'" in _error(compose_config("evaluate", ["run_dir=R", "threshold=half"]), "evaluate")
+    half = compose_config("evaluate", ["run_dir=R", "threshold=half"])
+    assert "threshold='half'" in _error(half, "evaluate")
     assert "threshold=1.0" in _error(compose_config("evaluate", ["run_dir=R", "threshold=1.0"]), "evaluate")
     assert "split='holdout'" in _error(compose_config("evaluate", ["run_dir=R", "split=holdout"]), "evaluate")
     assert "run_dir is not set" in _error(compose_config("evaluate", []), "evaluate")
@@ -176,6 +177,7 @@ def test_hydra_errors_become_one_line(argv, expected):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, overrides",
     [

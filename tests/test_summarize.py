@@ -72,6 +72,7 @@ def _lr_sweep(root: Path, with_overrides: bool = True) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_any_sweep_one_row_per_job_sorted_by_the_monitor(tmp_path):
     sweep = _lr_sweep(tmp_path)
     result = run_python("-m", "gliograde.summarize", str(sweep), "--bootstrap", "20")

@@ -4,7 +4,9 @@ resume. Uses one small synthetic cohort and one cache for the whole module."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -27,16 +29,19 @@ GROUP_OPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def small_cohort(tmp_path_factory) -> Path:
+def small_cohort(tmp_path_factory) -> Iterator[Path]:
     """40 patients (half LGG) of 48x48x24: big enough to learn from, quick to train on."""
     root = tmp_path_factory.mktemp("train") / "cohort"
     generate_cohort(root, patients=40, seed=11, shape=(48, 48, 24), lgg_fraction=0.5)
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("train_cache")
+def cache_dir(tmp_path_factory) -> Iterator[Path]:
+    cache = tmp_path_factory.mktemp("train_cache")
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def _data_args(root: Path, cache: Path) -> list[str]:
@@ -110,13 +115,17 @@ def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
     cfg = compose_config("train", ["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
     with pytest.raises(NoGPUError, match="trainer.devices=4 asks for GPUs.*trainer.accelerator=cpu"):
         trainer_options(cfg)
-    cfg = compose_config("train", ["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"])
+    cfg = compose_config(
+        "train", ["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"]
+    )
     options = trainer_options(cfg.trainer)
     assert (options["accelerator"], options["devices"], options["strategy"]) == ("cpu", 4, "ddp")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert trainer_options(compose_config("train", ["trainer=ddp", "paths.output_dir=/tmp"]).trainer)["strategy"] == "ddp"
+    cfg = compose_config("train", ["trainer=ddp", "paths.output_dir=/tmp"])
+    assert trainer_options(cfg.trainer)["strategy"] == "ddp"
 
 
+@pytest.mark.slow
 def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -139,6 +148,7 @@ def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -274,9 +284,8 @@ def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
 
 
 def test_slurm_launcher_config_composes():
-    cfg = compose_config(
-        "train", ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], hydra_node=True
-    )
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    cfg = compose_config("train", overrides, hydra_node=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
@@ -290,6 +299,7 @@ def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_di
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         *_data_args(small_cohort, cache_dir),
+        "callbacks.last_checkpoint=null",  # never resumed: the best checkpoint is enough
         "trainer=cpu",
         "debug=limit",
         f"hydra.sweep.dir={sweep}",
@@ -304,6 +314,7 @@ def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_di
     assert results.best_value == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_a_missing_checkpoint_to_resume_is_one_line_before_any_data_work(tmp_path):
     result = _train(
         "trainer=cpu",
