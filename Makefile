@@ -26,7 +26,7 @@ test-fast: install
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 bench: install
-	$(BIN)/python -m gliograde.bench --out logs/bench/bench.json
+	$(BIN)/python -m benchmarks.bench --out logs/bench/bench.json
 
 prepare: install
 	$(BIN)/python -m gliograde.prepare

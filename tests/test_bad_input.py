@@ -18,7 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_datamodule, patient_file
+from helpers.cohorts import make_datamodule, patient_file
 
 import gliograde.data.cache as cache_module
 from gliograde.data.errors import DataError

@@ -11,22 +11,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_datamodule
+from benchmarks.bench import KEYS
+from helpers.cohorts import make_datamodule
+from helpers.commands import REPO
 
-from gliograde.bench import KEYS
 from gliograde.data.preprocess import normalise_into
 from gliograde.data.specs import MODALITIES
 
 
+@pytest.mark.slow
 def test_bench_writes_every_key_on_a_tiny_cohort(tmp_path):
     out = tmp_path / "bench.json"
     command = [
-        sys.executable, "-m", "gliograde.bench", "--out", str(out), "--workdir", str(tmp_path),
+        sys.executable, "-m", "benchmarks.bench", "--out", str(out), "--workdir", str(tmp_path),
         "--patients", "4", "--shape", "40", "40", "20", "--batch-size", "8", "--train-batch-size", "4",
         "--warmup-steps", "1", "--train-steps", "2", "--rss-steps", "1", "--repeats", "1",
         "--article-slices", "2",
     ]  # fmt: skip
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert list(results) == list(KEYS)

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_datamodule, patient_file
+from helpers.cohorts import make_datamodule, patient_file
 
 import gliograde.data.cache as cache_module
 from gliograde.data.cache import CachedCohort
@@ -132,6 +132,7 @@ def _build_in_process(root: str, cache_dir: str, start: float, queue) -> None:
     queue.put(str(dm.cached.directory))
 
 
+@pytest.mark.slow  # two spawned processes, started together on the clock
 def test_two_concurrent_builds_end_with_one_good_cache(tiny_cohort, tmp_path):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()

@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import make_datamodule, patient_file
+from helpers.cohorts import make_datamodule, patient_file
 
 import gliograde.data.cache as cache_module
 from gliograde.data.cache import CachedCohort, cache_key, open_or_build

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from scipy.stats import norm
 
 from gliograde.compare import CompareError, compare, main
@@ -39,6 +39,7 @@ def _evaluated_run(root: Path, probs, threshold: float) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_compare_reports_delong_and_mcnemar_on_the_shared_patients(tmp_path):
     a = _trained_run(tmp_path / "a", PROBS_A)
     b = _trained_run(tmp_path / "b", PROBS_B)

@@ -8,8 +8,8 @@ import inspect
 from pathlib import Path
 
 import pytest
-from conftest import run_python
-from hydra import compose, initialize_config_dir
+from helpers.commands import run_python
+from helpers.configs import compose_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gliograde.config import CONF_DIR, check_command_line
@@ -25,11 +25,6 @@ GROUP_OPTIONS = [
 ]
 
 
-def _compose(name: str, overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(name, overrides=overrides)
-
-
 def _leaves(node: DictConfig, prefix: str) -> list[str]:
     keys = []
     for key in node.keys():
@@ -39,7 +34,7 @@ def _leaves(node: DictConfig, prefix: str) -> list[str]:
     return keys
 
 
-TRAIN_CFG = _compose("train", [])
+TRAIN_CFG = compose_config("train", [])
 LEAVES = [key for group in GROUPS for key in _leaves(TRAIN_CFG[group], group)]
 
 
@@ -107,22 +102,23 @@ def test_a_wrong_type_for_any_leaf_is_one_line_naming_the_key(key):
     ],
 )
 def test_out_of_range_unknown_values_and_keys(override, expected):
-    assert expected in _error(_compose("train", [override]))
+    assert expected in _error(compose_config("train", [override]))
 
 
 def test_evaluate_options_are_checked():
-    assert "threshold='half'" in _error(_compose("evaluate", ["run_dir=R", "threshold=half"]), "evaluate")
-    assert "threshold=1.0" in _error(_compose("evaluate", ["run_dir=R", "threshold=1.0"]), "evaluate")
-    assert "split='holdout'" in _error(_compose("evaluate", ["run_dir=R", "split=holdout"]), "evaluate")
-    assert "run_dir is not set" in _error(_compose("evaluate", []), "evaluate")
-    wrong_batch = _compose("evaluate", ["run_dir=R", "data.batch_size=abc"])
+    half = compose_config("evaluate", ["run_dir=R", "threshold=half"])
+    assert "threshold='half'" in _error(half, "evaluate")
+    assert "threshold=1.0" in _error(compose_config("evaluate", ["run_dir=R", "threshold=1.0"]), "evaluate")
+    assert "split='holdout'" in _error(compose_config("evaluate", ["run_dir=R", "split=holdout"]), "evaluate")
+    assert "run_dir is not set" in _error(compose_config("evaluate", []), "evaluate")
+    wrong_batch = compose_config("evaluate", ["run_dir=R", "data.batch_size=abc"])
     assert "data.batch_size='abc'" in _error(wrong_batch, "evaluate")
     for threshold in ("youden", "0.3"):
-        validate_config(_compose("evaluate", ["run_dir=R", f"threshold={threshold}"]), "evaluate")
+        validate_config(compose_config("evaluate", ["run_dir=R", f"threshold={threshold}"]), "evaluate")
 
 
 def test_a_merged_data_node_is_checked_by_validate_data_config(tmp_path):
-    node = _compose("train", [f"data.root={tmp_path}"]).data
+    node = compose_config("train", [f"data.root={tmp_path}"]).data
     validate_data_config(node)
     merged = OmegaConf.merge(node, OmegaConf.from_dotlist(["slices.k=2.5"]))
     with pytest.raises(ConfigError, match=r"data\.slices\.k=2\.5"):
@@ -133,7 +129,7 @@ def test_the_data_schema_is_the_datamodules_arguments_and_the_presets_keys():
     fields = set(DataSchema.__dataclass_fields__)
     arguments = set(inspect.signature(GliomaDataModule.__init__).parameters) - {"self"}
     assert fields == arguments | {"_target_"}
-    assert fields == set(_compose("train", ["data=brats2020"]).data.keys())
+    assert fields == set(compose_config("train", ["data=brats2020"]).data.keys())
 
 
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
@@ -181,6 +177,7 @@ def test_hydra_errors_become_one_line(argv, expected):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, overrides",
     [

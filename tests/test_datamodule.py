@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SHAPE, make_datamodule
+from helpers.cohorts import TINY_SHAPE, make_datamodule
 
 from gliograde.data.specs import MODALITIES
 

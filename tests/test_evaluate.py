@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
 from gliograde.evaluation.aggregate import aggregate
@@ -141,6 +141,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_report_files_exist_and_agree(trained_run):
     run = trained_run["run"]
     result = _evaluate(f"run_dir={run}")
@@ -172,6 +173,7 @@ def test_report_files_exist_and_agree(trained_run):
     assert "auroc" in result.stdout and "[95% CI]" in result.stdout
 
 
+@pytest.mark.slow
 def test_youden_threshold_comes_from_the_val_split(trained_run, tmp_path):
     run = trained_run["run"]
     val = _evaluate(f"run_dir={run}", "split=val", f"output_dir={tmp_path / 'val'}", "gradcam_n=0")
@@ -188,6 +190,7 @@ def test_youden_threshold_comes_from_the_val_split(trained_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_training_patients_are_refused_unless_allowed(trained_run, tmp_path):
     run = trained_run["run"]
     refused = _evaluate(f"run_dir={run}", "split=train", f"output_dir={tmp_path / 'a'}")
@@ -201,6 +204,7 @@ def test_training_patients_are_refused_unless_allowed(trained_run, tmp_path):
     assert allowed.returncode == 0, allowed.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_cohort_without_labels_or_masks_gets_predictions_only(trained_run, tmp_path):
     """Like the BraTS 2020 validation download: other folder names, no masks, no Grade column."""
     # Patients of their own: renamed copies of the run's patients would be refused as a leak.
@@ -233,6 +237,7 @@ def test_cohort_without_labels_or_masks_gets_predictions_only(trained_run, tmp_p
     assert list(out.glob("gradcam_all_*.png"))
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_found_in_the_run_directory_itself(trained_run, tmp_path):
     """A copied run without metrics.json (killed, or still running) still evaluates its best."""
     copy = tmp_path / "copy"

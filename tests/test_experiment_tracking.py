@@ -7,7 +7,7 @@ import csv
 import json
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from omegaconf import OmegaConf
 
 from gliograde import tracking
@@ -15,6 +15,7 @@ from gliograde.errors import ConfigError
 from gliograde.tracking import tracking_uri
 
 
+@pytest.mark.slow
 def test_many_loggers_record_params_curves_and_final_metrics(tiny_cohort_master, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -31,6 +32,7 @@ def test_many_loggers_record_params_curves_and_final_metrics(tiny_cohort_master,
         "data.batch_size=8",
         "trainer=cpu",
         "debug=limit",
+        "callbacks.last_checkpoint=null",  # never resumed: the best checkpoint is enough
         "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={run}",
     )

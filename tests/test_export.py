@@ -7,32 +7,39 @@ import csv
 import json
 import shutil
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from conftest import run_python
+from helpers.commands import run_python
 from helpers.runs import tiny_run
 
 from gliograde.inference.inputs import from_folder
 from gliograde.inference.models import TorchModel, find_checkpoint
 from gliograde.inference.stream import load_patient
 
+# trains a model in a `python train.py` subprocess
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, Path]:
+def exported(tmp_path_factory) -> Iterator[dict[str, Path]]:
     paths = tiny_run(tmp_path_factory)
     run = tmp_path_factory.mktemp("export") / "run"
-    shutil.copytree(paths["run"], run, ignore=shutil.ignore_patterns("eval", "export", "tensorboard"))
+    # export reads the best checkpoint: last.ckpt (134 MB) is not copied
+    ignore = shutil.ignore_patterns("eval", "export", "tensorboard", "last.ckpt")
+    shutil.copytree(paths["run"], run, ignore=ignore)
     evaluated = run_python("evaluate.py", f"run_dir={run}", "bootstrap=50", "gradcam_n=0")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = run_python("-m", "gliograde.export", str(run))
     assert result.returncode == 0, result.stderr[-3000:]
     with open(run / "splits.csv", newline="") as fh:
         test = sorted(r["patient_id"] for r in csv.DictReader(fh) if r["split"] == "test")
-    return {**paths, "run": run, "test": test}
+    yield {**paths, "run": run, "test": test}
+    shutil.rmtree(run.parent, ignore_errors=True)
 
 
 def test_onnx_gives_the_checkpoints_probabilities_on_real_slices(exported):

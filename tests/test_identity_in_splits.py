@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import copy_patient, make_datamodule
+from helpers.cohorts import copy_patient, make_datamodule
 
 from gliograde.data.errors import DataError
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import pandas as pd
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from helpers.runs import tiny_run
 
 from gliograde.data.synthetic import generate_cohort

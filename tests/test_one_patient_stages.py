@@ -9,9 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
+
+# full-size volumes and a `python train.py` run
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture

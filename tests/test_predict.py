@@ -12,9 +12,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, run_python
+from helpers.commands import run_python
+from helpers.configs import compose_config
 from helpers.runs import tiny_run
-from hydra import compose, initialize_config_dir
 
 from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError
@@ -35,8 +35,7 @@ def test_patients(run) -> list[str]:
 
 
 def _predict_in_process(*overrides: str) -> dict:
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("predict", overrides=list(overrides))
+    cfg = compose_config("predict", overrides)
     return predict(cfg)
 
 
@@ -44,6 +43,7 @@ def _json(out: Path) -> dict[str, dict]:
     return {p["patient_id"]: p for p in json.loads((out / "predictions.json").read_text())["patients"]}
 
 
+@pytest.mark.slow
 def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_path):
     cohort, first = run["cohort"], test_patients[0]
     # a root of renamed patient folders, files named however the scanner exported them
@@ -100,6 +100,7 @@ def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_pa
         assert (tmp_path / "a" / name).stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_without_a_mask_the_mask_free_rule_is_used_and_said(run, test_patients, tmp_path):
     patient = tmp_path / "P1"
     patient.mkdir()
@@ -118,6 +119,7 @@ def _copy_patient(run, patient: str, target: Path) -> Path:
     return target / patient
 
 
+@pytest.mark.slow
 def test_a_volume_off_the_model_grid_is_refused_unless_resampled(run, test_patients, tmp_path):
     folder = _copy_patient(run, test_patients[0], tmp_path)
     flair = folder / f"{test_patients[0]}_flair.nii"
@@ -145,6 +147,7 @@ def test_a_volume_off_the_model_grid_is_refused_unless_resampled(run, test_patie
     assert report["patients"][0]["resampled"] is True and report["patients"][0]["n_slices"] > 0
 
 
+@pytest.mark.slow
 def test_bad_files_get_one_line_naming_patient_and_file(run, test_patients, tmp_path):
     patient = test_patients[0]
     folder = _copy_patient(run, patient, tmp_path)

@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import make_datamodule, run_python
+from helpers.cohorts import make_datamodule
+from helpers.commands import run_python
 
 from gliograde.data.cache_clean import key_lock, tree_bytes
 
@@ -31,6 +32,7 @@ def kaggle_tree(tiny_cohort_master, tmp_path) -> Path:
     return top
 
 
+@pytest.mark.slow
 def test_prepare_on_kaggle_layout(kaggle_tree, tmp_path):
     result = _prepare(
         "data=brats2020",
@@ -51,6 +53,7 @@ def test_prepare_on_kaggle_layout(kaggle_tree, tmp_path):
     assert "W39_1998.09.19_Segm.nii" in (cache[0] / "cohort.csv").read_text()
 
 
+@pytest.mark.slow
 def test_prepare_reports_bad_root_in_one_line(tmp_path):
     result = _prepare(
         "data=brats2020", f"data.root={tmp_path / 'nowhere'}", f"data.cache_dir={tmp_path / 'c'}"
@@ -61,6 +64,7 @@ def test_prepare_reports_bad_root_in_one_line(tmp_path):
     assert "nowhere" in lines[0]
 
 
+@pytest.mark.slow
 def test_prepare_requires_a_root_for_real_presets(tmp_path):
     result = _prepare("data=brats2021", f"data.cache_dir={tmp_path / 'c'}")
     assert result.returncode == 2

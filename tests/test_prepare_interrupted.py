@@ -12,14 +12,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_datamodule
+from helpers.cohorts import make_datamodule
+from helpers.commands import REPO
 
 from gliograde.data.cache_clean import partial_key
 from gliograde.data.specs import MODALITIES
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent by prctl"
-)
+pytestmark = [
+    pytest.mark.slow,  # kills a real `python -m gliograde.prepare` with SIGKILL and SIGTERM
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="reads /proc; workers die with their parent by prctl"
+    ),
+]
 
 PATIENTS = 150  # tiny volumes, but enough of them that the build lasts well past startup
 

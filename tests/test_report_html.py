@@ -10,11 +10,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 from helpers.runs import tiny_run
 from hydra import compose, initialize_config_dir
 
 from gliograde.inference.runner import predict
+
+# trains a model in a `python train.py` subprocess
+pytestmark = pytest.mark.slow
 
 
 class _Page(HTMLParser):

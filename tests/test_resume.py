@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_python
+from helpers.commands import run_python
 from omegaconf import OmegaConf
+
+# trains a model in a `python train.py` subprocess
+pytestmark = pytest.mark.slow
 
 
 def _train(*args: str) -> subprocess.CompletedProcess:
@@ -19,7 +23,7 @@ def _train(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tiny_cohort_master, tmp_path_factory) -> Path:
+def trained_run(tiny_cohort_master, tmp_path_factory) -> Iterator[Path]:
     """One epoch of the strong setup on the BraTS 2020 preset, as a user would start it."""
     run = tmp_path_factory.mktemp("resume") / "run"
     result = _train(
@@ -37,7 +41,8 @@ def trained_run(tiny_cohort_master, tmp_path_factory) -> Path:
         f"hydra.run.dir={run}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return run
+    yield run
+    shutil.rmtree(run.parent, ignore_errors=True)
 
 
 def _records(run: Path) -> dict[str, str]:

@@ -6,26 +6,29 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 
 from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from gliograde.data.synthetic import generate_cohort
 
 
 @pytest.fixture(scope="module")
-def cohort(tmp_path_factory) -> dict[str, Path]:
+def cohort(tmp_path_factory) -> Iterator[dict[str, Path]]:
     base = tmp_path_factory.mktemp("scale")
     root = base / "cohort"
     generate_cohort(root, patients=36, seed=21, shape=(48, 48, 24), lgg_fraction=0.5)
-    return {"root": root, "cache": base / "cache"}
+    yield {"root": root, "cache": base / "cache"}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _args(cohort: dict[str, Path]) -> list[str]:
@@ -40,6 +43,10 @@ def _args(cohort: dict[str, Path]) -> list[str]:
         "trainer.max_epochs=1",
         "trainer.limit_train_batches=2",
     ]
+
+
+# Runs that are never resumed keep only their best checkpoint (ResNet18 + AdamW: 134 MB each).
+NO_LAST = "callbacks.last_checkpoint=null"
 
 
 def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -67,10 +74,12 @@ def test_epoch_seeded_samplers():
     assert all(i >= 10 for i in weighted) and len(list(weighted)) == 20
 
 
+@pytest.mark.slow
 def test_three_fold_cross_validation_and_summary(cohort, tmp_path):
     sweep = tmp_path / "cv"
     result = _train(
-        "-m", *_args(cohort), "trainer=cpu", "data.folds=3", "data.fold=0,1,2", f"hydra.sweep.dir={sweep}"
+        "-m", *_args(cohort), NO_LAST, "trainer=cpu", "data.folds=3", "data.fold=0,1,2",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = [sweep / str(i) for i in range(3)]
@@ -93,12 +102,14 @@ def test_three_fold_cross_validation_and_summary(cohort, tmp_path):
     assert [r[0] for r in rows[1:]] == ["0", "1", "2", "mean", "std"]
 
 
+@pytest.mark.slow
 def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
     run = tmp_path / "ddp"
     # 9 test patients x 5 slices = 45: a DistributedSampler over 2 ranks pads one repeated slice
     split = ["data.split.train=0.55", "data.split.val=0.2", "data.split.test=0.25"]
     result = _train(
         *_args(cohort),
+        NO_LAST,
         *split,
         "trainer=ddp",
         "trainer.devices=2",
@@ -127,11 +138,13 @@ def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
         assert metrics[f"test/patient_{name}"] == pytest.approx(report["patient"][name]["value"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_ddp_inside_a_two_job_sweep(cohort, tmp_path):
     sweep, stray = tmp_path / "sweep", tmp_path / "stray"
     result = _train(
         "-m",
         *_args(cohort),
+        NO_LAST,
         "trainer=ddp",
         "trainer.devices=2",
         "trainer.accelerator=cpu",
@@ -173,6 +186,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_metrics_and_seeds_repeat(cohort, tmp_path):
     whole = tmp_path / "whole"
     assert _train(*_resume_args(cohort, whole)).returncode == 0
@@ -210,6 +224,7 @@ def test_killed_run_resumes_to_the_same_metrics_and_seeds_repeat(cohort, tmp_pat
     assert _comparable(_metrics(killed)) == pytest.approx(_comparable(_metrics(whole)), abs=1e-6)
 
 
+@pytest.mark.slow
 def test_unwritable_run_or_cache_directory_is_one_clear_line(cohort, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")

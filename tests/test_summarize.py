@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_python
+from helpers.commands import run_python
 
 from gliograde.summarize import SummaryError, main, summarize_sweep, sweep_table
 
@@ -72,6 +72,7 @@ def _lr_sweep(root: Path, with_overrides: bool = True) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_any_sweep_one_row_per_job_sorted_by_the_monitor(tmp_path):
     sweep = _lr_sweep(tmp_path)
     result = run_python("-m", "gliograde.summarize", str(sweep), "--bootstrap", "20")

@@ -371,6 +371,7 @@ def test_cli(tmp_path: Path, capsys):
         cli.main([str(tmp_path / "x")])  # --patients is required
 
 
+@pytest.mark.slow
 def test_full_size_patient_under_budget(tmp_path: Path):
     start = time.process_time()  # CPU time of all threads: other work on the machine does not count
     out = generate_cohort(tmp_path / "full", patients=1, seed=0)

@@ -8,11 +8,11 @@ import shlex
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
 from gliograde import synthetic as cli
-from gliograde.config import CONF_DIR, build
+from gliograde.config import build
 from gliograde.data.synthetic import DEFAULT_DIFFICULTY, generation_settings
 from gliograde.errors import ConfigError
 
@@ -30,8 +30,7 @@ def preset_datamodule(root: Path, cache: Path, *overrides: str):
         "data.slices.k=2",
         *overrides,
     ]
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=args)
+    cfg = compose_config("train", args)
     OmegaConf.resolve(cfg)
     return build(cfg.data)
 

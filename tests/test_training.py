@@ -4,14 +4,16 @@ resume. Uses one small synthetic cohort and one cache for the whole module."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytorch_lightning as pl
 import pytest
 import torch
-from conftest import run_python
-from hydra import compose, initialize_config_dir
+from helpers.commands import run_python
+from helpers.configs import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -27,16 +29,19 @@ GROUP_OPTIONS = {
 
 
 @pytest.fixture(scope="module")
-def small_cohort(tmp_path_factory) -> Path:
+def small_cohort(tmp_path_factory) -> Iterator[Path]:
     """40 patients (half LGG) of 48x48x24: big enough to learn from, quick to train on."""
     root = tmp_path_factory.mktemp("train") / "cohort"
     generate_cohort(root, patients=40, seed=11, shape=(48, 48, 24), lgg_fraction=0.5)
-    return root
+    yield root
+    shutil.rmtree(root.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("train_cache")
+def cache_dir(tmp_path_factory) -> Iterator[Path]:
+    cache = tmp_path_factory.mktemp("train_cache")
+    yield cache
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def _data_args(root: Path, cache: Path) -> list[str]:
@@ -58,11 +63,6 @@ def _train(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return run_python("train.py", *args, timeout=timeout)
 
 
-def _compose(overrides: list[str]):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
 @pytest.mark.parametrize("group, option", [(g, o) for g, options in GROUP_OPTIONS.items() for o in options])
 def test_every_config_composes_and_instantiates(group, option, tmp_path):
     overrides = [f"{group}={option}", f"paths.output_dir={tmp_path}"]
@@ -74,7 +74,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         overrides.append(f"logger.mlflow.store={tmp_path / 'mlflow'}")  # not the checkout's logs/
     if (group, option) == ("trainer", "ddp") and not torch.cuda.is_available():
         overrides.append("trainer.accelerator=cpu")  # refused on a machine without GPUs otherwise
-    cfg = _compose(overrides)
+    cfg = compose_config("train", overrides)
     OmegaConf.resolve(cfg)
     datamodule = build(cfg.data)
     assert isinstance(datamodule, GliomaDataModule)
@@ -91,8 +91,7 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
 
 
 def test_optuna_sweeper_config_composes(tmp_path):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    cfg = compose_config("train", ["hparams_search=optuna"], hydra_node=True)
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert set(cfg.hydra.sweeper.params) == {
         "model.optimizer.lr",
@@ -102,7 +101,7 @@ def test_optuna_sweeper_config_composes(tmp_path):
 
 
 def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
-    cfg = _compose(["trainer.gpus=2", "paths.output_dir=/tmp"]).trainer
+    cfg = compose_config("train", ["trainer.gpus=2", "paths.output_dir=/tmp"]).trainer
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     options = trainer_options(cfg)
     assert options["accelerator"] == "gpu" and options["devices"] == 2 and "gpus" not in options
@@ -113,16 +112,20 @@ def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
 
 def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    cfg = _compose(["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
+    cfg = compose_config("train", ["trainer=ddp", "trainer.devices=4", "paths.output_dir=/tmp"]).trainer
     with pytest.raises(NoGPUError, match="trainer.devices=4 asks for GPUs.*trainer.accelerator=cpu"):
         trainer_options(cfg)
-    cfg = _compose(["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"])
+    cfg = compose_config(
+        "train", ["trainer=ddp", "trainer.devices=4", "trainer.accelerator=cpu", "paths.output_dir=/tmp"]
+    )
     options = trainer_options(cfg.trainer)
     assert (options["accelerator"], options["devices"], options["strategy"]) == ("cpu", 4, "ddp")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert trainer_options(_compose(["trainer=ddp", "paths.output_dir=/tmp"]).trainer)["strategy"] == "ddp"
+    cfg = compose_config("train", ["trainer=ddp", "paths.output_dir=/tmp"])
+    assert trainer_options(cfg.trainer)["strategy"] == "ddp"
 
 
+@pytest.mark.slow
 def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -145,6 +148,7 @@ def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     assert not (tmp_path / "run" / "config.yaml").exists()
 
 
+@pytest.mark.slow
 def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -160,6 +164,7 @@ def test_gpus_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     assert "absent" not in result.stderr  # refused before the (bad) data root was looked at
 
 
+@pytest.mark.slow
 def test_fast_dev_run_through_hydra(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     result = _train(*_data_args(small_cohort, cache_dir), "debug=fast", f"hydra.run.dir={run}")
@@ -206,6 +211,7 @@ def _served(run: Path):
     return scalars, {info.name.tag for info in experiment.metric_infos}
 
 
+@pytest.mark.slow
 def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     result = _train(
@@ -243,6 +249,7 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert model.hparams.in_channels == 4 and model(torch.zeros(1, 4, 48, 48)).shape == (1, 2)
 
 
+@pytest.mark.slow
 def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
     result = _train(
@@ -261,6 +268,7 @@ def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_di
     assert len([p for p in cache_dir.iterdir() if p.is_dir()]) == 1  # both jobs used one cache
 
 
+@pytest.mark.slow
 def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
     common = [*_data_args(small_cohort, cache_dir), "trainer=cpu", "debug=limit", f"hydra.run.dir={run}"]
@@ -278,17 +286,14 @@ def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
 
 
 def test_slurm_launcher_config_composes():
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"],
-            return_hydra_config=True,
-        )
+    overrides = ["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"]
+    cfg = compose_config("train", overrides, hydra_node=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
 
 
+@pytest.mark.slow
 def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_dir, tmp_path):
     sweep = tmp_path / "optuna"
     result = _train(
@@ -296,6 +301,7 @@ def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_di
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         *_data_args(small_cohort, cache_dir),
+        "callbacks.last_checkpoint=null",  # never resumed: the best checkpoint is enough
         "trainer=cpu",
         "debug=limit",
         f"hydra.sweep.dir={sweep}",
@@ -310,6 +316,7 @@ def test_optuna_study_runs_trials_on_the_optimized_metric(small_cohort, cache_di
     assert results.best_value == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_a_missing_checkpoint_to_resume_is_one_line_before_any_data_work(tmp_path):
     result = _train(
         "trainer=cpu",

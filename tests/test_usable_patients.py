@@ -12,7 +12,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_datamodule, patient_file, run_python
+from helpers.cohorts import make_datamodule, patient_file
+from helpers.commands import run_python
 
 from gliograde.config import CONF_DIR, build
 from gliograde.data.cohort import discover_cohort
@@ -132,6 +133,7 @@ def test_split_left_without_a_class_by_slice_selection_is_refused(tiny_cohort, t
     assert all(len(p.slices) == 1 for p in dm.patients if p.patient_id in small)
 
 
+@pytest.mark.slow
 def test_train_py_refuses_an_emptied_split_before_training(tiny_cohort, tmp_path):
     _shrink_test_lgg_tumours(tiny_cohort, tmp_path / "cache")
     run = tmp_path / "run"

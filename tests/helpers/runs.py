@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import run_python
+from helpers.commands import run_python
 from filelock import FileLock
 
 from gliograde.data.synthetic import generate_cohort

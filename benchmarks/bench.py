@@ -1,4 +1,4 @@
-"""``python -m gliograde.bench [--out FILE] [--patients N] [--shape X Y Z] ...``
+"""``python -m benchmarks.bench [--out FILE] [--patients N] [--shape X Y Z] ...``
 
 Measures the data path and the training loop side by side, in one run, on a synthetic cohort
 it generates (full size by default: 240x240x155), and writes the figures to FILE (JSON):
@@ -341,7 +341,7 @@ def measure_rss(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     children = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "gliograde.bench", "--rss-child", json.dumps(spec)],
+            [sys.executable, str(Path(__file__).resolve()), "--rss-child", json.dumps(spec)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -552,7 +552,7 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
 
 
 def parse_args(argv: list[str] | None) -> Options | dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="python -m gliograde.bench", description=__doc__.split("\n\n")[1])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=Path, default=Path("logs/bench/bench.json"), help="JSON file to write")
     parser.add_argument("--patients", type=int, default=12, help="patients of the (large) cohort")
     parser.add_argument("--shape", type=int, nargs=3, default=list(FULL_SHAPE), metavar=("X", "Y", "Z"))
