@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 from hydra import compose, initialize_config_dir
 
 from gliograde.config import CONF_DIR

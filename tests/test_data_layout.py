@@ -6,7 +6,8 @@ import inspect
 
 import numpy as np
 import torch
-from conftest import REPO, make_datamodule
+from helpers.cohorts import make_datamodule
+from helpers.commands import REPO
 from omegaconf import OmegaConf
 
 from gliograde.data.datamodule import GliomaDataModule

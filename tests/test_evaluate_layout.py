@@ -16,7 +16,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import REPO, run_python
+from helpers.commands import REPO, run_python
 from helpers.runs import tiny_run
 from omegaconf import OmegaConf
 

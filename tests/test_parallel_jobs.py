@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from omegaconf import OmegaConf
 
 from gliograde.data.synthetic import generate_cohort

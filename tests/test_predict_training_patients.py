@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import run_python
+from helpers.commands import run_python
 from helpers.runs import tiny_run
 
 pytestmark = pytest.mark.slow
