@@ -55,3 +55,22 @@ def test_write_frame_formats_floats_and_leaves_no_temporary_file(tmp_path):
     assert path.read_text() == 'patient_id,prob_HGG,n,note\n001,0.250000,3,"a,b"\n'
     assert os.listdir(tmp_path) == ["p.csv"]
 
+
+
+def test_training_patient_predictions_keep_their_columns_and_six_decimals(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from gliograde.training import _write_patient_predictions
+
+    datamodule = SimpleNamespace(classes=["LGG", "HGG"], cached=SimpleNamespace(patient_ids=["001", "002"]))
+    outputs = {
+        "patient": torch.tensor([1, 0]),
+        "label": torch.tensor([1, -1]),
+        "probs": torch.tensor([[0.25, 0.75], [0.5, 0.5]], dtype=torch.float64),
+    }
+    _write_patient_predictions(tmp_path / "p.csv", outputs, datamodule)
+    assert (tmp_path / "p.csv").read_text() == (
+        "patient_id,label,prob_LGG,prob_HGG\n002,HGG,0.250000,0.750000\n001,,0.500000,0.500000\n"
+    )
