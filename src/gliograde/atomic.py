@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import os
-from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the writer only calls the frame's own method: no pandas import for text writers
+    import pandas as pd
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -21,13 +21,10 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    """Write a CSV table atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buffer.getvalue())
+def write_frame(path: str | Path, frame: pd.DataFrame, float_format: str | None = None) -> None:
+    """Write ``frame`` as a CSV table (no index, ``\\n`` line ends) atomically; ``float_format``
+    (e.g. ``"%.6f"``) formats its float columns."""
+    write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format=float_format))
 
 
 def check_writable_dir(directory: str | Path) -> None:

@@ -10,7 +10,6 @@ McNemar), each with an interval and a p-value.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.evaluation.delong import delong_test
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
 from gliograde.evaluation.paired import compare_calls
+from gliograde.tables import read_table
 
 SPLITS = ("test", "val", "train", "all")
 SHOWN = ("auroc", "balanced_accuracy", "accuracy")
@@ -59,13 +59,12 @@ def load_predictions(run: Path, split: str) -> RunPredictions:
 
 
 def _rows(path: Path, required: list[str]) -> tuple[list[str], list[dict[str, str]]]:
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        missing = [c for c in required if c not in columns]
-        if missing:
-            raise CompareError(f"{path}: missing column(s) {missing}; expected a patient predictions file")
-        rows = list(reader)
+    frame = read_table(path)
+    columns = [str(c) for c in frame.columns]
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise CompareError(f"{path}: missing column(s) {missing}; expected a patient predictions file")
+    rows = frame.to_dict("records")
     seen: set[str] = set()
     for row in rows:
         if row["patient_id"] in seen:

@@ -3,7 +3,6 @@ trained on, how well it did (with intervals) and how the run was made. JSON and 
 
 from __future__ import annotations
 
-import csv
 import json
 import shlex
 from collections import Counter
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from gliograde import __version__
+from gliograde.tables import read_table
 
 INTENDED_USE = (
     "Research use only: estimating the WHO grade group (LGG vs HGG) of adult diffuse glioma from "
@@ -72,8 +72,7 @@ def _training(run: Path | None) -> dict[str, Any]:
     out: dict[str, Any] = {"run_dir": str(run), "cohort": (config.get("data") or {}).get("root")}
     splits = run / "splits.csv"
     if splits.is_file():
-        with open(splits, newline="") as fh:
-            rows = list(csv.DictReader(fh))
+        rows = read_table(splits).to_dict("records")
         out["split_sizes"] = dict(Counter(r["split"] for r in rows))
         out["patients_per_class"] = dict(Counter(r["label"] or "unlabelled" for r in rows))
         out["patients_per_split_and_class"] = {

@@ -15,7 +15,6 @@ the folds' out-of-fold validation predictions pooled into one metric set with in
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from gliograde.atomic import write_csv, write_text
+from gliograde.atomic import write_frame, write_text
 from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
 from gliograde.evaluation.metrics import METRICS
+from gliograde.tables import read_table
 
 STAGES = ("val", "test")
 SHOWN = ("auroc", "balanced_accuracy")
@@ -96,13 +96,15 @@ def swept_keys(overrides: list[dict[str, str]]) -> list[str]:
 def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     """``(classes, patients, labels, positive-class probabilities)`` of the labelled patients
     in a ``predictions_<stage>.csv``."""
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        prob_columns = [c for c in reader.fieldnames or [] if c.startswith("prob_")]
-        classes = [c[len("prob_") :] for c in prob_columns]
-        rows = [r for r in reader if r["label"]]
+    table = read_table(path)
+    prob_columns = [str(c) for c in table.columns if str(c).startswith("prob_")]
+    classes = [c[len("prob_") :] for c in prob_columns]
     if len(classes) != 2:
         raise SummaryError(f"{path}: the summary covers two classes; found columns {prob_columns}")
+    missing = [c for c in ("patient_id", "label") if c not in table]
+    if missing:
+        raise SummaryError(f"{path}: missing column(s) {missing}; expected a patient predictions file")
+    rows = table[table["label"] != ""].to_dict("records")
     unknown = [r["label"] for r in rows if r["label"] not in classes]
     if unknown:
         raise SummaryError(f"{path}: label {unknown[0]!r} is not one of {classes}")
@@ -164,7 +166,7 @@ def summarize_sweep(
     """Write sweep_summary.{csv,md,png} into ``sweep_dir``; return what :func:`sweep_table` does."""
     sweep_dir = Path(sweep_dir)
     table, swept, monitor, mode = sweep_table(sweep_dir, resamples, level)
-    write_text(sweep_dir / "sweep_summary.csv", table.to_csv(index=False))
+    write_frame(sweep_dir / "sweep_summary.csv", table)
     write_text(sweep_dir / "sweep_summary.md", sweep_markdown(table, swept, monitor, mode, level) + "\n")
     _write_plot(table, swept, monitor, sweep_dir / "sweep_summary.png")
     return table, swept, monitor, mode
@@ -290,7 +292,8 @@ def summarize(sweep_dir: str | Path, resamples: int = 1000, level: float = 0.95)
     rows = [[row["fold"], row["run_dir"], *(row.get(n, "") for n in names)] for row in folds]
     rows.append(["mean", "", *(mean[n] for n in names)])
     rows.append(["std", "", *(std[n] for n in names)])
-    write_csv(sweep_dir / "cv_summary.csv", header, rows)
+    # object cells: each written as str() gives it (a fold number stays 1, not 1.0)
+    write_frame(sweep_dir / "cv_summary.csv", pd.DataFrame(rows, columns=header, dtype=object))
     write_text(sweep_dir / "cv_summary.json", json.dumps(_json_safe(summary), indent=2) + "\n")
     return summary
 

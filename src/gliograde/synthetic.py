@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import shlex
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from gliograde.data.synthetic import (
     generation_settings,
     train_overrides,
 )
+from gliograde.tables import read_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=True,
         )
     seconds = time.perf_counter() - start
-    with open(out / MAPPING_FILE, newline="", encoding="utf-8") as fh:
-        grades = Counter(row["Grade"] for row in csv.DictReader(fh))
+    grades = Counter(read_table(out / MAPPING_FILE)["Grade"])
     print(
         f"synthetic cohort: {args.patients} patients ({grades['HGG']} HGG, {grades['LGG']} LGG) "
         f"written to {out} in {seconds:.1f} s"

@@ -10,13 +10,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.atomic import check_writable_dir, write_csv, write_text
+from gliograde.atomic import check_writable_dir, write_frame, write_text
 from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
 from gliograde.contract_recorder import InputContractRecorder, config_with_contract
@@ -183,8 +184,9 @@ def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], dat
         outputs["patient"].tolist(), outputs["label"].tolist(), outputs["probs"].tolist()
     ):
         name = classes[label] if label >= 0 else ""
-        rows.append([datamodule.cached.patient_ids[position], name, *(f"{p:.6f}" for p in probs)])
-    write_csv(path, ["patient_id", "label", *(f"prob_{c}" for c in classes)], rows)
+        rows.append([datamodule.cached.patient_ids[position], name, *probs])
+    columns = ["patient_id", "label", *(f"prob_{c}" for c in classes)]
+    write_frame(path, pd.DataFrame(rows, columns=columns), float_format="%.6f")
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:

@@ -18,7 +18,6 @@ is the cleanly separable cohort (bit for bit as before the setting existed); 1 i
 
 from __future__ import annotations
 
-import csv
 import gzip
 import json
 import logging
@@ -32,8 +31,10 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
+import pandas as pd
 from filelock import FileLock
 
+from gliograde.atomic import write_frame
 from gliograde.errors import ConfigError, GliogradeError
 
 log = logging.getLogger(__name__)
@@ -266,10 +267,7 @@ def generate_cohort(
                 for write in writes:
                     write.result()
                 rows.append(_mapping_row(np.random.default_rng(meta_seq), grades[index], index, width, name))
-        with open(partial / MAPPING_FILE, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(MAPPING_COLUMNS)
-            writer.writerows(rows)
+        write_frame(partial / MAPPING_FILE, pd.DataFrame(rows, columns=list(MAPPING_COLUMNS)))
         settings = {
             "patients": patients,
             "seed": seed,

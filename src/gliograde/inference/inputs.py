@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 from gliograde.data.errors import DataError
 from gliograde.data.specs import MODALITIES
 from gliograde.errors import ConfigError
+from gliograde.tables import read_table
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -73,10 +73,10 @@ def from_manifest(path: Path) -> list[PatientFiles]:
     """Rows ``patient_id, flair, t1ce, t1, t2[, mask]`` of file paths (relative to the CSV's folder)."""
     if not path.is_file():
         raise ConfigError(f"manifest={path}: no such file")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
+    table = read_table(path)
+    table = table.set_axis([str(c).strip() for c in table.columns], axis=1).apply(lambda c: c.str.strip())
+    columns = list(table.columns)
+    rows = table.to_dict("records")
     missing = [c for c in ("patient_id", *MODALITIES) if c not in columns]
     if missing:
         raise DataError(

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.atomic import check_writable_dir, write_csv, write_text
+from gliograde.atomic import check_writable_dir, write_frame, write_text
 from gliograde.data.identity import content_matches, fingerprint_columns, fingerprint_table
 from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
@@ -64,20 +64,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "input_contract": contract,
         "patients": rows,
     }
-    write_csv(
-        out / "predictions.csv",
-        ["patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule"],
+    table = pd.DataFrame(
         [
-            [
-                r["patient_id"],
-                *(f"{r['probabilities'][c]:.6f}" for c in classes),
-                r["prediction"],
-                r["n_slices"],
-                r["slice_rule"],
-            ]
+            [r["patient_id"], *(r["probabilities"][c] for c in classes)]
+            + [r["prediction"], r["n_slices"], r["slice_rule"]]
             for r in rows
         ],
+        columns=["patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule"],
     )
+    write_frame(out / "predictions.csv", table, float_format="%.6f")
     write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
     write_page(out / "report.html", prediction_page(report, out))
     print(format_predictions(report))

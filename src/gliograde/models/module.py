@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 )
 
 from gliograde.models.backbones import create_backbone
-from gliograde.models.names import OPTIMIZER_CLASSES
+from gliograde.models.names import DEFAULT_LOSS, DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER, OPTIMIZER_CLASSES
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
 from gliograde.errors import ConfigError
 
@@ -98,9 +98,9 @@ class GradeClassifier(pl.LightningModule):
         super().__init__()
         # logger=False: hyperparameters go to TensorBoard once, at the end, with the final metrics.
         self.save_hyperparameters(logger=False)
-        self.optimizer_cfg = {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, **(optimizer or {})}
-        self.scheduler_cfg = {"name": "cosine", "warmup_epochs": 1, **(scheduler or {})}
-        loss = {"class_weighted": False, "label_smoothing": 0.0, **(loss or {})}
+        self.optimizer_cfg = {**DEFAULT_OPTIMIZER, **(optimizer or {})}
+        self.scheduler_cfg = {**DEFAULT_SCHEDULER, **(scheduler or {})}
+        loss = {**DEFAULT_LOSS, **(loss or {})}
         self.label_smoothing = float(loss["label_smoothing"])
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weights, persistent=False)
@@ -228,8 +228,8 @@ class GradeClassifier(pl.LightningModule):
             raise ConfigError(f"model.scheduler.name={kind!r} must be cosine or none")
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         epochs = max(int(self.trainer.max_epochs or 1), 1)
-        warmup = int(total * float(schedule.get("warmup_epochs", 0)) / epochs)
-        lr_lambda = _warmup_cosine(total, warmup, float(schedule.get("min_lr_ratio", 0.0)))
+        warmup = int(total * float(schedule["warmup_epochs"]) / epochs)
+        lr_lambda = _warmup_cosine(total, warmup, float(schedule["min_lr_ratio"]))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
