@@ -1,32 +1,13 @@
-"""Attach the input contract to what training writes: every checkpoint, and the run's config.yaml."""
+"""The run's config.yaml with the model's input contract (checkpoints carry it too: see
+``GradeClassifier.on_save_checkpoint``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
 from gliograde.contract import from_datamodule
-
-
-class InputContractRecorder(pl.Callback):
-    """Adds ``checkpoint["input_contract"]``, built once from the DataModule, to every checkpoint."""
-
-    def __init__(self, datamodule: Any):
-        self.datamodule = datamodule
-        self._contract: dict[str, Any] | None = None
-
-    @property
-    def contract(self) -> dict[str, Any]:
-        if self._contract is None:
-            self._contract = from_datamodule(self.datamodule)
-        return self._contract
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict
-    ) -> None:
-        checkpoint["input_contract"] = self.contract
 
 
 def config_with_contract(cfg: DictConfig, datamodule: Any) -> str:

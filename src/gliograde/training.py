@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from gliograde.atomic import check_writable_dir, write_frame, write_text
 from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
-from gliograde.contract_recorder import InputContractRecorder, config_with_contract
+from gliograde.contract import from_datamodule
+from gliograde.contract_recorder import config_with_contract
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
 from gliograde.resume import refuse_existing_run, resumed_config
@@ -134,9 +135,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         class_weights=class_weights,
         monitor=cfg.monitor,
     )
+    model.input_contract = from_datamodule(datamodule)
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
-    callbacks.append(InputContractRecorder(datamodule))
     loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     launch_ranks_as_this_job()
     trainer = pl.Trainer(

@@ -123,6 +123,9 @@ class GradeClassifier(pl.LightningModule):
         self.best_monitored.persistent(True)  # a resumed run continues the same best-so-far
         # Latest patient-level outputs per stage: {"patient", "probs", "label"} tensors on the CPU.
         self.patient_outputs: dict[str, dict[str, torch.Tensor]] = {}
+        # What the model must be fed (see gliograde.contract); set by training, saved in every
+        # checkpoint, weights-only ones included (Lightning calls this module's hook for those too).
+        self.input_contract: dict[str, Any] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         weight_dtype = next(self.net.parameters()).dtype
@@ -131,6 +134,10 @@ class GradeClassifier(pl.LightningModule):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return (self._compiled_net or self.net)(images)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.input_contract is not None:
+            checkpoint["input_contract"] = self.input_contract
 
     def stage_predictions(self, stage: str) -> dict[str, torch.Tensor] | None:
         """The latest patient-level outputs of ``stage`` (val or test): ``patient`` (cache
