@@ -25,6 +25,7 @@ are CPU costs, not disk speed. A readable table with ratios and the targets foll
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -552,20 +553,23 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
 
 
 def parse_args(argv: list[str] | None) -> Options | dict[str, Any]:
+    defaults = {f.name: f.default for f in dataclasses.fields(Options)}  # one source: Options
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[1])
     parser.add_argument("--out", type=Path, default=Path("logs/bench/bench.json"), help="JSON file to write")
-    parser.add_argument("--patients", type=int, default=12, help="patients of the (large) cohort")
-    parser.add_argument("--shape", type=int, nargs=3, default=list(FULL_SHAPE), metavar=("X", "Y", "Z"))
-    parser.add_argument("--batch-size", type=int, default=64, help="loader batch size")
-    parser.add_argument("--train-batch-size", type=int, default=16, help="batch size of the training runs")
-    parser.add_argument("--warmup-steps", type=int, default=2)
-    parser.add_argument("--train-steps", type=int, default=10, help="timed steps, Lightning and plain each")
-    parser.add_argument("--rss-steps", type=int, default=3, help="steps of each peak-RSS training run")
-    parser.add_argument("--repeats", type=int, default=3, help="repetitions behind each median")
-    parser.add_argument("--article-slices", type=int, default=32, help="slices the article's loader reads")
+    parser.add_argument("--patients", type=int, default=defaults["patients"], help="patients of the (large) cohort")
+    parser.add_argument("--shape", type=int, nargs=3, default=list(defaults["shape"]), metavar=("X", "Y", "Z"))
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="loader batch size")
+    parser.add_argument(
+        "--train-batch-size", type=int, default=defaults["train_batch_size"], help="batch size of the training runs"
+    )
+    parser.add_argument("--warmup-steps", type=int, default=defaults["warmup_steps"])
+    parser.add_argument("--train-steps", type=int, default=defaults["train_steps"], help="timed steps, Lightning and plain each")
+    parser.add_argument("--rss-steps", type=int, default=defaults["rss_steps"], help="steps of each peak-RSS training run")
+    parser.add_argument("--repeats", type=int, default=defaults["repeats"], help="repetitions behind each median")
+    parser.add_argument("--article-slices", type=int, default=defaults["article_slices"], help="slices the article's loader reads")
     parser.add_argument("--workdir", type=Path, default=None, help="where the cohorts go (default: temp)")
     parser.add_argument("--keep", action="store_true", help="keep the generated cohorts and caches")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child is not None:
