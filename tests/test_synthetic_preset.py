@@ -58,7 +58,7 @@ def test_trains_on_a_cli_cohort_with_the_printed_overrides(tmp_path: Path, capsy
     assert (out / ".synthetic.json").stat().st_mtime_ns == stamp  # used as is, not regenerated
 
     with pytest.raises(ConfigError) as refused:
-        preset_datamodule(out, tmp_path / "cache", *command[3:], "data.synthetic.difficulty=0").prepare_data()
+        preset_datamodule(out, tmp_path / "cache", *command[3:], "data.synthetic.difficulty=0.3").prepare_data()
     message = str(refused.value)
     assert "\n" not in message and str(out) in message
     assert f"to train on it add data.synthetic.difficulty={DEFAULT_DIFFICULTY!r};" in message

@@ -69,7 +69,7 @@ def test_preset_cli_and_generator_share_the_defaults():
     assert tuple(parser.get_default("shape")) == DEFAULT_SHAPE
     assert parser.get_default("lgg_fraction") == DEFAULT_LGG_FRACTION
     assert parser.get_default("difficulty") == DEFAULT_DIFFICULTY
-    assert 0 < DEFAULT_DIFFICULTY < 1
+    assert 0 <= DEFAULT_DIFFICULTY < 1
 
 
 def test_cli_cohort_matches_the_preset_with_the_printed_overrides(tmp_path: Path, capsys):
@@ -92,11 +92,11 @@ def test_cli_cohort_matches_the_preset_with_the_printed_overrides(tmp_path: Path
 
 def test_train_overrides_name_only_what_differs():
     assert train_overrides(DEFAULTS) == []
-    settings = {**DEFAULTS, "seed": 4, "lgg_fraction": 0.5, "difficulty": 0.0}
+    settings = {**DEFAULTS, "seed": 4, "lgg_fraction": 0.5, "difficulty": 0.3}
     assert train_overrides(settings) == [
         "data.synthetic.seed=4",
         "data.synthetic.lgg_fraction=0.5",
-        "data.synthetic.difficulty=0.0",
+        "data.synthetic.difficulty=0.3",
     ]
     # 0.206 gives the 12 LGG of 76/369 among 60 patients: the same cohort, nothing to override.
     assert train_overrides({**DEFAULTS, "lgg_fraction": 0.206}) == []
@@ -117,7 +117,7 @@ def test_settings_mismatch():
     # A record made before difficulty existed describes a difficulty-0 cohort.
     legacy = {k: v for k, v in DEFAULTS.items() if k != "difficulty"}
     assert settings_mismatch(legacy, {**DEFAULTS, "difficulty": 0.0}) is None
-    assert "difficulty=0.0" in settings_mismatch(legacy, DEFAULTS)
+    assert "difficulty=0.0" in settings_mismatch(legacy, {**DEFAULTS, "difficulty": 0.3})
 
 
 def test_legacy_record_reads_as_difficulty_zero(tmp_path: Path):
@@ -151,9 +151,9 @@ def test_bad_difficulty(tmp_path: Path, bad):
 
 def test_cli_difficulty(tmp_path: Path, capsys):
     out = tmp_path / "d"
-    assert cli.main([str(out), "--patients", "2", "--shape", *map(str, TINY), "--difficulty", "0"]) == 0
-    assert generation_settings(out)["difficulty"] == 0.0
-    assert "data.synthetic.difficulty=0.0" in capsys.readouterr().out
+    assert cli.main([str(out), "--patients", "2", "--shape", *map(str, TINY), "--difficulty", "0.3"]) == 0
+    assert generation_settings(out)["difficulty"] == 0.3
+    assert "data.synthetic.difficulty=0.3" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exited:
         cli.main([str(tmp_path / "e"), "--patients", "2", "--difficulty", "2"])
     assert exited.value.code == 2
@@ -201,12 +201,12 @@ def enhancement_stats(difficulty: float, n: int = 30) -> dict[str, dict[str, lis
     return stats
 
 
-def test_default_difficulty_overlaps_the_grade_cues():
-    easy, hard, null = (enhancement_stats(d) for d in (0.0, DEFAULT_DIFFICULTY, 1.0))
+def test_difficulty_overlaps_the_grade_cues():
+    easy, hard, null = (enhancement_stats(d) for d in (0.0, 0.3, 1.0))
     # At 0 the rim separates the grades perfectly.
     assert min(easy["HGG"]["enhancing"]) > 7 >= max(easy["LGG"]["enhancing"])
     assert auroc(easy["HGG"]["t1ce"], easy["LGG"]["t1ce"]) == 1.0
-    # At the default some LGGs enhance as much as a typical HGG and some HGGs barely enhance ...
+    # At 0.3 some LGGs enhance as much as a typical HGG and some HGGs barely enhance ...
     assert max(hard["LGG"]["enhancing"]) > np.median(hard["HGG"]["enhancing"])
     assert min(hard["HGG"]["enhancing"]) <= 7
     # ... so the strongest single cue ranks the grades well but not perfectly,
