@@ -12,6 +12,8 @@ _LIGHTNING_NOISE = ("Trainer already configured with model summary", "Tip: For s
 _HANDLED_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*it is recommended to use `Trainer\(devices=1, num_nodes=1\)`.*",
+    # torchmetrics' calibration error on a few hundred patients: a copy that costs nothing.
+    r".*torch.searchsorted\(\): input value tensor is non-contiguous.*",
 )
 
 
