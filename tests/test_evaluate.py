@@ -15,7 +15,7 @@ from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
 from gliograde.evaluation.aggregate import aggregate
-from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_threshold
+from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_interval, youden_threshold
 
 
 # ----------------------------------------------------------------------------- unit
@@ -102,7 +102,17 @@ def test_aggregation_methods():
 
 def test_youden_threshold_separates_perfectly_separable_patients():
     t = youden_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.6, 0.9]))
-    assert 0.3 < t <= 0.6
+    assert t == pytest.approx(0.45)  # the middle of (0.3, 0.6]
+
+
+def test_youden_threshold_on_saturated_probabilities_is_the_middle_of_the_gap():
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.0001, 0.0003, 0.002, 0.9991, 0.9995, 0.99999, 1.0])
+    assert youden_interval(labels, probs) == (0.002, 0.9991)
+    assert youden_threshold(labels, probs) == pytest.approx((0.002 + 0.9991) / 2)
+    # an overlap: the best cut lies between 0.4 and 0.55, whichever the interval's middle
+    labels, probs = np.array([0, 0, 1, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4, 0.55, 0.8])
+    assert youden_interval(labels, probs) == (0.4, 0.55)
 
 
 # ---------------------------------------------------------------------- end to end

@@ -123,11 +123,24 @@ def _plain(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
-def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
-    """The threshold that maximises sensitivity + specificity - 1 (Youden's J)."""
+def youden_interval(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    """``(low, high]``: every threshold in it maximises sensitivity + specificity - 1 (Youden's J).
+
+    Calls are ``prob >= threshold``, so the thresholds between two neighbouring scores all make
+    the same calls; among equally good intervals the highest is taken.
+    """
     labels = np.asarray(labels, dtype=int)
     if not 0 < labels.sum() < len(labels):
         raise ConfigError("threshold=youden needs both classes among the validation patients")
-    fpr, tpr, thresholds = roc_curve(labels, probs)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
+    fpr, tpr, thresholds = roc_curve(labels, probs, drop_intermediate=False)
+    best = int(np.argmax(np.round(tpr - fpr, 12)))  # equal J (2/3 vs 1 - 1/3) must tie
+    high = float(min(thresholds[best], 1.0))
+    low = float(thresholds[best + 1]) if best + 1 < len(thresholds) else 0.0
+    return low, high
+
+
+def youden_threshold(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The middle of :func:`youden_interval`: on saturated probabilities (validation patients at
+    0.001 and 0.999) its upper edge would sit at the positive scores themselves."""
+    low, high = youden_interval(labels, probs)
+    return (low + high) / 2

@@ -8,7 +8,7 @@ import numpy as np
 
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.intervals import patient_intervals
-from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_threshold
+from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_interval, youden_threshold
 from gliograde.evaluation.predict import Predictions, predict
 from gliograde.evaluation.progress import progress
 
@@ -22,7 +22,13 @@ def choose_threshold(
     if "val" not in datamodule.datasets:
         raise EvaluationError("threshold=youden is chosen on the val split, which this cohort does not have")
     val = predict(model, datamodule, "val", aggregate, device, show_progress)
-    return youden_threshold(val.patient_labels, val.patient_probs[:, 1])
+    low, high = youden_interval(val.patient_labels, val.patient_probs[:, 1])
+    chosen = youden_threshold(val.patient_labels, val.patient_probs[:, 1])
+    print(
+        f"threshold=youden: {chosen:.3f}, the middle of ({low:.3f}, {high:.3f}], where every threshold "
+        f"gives the best sensitivity + specificity on the {len(val.patients)} validation patients"
+    )
+    return chosen
 
 
 def score(
