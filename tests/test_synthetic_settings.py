@@ -15,7 +15,6 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from gliograde import synthetic as cli
-from gliograde.data import synthetic
 from gliograde.data.synthetic import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,

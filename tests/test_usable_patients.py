@@ -19,7 +19,6 @@ from gliograde.config import CONF_DIR, build
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.errors import DataError
 from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec
-from gliograde.data.synthetic import generate_cohort
 from gliograde.errors import ConfigError
 
 MAPPING = "name_mapping.csv"

@@ -114,7 +114,7 @@ def read_label_frame(path: Path, spec: LabelSpec) -> pd.DataFrame:
     header_at = int(filled.idxmax())
     header = list(cells.loc[header_at])
     id_index = _column_index(header, spec.id_column, path, "id")
-    label_index = _column_index(header, spec.label_column, path, "label")
+    _column_index(header, spec.label_column, path, "label")  # refuses a table without it, now
 
     missing = {_clean(value) for value in spec.missing_values}
     body = cells.loc[header_at + 1 :]
