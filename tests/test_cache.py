@@ -26,15 +26,14 @@ def test_cache_holds_zscored_modalities_with_zero_background(tiny_cohort, tmp_pa
     dm = make_datamodule(tiny_cohort, tmp_path / "cache")
     dm.prepare_data()
     cached = dm.cached
-    volumes = np.load(cached.volumes_path, mmap_mode="r")
     x, y, z = cached.shape
-    assert volumes.shape == (len(cached.patient_ids), z, len(MODALITIES), y, x)
-    assert volumes.dtype == np.float16
+    volume = cached.volume(0)
+    assert volume.shape == (z, len(MODALITIES), y, x)
+    assert volume.dtype == np.float16
     pid = cached.patient_ids[0]
-    slot = cached.slots[0]
     for channel, modality in enumerate(MODALITIES):
         raw = np.asarray(nib.load(patient_file(tiny_cohort, pid, modality)).dataobj).T  # (z, y, x)
-        got = volumes[slot, :, channel].astype(np.float32)
+        got = volume[:, channel].astype(np.float32)
         brain = raw != 0
         assert np.all(got[~brain] == 0)
         assert abs(got[brain].mean()) < 0.01
@@ -173,7 +172,7 @@ def test_reorientation_to_axis_codes(tiny_cohort, tmp_path, codes):
     )
     raw = np.asarray(expected.dataobj).T  # (z, y, x) of the reoriented volume
     assert dm.cached.shape == expected.shape
-    got = np.load(dm.cached.volumes_path, mmap_mode="r")[dm.cached.slots[0], :, MODALITIES.index("t2")]
+    got = dm.cached.volume(0)[:, MODALITIES.index("t2")]
     np.testing.assert_array_equal(got != 0, raw != 0)
     assert nib.aff2axcodes(expected.affine) == tuple(codes)
 

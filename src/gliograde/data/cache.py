@@ -4,10 +4,12 @@ Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sib
 (``.<key>.partial-*``) and renamed into place only when complete, under a file lock so
 concurrent builders end with one:
 
-- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (modalities in MODALITIES order),
-  read through a memory map; an axial slice of all modalities is one contiguous block.
-- ``index.npz``: patient ids, their slots, per-slice brain and tumour areas per plane, and
-  each modality's voxel fingerprint per patient.
+- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (modalities in MODALITIES order) of
+  the cache's box only (see ``cache_box``: the union of every patient's brain box plus a
+  margin), read through a memory map; an axial slice of all modalities is one contiguous
+  block. Voxels outside the box are background (zeros) and are not stored.
+- ``index.npz``: patient ids, their slots, the box, per-slice brain and tumour areas per
+  plane (over the full grid), and each modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
@@ -39,6 +41,7 @@ import numpy as np
 from filelock import Timeout
 from tqdm.auto import tqdm
 
+from gliograde.data.cache_box import BOX_MARGIN, Box, union_box
 from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
 from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
@@ -61,6 +64,7 @@ class CachedCohort:
     patient_ids: tuple[str, ...]
     slots: np.ndarray  # slot of each patient in volumes.npy
     shape: tuple[int, int, int]  # (x, y, z) of every volume
+    box: Box  # the stored part of the (z, y, x) grid
     has_mask: np.ndarray
     brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
@@ -73,6 +77,11 @@ class CachedCohort:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def volume(self, position: int) -> np.ndarray:
+        """The patient at ``position`` on the full grid: float16 ``[z, modality, y, x]``."""
+        stored = np.load(self.volumes_path, mmap_mode="r")[self.slots[position]]
+        return self.box.expand(stored)
 
     def position(self, patient_id: str) -> int:
         return self.patient_ids.index(patient_id)
@@ -94,13 +103,14 @@ class CachedCohort:
                     patient_ids=tuple(str(s) for s in index["patient_ids"]),
                     slots=index["slots"],
                     shape=tuple(int(s) for s in index["shape"]),
+                    box=Box.from_array(index["box"]),
                     has_mask=index["has_mask"],
                     brain_area={p: index[f"brain_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
                     fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in MODALITIES},
                     problems=_read_problems(directory / "problems.csv"),
                 )
-        except (KeyError, ValueError, OSError) as exc:  # agrees with meta.json, yet unreadable
+        except (KeyError, ValueError, TypeError, OSError) as exc:  # agrees with meta.json, yet unreadable
             raise DamagedCacheError(
                 f"damaged cache file ({type(exc).__name__}: {exc})", where=directory / "index.npz"
             ) from None
@@ -112,7 +122,12 @@ def cohort_root(patients: list[PatientRecord]) -> Path:
     return Path(os.path.commonpath(parents))
 
 
-def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]) -> str:
+def cache_key(
+    patients: list[PatientRecord],
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int | None = BOX_MARGIN,
+) -> str:
     """Hash of every input file's identity and stat, and of the settings that change voxels.
 
     Size and mtime alone miss a file rewritten in place with its mtime put back; the ctime
@@ -124,6 +139,7 @@ def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: 
         "clip_percentiles": list(spec.clip_percentiles) if spec.clip_percentiles else None,
         "reorient": spec.reorient,
         "mask_labels": list(mask_labels),
+        "box_margin": box_margin,
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in sorted(patients, key=lambda r: r.patient_id):
@@ -145,6 +161,7 @@ def open_or_build(
     mask_labels: tuple[int, ...],
     on_error: str = "raise",
     progress: bool = True,
+    box_margin: int | None = BOX_MARGIN,
 ) -> CachedCohort:
     """Return the cache for these patients and settings, building it first if needed.
 
@@ -154,11 +171,14 @@ def open_or_build(
     An intact cache is opened without locking or writing anything. A damaged one (a file's
     size or checksum disagrees with meta.json) is named in a warning and rebuilt, or refused
     in one line naming the file where ``cache_dir`` is not writable.
+
+    ``box_margin`` is the margin (voxels) of the stored box around every patient's brain;
+    None stores the full grid.
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
     cache_dir = Path(cache_dir)
-    key = cache_key(patients, spec, mask_labels)
+    key = cache_key(patients, spec, mask_labels, box_margin)
     final = cache_dir / key
     damage: DamagedCacheError | None = None
     if final.is_dir():
@@ -183,7 +203,7 @@ def open_or_build(
                     log.warning("%s; rebuilding the cache", err)
                 remove_cache(final, key)
         remove_abandoned_builds(cache_dir, held_key=key)
-        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
+        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress, box_margin)
     return _checked(CachedCohort.load(final), on_error)
 
 
@@ -228,18 +248,21 @@ def _build(
     mask_labels: tuple[int, ...],
     on_error: str,
     progress: bool,
+    box_margin: int | None,
 ) -> None:
     good, problems, shape = _check_headers(patients, on_error, spec.reorient)
     if not good:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
-    x, y, z = shape
-    _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
+    # Before decoding, the box is unknown: the per-patient brain blocks need at most the full grid.
+    _check_free_space(cache_dir, len(good) * _bytes((shape[2], shape[1], shape[0])))
     tmp = partial_path(cache_dir, key)
     with sigterm_as_exit():
         tmp.mkdir()
         try:
-            kept, areas = _write_volumes(tmp, good, problems, shape, spec, mask_labels, on_error, progress)
-            _write_index(tmp / "index.npz", kept, areas, shape)
+            kept, areas, box = _write_volumes(
+                tmp, good, problems, shape, spec, mask_labels, on_error, progress, box_margin
+            )
+            _write_index(tmp / "index.npz", kept, areas, shape, box)
             _write_problems(tmp / "problems.csv", problems)
             meta = {
                 "key": key,
@@ -247,6 +270,7 @@ def _build(
                 "patients": len(kept),
                 "skipped": len(problems),
                 "shape_xyz": list(shape),
+                "box_zyx": {"start": list(box.start), "stop": list(box.stop), "margin": box_margin},
                 "dtype": np.dtype(CACHE_DTYPE).name,
                 "clip_percentiles": spec.clip_percentiles,
                 "reorient": spec.reorient,
@@ -270,19 +294,52 @@ def _write_volumes(
     mask_labels: tuple[int, ...],
     on_error: str,
     progress: bool,
-) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas]]:
-    """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept."""
+    box_margin: int | None,
+) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], Box]:
+    """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept,
+    their areas by slot, and the stored box.
+
+    Workers write each patient's brain block to ``tmp/blocks/``; the box (their union plus
+    the margin) is known only once every patient is decoded, so the blocks are then copied
+    into ``volumes.npy`` and removed.
+    """
     x, y, z = shape
-    volumes = np.lib.format.open_memmap(
-        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, len(MODALITIES), y, x)
-    )
-    del volumes  # workers open it themselves
-    areas, decode_problems = _preprocess_all(good, tmp / "volumes.npy", spec, mask_labels, on_error, progress)
+    grid = (z, y, x)
+    blocks = tmp / "blocks"
+    blocks.mkdir()
+    areas, decode_problems = _preprocess_all(good, blocks, grid, spec, mask_labels, on_error, progress)
     problems += decode_problems
-    kept = [(slot, r) for slot, r in enumerate(good) if slot in areas]
-    if not kept:
+    decoded = sorted(areas)
+    if not decoded:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=tmp.parent)
-    return kept, areas
+    box = union_box([areas[slot].box for slot in decoded], grid, box_margin)
+    _check_free_space(tmp.parent, len(decoded) * _bytes(box.shape))
+    bz, by, bx = box.shape
+    volumes = np.lib.format.open_memmap(
+        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(decoded), bz, len(MODALITIES), by, bx)
+    )
+    for slot, old in enumerate(decoded):
+        block_path = blocks / f"{old}.npy"
+        (z0, y0, x0), (z1, y1, x1) = _relative(areas[old].box, box)
+        volumes[slot, z0:z1, :, y0:y1, x0:x1] = np.load(block_path)
+        block_path.unlink()
+    volumes.flush()
+    del volumes
+    blocks.rmdir()
+    kept = [(slot, good[old]) for slot, old in enumerate(decoded)]
+    return kept, {slot: areas[old] for slot, old in enumerate(decoded)}, box
+
+
+def _relative(brain: tuple[tuple[int, ...], tuple[int, ...]], box: Box) -> tuple[tuple[int, ...], ...]:
+    """A patient's brain box in the coordinates of the stored box (which contains it)."""
+    start, stop = brain
+    return tuple(a - o for a, o in zip(start, box.start)), tuple(b - o for b, o in zip(stop, box.start))
+
+
+def _bytes(zyx: tuple[int, int, int]) -> int:
+    """Bytes of one patient's stored ``[z, modality, y, x]`` block of shape ``zyx``."""
+    z, y, x = zyx
+    return z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize
 
 
 def _check_free_space(cache_dir: Path, needed: int) -> None:
@@ -337,28 +394,37 @@ def _check_headers(
 
 
 def _preprocess_slot(
-    volumes_path: Path, slot: int, record: PatientRecord, spec: PreprocessSpec, mask_labels: tuple[int, ...]
+    blocks: Path,
+    grid: tuple[int, int, int],
+    slot: int,
+    record: PatientRecord,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
 ) -> SliceAreas:
-    volumes = np.load(volumes_path, mmap_mode="r+")
-    try:
-        return preprocess_patient(
-            record.patient_id,
-            record.modalities,
-            record.mask,
-            volumes[slot],
-            mask_labels,
-            spec.clip_percentiles,
-            spec.reorient,
-            out_is_zero=True,  # a new volumes.npy reads as zeros: write brain voxels only
-        )
-    finally:
-        volumes.flush()
-        del volumes
+    """Preprocess one patient on the full grid and save its brain block as ``blocks/<slot>.npy``."""
+    z, y, x = grid
+    # np.zeros maps fresh zero pages: only the brain's pages are ever touched.
+    out = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
+    areas = preprocess_patient(
+        record.patient_id,
+        record.modalities,
+        record.mask,
+        out,
+        mask_labels,
+        spec.clip_percentiles,
+        spec.reorient,
+        out_is_zero=True,
+    )
+    (z0, y0, x0), (z1, y1, x1) = areas.box
+    with open(blocks / f"{slot}.npy", "wb") as fh:
+        np.save(fh, out[z0:z1, :, y0:y1, x0:x1])
+    return areas
 
 
 def _preprocess_all(
     good: list[PatientRecord],
-    volumes_path: Path,
+    blocks: Path,
+    grid: tuple[int, int, int],
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     on_error: str,
@@ -381,12 +447,12 @@ def _preprocess_all(
     try:
         if workers <= 1:
             for slot, record in enumerate(good):
-                record_outcome(slot, _outcome(volumes_path, slot, record, spec, mask_labels))
+                record_outcome(slot, _outcome(blocks, grid, slot, record, spec, mask_labels))
         else:
             with worker_pool(workers) as pool:
                 with signals_deferred():
                     futures = {
-                        pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
+                        pool.submit(_outcome, blocks, grid, slot, record, spec, mask_labels): slot
                         for slot, record in enumerate(good)
                     }
                 pending = set(futures)
@@ -399,10 +465,10 @@ def _preprocess_all(
     return areas, problems
 
 
-def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | DataError:
+def _outcome(blocks, grid, slot, record, spec, mask_labels) -> SliceAreas | DataError:
     """Preprocess one patient; any failure comes back as a DataError naming the patient."""
     try:
-        return _preprocess_slot(volumes_path, slot, record, spec, mask_labels)
+        return _preprocess_slot(blocks, grid, slot, record, spec, mask_labels)
     except DataError as err:
         return err
     except (MemoryError, OSError) as exc:  # the machine, not the patient: stop everything
@@ -413,12 +479,13 @@ def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | Data
 
 
 def _write_index(
-    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape
+    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape, box: Box
 ) -> None:
     arrays: dict[str, np.ndarray] = {
         "patient_ids": np.array([r.patient_id for _, r in kept]),
         "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
         "shape": np.array(shape, dtype=np.int64),
+        "box": box.to_array(),
         "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
     }
     for modality in MODALITIES:

@@ -2,8 +2,9 @@
 
 The DataLoader calls ``__getitems__`` with a whole batch of indices; for axial slices the
 batch is gathered from the memory-mapped cache with one fancy-indexing call over (patient
-slice, channel) rows of contiguous ``[H, W]`` blocks, so a float16 batch (the default, the
-cache's own dtype) costs about one memcpy of its bytes.
+slice, channel) rows of contiguous blocks, so a float16 batch (the default, the cache's own
+dtype) costs about one memcpy of its bytes. The cache stores only its box (see
+``cache_box``): the gathered blocks are put into the full ``[H, W]`` slice, zeros around.
 A float32 batch is converted by torch into a NumPy-allocated buffer: NumPy asks for huge
 pages for large arrays, which spares the page faults of a fresh 59 MB tensor per batch.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from gliograde.data.cache_box import Box
 from gliograde.data.specs import MODALITIES
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -34,6 +36,7 @@ class SliceDataset(Dataset):
     def __init__(
         self,
         volumes_path: Path,
+        box: Box,
         slots: np.ndarray,
         patient_positions: np.ndarray,
         slice_indices: np.ndarray,
@@ -44,6 +47,7 @@ class SliceDataset(Dataset):
         dtype: torch.dtype = torch.float32,
     ):
         self.volumes_path = Path(volumes_path)
+        self.box = box
         self.slots = np.asarray(slots, dtype=np.int64)
         self.patient_positions = np.asarray(patient_positions, dtype=np.int64)
         self.slice_indices = np.asarray(slice_indices, dtype=np.int64)
@@ -96,15 +100,47 @@ class SliceDataset(Dataset):
         }
 
     def _read(self, slots: np.ndarray, slices: np.ndarray) -> np.ndarray:
-        vol = self.volumes  # [slot, z, channel, y, x]
+        """Full-grid slices ``[B, C, H, W]`` of the cache's own dtype, zeros outside the box."""
+        vol = self.volumes  # [slot, z, channel, y, x] of the box
+        (z0, y0, x0), (z1, y1, x1) = self.box.start, self.box.stop
+        depth, height, width = self.box.grid
+        n, channels = len(slots), self.channels
         if self.plane == "axial":
             rows = vol.reshape(-1, *vol.shape[2:])  # [slot * z, channel, y, x], a view
-            return rows[(slots * vol.shape[1] + slices)[:, None], self.channels[None, :]]
+            if self.box.is_full:
+                return rows[(slots * vol.shape[1] + slices)[:, None], channels[None, :]]
+            inside = (slices >= z0) & (slices < z1)
+            out = _zeros_around((n, len(channels), height, width), (y0, y1), (x0, x1), vol.dtype)
+            picked = (slots * vol.shape[1] + slices - z0)[inside]
+            if inside.all():
+                out[:, :, y0:y1, x0:x1] = rows[picked[:, None], channels[None, :]]
+            else:
+                out[~inside, :, y0:y1, x0:x1] = 0
+                out[inside, :, y0:y1, x0:x1] = rows[picked[:, None], channels[None, :]]
+            return out
         if self.plane == "coronal":  # fixed y -> [channel, z, x]
-            parts = [vol[s, :, :, i, :][:, self.channels].transpose(1, 0, 2) for s, i in zip(slots, slices)]
+            out = np.zeros((n, len(channels), depth, width), dtype=vol.dtype)
+            for b, (s, i) in enumerate(zip(slots, slices)):
+                if y0 <= i < y1:
+                    out[b, :, z0:z1, x0:x1] = vol[s, :, :, i - y0, :][:, channels].transpose(1, 0, 2)
         else:  # sagittal: fixed x -> [channel, z, y]
-            parts = [vol[s, :, :, :, i][:, self.channels].transpose(1, 0, 2) for s, i in zip(slots, slices)]
-        return np.ascontiguousarray(np.stack(parts)) if parts else np.empty((0,), dtype=vol.dtype)
+            out = np.zeros((n, len(channels), depth, height), dtype=vol.dtype)
+            for b, (s, i) in enumerate(zip(slots, slices)):
+                if x0 <= i < x1:
+                    out[b, :, z0:z1, y0:y1] = vol[s, :, :, :, i - x0][:, channels].transpose(1, 0, 2)
+        return out
+
+
+def _zeros_around(shape: tuple[int, ...], ys: tuple[int, int], xs: tuple[int, int], dtype) -> np.ndarray:
+    """An uninitialised ``[B, C, H, W]`` array whose voxels outside rows ``ys`` x columns ``xs``
+    are zero (the inside is written next; np.empty spares zeroing it twice)."""
+    out = np.empty(shape, dtype=dtype)
+    (y0, y1), (x0, x1) = ys, xs
+    out[:, :, :y0] = 0
+    out[:, :, y1:] = 0
+    out[:, :, y0:y1, :x0] = 0
+    out[:, :, y0:y1, x1:] = 0
+    return out
 
 
 def identity_collate(batch: dict[str, Any]) -> dict[str, Any]:

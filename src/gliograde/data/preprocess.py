@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from gliograde.data.cache_box import brain_box
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import read_voxels
 from gliograde.data.specs import MODALITIES, PLANES
@@ -27,6 +28,7 @@ class SliceAreas:
     brain: dict[str, np.ndarray]
     tumour: dict[str, np.ndarray] | None
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
+    box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # brain's (z, y, x) start, stop
 
 
 def preprocess_patient(
@@ -41,8 +43,9 @@ def preprocess_patient(
 ) -> SliceAreas:
     """Normalise ``patient``'s four modalities into ``out`` (shape ``[z, 4, y, x]``).
 
-    ``out_is_zero=True`` promises ``out`` holds zeros (a freshly created cache), so only brain
-    voxels are written and background pages of the cache file are never touched.
+    ``out_is_zero=True`` promises ``out`` holds zeros (a fresh buffer), so only brain voxels
+    are written and background pages are never touched. The result's ``box`` bounds the
+    voxels that are nonzero in any modality.
 
     Each modality's :func:`voxel_fingerprint` is taken from the voxels as decoded, before
     reorientation, so it does not depend on the preprocessing settings.
@@ -66,7 +69,7 @@ def preprocess_patient(
         check_mask_labels(seg, mask_labels, patient, mask)
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
-    return SliceAreas(areas, tumour, fingerprints)
+    return SliceAreas(areas, tumour, fingerprints, brain_box(brain))
 
 
 # Slices of the fingerprint loop: their converted copy (a few MB) stays small.
