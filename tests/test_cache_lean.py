@@ -1,7 +1,8 @@
-"""The lean cache: only the brain's box is stored, yet every batch equals the full grid's."""
+"""The lean cache: only each patient's brain box is stored, yet every batch equals the full grid's."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,17 +10,17 @@ import pytest
 import torch
 
 from gliograde.data.cache import open_or_build
-from gliograde.data.cache_box import BOX_MARGIN, Box, brain_box, union_box
+from gliograde.data.cache_box import BOX_MARGIN, BoxLayout
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.dataset import SliceDataset
 from gliograde.data.specs import MODALITIES, PLANES, LabelSpec, LayoutSpec, PreprocessSpec
 
-MODALITY_ORDERS = [("flair", "t1", "t1ce", "t2"), ("t2", "flair")]
+AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 
 
 @pytest.fixture(scope="module")
 def both_caches(tiny_cohort_master, tmp_path_factory):
-    """The tiny cohort cached twice: lean (the default box) and on the full grid."""
+    """The tiny cohort cached twice: lean (the default margin) and on the full grid."""
     records = discover_cohort(tiny_cohort_master, LayoutSpec(), LabelSpec(), True).patients
     cache_dir = tmp_path_factory.mktemp("lean-cache")
 
@@ -30,17 +31,18 @@ def both_caches(tiny_cohort_master, tmp_path_factory):
     return build(BOX_MARGIN), build(None)
 
 
-def _dataset(volumes_path: Path, box: Box, patients: int, plane: str, modalities, dtype) -> SliceDataset:
-    """Every slice of ``plane`` of every patient, in a shuffled order."""
-    depth = box.grid[{"axial": 0, "coronal": 1, "sagittal": 2}[plane]]
-    positions = np.repeat(np.arange(patients), depth)
-    order = np.random.default_rng(0).permutation(len(positions))
+def _dataset(volumes_path: Path, layout: BoxLayout, plane: str, modalities, dtype) -> SliceDataset:
+    """Every slice of ``plane`` of every patient (slot = position), in a shuffled order."""
+    patients = len(layout.depth)
+    count = layout.grid[AXIS[plane]]
+    order = np.random.default_rng(0).permutation(patients * count)
+    positions = np.repeat(np.arange(patients), count)[order]
     return SliceDataset(
         volumes_path=volumes_path,
-        box=box,
-        slots=positions[order],
-        patient_positions=positions[order],
-        slice_indices=np.tile(np.arange(depth), patients)[order],
+        layout=layout,
+        slots=positions,
+        patient_positions=positions,
+        slice_indices=np.tile(np.arange(count), patients)[order],
         labels=np.zeros(len(positions), dtype=np.int64),
         patient_ids=tuple(f"P{i}" for i in range(patients)),
         modalities=modalities,
@@ -49,97 +51,91 @@ def _dataset(volumes_path: Path, box: Box, patients: int, plane: str, modalities
     )
 
 
-def _every_slice(cached, plane: str, modalities, dtype) -> dict:
-    """One batch holding every slice of ``plane`` of every patient."""
-    dataset = _dataset(cached.volumes_path, cached.box, len(cached.patient_ids), plane, modalities, dtype)
-    dataset.slots = cached.slots[dataset.patient_positions]
-    return dataset.__getitems__(list(range(len(dataset))))
-
-
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     view = {torch.float16: torch.int16, torch.float32: torch.int32}[a.dtype]
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(view), b.view(view))
 
 
-def test_the_lean_cache_stores_a_box_smaller_than_the_grid(both_caches):
+def test_the_lean_cache_stores_less_than_the_grid(both_caches):
     lean, full = both_caches
     x, y, z = lean.shape
-    assert full.box == Box.full((z, y, x)) and lean.box.grid == (z, y, x)
-    assert np.prod(lean.box.shape) < z * y * x
+    n = len(lean.patient_ids)
+    assert full.layout.is_full and not lean.layout.is_full and lean.layout.grid == (z, y, x)
+    assert np.array_equal(lean.slots, np.arange(n))
     stored = np.load(lean.volumes_path, mmap_mode="r")
-    assert stored.shape == (len(lean.patient_ids), lean.box.shape[0], len(MODALITIES), *lean.box.shape[1:])
-    assert lean.volumes_path.stat().st_size < full.volumes_path.stat().st_size
+    assert stored.shape == (lean.layout.rows, len(MODALITIES), *lean.layout.block)
+    assert lean.volumes_path.stat().st_size < 0.8 * full.volumes_path.stat().st_size
     assert lean.directory != full.directory  # the margin is part of the key
+    assert not (lean.directory / "grid.npy").exists()
+    meta = json.loads((lean.directory / "meta.json").read_text())
+    assert meta["box"] == {"margin": BOX_MARGIN, "block_yx": list(lean.layout.block), "rows": lean.layout.rows}
 
 
 @pytest.mark.parametrize("plane", PLANES)
-@pytest.mark.parametrize("modalities", MODALITY_ORDERS)
+@pytest.mark.parametrize("modalities", [("flair", "t1", "t1ce", "t2"), ("t2", "flair")])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_batches_are_bit_identical_to_the_full_grid(both_caches, plane, modalities, dtype):
     lean, full = both_caches
-    got = _every_slice(lean, plane, modalities, dtype)
-    want = _every_slice(full, plane, modalities, dtype)
-    assert got["image"].dtype == dtype and _same_bits(got["image"], want["image"])
-    assert torch.equal(got["slice_index"], want["slice_index"])
-    assert torch.count_nonzero(got["image"]) > 0
+    got = _dataset(lean.volumes_path, lean.layout, plane, modalities, dtype)
+    want = _dataset(full.volumes_path, full.layout, plane, modalities, dtype)
+    everything = list(range(len(got)))
+    a, b = got.__getitems__(everything)["image"], want.__getitems__(everything)["image"]
+    assert a.dtype == dtype and _same_bits(a, b) and torch.count_nonzero(a) > 0
+    assert _same_bits(got[3]["image"], want[3]["image"])
 
 
 @pytest.mark.parametrize("plane", PLANES)
 def test_slices_outside_the_box_read_as_zeros(tmp_path, plane):
-    """A box inside the grid on every axis: batches mixing slices inside and outside it."""
-    box = Box((2, 3, 1), (6, 7, 8), (9, 10, 11))
+    """Boxes inside the grid on every axis, at different origins: batches mix slices in and out."""
+    grid = (9, 10, 11)
+    layout = BoxLayout.around([((2, 3, 1), (6, 7, 8)), ((1, 4, 5), (4, 9, 11))], grid, margin=1)
     rng = np.random.default_rng(1)
-    full = np.zeros((3, *box.grid[:1], len(MODALITIES), *box.grid[1:]), dtype=np.float16)
-    zs, ys, xs = box.slices
-    full[:, zs, :, ys, xs] = rng.standard_normal(full[:, zs, :, ys, xs].shape) + 5
-    np.save(tmp_path / "full.npy", full)
-    np.save(tmp_path / "lean.npy", np.ascontiguousarray(full[:, zs, :, ys, xs]))
+    full = np.zeros((2, 9, len(MODALITIES), 10, 11), dtype=np.float16)
+    for slot in range(2):
+        block = layout.crop(slot, full[slot])
+        block[...] = rng.standard_normal(block.shape) + 5
+    np.save(tmp_path / "full.npy", full.reshape(-1, len(MODALITIES), 10, 11))
+    np.save(tmp_path / "lean.npy", np.concatenate([layout.crop(slot, full[slot]) for slot in range(2)]))
     for dtype in (torch.float16, torch.float32):
-        want = _dataset(tmp_path / "full.npy", Box.full(box.grid), 3, plane, ("t2", "flair"), dtype)
-        got = _dataset(tmp_path / "lean.npy", box, 3, plane, ("t2", "flair"), dtype)
+        want = _dataset(tmp_path / "full.npy", BoxLayout.full(grid, 2), plane, ("t2", "flair"), dtype)
+        got = _dataset(tmp_path / "lean.npy", layout, plane, ("t2", "flair"), dtype)
         for batch in (list(range(len(got))), [0], list(range(5))):
-            a, b = got.__getitems__(batch)["image"], want.__getitems__(batch)["image"]
-            assert _same_bits(a, b)
-    axis = {"axial": 0, "coronal": 1, "sagittal": 2}[plane]
-    outside = np.flatnonzero((want.slice_indices < box.start[axis]) | (want.slice_indices >= box.stop[axis]))
+            assert _same_bits(got.__getitems__(batch)["image"], want.__getitems__(batch)["image"])
+    start = layout.origin[got.slots, AXIS[plane]]
+    extent = layout.depth[got.slots] if plane == "axial" else layout.block[AXIS[plane] - 1]
+    outside = np.flatnonzero((got.slice_indices < start) | (got.slice_indices >= start + extent))
     assert len(outside) and torch.count_nonzero(got.__getitems__(outside.tolist())["image"]) == 0
-    assert torch.count_nonzero(got.__getitems__(list(range(len(got))))["image"]) > 0
 
 
-def test_volume_puts_the_patient_back_on_the_full_grid(both_caches):
+def test_volume_puts_each_patient_back_on_the_full_grid(both_caches):
     lean, full = both_caches
     for position in range(len(lean.patient_ids)):
         np.testing.assert_array_equal(lean.volume(position), full.volume(position))
-    areas = [full.brain_area[p] for p in PLANES]
-    assert all(np.array_equal(a, b) for a, b in zip(areas, [lean.brain_area[p] for p in PLANES]))
+    for plane in PLANES:
+        np.testing.assert_array_equal(lean.brain_area[plane], full.brain_area[plane])
 
 
-def test_union_box_widens_by_the_margin_and_stays_on_the_grid():
-    brain = np.zeros((10, 12, 14), dtype=bool)
-    brain[3:5, 0:4, 6:14] = True
-    assert brain_box(brain) == ((3, 0, 6), (5, 4, 14))
-    assert brain_box(np.zeros((2, 2, 2), dtype=bool)) is None
-    other = ((1, 5, 7), (2, 8, 9))
-    box = union_box([brain_box(brain), other, None], (10, 12, 14), margin=2)
-    assert box == Box((0, 0, 4), (7, 10, 14), (10, 12, 14))
-    assert union_box([other], (10, 12, 14), margin=None).is_full
-    assert Box.from_array(box.to_array()) == box
+def test_layout_holds_every_box_with_its_margin_inside_the_grid():
+    boxes = [((3, 0, 6), (5, 4, 14)), ((1, 5, 7), (2, 8, 9))]
+    layout = BoxLayout.around(boxes, (10, 12, 14), margin=2)
+    assert layout.block == (7, 10)  # the widest box plus its margin, clipped to the grid
+    assert layout.origin.tolist() == [[1, 0, 4], [0, 3, 4]]
+    assert layout.depth.tolist() == [6, 4] and layout.first_row.tolist() == [0, 6] and layout.rows == 10
+    for (start, stop), origin, depth in zip(boxes, layout.origin, layout.depth):
+        assert all(o <= a for o, a in zip(origin, start))
+        assert origin[0] + depth >= stop[0]
+        assert all(o + b >= e for o, b, e in zip(origin[1:], layout.block, stop[1:]))
+    assert BoxLayout.around(boxes, (10, 12, 14), margin=None).is_full
+    again = BoxLayout.from_arrays(layout.to_arrays())
+    assert again.block == layout.block and np.array_equal(again.origin, layout.origin)
     with pytest.raises(ValueError, match="does not fit"):
-        Box((0, 0, 0), (11, 1, 1), (10, 12, 14))
+        BoxLayout((10, 12, 14), (13, 1), np.zeros((1, 3), np.int64), np.ones(1, np.int64))
 
 
 def test_expand_restores_zeros_around_the_box():
-    box = Box((1, 2, 3), (3, 4, 6), (4, 5, 7))
+    layout = BoxLayout((4, 5, 7), (2, 3), np.array([[1, 2, 3]]), np.array([2]))
     stored = np.arange(2 * 4 * 2 * 3, dtype=np.float16).reshape(2, 4, 2, 3) + 1
-    full = box.expand(stored)
+    full = layout.expand(0, stored)
     assert full.shape == (4, 4, 5, 7)
     np.testing.assert_array_equal(full[1:3, :, 2:4, 3:6], stored)
     assert full.sum() == stored.sum()
-
-
-def test_meta_records_the_box(both_caches):
-    import json
-
-    lean, _ = both_caches
-    meta = json.loads(Path(lean.directory, "meta.json").read_text())
-    assert meta["box_zyx"] == {"start": list(lean.box.start), "stop": list(lean.box.stop), "margin": BOX_MARGIN}

@@ -4,12 +4,13 @@ Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sib
 (``.<key>.partial-*``) and renamed into place only when complete, under a file lock so
 concurrent builders end with one:
 
-- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (modalities in MODALITIES order) of
-  the cache's box only (see ``cache_box``: the union of every patient's brain box plus a
-  margin), read through a memory map; an axial slice of all modalities is one contiguous
-  block. Voxels outside the box are background (zeros) and are not stored.
-- ``index.npz``: patient ids, their slots, the box, per-slice brain and tumour areas per
-  plane (over the full grid), and each modality's voxel fingerprint per patient.
+- ``volumes.npy``: float16 ``[row, modality, y, x]`` (modalities in MODALITIES order): the
+  axial slices of each patient's brain box plus a margin, each cut to a block of rows and
+  columns common to all patients (see ``cache_box``), read through a memory map; a stored
+  slice of all modalities is one contiguous block. Voxels outside are background (zeros) and
+  are not stored.
+- ``index.npz``: patient ids, their slots, the box layout, per-slice brain and tumour areas
+  per plane (over the full grid), and each modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
@@ -41,7 +42,7 @@ import numpy as np
 from filelock import Timeout
 from tqdm.auto import tqdm
 
-from gliograde.data.cache_box import BOX_MARGIN, Box, union_box
+from gliograde.data.cache_box import BOX_MARGIN, BoxLayout
 from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
 from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
@@ -64,7 +65,7 @@ class CachedCohort:
     patient_ids: tuple[str, ...]
     slots: np.ndarray  # slot of each patient in volumes.npy
     shape: tuple[int, int, int]  # (x, y, z) of every volume
-    box: Box  # the stored part of the (z, y, x) grid
+    layout: BoxLayout  # where each slot's stored part sits in the (z, y, x) grid
     has_mask: np.ndarray
     brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
@@ -80,8 +81,10 @@ class CachedCohort:
 
     def volume(self, position: int) -> np.ndarray:
         """The patient at ``position`` on the full grid: float16 ``[z, modality, y, x]``."""
-        stored = np.load(self.volumes_path, mmap_mode="r")[self.slots[position]]
-        return self.box.expand(stored)
+        slot = int(self.slots[position])
+        first = int(self.layout.first_row[slot])
+        stored = np.load(self.volumes_path, mmap_mode="r")[first : first + int(self.layout.depth[slot])]
+        return self.layout.expand(slot, stored)
 
     def position(self, patient_id: str) -> int:
         return self.patient_ids.index(patient_id)
@@ -103,7 +106,7 @@ class CachedCohort:
                     patient_ids=tuple(str(s) for s in index["patient_ids"]),
                     slots=index["slots"],
                     shape=tuple(int(s) for s in index["shape"]),
-                    box=Box.from_array(index["box"]),
+                    layout=BoxLayout.from_arrays(index),
                     has_mask=index["has_mask"],
                     brain_area={p: index[f"brain_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
@@ -253,16 +256,17 @@ def _build(
     good, problems, shape = _check_headers(patients, on_error, spec.reorient)
     if not good:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
-    # Before decoding, the box is unknown: the per-patient brain blocks need at most the full grid.
-    _check_free_space(cache_dir, len(good) * _bytes((shape[2], shape[1], shape[0])))
+    # Before decoding the boxes are unknown: the build needs at most the full grid.
+    x, y, z = shape
+    _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
     tmp = partial_path(cache_dir, key)
     with sigterm_as_exit():
         tmp.mkdir()
         try:
-            kept, areas, box = _write_volumes(
+            kept, areas, layout = _write_volumes(
                 tmp, good, problems, shape, spec, mask_labels, on_error, progress, box_margin
             )
-            _write_index(tmp / "index.npz", kept, areas, shape, box)
+            _write_index(tmp / "index.npz", kept, areas, shape, layout)
             _write_problems(tmp / "problems.csv", problems)
             meta = {
                 "key": key,
@@ -270,7 +274,7 @@ def _build(
                 "patients": len(kept),
                 "skipped": len(problems),
                 "shape_xyz": list(shape),
-                "box_zyx": {"start": list(box.start), "stop": list(box.stop), "margin": box_margin},
+                "box": {"margin": box_margin, "block_yx": list(layout.block), "rows": layout.rows},
                 "dtype": np.dtype(CACHE_DTYPE).name,
                 "clip_percentiles": spec.clip_percentiles,
                 "reorient": spec.reorient,
@@ -295,51 +299,39 @@ def _write_volumes(
     on_error: str,
     progress: bool,
     box_margin: int | None,
-) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], Box]:
+) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], BoxLayout]:
     """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept,
-    their areas by slot, and the stored box.
+    their areas by slot, and the box layout.
 
-    Workers write each patient's brain block to ``tmp/blocks/``; the box (their union plus
-    the margin) is known only once every patient is decoded, so the blocks are then copied
-    into ``volumes.npy`` and removed.
+    The layout needs every patient's brain box, known only once all are decoded: workers
+    save each patient's brain block in ``tmp/blocks/``, which are then copied into
+    ``volumes.npy`` and removed.
     """
     x, y, z = shape
-    grid = (z, y, x)
     blocks = tmp / "blocks"
     blocks.mkdir()
-    areas, decode_problems = _preprocess_all(good, blocks, grid, spec, mask_labels, on_error, progress)
+    areas, decode_problems = _preprocess_all(good, blocks, (z, y, x), spec, mask_labels, on_error, progress)
     problems += decode_problems
     decoded = sorted(areas)
     if not decoded:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=tmp.parent)
-    box = union_box([areas[slot].box for slot in decoded], grid, box_margin)
-    _check_free_space(tmp.parent, len(decoded) * _bytes(box.shape))
-    bz, by, bx = box.shape
+    boxes = [areas[old].box for old in decoded]
+    layout = BoxLayout.around(boxes, (z, y, x), box_margin)
+    by, bx = layout.block
+    _check_free_space(tmp.parent, layout.rows * len(MODALITIES) * by * bx * np.dtype(CACHE_DTYPE).itemsize)
     volumes = np.lib.format.open_memmap(
-        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(decoded), bz, len(MODALITIES), by, bx)
+        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(layout.rows, len(MODALITIES), by, bx)
     )
-    for slot, old in enumerate(decoded):
+    for slot, (old, first, (start, stop)) in enumerate(zip(decoded, layout.first_row, boxes)):
+        (z0, y0, x0), (z1, y1, x1) = np.subtract(start, layout.origin[slot]), np.subtract(stop, layout.origin[slot])
         block_path = blocks / f"{old}.npy"
-        (z0, y0, x0), (z1, y1, x1) = _relative(areas[old].box, box)
-        volumes[slot, z0:z1, :, y0:y1, x0:x1] = np.load(block_path)
+        volumes[first + z0 : first + z1, :, y0:y1, x0:x1] = np.load(block_path, mmap_mode="r")
         block_path.unlink()
     volumes.flush()
     del volumes
     blocks.rmdir()
     kept = [(slot, good[old]) for slot, old in enumerate(decoded)]
-    return kept, {slot: areas[old] for slot, old in enumerate(decoded)}, box
-
-
-def _relative(brain: tuple[tuple[int, ...], tuple[int, ...]], box: Box) -> tuple[tuple[int, ...], ...]:
-    """A patient's brain box in the coordinates of the stored box (which contains it)."""
-    start, stop = brain
-    return tuple(a - o for a, o in zip(start, box.start)), tuple(b - o for b, o in zip(stop, box.start))
-
-
-def _bytes(zyx: tuple[int, int, int]) -> int:
-    """Bytes of one patient's stored ``[z, modality, y, x]`` block of shape ``zyx``."""
-    z, y, x = zyx
-    return z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize
+    return kept, {slot: areas[old] for slot, old in enumerate(decoded)}, layout
 
 
 def _check_free_space(cache_dir: Path, needed: int) -> None:
@@ -393,6 +385,19 @@ def _check_headers(
     return good, problems, cohort_shape
 
 
+# Each worker process decodes into one zeroed full-grid buffer, re-zeroed after each patient:
+# a fresh buffer per patient costs a page fault per 4 KB of brain.
+_GRID: np.ndarray | None = None
+
+
+def _zeroed_grid(grid: tuple[int, int, int]) -> np.ndarray:
+    global _GRID
+    z, y, x = grid
+    if _GRID is None or _GRID.shape != (z, len(MODALITIES), y, x):
+        _GRID = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
+    return _GRID
+
+
 def _preprocess_slot(
     blocks: Path,
     grid: tuple[int, int, int],
@@ -401,23 +406,29 @@ def _preprocess_slot(
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
 ) -> SliceAreas:
-    """Preprocess one patient on the full grid and save its brain block as ``blocks/<slot>.npy``."""
-    z, y, x = grid
-    # np.zeros maps fresh zero pages: only the brain's pages are ever touched.
-    out = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
-    areas = preprocess_patient(
-        record.patient_id,
-        record.modalities,
-        record.mask,
-        out,
-        mask_labels,
-        spec.clip_percentiles,
-        spec.reorient,
-        out_is_zero=True,
-    )
+    """Preprocess one patient on the full grid; save its brain block as ``blocks/<slot>.npy``."""
+    out = _zeroed_grid(grid)
+    try:
+        areas = preprocess_patient(
+            record.patient_id,
+            record.modalities,
+            record.mask,
+            out,
+            mask_labels,
+            spec.clip_percentiles,
+            spec.reorient,
+            out_is_zero=True,  # only brain voxels are written, and only they are zeroed again
+        )
+    except BaseException:
+        out[...] = 0
+        raise
     (z0, y0, x0), (z1, y1, x1) = areas.box
+    block = out[z0:z1, :, y0:y1, x0:x1]
     with open(blocks / f"{slot}.npy", "wb") as fh:
-        np.save(fh, out[z0:z1, :, y0:y1, x0:x1])
+        np.lib.format.write_array_header_1_0(fh, {"descr": block.dtype.str, "fortran_order": False, "shape": block.shape})
+        for brain_slice in block:  # one slice at a time: no block-sized copy
+            fh.write(np.ascontiguousarray(brain_slice).data)
+    block[...] = 0
     return areas
 
 
@@ -479,13 +490,13 @@ def _outcome(blocks, grid, slot, record, spec, mask_labels) -> SliceAreas | Data
 
 
 def _write_index(
-    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape, box: Box
+    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape, layout: BoxLayout
 ) -> None:
     arrays: dict[str, np.ndarray] = {
         "patient_ids": np.array([r.patient_id for _, r in kept]),
         "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
         "shape": np.array(shape, dtype=np.int64),
-        "box": box.to_array(),
+        **layout.to_arrays(),
         "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
     }
     for modality in MODALITIES:

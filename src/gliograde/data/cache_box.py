@@ -1,94 +1,119 @@
-"""The stored box of a lean cache: the part of the (z, y, x) grid that the cache keeps.
+"""Where each patient's brain box sits in a lean cache, and how to read it back on the full grid.
 
-A cohort registered to one atlas (BraTS: SRI24) has its brain in the same region of the grid
-for every patient, so the cache keeps one box for all of them: the union of every patient's
-brain box, widened by a margin and clipped to the grid. Everything outside it is background,
-which the cache stores as zeros anyway; reading puts those zeros back.
+The cache keeps, per patient, only the axial slices of its brain box (plus a margin), and of
+each slice only a ``block`` of rows x columns that is the same for every patient: the largest
+brain box's extent plus the margin, placed at the patient's own (y, x) origin. The slices of
+every patient are stacked as rows of one ``[row, modality, block_y, block_x]`` array, so an
+axial batch is one gather of rows whatever the patients; reading puts the zeros around the
+block and the slices outside the box back, so the batch equals the full grid's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-BOX_MARGIN = 2  # voxels kept around the union of the brain boxes
+BOX_MARGIN = 2  # voxels kept around each patient's brain box
 
 ZYX = tuple[int, int, int]
+Bounds = tuple[ZYX, ZYX]  # (start, stop) of a box in (z, y, x), stop exclusive
 
 
 @dataclass(frozen=True)
-class Box:
-    """Half-open bounds ``[start, stop)`` in (z, y, x) of the stored part of a (z, y, x) grid."""
+class BoxLayout:
+    """Stored part of each patient's (z, y, x) grid: slices ``origin[p, 0] : + depth[p]``,
+    rows ``origin[p, 1] : + block[0]``, columns ``origin[p, 2] : + block[1]``; they are rows
+    ``first_row[p] : + depth[p]`` of the stored array."""
 
-    start: ZYX
-    stop: ZYX
     grid: ZYX
+    block: tuple[int, int]
+    origin: np.ndarray  # [patient, 3] int64
+    depth: np.ndarray  # [patient] int64
 
     def __post_init__(self) -> None:
-        if not all(0 <= a < b <= n for a, b, n in zip(self.start, self.stop, self.grid)):
-            raise ValueError(f"box {self.start}..{self.stop} does not fit the grid {self.grid}")
-
-    @classmethod
-    def full(cls, grid: ZYX) -> Box:
-        """The whole grid (a cache that stores every voxel)."""
-        return cls((0, 0, 0), tuple(grid), tuple(grid))
+        z, y, x = self.grid
+        by, bx = self.block
+        origin, depth = np.asarray(self.origin), np.asarray(self.depth)
+        fits = (
+            origin.ndim == 2
+            and origin.shape[1] == 3
+            and depth.shape == origin.shape[:1]
+            and 0 < by <= y
+            and 0 < bx <= x
+            and bool(np.all(origin >= 0))
+            and bool(np.all(depth > 0))
+            and bool(np.all(origin[:, 0] + depth <= z))
+            and bool(np.all(origin[:, 1] + by <= y))
+            and bool(np.all(origin[:, 2] + bx <= x))
+        )
+        if not fits:
+            raise ValueError(f"box layout (block {self.block}) does not fit the grid {self.grid}")
 
     @property
-    def shape(self) -> ZYX:
-        return tuple(b - a for a, b in zip(self.start, self.stop))
+    def first_row(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.depth)[:-1]]).astype(np.int64)
+
+    @property
+    def rows(self) -> int:
+        return int(np.sum(self.depth))
 
     @property
     def is_full(self) -> bool:
-        return self.start == (0, 0, 0) and self.stop == self.grid
-
-    @property
-    def slices(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(a, b) for a, b in zip(self.start, self.stop))
-
-    def to_array(self) -> np.ndarray:
-        """``[[start], [stop], [grid]]`` as int64, for the cache's index."""
-        return np.array([self.start, self.stop, self.grid], dtype=np.int64)
+        """Whether every patient's full grid is stored."""
+        return self.block == self.grid[1:] and bool(np.all(self.depth == self.grid[0]))
 
     @classmethod
-    def from_array(cls, array: np.ndarray) -> Box:
-        start, stop, grid = (tuple(int(v) for v in row) for row in np.asarray(array).reshape(3, 3))
-        return cls(start, stop, grid)
+    def full(cls, grid: ZYX, patients: int) -> BoxLayout:
+        """Every voxel of ``patients`` grids."""
+        return cls(tuple(grid), tuple(grid[1:]), np.zeros((patients, 3), np.int64), np.full(patients, grid[0]))
 
-    def expand(self, stored: np.ndarray) -> np.ndarray:
-        """One patient's stored ``[z, modality, y, x]`` block back on the full grid (zeros outside)."""
+    @classmethod
+    def around(cls, boxes: Sequence[Bounds], grid: ZYX, margin: int | None) -> BoxLayout:
+        """The layout holding each of ``boxes`` widened by ``margin`` voxels (clipped to the
+        grid); ``margin=None`` stores the full grid."""
+        if margin is None:
+            return cls.full(grid, len(boxes))
+        start = np.array([b[0] for b in boxes], dtype=np.int64).reshape(-1, 3)
+        stop = np.array([b[1] for b in boxes], dtype=np.int64).reshape(-1, 3)
+        size = np.asarray(grid, dtype=np.int64)
+        low = np.maximum(start - margin, 0)
+        high = np.minimum(stop + margin, size)
+        block = np.minimum((high - low).max(axis=0), size)[1:] if len(boxes) else size[1:]
+        # Centre-free placement: start at the widened box, pushed back inside the grid.
+        yx = np.minimum(low[:, 1:], size[1:] - block)
+        origin = np.concatenate([low[:, :1], yx], axis=1)
+        return cls(tuple(grid), (int(block[0]), int(block[1])), origin, high[:, 0] - low[:, 0])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The layout as the cache index's arrays."""
+        return {
+            "layout_grid": np.array(self.grid, dtype=np.int64),
+            "layout_block": np.array(self.block, dtype=np.int64),
+            "layout_origin": np.asarray(self.origin, dtype=np.int64),
+            "layout_depth": np.asarray(self.depth, dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays) -> BoxLayout:
+        return cls(
+            tuple(int(v) for v in arrays["layout_grid"]),
+            tuple(int(v) for v in arrays["layout_block"]),
+            np.asarray(arrays["layout_origin"], dtype=np.int64),
+            np.asarray(arrays["layout_depth"], dtype=np.int64),
+        )
+
+    def crop(self, slot: int, full: np.ndarray) -> np.ndarray:
+        """Patient ``slot``'s stored rows taken from its full-grid ``[z, modality, y, x]``."""
+        (z0, y0, x0), d = self.origin[slot], self.depth[slot]
+        by, bx = self.block
+        return full[z0 : z0 + d, :, y0 : y0 + by, x0 : x0 + bx]
+
+    def expand(self, slot: int, stored: np.ndarray) -> np.ndarray:
+        """Patient ``slot``'s stored rows back on the full grid ``[z, modality, y, x]``."""
         z, y, x = self.grid
         out = np.zeros((z, stored.shape[1], y, x), dtype=stored.dtype)
-        zs, ys, xs = self.slices
-        out[zs, :, ys, xs] = stored
+        self.crop(slot, out)[...] = stored
         return out
 
-
-def brain_box(brain: np.ndarray) -> tuple[ZYX, ZYX] | None:
-    """``(start, stop)`` of the smallest (z, y, x) box holding every True voxel; None if none."""
-    bounds = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(brain.any(axis=others))
-        if hit.size == 0:
-            return None
-        bounds.append((int(hit[0]), int(hit[-1]) + 1))
-    start, stop = zip(*bounds)
-    return tuple(start), tuple(stop)
-
-
-def union_box(boxes: Iterable[tuple[ZYX, ZYX] | None], grid: ZYX, margin: int | None) -> Box:
-    """The union of ``boxes`` widened by ``margin`` voxels and clipped to ``grid``.
-
-    ``margin=None`` gives the full grid. Patients without brain voxels add nothing; if no
-    patient has any, the box is one voxel (every slice reads as zeros).
-    """
-    if margin is None:
-        return Box.full(grid)
-    boxes = [b for b in boxes if b is not None]
-    if not boxes:
-        return Box((0, 0, 0), (1, 1, 1), tuple(grid))
-    start = tuple(max(0, min(b[0][i] for b in boxes) - margin) for i in range(3))
-    stop = tuple(min(grid[i], max(b[1][i] for b in boxes) + margin) for i in range(3))
-    return Box(start, stop, tuple(grid))

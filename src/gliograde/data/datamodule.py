@@ -189,7 +189,7 @@ class GliomaDataModule(pl.LightningDataModule):
         positions = np.repeat([p.position for p in group], counts)
         return SliceDataset(
             volumes_path=self.cached.volumes_path,
-            box=self.cached.box,
+            layout=self.cached.layout,
             slots=self.cached.slots[positions],
             patient_positions=positions,
             slice_indices=np.concatenate([p.slices for p in group]),

@@ -1,10 +1,11 @@
 """Map-style dataset of 2D slices read from the cache, one batch per call.
 
 The DataLoader calls ``__getitems__`` with a whole batch of indices; for axial slices the
-batch is gathered from the memory-mapped cache with one fancy-indexing call over (patient
+batch is gathered from the memory-mapped cache with one fancy-indexing call over (stored
 slice, channel) rows of contiguous blocks, so a float16 batch (the default, the cache's own
-dtype) costs about one memcpy of its bytes. The cache stores only its box (see
-``cache_box``): the gathered blocks are put into the full ``[H, W]`` slice, zeros around.
+dtype) costs about one memcpy of its bytes. The cache stores only each patient's brain box
+(see ``cache_box``): the gathered blocks are put into the full ``[H, W]`` slice, zeros
+around, and slices outside the box read as zeros.
 A float32 batch is converted by torch into a NumPy-allocated buffer: NumPy asks for huge
 pages for large arrays, which spares the page faults of a fresh 59 MB tensor per batch.
 """
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gliograde.data.cache_box import Box
+from gliograde.data.cache_box import BoxLayout
 from gliograde.data.specs import MODALITIES
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -36,7 +37,7 @@ class SliceDataset(Dataset):
     def __init__(
         self,
         volumes_path: Path,
-        box: Box,
+        layout: BoxLayout,
         slots: np.ndarray,
         patient_positions: np.ndarray,
         slice_indices: np.ndarray,
@@ -47,7 +48,8 @@ class SliceDataset(Dataset):
         dtype: torch.dtype = torch.float32,
     ):
         self.volumes_path = Path(volumes_path)
-        self.box = box
+        self.layout = layout
+        self._first_row = layout.first_row
         self.slots = np.asarray(slots, dtype=np.int64)
         self.patient_positions = np.asarray(patient_positions, dtype=np.int64)
         self.slice_indices = np.asarray(slice_indices, dtype=np.int64)
@@ -101,46 +103,29 @@ class SliceDataset(Dataset):
 
     def _read(self, slots: np.ndarray, slices: np.ndarray) -> np.ndarray:
         """Full-grid slices ``[B, C, H, W]`` of the cache's own dtype, zeros outside the box."""
-        vol = self.volumes  # [slot, z, channel, y, x] of the box
-        (z0, y0, x0), (z1, y1, x1) = self.box.start, self.box.stop
-        depth, height, width = self.box.grid
-        n, channels = len(slots), self.channels
+        vol, layout = self.volumes, self.layout  # vol: [row, channel, block_y, block_x]
+        channels, first = self.channels, self._first_row[slots]
+        if self.plane == "axial" and layout.is_full:
+            return vol[(first + slices)[:, None], channels[None, :]]
+        depth, height, width = layout.grid
+        (by, bx), origin, rows = layout.block, layout.origin[slots], layout.depth[slots]
+        size = {"axial": (height, width), "coronal": (depth, width), "sagittal": (depth, height)}[self.plane]
+        out = np.zeros((len(slots), len(channels), *size), dtype=vol.dtype)
         if self.plane == "axial":
-            rows = vol.reshape(-1, *vol.shape[2:])  # [slot * z, channel, y, x], a view
-            if self.box.is_full:
-                return rows[(slots * vol.shape[1] + slices)[:, None], channels[None, :]]
-            inside = (slices >= z0) & (slices < z1)
-            out = _zeros_around((n, len(channels), height, width), (y0, y1), (x0, x1), vol.dtype)
-            picked = (slots * vol.shape[1] + slices - z0)[inside]
-            if inside.all():
-                out[:, :, y0:y1, x0:x1] = rows[picked[:, None], channels[None, :]]
-            else:
-                out[~inside, :, y0:y1, x0:x1] = 0
-                out[inside, :, y0:y1, x0:x1] = rows[picked[:, None], channels[None, :]]
+            local = slices - origin[:, 0]
+            inside = np.flatnonzero((local >= 0) & (local < rows))
+            picked = vol[(first + local)[inside][:, None], channels[None, :]]  # the one gather
+            for j, b in enumerate(inside):
+                y0, x0 = origin[b, 1], origin[b, 2]
+                out[b, :, y0 : y0 + by, x0 : x0 + bx] = picked[j]
             return out
-        if self.plane == "coronal":  # fixed y -> [channel, z, x]
-            out = np.zeros((n, len(channels), depth, width), dtype=vol.dtype)
-            for b, (s, i) in enumerate(zip(slots, slices)):
-                if y0 <= i < y1:
-                    out[b, :, z0:z1, x0:x1] = vol[s, :, :, i - y0, :][:, channels].transpose(1, 0, 2)
-        else:  # sagittal: fixed x -> [channel, z, y]
-            out = np.zeros((n, len(channels), depth, height), dtype=vol.dtype)
-            for b, (s, i) in enumerate(zip(slots, slices)):
-                if x0 <= i < x1:
-                    out[b, :, z0:z1, y0:y1] = vol[s, :, :, :, i - x0][:, channels].transpose(1, 0, 2)
+        for b, i in enumerate(slices):
+            (z0, y0, x0), stored = origin[b], vol[first[b] : first[b] + rows[b]]
+            if self.plane == "coronal" and y0 <= i < y0 + by:  # fixed y -> [channel, z, x]
+                out[b, :, z0 : z0 + rows[b], x0 : x0 + bx] = stored[:, :, i - y0, :][:, channels].transpose(1, 0, 2)
+            elif self.plane == "sagittal" and x0 <= i < x0 + bx:  # fixed x -> [channel, z, y]
+                out[b, :, z0 : z0 + rows[b], y0 : y0 + by] = stored[:, :, :, i - x0][:, channels].transpose(1, 0, 2)
         return out
-
-
-def _zeros_around(shape: tuple[int, ...], ys: tuple[int, int], xs: tuple[int, int], dtype) -> np.ndarray:
-    """An uninitialised ``[B, C, H, W]`` array whose voxels outside rows ``ys`` x columns ``xs``
-    are zero (the inside is written next; np.empty spares zeroing it twice)."""
-    out = np.empty(shape, dtype=dtype)
-    (y0, y1), (x0, x1) = ys, xs
-    out[:, :, :y0] = 0
-    out[:, :, y1:] = 0
-    out[:, :, y0:y1, :x0] = 0
-    out[:, :, y0:y1, x1:] = 0
-    return out
 
 
 def identity_collate(batch: dict[str, Any]) -> dict[str, Any]:

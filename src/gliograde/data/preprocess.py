@@ -12,7 +12,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from gliograde.data.cache_box import brain_box
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import read_voxels
 from gliograde.data.specs import MODALITIES, PLANES
@@ -69,7 +68,13 @@ def preprocess_patient(
         check_mask_labels(seg, mask_labels, patient, mask)
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
-    return SliceAreas(areas, tumour, fingerprints, brain_box(brain))
+    return SliceAreas(areas, tumour, fingerprints, _box_from_areas(areas))
+
+
+def _box_from_areas(areas: dict[str, np.ndarray]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The brain's (z, y, x) bounding box, from its per-slice areas in each plane."""
+    bounds = [np.flatnonzero(areas[plane]) for plane in ("axial", "coronal", "sagittal")]
+    return tuple(int(b[0]) for b in bounds), tuple(int(b[-1]) + 1 for b in bounds)
 
 
 # Slices of the fingerprint loop: their converted copy (a few MB) stays small.
