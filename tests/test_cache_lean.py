@@ -26,7 +26,8 @@ def both_caches(tiny_cohort_master, tmp_path_factory):
 
     def build(margin):
         spec = PreprocessSpec(workers=1)
-        return open_or_build(records, cache_dir, spec, LayoutSpec().mask_labels, progress=False, box_margin=margin)
+        labels = LayoutSpec().mask_labels
+        return open_or_build(records, cache_dir, spec, labels, progress=False, box_margin=margin)
 
     return build(BOX_MARGIN), build(None)
 
@@ -68,7 +69,8 @@ def test_the_lean_cache_stores_less_than_the_grid(both_caches):
     assert lean.directory != full.directory  # the margin is part of the key
     assert not (lean.directory / "grid.npy").exists()
     meta = json.loads((lean.directory / "meta.json").read_text())
-    assert meta["box"] == {"margin": BOX_MARGIN, "block_yx": list(lean.layout.block), "rows": lean.layout.rows}
+    expected = {"margin": BOX_MARGIN, "block_yx": list(lean.layout.block), "rows": lean.layout.rows}
+    assert meta["box"] == expected
 
 
 @pytest.mark.parametrize("plane", PLANES)

@@ -323,7 +323,8 @@ def _write_volumes(
         tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(layout.rows, len(MODALITIES), by, bx)
     )
     for slot, (old, first, (start, stop)) in enumerate(zip(decoded, layout.first_row, boxes)):
-        (z0, y0, x0), (z1, y1, x1) = np.subtract(start, layout.origin[slot]), np.subtract(stop, layout.origin[slot])
+        origin = layout.origin[slot]
+        (z0, y0, x0), (z1, y1, x1) = np.subtract(start, origin), np.subtract(stop, origin)
         block_path = blocks / f"{old}.npy"
         volumes[first + z0 : first + z1, :, y0:y1, x0:x1] = np.load(block_path, mmap_mode="r")
         block_path.unlink()
@@ -425,7 +426,8 @@ def _preprocess_slot(
     (z0, y0, x0), (z1, y1, x1) = areas.box
     block = out[z0:z1, :, y0:y1, x0:x1]
     with open(blocks / f"{slot}.npy", "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, {"descr": block.dtype.str, "fortran_order": False, "shape": block.shape})
+        header = {"descr": block.dtype.str, "fortran_order": False, "shape": block.shape}
+        np.lib.format.write_array_header_1_0(fh, header)
         for brain_slice in block:  # one slice at a time: no block-sized copy
             fh.write(np.ascontiguousarray(brain_slice).data)
     block[...] = 0

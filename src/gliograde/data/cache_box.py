@@ -67,7 +67,8 @@ class BoxLayout:
     @classmethod
     def full(cls, grid: ZYX, patients: int) -> BoxLayout:
         """Every voxel of ``patients`` grids."""
-        return cls(tuple(grid), tuple(grid[1:]), np.zeros((patients, 3), np.int64), np.full(patients, grid[0]))
+        origin = np.zeros((patients, 3), np.int64)
+        return cls(tuple(grid), tuple(grid[1:]), origin, np.full(patients, grid[0], np.int64))
 
     @classmethod
     def around(cls, boxes: Sequence[Bounds], grid: ZYX, margin: int | None) -> BoxLayout:
