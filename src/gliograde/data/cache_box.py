@@ -4,7 +4,7 @@ The cache keeps, per patient, only the axial slices of its brain box (plus a mar
 each slice only a ``block`` of rows x columns that is the same for every patient: the largest
 brain box's extent plus the margin, placed at the patient's own (y, x) origin. The slices of
 every patient are stacked as rows of one ``[row, modality, block_y, block_x]`` array, so an
-axial batch is one gather of rows whatever the patients; reading puts the zeros around the
+axial slice is one contiguous row whatever the patient; reading puts the zeros around the
 block and the slices outside the box back, so the batch equals the full grid's.
 """
 

@@ -1,11 +1,9 @@
 """Map-style dataset of 2D slices read from the cache, one batch per call.
 
-The DataLoader calls ``__getitems__`` with a whole batch of indices; for axial slices the
-batch is gathered from the memory-mapped cache with one fancy-indexing call over (stored
-slice, channel) rows of contiguous blocks, so a float16 batch (the default, the cache's own
-dtype) costs about one memcpy of its bytes. The cache stores only each patient's brain box
-(see ``cache_box``): the gathered blocks are put into the full ``[H, W]`` slice, zeros
-around, and slices outside the box read as zeros.
+The DataLoader calls ``__getitems__`` with a whole batch of indices. The cache stores only
+each patient's brain box (see ``cache_box``): each axial slice is one contiguous stored block,
+copied into its place in a zeroed full ``[H, W]`` slice; slices outside the box read as
+zeros. From a full-grid cache an axial batch is one fancy-indexing gather.
 A float32 batch is converted by torch into a NumPy-allocated buffer: NumPy asks for huge
 pages for large arrays, which spares the page faults of a fresh 59 MB tensor per batch.
 """
