@@ -113,18 +113,10 @@ class SliceDataset(Dataset):
         depth, height, width = layout.grid
         (by, bx), origin, rows = layout.block, layout.origin[slots], layout.depth[slots]
         size = {"axial": (height, width), "coronal": (depth, width), "sagittal": (depth, height)}[self.plane]
-        # np.empty gets huge pages for a large batch and fill() zeroes them at memset speed;
-        # np.zeros would take a page fault per 4 KB written.
         out = np.empty((len(slots), len(channels), *size), dtype=vol.dtype)
-        out.fill(0)
         if self.plane == "axial":
-            every_channel = np.array_equal(channels, np.arange(vol.shape[1]))
-            local = slices - origin[:, 0]
-            for b in np.flatnonzero((local >= 0) & (local < rows)):
-                block = vol[first[b] + local[b]]
-                y0, x0 = origin[b, 1], origin[b, 2]
-                out[b, :, y0 : y0 + by, x0 : x0 + bx] = block if every_channel else block[channels]
-            return out
+            return self._read_axial(out, first, slices, origin, rows)
+        out.fill(0)
         for b, i in enumerate(slices):
             (z0, y0, x0), stored = origin[b], vol[first[b] : first[b] + rows[b]]
             if self.plane == "coronal" and y0 <= i < y0 + by:  # fixed y -> [channel, z, x]
@@ -135,6 +127,26 @@ class SliceDataset(Dataset):
                 out[b, :, z0 : z0 + rows[b], y0 : y0 + by] = part.transpose(1, 0, 2)
         return out
 
+    def _read_axial(
+        self, out: np.ndarray, first: np.ndarray, slices: np.ndarray, origin: np.ndarray, rows: np.ndarray
+    ) -> np.ndarray:
+        """Fill ``out`` ``[B, C, H, W]`` with axial slices: zeros, then each stored block copied
+        into its place, one channel at a time where the channels are not the cache's order
+        (``block[channels]`` would copy each block into a temporary first)."""
+        vol, (by, bx) = self.volumes, self.layout.block
+        channels = [int(c) for c in self.channels]
+        every_channel = channels == list(range(vol.shape[1]))
+        local = slices - origin[:, 0]
+        out.fill(0)  # memset speed, on the huge pages NumPy asks for; np.zeros would fault per 4 KB
+        for b in np.flatnonzero((local >= 0) & (local < rows)):
+            y0, x0 = int(origin[b, 1]), int(origin[b, 2])
+            block, image = vol[first[b] + local[b]], out[b, :, y0 : y0 + by, x0 : x0 + bx]
+            if every_channel:
+                image[...] = block
+            else:
+                for j, c in enumerate(channels):
+                    image[j] = block[c]
+        return out
 
 def identity_collate(batch: dict[str, Any]) -> dict[str, Any]:
     """``__getitems__`` already returns a collated batch."""
