@@ -23,7 +23,7 @@ def _entries(cache_dir: Path) -> list[str]:
 
 
 def test_cache_holds_zscored_modalities_with_zero_background(tiny_cohort, tmp_path):
-    dm = make_datamodule(tiny_cohort, tmp_path / "cache")
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache", slices={"strategy": "brain"})  # every brain slice
     dm.prepare_data()
     cached = dm.cached
     x, y, z = cached.shape
@@ -56,7 +56,7 @@ def test_clipping_changes_the_key_and_bounds_the_values(tiny_cohort, tmp_path):
 
 
 def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
-    first = make_datamodule(tiny_cohort, tmp_path / "cache")
+    first = make_datamodule(tiny_cohort, tmp_path / "cache", slices={"strategy": "brain"})
     first.prepare_data()
     first.setup()
 
@@ -65,18 +65,14 @@ def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_module, "preprocess_patient", fail)
     monkeypatch.setattr(cache_module, "read_header", fail)
-    # Other modalities, strategy and plane reuse the same cache.
-    second = make_datamodule(
-        tiny_cohort,
-        tmp_path / "cache",
-        modalities=["t2", "flair"],
-        slices={"strategy": "brain", "plane": "coronal"},
-    )
-    second.prepare_data()
-    second.setup()
-    assert second.cached.directory == first.cached.directory
-    batch = next(iter(second.train_dataloader()))
-    assert batch["image"].shape[1] == 2
+    # Other modalities, strategies and planes whose slices the brain slab holds reuse its cache.
+    for slices in ({"strategy": "brain", "plane": "coronal"}, {"strategy": "tumor_all"}, {"strategy": "middle"}):
+        second = make_datamodule(tiny_cohort, tmp_path / "cache", modalities=["t2", "flair"], slices=slices)
+        second.prepare_data()
+        second.setup()
+        assert second.cached.directory == first.cached.directory
+        batch = next(iter(second.train_dataloader()))
+        assert batch["image"].shape[1] == 2
 
 
 def test_touching_an_input_file_rebuilds(tiny_cohort, tmp_path):

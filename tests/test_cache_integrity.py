@@ -24,7 +24,8 @@ from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec, PreprocessSp
 
 
 def _built(root: Path, cache_dir: Path) -> CachedCohort:
-    dm = make_datamodule(root, cache_dir)
+    """The cache open_or_build's defaults (the brain slab) name."""
+    dm = make_datamodule(root, cache_dir, slices={"strategy": "brain"})
     dm.prepare_data()
     return dm.cached
 

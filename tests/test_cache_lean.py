@@ -117,12 +117,12 @@ def test_volume_puts_each_patient_back_on_the_full_grid(both_caches):
         np.testing.assert_array_equal(lean.brain_area[plane], full.brain_area[plane])
 
 
-def test_layout_holds_every_box_with_its_margin_inside_the_grid():
+def test_layout_holds_every_box_with_its_margin_in_y_and_x_inside_the_grid():
     boxes = [((3, 0, 6), (5, 4, 14)), ((1, 5, 7), (2, 8, 9))]
     layout = BoxLayout.around(boxes, (10, 12, 14), margin=2)
     assert layout.block == (7, 10)  # the widest box plus its margin, clipped to the grid
-    assert layout.origin.tolist() == [[1, 0, 4], [0, 3, 4]]
-    assert layout.depth.tolist() == [6, 4] and layout.first_row.tolist() == [0, 6] and layout.rows == 10
+    assert layout.origin.tolist() == [[3, 0, 4], [1, 3, 4]]  # the slices are the slab given
+    assert layout.depth.tolist() == [2, 1] and layout.first_row.tolist() == [0, 2] and layout.rows == 3
     for (start, stop), origin, depth in zip(boxes, layout.origin, layout.depth):
         assert all(o <= a for o, a in zip(origin, start))
         assert origin[0] + depth >= stop[0]

@@ -90,6 +90,7 @@ class DataSchema:
     pin_memory: bool
     persistent_workers: bool
     transfer_dtype: str
+    slab_margin: NonNegative
     on_error: str
     seed: int
     progress: bool

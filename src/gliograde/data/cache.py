@@ -5,21 +5,24 @@ Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sib
 concurrent builders end with one:
 
 - ``volumes.npy``: float16 ``[row, modality, y, x]`` (modalities in MODALITIES order): the
-  axial slices of each patient's brain box plus a margin, each cut to a block of rows and
-  columns common to all patients (see ``cache_box``), read through a memory map; a stored
-  slice of all modalities is one contiguous block. Voxels outside are background (zeros) and
-  are not stored.
-- ``index.npz``: patient ids, their slots, the box layout, per-slice brain and tumour areas
+  axial slices of each patient that the slab rule keeps (those the run's slice strategy can
+  select, plus a margin: see ``cache_box.SlabRule``), each cut to a block of rows and columns
+  around the brain common to all patients, read through a memory map; a stored slice of all
+  modalities is one contiguous block. Voxels around the block are background (zeros) and are
+  not stored.
+- ``index.npz``: patient ids, their slots, the box layout (with the slab kind), per-slice brain and tumour areas
   per plane (over the full grid), and each modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
   ``volumes.npy`` by size), so a truncated or damaged cache is never used.
 
-The key hashes every input file's path, size, mtime, ctime, device and inode and the
-preprocessing settings, so any change to either gives a new cache (an in-place rewrite
-changes the ctime even when the mtime is put back), and anything else (modalities used,
-slice strategy, splits, labels) is applied when reading. A complete cache is opened without
+The key hashes every input file's path, size, mtime, ctime, device and inode, the
+preprocessing settings and the slab rule, so any change to them gives a new cache (an
+in-place rewrite changes the ctime even when the mtime is put back), and anything else
+(modalities used, the strategy's parameters within its slab, splits, labels) is applied
+when reading. A run whose slab another intact cache holds (tumour slices within a brain
+slab) reads that cache rather than decoding again. A complete cache is opened without
 any lock or write, so it can live in a read-only directory.
 """
 
@@ -42,7 +45,7 @@ import numpy as np
 from filelock import Timeout
 from tqdm.auto import tqdm
 
-from gliograde.data.cache_box import BOX_MARGIN, BoxLayout
+from gliograde.data.cache_box import BOX_MARGIN, Bounds, BoxLayout, SlabRule
 from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
 from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
@@ -80,11 +83,21 @@ class CachedCohort:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
 
     def volume(self, position: int) -> np.ndarray:
-        """The patient at ``position`` on the full grid: float16 ``[z, modality, y, x]``."""
-        slot = int(self.slots[position])
-        first = int(self.layout.first_row[slot])
-        stored = np.load(self.volumes_path, mmap_mode="r")[first : first + int(self.layout.depth[slot])]
-        return self.layout.expand(slot, stored)
+        """The patient at ``position`` on the full grid: float16 ``[z, modality, y, x]``.
+
+        Where the cache holds a slab that may leave out brain slices (a tumour or range
+        slab), the slices outside it are unknown, not zeros: they come back masked (a
+        ``numpy.ma.MaskedArray``) and NaN underneath.
+        """
+        layout, slot = self.layout, int(self.slots[position])
+        first, depth = int(layout.first_row[slot]), int(layout.depth[slot])
+        full = layout.expand(slot, np.load(self.volumes_path, mmap_mode="r")[first : first + depth])
+        unknown = np.ones(len(full), dtype=bool)
+        unknown[layout.origin[slot, 0] : layout.origin[slot, 0] + depth] = False
+        if layout.slab == "brain" or not unknown.any():
+            return full
+        full[unknown] = np.nan
+        return np.ma.masked_array(full, mask=np.repeat(unknown, full[0].size).reshape(full.shape))
 
     def position(self, patient_id: str) -> int:
         return self.patient_ids.index(patient_id)
@@ -130,6 +143,7 @@ def cache_key(
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     box_margin: int | None = BOX_MARGIN,
+    slab: SlabRule = SlabRule(),
 ) -> str:
     """Hash of every input file's identity and stat, and of the settings that change voxels.
 
@@ -143,6 +157,7 @@ def cache_key(
         "reorient": spec.reorient,
         "mask_labels": list(mask_labels),
         "box_margin": box_margin,
+        "slab": slab.settings() if box_margin is not None else None,  # the full grid holds every slice
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in sorted(patients, key=lambda r: r.patient_id):
@@ -165,6 +180,7 @@ def open_or_build(
     on_error: str = "raise",
     progress: bool = True,
     box_margin: int | None = BOX_MARGIN,
+    slab: SlabRule = SlabRule(),
 ) -> CachedCohort:
     """Return the cache for these patients and settings, building it first if needed.
 
@@ -175,15 +191,19 @@ def open_or_build(
     size or checksum disagrees with meta.json) is named in a warning and rebuilt, or refused
     in one line naming the file where ``cache_dir`` is not writable.
 
-    ``box_margin`` is the margin (voxels) of the stored box around every patient's brain;
-    None stores the full grid.
+    ``box_margin`` is the margin (voxels) of the stored block around every patient's brain
+    in y and x; None stores the full grid. ``slab`` says which axial slices are stored.
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
     cache_dir = Path(cache_dir)
-    key = cache_key(patients, spec, mask_labels, box_margin)
+    key = cache_key(patients, spec, mask_labels, box_margin, slab)
     final = cache_dir / key
     damage: DamagedCacheError | None = None
+    if not final.is_dir() and box_margin is not None:
+        wider = _covering_cache(patients, cache_dir, spec, mask_labels, box_margin, slab)
+        if wider is not None:
+            return _checked(wider, on_error)
     if final.is_dir():
         try:
             return _checked(CachedCohort.load(final), on_error)
@@ -206,8 +226,27 @@ def open_or_build(
                     log.warning("%s; rebuilding the cache", err)
                 remove_cache(final, key)
         remove_abandoned_builds(cache_dir, held_key=key)
-        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress, box_margin)
+        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress, box_margin, slab)
     return _checked(CachedCohort.load(final), on_error)
+
+
+def _covering_cache(
+    patients: list[PatientRecord],
+    cache_dir: Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int,
+    slab: SlabRule,
+) -> CachedCohort | None:
+    """An intact cache of the same inputs whose slab holds every slice ``slab`` can need."""
+    for rule in slab.covering():
+        directory = cache_dir / cache_key(patients, spec, mask_labels, box_margin, rule)
+        if directory.is_dir():
+            try:
+                return CachedCohort.load(directory)
+            except DamagedCacheError:
+                continue  # its own run rebuilds it; this one builds its own
+    return None
 
 
 def _checked(cached: CachedCohort, on_error: str) -> CachedCohort:
@@ -252,6 +291,7 @@ def _build(
     on_error: str,
     progress: bool,
     box_margin: int | None,
+    slab: SlabRule,
 ) -> None:
     good, problems, shape = _check_headers(patients, on_error, spec.reorient)
     if not good:
@@ -264,7 +304,7 @@ def _build(
         tmp.mkdir()
         try:
             kept, areas, layout = _write_volumes(
-                tmp, good, problems, shape, spec, mask_labels, on_error, progress, box_margin
+                tmp, good, problems, shape, spec, mask_labels, on_error, progress, box_margin, slab
             )
             _write_index(tmp / "index.npz", kept, areas, shape, layout)
             _write_problems(tmp / "problems.csv", problems)
@@ -275,6 +315,7 @@ def _build(
                 "skipped": len(problems),
                 "shape_xyz": list(shape),
                 "box": {"margin": box_margin, "block_yx": list(layout.block), "rows": layout.rows},
+                "slab": slab.settings() if box_margin is not None else None,
                 "dtype": np.dtype(CACHE_DTYPE).name,
                 "clip_percentiles": spec.clip_percentiles,
                 "reorient": spec.reorient,
@@ -299,24 +340,28 @@ def _write_volumes(
     on_error: str,
     progress: bool,
     box_margin: int | None,
+    slab: SlabRule,
 ) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], BoxLayout]:
     """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept,
     their areas by slot, and the box layout.
 
-    The layout needs every patient's brain box, known only once all are decoded: workers
-    save each patient's brain block in ``tmp/blocks/``, which are then copied into
-    ``volumes.npy`` and removed.
+    The layout's block needs every patient's brain box, known only once all are decoded:
+    workers save each patient's stored slices, cut to its brain box, in ``tmp/blocks/``,
+    which are then copied into ``volumes.npy`` and removed.
     """
     x, y, z = shape
     blocks = tmp / "blocks"
     blocks.mkdir()
-    areas, decode_problems = _preprocess_all(good, blocks, (z, y, x), spec, mask_labels, on_error, progress)
+    rule = slab if box_margin is not None else SlabRule("brain", z)  # the full grid: every slice
+    outcomes, decode_problems = _preprocess_all(
+        good, blocks, (z, y, x), spec, mask_labels, on_error, progress, rule
+    )
     problems += decode_problems
-    decoded = sorted(areas)
+    decoded = sorted(outcomes)
     if not decoded:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=tmp.parent)
-    boxes = [areas[old].box for old in decoded]
-    layout = BoxLayout.around(boxes, (z, y, x), box_margin)
+    areas = {old: outcomes[old][0] for old in decoded}
+    layout = BoxLayout.around([outcomes[old][1] for old in decoded], (z, y, x), box_margin, slab.kind)
     by, bx = layout.block
     _check_free_space(tmp.parent, layout.rows * len(MODALITIES) * by * bx * np.dtype(CACHE_DTYPE).itemsize)
     # Written in row order with plain writes: faulting in a fresh memory map costs more.
@@ -324,7 +369,8 @@ def _write_volumes(
     header = {"descr": rows.dtype.str, "fortran_order": False, "shape": (layout.rows, *rows.shape[1:])}
     with open(tmp / "volumes.npy", "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, header)
-        for slot, (old, (start, stop)) in enumerate(zip(decoded, boxes)):
+        for slot, old in enumerate(decoded):
+            start, stop = outcomes[old][2]
             origin = layout.origin[slot]
             (z0, y0, x0), (z1, y1, x1) = np.subtract(start, origin), np.subtract(stop, origin)
             patient = rows[: layout.depth[slot]]
@@ -389,6 +435,8 @@ def _check_headers(
     return good, problems, cohort_shape
 
 
+Decoded = tuple[SliceAreas, Bounds, Bounds]  # areas, stored slab x brain box, saved block
+
 # Each worker process decodes into one zeroed full-grid buffer, re-zeroed after each patient:
 # a fresh buffer per patient costs a page fault per 4 KB of brain.
 _GRID: np.ndarray | None = None
@@ -409,8 +457,11 @@ def _preprocess_slot(
     record: PatientRecord,
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
-) -> SliceAreas:
-    """Preprocess one patient on the full grid; save its brain block as ``blocks/<slot>.npy``."""
+    slab: SlabRule,
+) -> Decoded:
+    """Preprocess one patient on the full grid; save the part of its brain box within its
+    slab as ``blocks/<slot>.npy``. Returns its areas, its slab (slices) x brain box (rows,
+    columns), and the bounds of the saved block."""
     out = _zeroed_grid(grid)
     try:
         areas = preprocess_patient(
@@ -426,15 +477,18 @@ def _preprocess_slot(
     except BaseException:
         out[...] = 0
         raise
-    (z0, y0, x0), (z1, y1, x1) = areas.box
+    (b0, y0, x0), (b1, y1, x1) = areas.box
+    s0, s1 = slab.bounds(areas.brain["axial"], areas.tumour["axial"] if areas.tumour is not None else None)
+    z0 = min(max(s0, b0), b1)
+    z1 = max(min(s1, b1), z0)
     block = out[z0:z1, :, y0:y1, x0:x1]
     with open(blocks / f"{slot}.npy", "wb") as fh:
         header = {"descr": block.dtype.str, "fortran_order": False, "shape": block.shape}
         np.lib.format.write_array_header_1_0(fh, header)
         for brain_slice in block:  # one slice at a time: no block-sized copy
             fh.write(np.ascontiguousarray(brain_slice).data)
-    block[...] = 0
-    return areas
+    out[b0:b1, :, y0:y1, x0:x1] = 0
+    return areas, ((s0, y0, x0), (s1, y1, x1)), ((z0, y0, x0), (z1, y1, x1))
 
 
 def _preprocess_all(
@@ -445,13 +499,14 @@ def _preprocess_all(
     mask_labels: tuple[int, ...],
     on_error: str,
     progress: bool,
-) -> tuple[dict[int, SliceAreas], list[DataError]]:
+    slab: SlabRule,
+) -> tuple[dict[int, Decoded], list[DataError]]:
     workers = min(spec.workers or available_cores(), len(good))
-    areas: dict[int, SliceAreas] = {}
+    areas: dict[int, Decoded] = {}
     problems: list[DataError] = []
     bar = tqdm(total=len(good), desc="Caching patients", unit="patient", disable=not progress)
 
-    def record_outcome(slot: int, outcome: SliceAreas | DataError) -> None:
+    def record_outcome(slot: int, outcome: Decoded | DataError) -> None:
         if isinstance(outcome, DataError):
             if on_error == "raise":
                 raise outcome
@@ -463,12 +518,12 @@ def _preprocess_all(
     try:
         if workers <= 1:
             for slot, record in enumerate(good):
-                record_outcome(slot, _outcome(blocks, grid, slot, record, spec, mask_labels))
+                record_outcome(slot, _outcome(blocks, grid, slot, record, spec, mask_labels, slab))
         else:
             with worker_pool(workers) as pool:
                 with signals_deferred():
                     futures = {
-                        pool.submit(_outcome, blocks, grid, slot, record, spec, mask_labels): slot
+                        pool.submit(_outcome, blocks, grid, slot, record, spec, mask_labels, slab): slot
                         for slot, record in enumerate(good)
                     }
                 pending = set(futures)
@@ -481,10 +536,10 @@ def _preprocess_all(
     return areas, problems
 
 
-def _outcome(blocks, grid, slot, record, spec, mask_labels) -> SliceAreas | DataError:
+def _outcome(blocks, grid, slot, record, spec, mask_labels, slab) -> Decoded | DataError:
     """Preprocess one patient; any failure comes back as a DataError naming the patient."""
     try:
-        return _preprocess_slot(blocks, grid, slot, record, spec, mask_labels)
+        return _preprocess_slot(blocks, grid, slot, record, spec, mask_labels, slab)
     except DataError as err:
         return err
     except (MemoryError, OSError) as exc:  # the machine, not the patient: stop everything

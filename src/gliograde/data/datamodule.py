@@ -70,6 +70,7 @@ class GliomaDataModule(pl.LightningDataModule):
         on_error: str = "raise",
         require_labels: bool = True,
         transfer_dtype: str = "float16",
+        slab_margin: int = 2,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -95,6 +96,7 @@ class GliomaDataModule(pl.LightningDataModule):
             on_error=on_error,
             require_labels=require_labels,
             transfer_dtype=transfer_dtype,
+            slab_margin=slab_margin,
             seed=seed,
             progress=progress,
         )
@@ -119,6 +121,7 @@ class GliomaDataModule(pl.LightningDataModule):
         self.on_error = opts.on_error
         self.require_labels = opts.require_labels
         self.transfer_dtype = opts.transfer_dtype
+        self.slab_margin = opts.slab_margin
         self.seed = opts.seed
         self.progress = opts.progress
 

@@ -1,9 +1,10 @@
 """Map-style dataset of 2D slices read from the cache, one batch per call.
 
 The DataLoader calls ``__getitems__`` with a whole batch of indices. The cache stores only
-each patient's brain box (see ``cache_box``): each axial slice is one contiguous stored block,
-copied into its place in a zeroed full ``[H, W]`` slice; slices outside the box read as
-zeros. From a full-grid cache an axial batch is one fancy-indexing gather.
+a slab of each patient's axial slices, cut to a block around the brain (see ``cache_box``):
+each axial slice is one contiguous stored block, copied into its place in a zeroed full
+``[H, W]`` slice. A slice outside the slab reads as zeros where the slab holds every brain
+slice, and is refused otherwise. From a full-grid cache an axial batch is one gather.
 A float32 batch is converted by torch into a NumPy-allocated buffer: NumPy asks for huge
 pages for large arrays, which spares the page faults of a fresh 59 MB tensor per batch.
 """
@@ -104,7 +105,7 @@ class SliceDataset(Dataset):
 
         From a full-grid cache, one gather. Otherwise each stored block is copied straight
         into its place in a zeroed batch: a gather into a temporary first would move the
-        bytes twice.
+        bytes twice. Raises ValueError for a slice the cache's slab does not hold.
         """
         vol, layout = self.volumes, self.layout  # vol: [row, channel, block_y, block_x]
         channels, first = self.channels, self._first_row[slots]
@@ -116,6 +117,8 @@ class SliceDataset(Dataset):
         out = np.empty((len(slots), len(channels), *size), dtype=vol.dtype)
         if self.plane == "axial":
             return self._read_axial(out, first, slices, origin, rows)
+        if layout.slab != "brain":
+            raise ValueError(f"{self.plane} slices cross every axial slice; this cache holds a {layout.slab} slab")
         out.fill(0)
         for b, i in enumerate(slices):
             (z0, y0, x0), stored = origin[b], vol[first[b] : first[b] + rows[b]]
@@ -137,8 +140,15 @@ class SliceDataset(Dataset):
         channels = [int(c) for c in self.channels]
         every_channel = channels == list(range(vol.shape[1]))
         local = slices - origin[:, 0]
+        stored = (local >= 0) & (local < rows)
+        if self.layout.slab != "brain" and not stored.all():
+            b = int(np.flatnonzero(~stored)[0])
+            raise ValueError(
+                f"axial slice {slices[b]} is outside the {self.layout.slab} slab the cache holds for "
+                f"this patient (slices {origin[b, 0]} to {origin[b, 0] + rows[b] - 1})"
+            )
         out.fill(0)  # memset speed, on the huge pages NumPy asks for; np.zeros would fault per 4 KB
-        for b in np.flatnonzero((local >= 0) & (local < rows)):
+        for b in np.flatnonzero(stored):
             y0, x0 = int(origin[b, 1]), int(origin[b, 2])
             block, image = vol[first[b] + local[b]], out[b, :, y0 : y0 + by, x0 : x0 + bx]
             if every_channel:

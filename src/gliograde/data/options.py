@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gliograde.data.cache_box import SLAB_MARGIN
 from gliograde.data.slices import validate_slice_spec
 from gliograde.data.specs import (
     MODALITIES,
@@ -58,6 +59,7 @@ class DataOptions:
         on_error: str = "raise",
         require_labels: bool = True,
         transfer_dtype: str = "float16",
+        slab_margin: int = SLAB_MARGIN,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -83,6 +85,7 @@ class DataOptions:
         self.on_error = on_error
         self.require_labels = require_labels
         self.transfer_dtype = transfer_dtype
+        self.slab_margin = slab_margin
         self.seed = seed
         self.progress = progress
         check_options(self)
@@ -108,6 +111,8 @@ def check_options(options: DataOptions) -> None:
         raise ConfigError(
             f"data.transfer_dtype={options.transfer_dtype!r} must be one of {list(TRANSFER_DTYPE_NAMES)}"
         )
+    if options.slab_margin < 0:
+        raise ConfigError(f"data.slab_margin={options.slab_margin} must be at least 0")
     if options.batch_size < 1:
         raise ConfigError(f"data.batch_size={options.batch_size} must be at least 1")
     folds, fold = options.folds, options.fold

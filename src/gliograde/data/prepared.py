@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gliograde.data.cache import CachedCohort, open_or_build
+from gliograde.data.cache_box import SlabRule
 from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.cohort_tables import usable_fingerprints, write_cohort_tables
 from gliograde.data.errors import DataError
@@ -88,6 +89,7 @@ class PreparedCohort:
             opts.layout.mask_labels,
             on_error=opts.on_error,
             progress=opts.progress,
+            slab=SlabRule.for_slices(opts.slice_spec, opts.slab_margin),
         )
         unusable = self._mask_problems(cohort, cached)
         if unusable and opts.on_error == "raise":
