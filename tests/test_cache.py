@@ -66,7 +66,8 @@ def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "preprocess_patient", fail)
     monkeypatch.setattr(cache_module, "read_header", fail)
     # Other modalities, strategies and planes whose slices the brain slab holds reuse its cache.
-    for slices in ({"strategy": "brain", "plane": "coronal"}, {"strategy": "tumor_all"}, {"strategy": "middle"}):
+    others = ({"strategy": "brain", "plane": "coronal"}, {"strategy": "tumor_all"}, {"strategy": "middle"})
+    for slices in others:
         second = make_datamodule(tiny_cohort, tmp_path / "cache", modalities=["t2", "flair"], slices=slices)
         second.prepare_data()
         second.setup()

@@ -14,7 +14,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gliograde.config import build, checked_main
-from gliograde.data.cache import cache_key, cohort_root
+from gliograde.data.cache import cohort_root, current_key
+from gliograde.data.cache_box import SlabRule
 from gliograde.data.cache_clean import Removed, clean_cache_dir
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.cohort_tables import summary
@@ -74,7 +75,9 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
     cohort = discover_cohort(options.root, options.layout, options.label_spec, options.require_labels)
     if not cohort.patients:
         raise DataError("no patients found, so the current cache is unknown", where=options.root)
-    key = cache_key(cohort.patients, options.preprocess_spec, options.layout.mask_labels)
+    slab = SlabRule.for_slices(options.slice_spec, options.slab_margin)
+    labels = options.layout.mask_labels
+    key = current_key(cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab)
     removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients))
     return options.cache_dir / key, removed
 

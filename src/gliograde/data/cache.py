@@ -10,7 +10,8 @@ concurrent builders end with one:
   around the brain common to all patients, read through a memory map; a stored slice of all
   modalities is one contiguous block. Voxels around the block are background (zeros) and are
   not stored.
-- ``index.npz``: patient ids, their slots, the box layout (with the slab kind), per-slice brain and tumour areas
+- ``index.npz``: patient ids, their slots, the box layout (with the slab kind), per-slice
+  brain and tumour areas
   per plane (over the full grid), and each modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
@@ -228,6 +229,24 @@ def open_or_build(
         remove_abandoned_builds(cache_dir, held_key=key)
         _build(patients, cache_dir, key, spec, mask_labels, on_error, progress, box_margin, slab)
     return _checked(CachedCohort.load(final), on_error)
+
+
+def current_key(
+    patients: list[PatientRecord],
+    cache_dir: str | Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    slab: SlabRule = SlabRule(),
+) -> str:
+    """The key of the cache ``open_or_build`` would read: its own, or a covering one that
+    exists in its place."""
+    key = cache_key(patients, spec, mask_labels, BOX_MARGIN, slab)
+    if not (Path(cache_dir) / key).is_dir():
+        for rule in slab.covering():
+            other = cache_key(patients, spec, mask_labels, BOX_MARGIN, rule)
+            if (Path(cache_dir) / other).is_dir():
+                return other
+    return key
 
 
 def _covering_cache(

@@ -149,7 +149,8 @@ class SlabRule:
     z_range: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in SLAB_KINDS or self.margin < 0 or (self.kind == "range") != (self.z_range is not None):
+        has_range = self.z_range is not None
+        if self.kind not in SLAB_KINDS or self.margin < 0 or (self.kind == "range") != has_range:
             raise ValueError(f"bad slab rule {self}")
 
     @classmethod
@@ -167,7 +168,8 @@ class SlabRule:
 
     def settings(self) -> dict:
         """What the cache key and meta.json record of the rule."""
-        return {"kind": self.kind, "margin": self.margin, "z_range": list(self.z_range) if self.z_range else None}
+        z_range = list(self.z_range) if self.z_range else None
+        return {"kind": self.kind, "margin": self.margin, "z_range": z_range}
 
     def covering(self) -> list[SlabRule]:
         """Other rules whose caches hold every slice this one can need."""

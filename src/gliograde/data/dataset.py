@@ -118,7 +118,7 @@ class SliceDataset(Dataset):
         if self.plane == "axial":
             return self._read_axial(out, first, slices, origin, rows)
         if layout.slab != "brain":
-            raise ValueError(f"{self.plane} slices cross every axial slice; this cache holds a {layout.slab} slab")
+            raise ValueError(f"{self.plane} slices cross every axial slice, not only a {layout.slab} slab's")
         out.fill(0)
         for b, i in enumerate(slices):
             (z0, y0, x0), stored = origin[b], vol[first[b] : first[b] + rows[b]]
