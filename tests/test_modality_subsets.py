@@ -146,6 +146,7 @@ def flair_run(tmp_path_factory) -> dict[str, Path]:
 def _train_args(paths: dict[str, Path], *overrides: str) -> list[str]:
     return [
         "train.py",
+        "data=brats2020",
         f"data.root={paths['cohort']}",
         f"data.cache_dir={paths['cache']}",
         "data.slices.k=4",
