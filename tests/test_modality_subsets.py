@@ -16,6 +16,7 @@ from helpers.runs import tiny_run
 
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.errors import DataError
+from gliograde.data.identity import content_matches, fingerprint_table, id_collisions
 from gliograde.data.specs import LabelSpec, LayoutSpec
 from gliograde.inference.inputs import from_manifest
 
@@ -49,7 +50,8 @@ def test_discovery_requires_only_the_asked_modalities(tiny_cohort):
     four = discover_cohort(tiny_cohort, LayoutSpec(), LabelSpec(), True)
     assert not four.patients and len(four.problems) == 24
     first = four.problems[0]
-    assert first.patient == FIRST and "missing t1 file (expected BraTS20_Training_001_t1.nii[.gz])" in str(first)
+    assert first.patient == FIRST
+    assert f"missing t1 file (expected {FIRST}_t1.nii[.gz])" in str(first)
     assert "\n" not in str(first)
 
 
@@ -126,8 +128,18 @@ def test_a_manifest_needs_only_the_models_columns(tmp_path):
     (patient,) = from_manifest(manifest, ["flair"])
     assert dict(patient.modalities) == {"flair": tmp_path / "a_flair.nii"}
     assert patient.mask == tmp_path / "a_seg.nii"
-    with pytest.raises(DataError, match=r"missing column\(s\) \['t2'\]; needs patient_id, flair, t2\[, mask\]"):
+    needs = r"missing column\(s\) \['t2'\]; needs patient_id, flair, t2\[, mask\]"
+    with pytest.raises(DataError, match=needs):
         from_manifest(manifest, ["t2", "flair"])
+
+
+def test_leak_checks_compare_the_modalities_both_sides_have():
+    flair_only = fingerprint_table(["P1", "P2"], {"flair": ["f1", "f2"]})
+    four = fingerprint_table(["P1", "X"], {"flair": ["f1", "f9"], "t2": ["t1", "f2"]})
+    t2_only = fingerprint_table(["P1"], {"t2": ["other"]})
+    assert [m.describe() for m in content_matches(flair_only, four)] == ["P1: same flair voxels"]
+    assert id_collisions(flair_only, t2_only) == []  # nothing in common to compare
+    assert id_collisions(four, t2_only) == ["P1"]
 
 
 @pytest.fixture(scope="module")
@@ -166,19 +178,22 @@ def _train_args(paths: dict[str, Path], *overrides: str) -> list[str]:
 @pytest.mark.slow
 def test_flair_only_cohort_trains_evaluates_and_predicts(flair_run, tmp_path):
     run, cohort = flair_run["run"], flair_run["cohort"]
-    splits = list(csv.DictReader(open(run / "splits.csv", newline="")))
+    with open(run / "splits.csv", newline="") as fh:
+        splits = list(csv.DictReader(fh))
     assert [c for c in splits[0] if c.startswith("fingerprint_")] == ["fingerprint_flair"]
     tested = sorted(r["patient_id"] for r in splits if r["split"] == "test")
 
-    evaluated = run_python("evaluate.py", f"run_dir={run}", "bootstrap=20", "gradcam_n=0",
-                           f"output_dir={tmp_path / 'eval'}")
+    evaluated = run_python(
+        "evaluate.py", f"run_dir={run}", "bootstrap=20", "gradcam_n=0", f"output_dir={tmp_path / 'eval'}"
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     with open(tmp_path / "eval" / "patient_predictions.csv", newline="") as fh:
         reference = {r["patient_id"]: r for r in csv.DictReader(fh)}
     assert sorted(reference) == tested
 
-    by_folder = run_python("predict.py", f"ckpt={run}", f"input={cohort}", f"output_dir={tmp_path / 'a'}",
-                           "gradcam=false")
+    by_folder = run_python(
+        "predict.py", f"ckpt={run}", f"input={cohort}", f"output_dir={tmp_path / 'a'}", "gradcam=false"
+    )
     assert by_folder.returncode == 0, by_folder.stderr[-3000:]
     manifest = tmp_path / "list.csv"
     with open(manifest, "w", newline="") as fh:
@@ -187,8 +202,9 @@ def test_flair_only_cohort_trains_evaluates_and_predicts(flair_run, tmp_path):
         for patient in tested:
             folder = cohort / patient
             writer.writerow([patient, folder / f"{patient}_seg.nii", folder / f"{patient}_flair.nii", "x"])
-    by_manifest = run_python("predict.py", f"ckpt={run}", f"manifest={manifest}",
-                             f"output_dir={tmp_path / 'b'}", "gradcam=false")
+    by_manifest = run_python(
+        "predict.py", f"ckpt={run}", f"manifest={manifest}", f"output_dir={tmp_path / 'b'}", "gradcam=false"
+    )
     assert by_manifest.returncode == 0, by_manifest.stderr[-3000:]
     for out in ("a", "b"):
         with open(tmp_path / out / "predictions.csv", newline="") as fh:
@@ -206,11 +222,11 @@ def test_flair_only_cohort_trains_evaluates_and_predicts(flair_run, tmp_path):
     shutil.copy(cohort / tested[0] / f"{tested[0]}_seg.nii", lacking / "P9_t2.nii")
     refused = run_python("predict.py", f"ckpt={run}", f"input={lacking}", f"output_dir={tmp_path / 'c'}")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
-    assert "patient P9" in refused.stderr and "no flair volume (looked for <folder name>_flair.nii[.gz]" in (
-        refused.stderr
-    )
+    assert "patient P9" in refused.stderr
+    assert "no flair volume (looked for <folder name>_flair.nii[.gz]" in refused.stderr
 
     # A four-modality run on the same cohort: one line naming the patient and the missing file.
     four = run_python(*_train_args(flair_run, f"hydra.run.dir={tmp_path / 'four'}"))
     assert four.returncode == 2 and "Traceback" not in four.stderr
-    assert f"patient {FIRST}" in four.stderr and f"missing t1 file (expected {FIRST}_t1.nii[.gz]" in four.stderr
+    assert f"patient {FIRST}" in four.stderr
+    assert f"missing t1 file (expected {FIRST}_t1.nii[.gz]" in four.stderr
