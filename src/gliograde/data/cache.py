@@ -1,22 +1,30 @@
-"""The slice cache: every patient's four normalised modalities, decoded from NIfTI once.
+"""The slice cache: every patient's normalised modalities, decoded from NIfTI once.
 
 Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sibling
 (``.<key>.partial-*``) and renamed into place only when complete, under a file lock so
 concurrent builders end with one:
 
-- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (modalities in MODALITIES order),
-  read through a memory map; an axial slice of all modalities is one contiguous block.
-- ``index.npz``: patient ids, their slots, per-slice brain and tumour areas per plane, and
-  each modality's voxel fingerprint per patient.
+- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (the cohort's modalities, in
+  MODALITIES order), read through a memory map; an axial slice of all modalities is one
+  contiguous block.
+- ``index.npz``: the stored modalities, patient ids, their slots, per-slice brain and tumour
+  areas per plane (the brain counted per modality code, see ``preprocess``), and each stored
+  modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
   ``volumes.npy`` by size), so a truncated or damaged cache is never used.
 
-The key hashes every input file's path, size, mtime, ctime, device and inode and the
-preprocessing settings, so any change to either gives a new cache (an in-place rewrite
-changes the ctime even when the mtime is put back), and anything else (modalities used,
-slice strategy, splits, labels) is applied when reading. A complete cache is opened without
+The key hashes the stored modalities, every input file's path, size, mtime, ctime, device and
+inode and the preprocessing settings, so any change to either gives a new cache (an in-place
+rewrite changes the ctime even when the mtime is put back), and anything else (modalities
+used, slice strategy, splits, labels) is applied when reading.
+
+Which modalities are stored is discovery's rule (``cohort``): the ones the run asks for plus
+any other every patient has. So on a cohort with all four, every run shares one cache, and a
+run asking for a subset reads its channels and the brain area of its own modalities from it:
+each modality is z-scored on its own, and the brain area is kept per modality code, so what
+the run sees equals what a cache of that subset alone would give it. A complete cache is opened without
 any lock or write, so it can live in a read-only directory.
 """
 
@@ -29,7 +37,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,8 +52,8 @@ from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_ca
 from gliograde.data.cohort import PatientRecord
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
-from gliograde.data.preprocess import SliceAreas, preprocess_patient
-from gliograde.data.specs import MODALITIES, PLANES, PreprocessSpec
+from gliograde.data.preprocess import SliceAreas, brain_area, preprocess_patient, stored_modalities
+from gliograde.data.specs import PLANES, PreprocessSpec
 from gliograde.data.workers import signals_deferred, sigterm_as_exit, worker_pool
 
 log = logging.getLogger(__name__)
@@ -61,8 +69,10 @@ class CachedCohort:
     patient_ids: tuple[str, ...]
     slots: np.ndarray  # slot of each patient in volumes.npy
     shape: tuple[int, int, int]  # (x, y, z) of every volume
+    modalities: tuple[str, ...]  # the stored channels of volumes.npy, in MODALITIES order
     has_mask: np.ndarray
-    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]
+    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]: nonzero in any stored modality
+    brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
     problems: list[DataError] = field(default_factory=list)
@@ -78,9 +88,22 @@ class CachedCohort:
         return self.patient_ids.index(patient_id)
 
     def patient_fingerprint(self, position: int) -> str:
-        """One sha256 hex digest over the patient's modality fingerprints, in MODALITIES order."""
-        parts = [f"{m}={self.fingerprints[m][position]}" for m in MODALITIES]
+        """One sha256 hex digest over the patient's stored modality fingerprints, in MODALITIES order."""
+        parts = [f"{m}={self.fingerprints[m][position]}" for m in self.modalities]
         return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
+    def brain_area_of(self, modalities: Iterable[str], plane: str) -> np.ndarray:
+        """``[patient, slice]`` brain area in ``plane`` where any of ``modalities`` is nonzero.
+
+        Raises DataError when a modality is not stored in this cache.
+        """
+        missing = [m for m in modalities if m not in self.modalities]
+        if missing:
+            raise DataError(
+                f"the cache holds no {missing[0]} channel (it holds {list(self.modalities)})",
+                where=self.directory,
+            )
+        return brain_area(self.brain_codes[plane], modalities)
 
     @classmethod
     def load(cls, directory: Path) -> CachedCohort:
@@ -89,15 +112,18 @@ class CachedCohort:
         verify_cache(directory)
         try:
             with np.load(directory / "index.npz", allow_pickle=False) as index:
+                modalities = tuple(str(m) for m in index["modalities"])
                 return cls(
                     directory=directory,
                     patient_ids=tuple(str(s) for s in index["patient_ids"]),
                     slots=index["slots"],
                     shape=tuple(int(s) for s in index["shape"]),
+                    modalities=modalities,
                     has_mask=index["has_mask"],
                     brain_area={p: index[f"brain_{p}"] for p in PLANES},
+                    brain_codes={p: index[f"brain_codes_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
-                    fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in MODALITIES},
+                    fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in modalities},
                     problems=_read_problems(directory / "problems.csv"),
                 )
         except (KeyError, ValueError, OSError) as exc:  # agrees with meta.json, yet unreadable
@@ -112,15 +138,28 @@ def cohort_root(patients: list[PatientRecord]) -> Path:
     return Path(os.path.commonpath(parents))
 
 
+def stored_of(patients: list[PatientRecord]) -> tuple[str, ...]:
+    """The modalities a cache of ``patients`` stores: the ones every record has (all the same)."""
+    stored = stored_modalities(patients[0].modalities)
+    for record in patients:
+        if stored_modalities(record.modalities) != stored:
+            raise ValueError(
+                f"patient {record.patient_id} has modalities {list(record.modalities)}, not {list(stored)}"
+            )
+    return stored
+
+
 def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]) -> str:
     """Hash of every input file's identity and stat, and of the settings that change voxels.
 
     Size and mtime alone miss a file rewritten in place with its mtime put back; the ctime
     (which ``os.utime`` cannot set) and the inode (new for a replaced file) catch it.
     """
+    stored = stored_of(patients)
     digest = hashlib.sha256()
     settings = {
         "format": CACHE_FORMAT,
+        "modalities": list(stored),
         "clip_percentiles": list(spec.clip_percentiles) if spec.clip_percentiles else None,
         "reorient": spec.reorient,
         "mask_labels": list(mask_labels),
@@ -128,7 +167,7 @@ def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: 
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in sorted(patients, key=lambda r: r.patient_id):
         digest.update(record.patient_id.encode())
-        for path in [record.modalities[m] for m in MODALITIES] + [record.mask]:
+        for path in [record.modalities[m] for m in stored] + [record.mask]:
             if path is None:
                 digest.update(b"-")
                 continue
@@ -233,7 +272,8 @@ def _build(
     if not good:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
     x, y, z = shape
-    _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
+    channels = len(stored_of(good))
+    _check_free_space(cache_dir, len(good) * z * channels * y * x * np.dtype(CACHE_DTYPE).itemsize)
     tmp = partial_path(cache_dir, key)
     with sigterm_as_exit():
         tmp.mkdir()
@@ -247,6 +287,7 @@ def _build(
                 "patients": len(kept),
                 "skipped": len(problems),
                 "shape_xyz": list(shape),
+                "modalities": list(stored_of(good)),
                 "dtype": np.dtype(CACHE_DTYPE).name,
                 "clip_percentiles": spec.clip_percentiles,
                 "reorient": spec.reorient,
@@ -273,8 +314,9 @@ def _write_volumes(
 ) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas]]:
     """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept."""
     x, y, z = shape
+    channels = len(stored_of(good))
     volumes = np.lib.format.open_memmap(
-        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, len(MODALITIES), y, x)
+        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, channels, y, x)
     )
     del volumes  # workers open it themselves
     areas, decode_problems = _preprocess_all(good, tmp / "volumes.npy", spec, mask_labels, on_error, progress)
@@ -305,7 +347,7 @@ def _check_headers(
     for record in patients:
         try:
             headers: dict[str, VolumeHeader] = {
-                m: read_header(record.modalities[m], record.patient_id, reorient) for m in MODALITIES
+                m: read_header(path, record.patient_id, reorient) for m, path in record.modalities.items()
             }
             if record.mask is not None:
                 headers["mask"] = read_header(record.mask, record.patient_id, reorient)
@@ -326,7 +368,7 @@ def _check_headers(
             err = DataError(
                 f"shape {shape} differs from the cohort's {cohort_shape}",
                 record.patient_id,
-                record.modalities[MODALITIES[0]],
+                next(iter(record.modalities.values())),
             )
             if on_error == "raise":
                 raise err
@@ -415,16 +457,19 @@ def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | Data
 def _write_index(
     path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape
 ) -> None:
+    stored = stored_of([r for _, r in kept])
     arrays: dict[str, np.ndarray] = {
+        "modalities": np.array(stored),
         "patient_ids": np.array([r.patient_id for _, r in kept]),
         "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
         "shape": np.array(shape, dtype=np.int64),
         "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
     }
-    for modality in MODALITIES:
+    for modality in stored:
         arrays[f"fingerprint_{modality}"] = np.array([areas[slot].fingerprints[modality] for slot, _ in kept])
     for plane in PLANES:
         arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
+        arrays[f"brain_codes_{plane}"] = np.stack([areas[slot].brain_codes[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(
             [
                 areas[slot].tumour[plane]
