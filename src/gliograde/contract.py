@@ -85,13 +85,13 @@ def image_size(volume_shape: list[int] | tuple[int, ...], plane: str) -> list[in
 def from_datamodule(datamodule: Any) -> dict[str, Any]:
     """The contract of a set-up ``GliomaDataModule`` (its cohort's grid read from one header)."""
     from gliograde.data.nifti import read_header
-    from gliograde.data.specs import MODALITIES
 
     reorient = datamodule.preprocess_spec.reorient
     grid = None
     records = [r for r in datamodule.cohort.patients if r.patient_id in set(datamodule.cached.patient_ids)]
     if records:
-        header = read_header(records[0].modalities[MODALITIES[0]], records[0].patient_id)  # file order
+        first = next(iter(records[0].modalities.values()))
+        header = read_header(first, records[0].patient_id)  # file order
         grid = grid_of(header.affine, header.shape, reorient)
     return _assemble(
         modalities=datamodule.modalities,

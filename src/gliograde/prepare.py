@@ -72,7 +72,9 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
     Returns the current cache's path (kept, built or not) and what was removed.
     """
     options = data_options(cfg.data)
-    cohort = discover_cohort(options.root, options.layout, options.label_spec, options.require_labels)
+    cohort = discover_cohort(
+        options.root, options.layout, options.label_spec, options.require_labels, options.modalities
+    )
     if not cohort.patients:
         raise DataError("no patients found, so the current cache is unknown", where=options.root)
     slab = SlabRule.for_slices(options.slice_spec, options.slab_margin)

@@ -1,29 +1,36 @@
-"""The slice cache: every patient's four normalised modalities, decoded from NIfTI once.
+"""The slice cache: every patient's normalised modalities, decoded from NIfTI once.
 
 Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sibling
 (``.<key>.partial-*``) and renamed into place only when complete, under a file lock so
 concurrent builders end with one:
 
-- ``volumes.npy``: float16 ``[row, modality, y, x]`` (modalities in MODALITIES order): the
-  axial slices of each patient that the slab rule keeps (those the run's slice strategy can
-  select, plus a margin: see ``cache_box.SlabRule``), each cut to a block of rows and columns
-  around the brain common to all patients, read through a memory map; a stored slice of all
-  modalities is one contiguous block. Voxels around the block are background (zeros) and are
-  not stored.
-- ``index.npz``: patient ids, their slots, the box layout (with the slab kind), per-slice
-  brain and tumour areas
-  per plane (over the full grid), and each modality's voxel fingerprint per patient.
+- ``volumes.npy``: float16 ``[row, modality, y, x]`` (the cohort's modalities, in MODALITIES
+  order): the axial slices of each patient that the slab rule keeps (those the run's slice
+  strategy can select, plus a margin: see ``cache_box.SlabRule``), each cut to a block of rows
+  and columns around the brain common to all patients, read through a memory map; a stored
+  slice of all modalities is one contiguous block. Voxels around the block are background
+  (zeros) and are not stored.
+- ``index.npz``: the stored modalities, patient ids, their slots, the box layout (with the
+  slab kind), per-slice brain and tumour areas per plane over the full grid (the brain counted
+  per modality code, see ``preprocess``), and each stored modality's voxel fingerprint per
+  patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
   ``volumes.npy`` by size), so a truncated or damaged cache is never used.
 
-The key hashes every input file's path, size, mtime, ctime, device and inode, the
-preprocessing settings and the slab rule, so any change to them gives a new cache (an
-in-place rewrite changes the ctime even when the mtime is put back), and anything else
-(modalities used, the strategy's parameters within its slab, splits, labels) is applied
-when reading. A run whose slab another intact cache holds (tumour slices within a brain
-slab) reads that cache rather than decoding again. A complete cache is opened without
+The key hashes the stored modalities, every input file's path, size, mtime, ctime, device and
+inode, the preprocessing settings and the slab rule, so any change to them gives a new cache
+(an in-place rewrite changes the ctime even when the mtime is put back), and anything else
+(modalities used, the strategy's parameters within its slab, splits, labels) is applied when
+reading. A run whose slab another intact cache holds (tumour slices within a brain slab)
+reads that cache rather than decoding again.
+
+Which modalities are stored is discovery's rule (``cohort``): the ones the run asks for plus
+any other every patient has. So on a cohort with all four, every run shares one cache, and a
+run asking for a subset reads its channels and the brain area of its own modalities from it:
+each modality is z-scored on its own, and the brain area is kept per modality code, so what
+the run sees equals what a cache of that subset alone would give it. A complete cache is opened without
 any lock or write, so it can live in a read-only directory.
 """
 
@@ -36,7 +43,7 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -52,8 +59,8 @@ from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_ca
 from gliograde.data.cohort import PatientRecord
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
-from gliograde.data.preprocess import SliceAreas, preprocess_patient
-from gliograde.data.specs import MODALITIES, PLANES, PreprocessSpec
+from gliograde.data.preprocess import SliceAreas, brain_area, preprocess_patient, stored_modalities
+from gliograde.data.specs import PLANES, PreprocessSpec
 from gliograde.data.workers import signals_deferred, sigterm_as_exit, worker_pool
 
 log = logging.getLogger(__name__)
@@ -70,8 +77,10 @@ class CachedCohort:
     slots: np.ndarray  # slot of each patient in volumes.npy
     shape: tuple[int, int, int]  # (x, y, z) of every volume
     layout: BoxLayout  # where each slot's stored part sits in the (z, y, x) grid
+    modalities: tuple[str, ...]  # the stored channels of volumes.npy, in MODALITIES order
     has_mask: np.ndarray
-    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]
+    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]: nonzero in any stored modality
+    brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
     problems: list[DataError] = field(default_factory=list)
@@ -104,9 +113,22 @@ class CachedCohort:
         return self.patient_ids.index(patient_id)
 
     def patient_fingerprint(self, position: int) -> str:
-        """One sha256 hex digest over the patient's modality fingerprints, in MODALITIES order."""
-        parts = [f"{m}={self.fingerprints[m][position]}" for m in MODALITIES]
+        """One sha256 hex digest over the patient's stored modality fingerprints, in MODALITIES order."""
+        parts = [f"{m}={self.fingerprints[m][position]}" for m in self.modalities]
         return hashlib.sha256(";".join(parts).encode()).hexdigest()
+
+    def brain_area_of(self, modalities: Iterable[str], plane: str) -> np.ndarray:
+        """``[patient, slice]`` brain area in ``plane`` where any of ``modalities`` is nonzero.
+
+        Raises DataError when a modality is not stored in this cache.
+        """
+        missing = [m for m in modalities if m not in self.modalities]
+        if missing:
+            raise DataError(
+                f"the cache holds no {missing[0]} channel (it holds {list(self.modalities)})",
+                where=self.directory,
+            )
+        return brain_area(self.brain_codes[plane], modalities)
 
     @classmethod
     def load(cls, directory: Path) -> CachedCohort:
@@ -115,16 +137,19 @@ class CachedCohort:
         verify_cache(directory)
         try:
             with np.load(directory / "index.npz", allow_pickle=False) as index:
+                modalities = tuple(str(m) for m in index["modalities"])
                 return cls(
                     directory=directory,
                     patient_ids=tuple(str(s) for s in index["patient_ids"]),
                     slots=index["slots"],
                     shape=tuple(int(s) for s in index["shape"]),
                     layout=BoxLayout.from_arrays(index),
+                    modalities=modalities,
                     has_mask=index["has_mask"],
                     brain_area={p: index[f"brain_{p}"] for p in PLANES},
+                    brain_codes={p: index[f"brain_codes_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
-                    fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in MODALITIES},
+                    fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in modalities},
                     problems=_read_problems(directory / "problems.csv"),
                 )
         except (KeyError, ValueError, TypeError, OSError) as exc:  # agrees with meta.json, yet unreadable
@@ -139,6 +164,17 @@ def cohort_root(patients: list[PatientRecord]) -> Path:
     return Path(os.path.commonpath(parents))
 
 
+def stored_of(patients: list[PatientRecord]) -> tuple[str, ...]:
+    """The modalities a cache of ``patients`` stores: the ones every record has (all the same)."""
+    stored = stored_modalities(patients[0].modalities)
+    for record in patients:
+        if stored_modalities(record.modalities) != stored:
+            raise ValueError(
+                f"patient {record.patient_id} has modalities {list(record.modalities)}, not {list(stored)}"
+            )
+    return stored
+
+
 def cache_key(
     patients: list[PatientRecord],
     spec: PreprocessSpec,
@@ -151,9 +187,11 @@ def cache_key(
     Size and mtime alone miss a file rewritten in place with its mtime put back; the ctime
     (which ``os.utime`` cannot set) and the inode (new for a replaced file) catch it.
     """
+    stored = stored_of(patients)
     digest = hashlib.sha256()
     settings = {
         "format": CACHE_FORMAT,
+        "modalities": list(stored),
         "clip_percentiles": list(spec.clip_percentiles) if spec.clip_percentiles else None,
         "reorient": spec.reorient,
         "mask_labels": list(mask_labels),
@@ -163,7 +201,7 @@ def cache_key(
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in sorted(patients, key=lambda r: r.patient_id):
         digest.update(record.patient_id.encode())
-        for path in [record.modalities[m] for m in MODALITIES] + [record.mask]:
+        for path in [record.modalities[m] for m in stored] + [record.mask]:
             if path is None:
                 digest.update(b"-")
                 continue
@@ -317,7 +355,8 @@ def _build(
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
     # Before decoding the boxes are unknown: the build needs at most the full grid.
     x, y, z = shape
-    _check_free_space(cache_dir, len(good) * z * len(MODALITIES) * y * x * np.dtype(CACHE_DTYPE).itemsize)
+    channels = len(stored_of(good))
+    _check_free_space(cache_dir, len(good) * z * channels * y * x * np.dtype(CACHE_DTYPE).itemsize)
     tmp = partial_path(cache_dir, key)
     with sigterm_as_exit():
         tmp.mkdir()
@@ -333,6 +372,7 @@ def _build(
                 "patients": len(kept),
                 "skipped": len(problems),
                 "shape_xyz": list(shape),
+                "modalities": list(stored_of(good)),
                 "box": {"margin": box_margin, "block_yx": list(layout.block), "rows": layout.rows},
                 "slab": slab.settings() if box_margin is not None else None,
                 "dtype": np.dtype(CACHE_DTYPE).name,
@@ -369,11 +409,12 @@ def _write_volumes(
     which are then copied into ``volumes.npy`` and removed.
     """
     x, y, z = shape
+    channels = len(stored_of(good))
     blocks = tmp / "blocks"
     blocks.mkdir()
     rule = slab if box_margin is not None else SlabRule("brain", z)  # the full grid: every slice
     outcomes, decode_problems = _preprocess_all(
-        good, blocks, (z, y, x), spec, mask_labels, on_error, progress, rule
+        good, blocks, (z, channels, y, x), spec, mask_labels, on_error, progress, rule
     )
     problems += decode_problems
     decoded = sorted(outcomes)
@@ -382,9 +423,9 @@ def _write_volumes(
     areas = {old: outcomes[old][0] for old in decoded}
     layout = BoxLayout.around([outcomes[old][1] for old in decoded], (z, y, x), box_margin, slab.kind)
     by, bx = layout.block
-    _check_free_space(tmp.parent, layout.rows * len(MODALITIES) * by * bx * np.dtype(CACHE_DTYPE).itemsize)
+    _check_free_space(tmp.parent, layout.rows * channels * by * bx * np.dtype(CACHE_DTYPE).itemsize)
     # Written in row order with plain writes: faulting in a fresh memory map costs more.
-    rows = np.empty((int(layout.depth.max()), len(MODALITIES), by, bx), dtype=CACHE_DTYPE)
+    rows = np.empty((int(layout.depth.max()), channels, by, bx), dtype=CACHE_DTYPE)
     header = {"descr": rows.dtype.str, "fortran_order": False, "shape": (layout.rows, *rows.shape[1:])}
     with open(tmp / "volumes.npy", "wb") as fh:
         np.lib.format.write_array_header_1_0(fh, header)
@@ -423,7 +464,7 @@ def _check_headers(
     for record in patients:
         try:
             headers: dict[str, VolumeHeader] = {
-                m: read_header(record.modalities[m], record.patient_id, reorient) for m in MODALITIES
+                m: read_header(path, record.patient_id, reorient) for m, path in record.modalities.items()
             }
             if record.mask is not None:
                 headers["mask"] = read_header(record.mask, record.patient_id, reorient)
@@ -444,7 +485,7 @@ def _check_headers(
             err = DataError(
                 f"shape {shape} differs from the cohort's {cohort_shape}",
                 record.patient_id,
-                record.modalities[MODALITIES[0]],
+                next(iter(record.modalities.values())),
             )
             if on_error == "raise":
                 raise err
@@ -461,17 +502,17 @@ Decoded = tuple[SliceAreas, Bounds, Bounds]  # areas, stored slab x brain box, s
 _GRID: np.ndarray | None = None
 
 
-def _zeroed_grid(grid: tuple[int, int, int]) -> np.ndarray:
+def _zeroed_grid(grid: tuple[int, int, int, int]) -> np.ndarray:
+    """This process's zeroed ``[z, channel, y, x]`` buffer of shape ``grid``."""
     global _GRID
-    z, y, x = grid
-    if _GRID is None or _GRID.shape != (z, len(MODALITIES), y, x):
-        _GRID = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
+    if _GRID is None or _GRID.shape != grid:
+        _GRID = np.zeros(grid, dtype=CACHE_DTYPE)
     return _GRID
 
 
 def _preprocess_slot(
     blocks: Path,
-    grid: tuple[int, int, int],
+    grid: tuple[int, int, int, int],  # [z, channel, y, x]
     slot: int,
     record: PatientRecord,
     spec: PreprocessSpec,
@@ -513,7 +554,7 @@ def _preprocess_slot(
 def _preprocess_all(
     good: list[PatientRecord],
     blocks: Path,
-    grid: tuple[int, int, int],
+    grid: tuple[int, int, int, int],
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     on_error: str,
@@ -571,17 +612,20 @@ def _outcome(blocks, grid, slot, record, spec, mask_labels, slab) -> Decoded | D
 def _write_index(
     path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape, layout: BoxLayout
 ) -> None:
+    stored = stored_of([r for _, r in kept])
     arrays: dict[str, np.ndarray] = {
+        "modalities": np.array(stored),
         "patient_ids": np.array([r.patient_id for _, r in kept]),
         "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
         "shape": np.array(shape, dtype=np.int64),
         **layout.to_arrays(),
         "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
     }
-    for modality in MODALITIES:
+    for modality in stored:
         arrays[f"fingerprint_{modality}"] = np.array([areas[slot].fingerprints[modality] for slot, _ in kept])
     for plane in PLANES:
         arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
+        arrays[f"brain_codes_{plane}"] = np.stack([areas[slot].brain_codes[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(
             [
                 areas[slot].tumour[plane]

@@ -11,7 +11,10 @@ Rules, in short:
   that archives carry (``__MACOSX``, names starting with ``.``) are never searched into. The
   shallowest depth holding any patient folder wins; several places at that depth is an error.
 * Each modality file is ``<template with {id}>.nii`` or ``.nii.gz`` in the patient folder; a
-  missing one, or both spellings at once, excludes the patient (a per-patient problem).
+  missing one, or both spellings at once, excludes the patient (a per-patient problem). Only
+  the modalities the run asks for are required; any other modality is kept only when every
+  patient found has a usable file for it (so one cache can serve later runs asking for other
+  subsets), and its absence or any problem with it is never a problem of the patient.
 * A modality or mask name that exists but is no readable file (a directory, a broken symbolic
   link) is a per-patient problem that says what it is.
 * The mask is ``layout.mask_file`` likewise. When absent, only a file the preset itself names
@@ -31,7 +34,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -60,7 +63,7 @@ class PatientRecord:
 
     patient_id: str  # the folder name
     folder: Path
-    modalities: Mapping[str, Path]  # keys exactly MODALITIES, in that order
+    modalities: Mapping[str, Path]  # keys: the cohort's stored modalities, in MODALITIES order
     mask: Path | None
     label: int | None  # index into Cohort.classes; None if unlabelled
 
@@ -80,6 +83,7 @@ class Cohort:
         return {p.patient for p in self.problems if p.patient is not None}
 
     label_file: Path | None = None
+    modalities: tuple[str, ...] = MODALITIES  # every patient's modality keys, in MODALITIES order
 
 
 def find_patient_root(root: str | Path, layout: LayoutSpec, label_file: str | None = None) -> Path:
@@ -158,8 +162,17 @@ def find_patient_root(root: str | Path, layout: LayoutSpec, label_file: str | No
     )
 
 
-def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, require_labels: bool) -> Cohort:
+def discover_cohort(
+    root: str | Path,
+    layout: LayoutSpec,
+    labels: LabelSpec,
+    require_labels: bool,
+    modalities: Sequence[str] = MODALITIES,
+) -> Cohort:
     """Find the patients under ``root``, their files and (when configured) their labels.
+
+    ``modalities`` are the ones a patient must have; the records hold those plus every other
+    modality all the patients found have (:attr:`Cohort.modalities`, in MODALITIES order).
 
     Raises :class:`DataError` for problems with the whole cohort (no patient folders, an
     ambiguous root, an unusable label table when ``require_labels``, a duplicate id in the
@@ -168,6 +181,7 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
     label, sorted by patient); whether an empty cohort is acceptable is the caller's decision.
     """
     templates = _templates(layout)
+    required = frozenset(modalities)
     aliases = KNOWN_MASK_NAMES.get(layout.name, ())
     patient_root = find_patient_root(root, layout, labels.file)
     pattern = _compile_pattern(layout)
@@ -187,7 +201,7 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
     problems: list[DataError] = list(spaced.values())
     for folder in folders:
         pid = folder.name
-        record, problem = _scan_patient(folder, templates, aliases)
+        record, problem = _scan_patient(folder, templates, aliases, required)
         if problem is not None:
             problems.append(problem)
         label: int | None = None
@@ -199,6 +213,10 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
         if record is not None:  # listed even with a label problem: its images still get cached
             patients.append(replace(record, label=label))
     problems.sort(key=lambda err: err.patient or "")
+    kept = tuple(
+        m for m in MODALITIES if m in required or (patients and all(m in p.modalities for p in patients))
+    )
+    patients = [replace(p, modalities={m: p.modalities[m] for m in kept}) for p in patients]
 
     if problems:
         excluded = len({p.patient for p in problems})
@@ -216,6 +234,7 @@ def discover_cohort(root: str | Path, layout: LayoutSpec, labels: LabelSpec, req
         labelled=table is not None,
         problems=problems,
         label_file=None if table is None else table.path,
+        modalities=kept,
     )
 
 
@@ -355,9 +374,15 @@ def _nifti_name(name: str) -> bool:
 
 
 def _scan_patient(
-    folder: Path, templates: dict[str, str], aliases: tuple[str, ...] = ()
+    folder: Path,
+    templates: dict[str, str],
+    aliases: tuple[str, ...] = (),
+    required: frozenset[str] = frozenset(MODALITIES),
 ) -> tuple[PatientRecord | None, DataError | None]:
-    """A patient's files, or ``None`` and the problem (one error, its issues joined by ``;``)."""
+    """A patient's files, or ``None`` and the problem (one error, its issues joined by ``;``).
+
+    Only the ``required`` modalities and the mask can be a problem; another modality is listed
+    when its file is there and usable, and silently left out otherwise."""
     pid = folder.name
     try:
         with os.scandir(folder) as entries:
@@ -383,6 +408,10 @@ def _scan_patient(
         stem = template.replace("{id}", pid)
         present = [stem + s for s in NIFTI_SUFFIXES if stem + s in files]
         unusable = [f"{stem + s} {others[stem + s]}" for s in NIFTI_SUFFIXES if stem + s in others]
+        if key != "mask" and key not in required:
+            if len(present) == 1 and not unusable:
+                found[key] = folder / present[0]
+            continue
         if unusable:
             issues.append(f"{key} file {'; '.join(unusable)}")
         elif len(present) == 2:

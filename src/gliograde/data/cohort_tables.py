@@ -33,7 +33,7 @@ def cohort_table(prepared: PreparedCohort) -> pd.DataFrame:
         usable = record.patient_id in cached_ids and record.patient_id not in skipped_ids
         rows.append(
             [record.patient_id, prepared.label_name(record.label)]
-            + [str(record.modalities[m]) for m in MODALITIES]
+            + [str(record.modalities.get(m, "")) for m in MODALITIES]
             + [str(record.mask or ""), "ok" if usable else "skipped"]
         )
     listed = {row[0] for row in rows}

@@ -201,6 +201,7 @@ class GliomaDataModule(pl.LightningDataModule):
             modalities=self.modalities,
             plane=self.slice_spec.plane,
             dtype=TRANSFER_DTYPES[self.transfer_dtype],
+            stored=self.cached.modalities,
         )
 
     # ---------------------------------------------------------------- tables

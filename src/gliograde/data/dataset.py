@@ -26,7 +26,8 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 
 class SliceDataset(Dataset):
-    """Samples are (patient, slice) pairs of one plane; channels are ``modalities`` in order.
+    """Samples are (patient, slice) pairs of one plane; channels are ``modalities`` in order,
+    read from the cache whose channels are ``stored`` (its modalities, in MODALITIES order).
 
     A batch is a dict: ``image`` ``[B, C, H, W]`` (``dtype``), ``label`` ``[B]`` int64 (-1 when
     unlabelled), ``patient`` ``[B]`` int64 (position in ``patient_ids``), ``slice_index``
@@ -45,6 +46,7 @@ class SliceDataset(Dataset):
         modalities: tuple[str, ...],
         plane: str = "axial",
         dtype: torch.dtype = torch.float32,
+        stored: Sequence[str] = MODALITIES,
     ):
         self.volumes_path = Path(volumes_path)
         self.layout = layout
@@ -54,7 +56,11 @@ class SliceDataset(Dataset):
         self.slice_indices = np.asarray(slice_indices, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.patient_ids = patient_ids
-        self.channels = np.array([MODALITIES.index(m) for m in modalities], dtype=np.int64)
+        missing = [m for m in modalities if m not in stored]
+        if missing:
+            raise ValueError(f"modalities {missing} are not among the cache's channels {list(stored)}")
+        # The model's channel order, as positions among the cache's stored channels.
+        self.channels = np.array([list(stored).index(m) for m in modalities], dtype=np.int64)
         self.plane = plane
         self.dtype = dtype
         self._volumes: np.ndarray | None = None

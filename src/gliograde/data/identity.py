@@ -3,7 +3,8 @@
 Released cohorts repackage the same images under new ids (and reuse ids for other images), so
 a patient is known by its id *and* by a fingerprint of its decoded voxels per modality. Tables
 here hold one row per patient: ``patient_id`` and one ``fingerprint_<modality>`` column of hex
-digests (empty where unknown).
+digests (empty where unknown; a cohort of fewer modalities has fewer columns). Two tables are
+compared on the modalities both know.
 """
 
 from __future__ import annotations
@@ -77,10 +78,15 @@ def content_duplicates(table: pd.DataFrame) -> list[ContentMatch]:
 
 
 def id_collisions(evaluated: pd.DataFrame, reference: pd.DataFrame) -> list[str]:
-    """Ids present in both tables whose known fingerprints all differ: another patient, same name."""
+    """Ids present in both tables whose known fingerprints all differ: another patient, same name.
+
+    Only modalities known on both sides are compared: a FLAIR-only record and a T2-only record
+    of one id say nothing about each other.
+    """
     shared = sorted(set(evaluated["patient_id"]) & set(reference["patient_id"]))
     if not shared or not fingerprint_columns(evaluated) or not fingerprint_columns(reference):
         return []
     same_content = {m.patient_id for m in content_matches(evaluated, reference) if m.patient_id == m.other_id}
-    known = set(_long(evaluated)["patient_id"]) & set(_long(reference)["patient_id"])
+    both = _long(evaluated).merge(_long(reference), on=["patient_id", "modality"])
+    known = set(both["patient_id"])
     return [pid for pid in shared if pid in known and pid not in same_content]

@@ -72,7 +72,9 @@ class PreparedCohort:
         opts = self.options
         if opts.synthetic is not None:
             ensure_cohort(opts.root, dataclasses.asdict(opts.synthetic), progress=opts.progress)
-        cohort = discover_cohort(opts.root, opts.layout, opts.label_spec, opts.require_labels)
+        cohort = discover_cohort(
+            opts.root, opts.layout, opts.label_spec, opts.require_labels, opts.modalities
+        )
         if cohort.problems and opts.on_error == "raise":
             first = cohort.problems[0]
             more = f" (and {len(cohort.problems) - 1} more problem(s))" if len(cohort.problems) > 1 else ""
@@ -159,12 +161,13 @@ class PreparedCohort:
         assignment = self._assign([pid for _, pid in usable], [records[pid].label for _, pid in usable])
 
         plane = opts.slice_spec.plane
+        brain_areas = cached.brain_area_of(opts.modalities, plane)  # the run's modalities' brain
         patients: list[PatientSlices] = []
         empty: list[str] = []
         for position, patient_id in usable:
             record = records[patient_id]
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
-            brain = cached.brain_area[plane][position]
+            brain = brain_areas[position]
             chosen = select_slices(patient_id, brain, tumour, opts.slice_spec, self.mask_hint(record))
             if chosen.size == 0:
                 empty.append(f"{patient_id} ({assignment[patient_id]})")

@@ -1,11 +1,18 @@
 """Per-patient preprocessing: validate voxels, z-score each modality inside the brain, measure
 per-slice brain and tumour areas for slice selection, and fingerprint each modality's voxels.
-Writes into a cache slot."""
+Writes into a cache slot.
+
+Each modality is z-scored over its own nonzero voxels, so its normalised values do not depend
+on which other modalities are processed with it. The brain (the voxels where any modality is
+nonzero) does: its per-slice area is therefore counted per *code*, the set of modalities
+nonzero at a voxel (bit ``i`` for ``MODALITIES[i]``), and :func:`brain_area` gives the area of
+the brain of any subset of the modalities processed, exactly as processing that subset alone
+would."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +25,37 @@ from gliograde.data.specs import MODALITIES, PLANES
 
 # Axes of a (z, y, x) array summed to get one number per slice of each plane.
 _SUM_AXES = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}
+# The axis of a (z, y, x) array that indexes the slices of each plane.
+_SLICE_AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
+CODES = 1 << len(MODALITIES)
+"""How many modality codes (sets of nonzero modalities) a voxel can have."""
+
+
+def stored_modalities(modalities: Iterable[str]) -> tuple[str, ...]:
+    """``modalities`` in MODALITIES order: the channel order of a cache or streamed volume."""
+    wanted = set(modalities)
+    return tuple(m for m in MODALITIES if m in wanted)
+
+
+def brain_area(codes: np.ndarray, modalities: Iterable[str]) -> np.ndarray:
+    """Per-slice brain area (voxels where any of ``modalities`` is nonzero) from code counts.
+
+    ``codes`` is ``[..., slice, CODES]`` as :attr:`SliceAreas.brain_codes` holds them; the
+    modalities must be among those counted (a code never set counts zero voxels).
+    """
+    bits = sum(1 << MODALITIES.index(m) for m in modalities)
+    inside = [code for code in range(CODES) if code & bits]
+    return codes[..., inside].sum(axis=-1, dtype=np.int32)
 
 
 @dataclass
 class SliceAreas:
     """Per-slice voxel counts of one patient, for each plane (index = slice number)."""
 
-    brain: dict[str, np.ndarray]
+    brain: dict[str, np.ndarray]  # nonzero in any modality processed
     tumour: dict[str, np.ndarray] | None
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
+    brain_codes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [slice, CODES]
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # brain's (z, y, x) start, stop
 
 
@@ -40,7 +69,8 @@ def preprocess_patient(
     reorient: str | None = None,
     out_is_zero: bool = False,
 ) -> SliceAreas:
-    """Normalise ``patient``'s four modalities into ``out`` (shape ``[z, 4, y, x]``).
+    """Normalise ``patient``'s ``modalities`` into ``out`` (shape ``[z, modality, y, x]``, the
+    modalities in MODALITIES order: see :func:`stored_modalities`).
 
     ``out_is_zero=True`` promises ``out`` holds zeros (a fresh buffer), so only brain voxels
     are written and background pages are never touched. The result's ``box`` bounds the
@@ -52,29 +82,42 @@ def preprocess_patient(
     Raises DataError naming the patient and file for NaN/infinite or all-zero volumes, and
     for mask labels outside ``mask_labels``.
     """
-    brain = np.zeros(out.shape[:1] + out.shape[2:], dtype=bool)
+    stored = stored_modalities(modalities)
+    if out.shape[1] != len(stored):
+        raise ValueError(f"out has {out.shape[1]} channels for the {len(stored)} modalities {stored}")
+    code = np.zeros(out.shape[:1] + out.shape[2:], dtype=np.uint8)
     fingerprints = {}
-    for channel, name in enumerate(MODALITIES):
+    for channel, name in enumerate(stored):
         path = modalities[name]
         decoded = read_voxels(path, patient)
         fingerprints[name] = voxel_fingerprint(decoded)
         volume = _reoriented(decoded, path, reorient).T  # (z, y, x), C-contiguous for .nii
         nonzero = normalise_into(volume, out[:, channel], patient, path, clip_percentiles, out_is_zero)
-        brain |= nonzero
-    areas = {plane: brain.sum(axis=_SUM_AXES[plane], dtype=np.int32) for plane in PLANES}
+        code |= nonzero.view(np.uint8) << np.uint8(MODALITIES.index(name))
+    codes = {plane: _code_counts(code, _SLICE_AXIS[plane]) for plane in PLANES}
+    areas = {plane: brain_area(codes[plane], stored) for plane in PLANES}
     tumour = None
     if mask is not None:
         seg = read_voxels(mask, patient, reorient).T
         check_mask_labels(seg, mask_labels, patient, mask)
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
-    return SliceAreas(areas, tumour, fingerprints, _box_from_areas(areas))
+    return SliceAreas(areas, tumour, fingerprints, codes, _box_from_areas(areas))
 
 
 def _box_from_areas(areas: dict[str, np.ndarray]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """The brain's (z, y, x) bounding box, from its per-slice areas in each plane."""
     bounds = [np.flatnonzero(areas[plane]) for plane in ("axial", "coronal", "sagittal")]
     return tuple(int(b[0]) for b in bounds), tuple(int(b[-1]) + 1 for b in bounds)
+
+
+def _code_counts(code: np.ndarray, axis: int) -> np.ndarray:
+    """``[slice, CODES]``: how many voxels of each slice along ``axis`` carry each code."""
+    slices = np.moveaxis(code, axis, 0)
+    counts = np.empty((len(slices), CODES), dtype=np.int32)
+    for i, plane in enumerate(slices):
+        counts[i] = np.bincount(plane.ravel(), minlength=CODES)
+    return counts
 
 
 # Slices of the fingerprint loop: their converted copy (a few MB) stays small.

@@ -69,7 +69,8 @@ def use_mask_free_strategy(data_cfg: DictConfig, fallback: str) -> None:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the DataModule reports the cohort's warnings itself, once
     try:
-        cohort = discover_cohort(data_cfg.root, layout, labels, require_labels=False)
+        modalities = tuple(str(m) for m in data_cfg.modalities)
+        cohort = discover_cohort(data_cfg.root, layout, labels, require_labels=False, modalities=modalities)
     finally:
         quiet.setLevel(level)
     if cohort.patients and all(p.mask is None for p in cohort.patients):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,24 +17,30 @@ _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 @dataclass(frozen=True)
 class PatientFiles:
-    """One patient's volumes: every modality (keys exactly MODALITIES) and an optional mask."""
+    """One patient's volumes: the modalities asked for (keys in MODALITIES order) and an optional mask."""
 
     patient_id: str
     modalities: Mapping[str, Path]
     mask: Path | None
 
 
-def from_folder(folder: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]) -> PatientFiles:
+def from_folder(
+    folder: Path,
+    naming: Mapping[str, Any],
+    patterns: Mapping[str, str | None],
+    modalities: Sequence[str] = MODALITIES,
+) -> PatientFiles:
     """The files of the patient whose folder is ``folder`` (its name is the patient id).
 
     ``patterns`` (``files.flair=GLOB`` ...) are globs inside the folder and win over the
-    training cohort's ``naming`` templates, where ``{id}`` is the folder's name.
+    training cohort's ``naming`` templates, where ``{id}`` is the folder's name. Only
+    ``modalities`` (the model's) are looked for; other files are ignored.
     """
     patient = folder.name
     if not folder.is_dir():
         raise DataError("no such patient folder", patient, folder)
     found = {}
-    for name in MODALITIES:
+    for name in _canonical(modalities):
         path = _find(folder, patient, patterns.get(name), naming["modality_files"][name], name)
         if path is None:
             raise DataError(
@@ -49,38 +55,46 @@ def from_folder(folder: Path, naming: Mapping[str, Any], patterns: Mapping[str, 
 
 
 def from_root(
-    root: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]
+    root: Path,
+    naming: Mapping[str, Any],
+    patterns: Mapping[str, str | None],
+    modalities: Sequence[str] = MODALITIES,
 ) -> list[PatientFiles]:
     """Every patient folder (a sub-folder holding NIfTI files) of ``root``, by name."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _has_nifti(p))
     if not folders:
         raise DataError("no patient folder with NIfTI files inside", where=root)
-    return [from_folder(folder, naming, patterns) for folder in folders]
+    return [from_folder(folder, naming, patterns, modalities) for folder in folders]
 
 
 def from_input(
-    path: Path, naming: Mapping[str, Any], patterns: Mapping[str, str | None]
+    path: Path,
+    naming: Mapping[str, Any],
+    patterns: Mapping[str, str | None],
+    modalities: Sequence[str] = MODALITIES,
 ) -> list[PatientFiles]:
     """``input=DIR``: a patient folder if it holds NIfTI files itself, else a folder of them."""
     if not path.is_dir():
         raise ConfigError(f"input={path}: no such folder (a patient folder, or a folder of patient folders)")
     if _has_nifti(path):
-        return [from_folder(path, naming, patterns)]
-    return from_root(path, naming, patterns)
+        return [from_folder(path, naming, patterns, modalities)]
+    return from_root(path, naming, patterns, modalities)
 
 
-def from_manifest(path: Path) -> list[PatientFiles]:
-    """Rows ``patient_id, flair, t1ce, t1, t2[, mask]`` of file paths (relative to the CSV's folder)."""
+def from_manifest(path: Path, modalities: Sequence[str] = MODALITIES) -> list[PatientFiles]:
+    """Rows ``patient_id``, one column per modality in ``modalities`` (the model's)[, ``mask``]
+    of file paths (relative to the CSV's folder); other columns are ignored."""
+    wanted = _canonical(modalities)
     if not path.is_file():
         raise ConfigError(f"manifest={path}: no such file")
     table = read_table(path)
     table = table.set_axis([str(c).strip() for c in table.columns], axis=1).apply(lambda c: c.str.strip())
     columns = list(table.columns)
     rows = table.to_dict("records")
-    missing = [c for c in ("patient_id", *MODALITIES) if c not in columns]
+    missing = [c for c in ("patient_id", *wanted) if c not in columns]
     if missing:
         raise DataError(
-            f"missing column(s) {missing}; needs patient_id, {', '.join(MODALITIES)}[, mask]", where=path
+            f"missing column(s) {missing}; needs patient_id, {', '.join(wanted)}[, mask]", where=path
         )
     if not rows:
         raise DataError("no rows", where=path)
@@ -93,13 +107,18 @@ def from_manifest(path: Path) -> list[PatientFiles]:
             raise DataError(f"row {number}: patient_id listed twice", patient, path)
         seen.add(patient)
         files = {}
-        for name in MODALITIES:
+        for name in wanted:
             if not row[name]:
                 raise DataError(f"row {number}: no {name} file given", patient, path)
             files[name] = _resolve(path.parent, row[name], patient)
         mask = _resolve(path.parent, row["mask"], patient) if row.get("mask") else None
         patients.append(PatientFiles(patient, files, mask))
     return patients
+
+
+def _canonical(modalities: Sequence[str]) -> tuple[str, ...]:
+    wanted = set(modalities)
+    return tuple(m for m in MODALITIES if m in wanted)
 
 
 def _resolve(base: Path, value: str, patient: str) -> Path:

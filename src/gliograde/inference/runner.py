@@ -37,9 +37,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     model = open_model(str(cfg.ckpt))
     contract = model.contract
     if cfg.manifest:
-        patients = from_manifest(Path(str(cfg.manifest)).expanduser())
+        patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"])
     else:
-        patients = from_input(Path(str(cfg.input)).expanduser(), contract["naming"], patterns)
+        patients = from_input(
+            Path(str(cfg.input)).expanduser(), contract["naming"], patterns, contract["modalities"]
+        )
     out = (
         Path(str(cfg.output_dir))
         if cfg.output_dir
@@ -55,7 +57,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     rows = []
     for files in patients:
         rows.append(_grade(model, files, contract, cfg, classes, threshold, out))
-    _note_training_patients(rows, training_table(model.path))
+    _note_training_patients(rows, training_table(model.path), contract["modalities"])
     report = {
         "model": str(model.path),
         "model_kind": model.kind,
@@ -143,12 +145,15 @@ def training_table(model_path: Path) -> pd.DataFrame | None:
     return None
 
 
-def _note_training_patients(rows: list[dict[str, Any]], trained: pd.DataFrame | None) -> None:
-    """Warn about, and record, predicted patients whose images the model was trained on."""
+def _note_training_patients(
+    rows: list[dict[str, Any]], trained: pd.DataFrame | None, modalities: list[str]
+) -> None:
+    """Warn about, and record, predicted patients whose images the model was trained on
+    (compared on the modalities both sides have fingerprints of)."""
     if trained is None or not fingerprint_columns(trained):
         return
     ids = [row["patient_id"] for row in rows]
-    table = fingerprint_table(ids, {m: [row["fingerprints"].get(m, "") for row in rows] for m in MODALITIES})
+    table = fingerprint_table(ids, {m: [row["fingerprints"].get(m, "") for row in rows] for m in modalities})
     matches = {match.patient_id: match for match in content_matches(table, trained)}
     for row in rows:
         match = matches.get(row["patient_id"])

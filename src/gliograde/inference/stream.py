@@ -16,9 +16,9 @@ import numpy as np
 from gliograde.contract import grid_mismatch, grid_of
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import check_same_grid, read_header
-from gliograde.data.preprocess import preprocess_patient
+from gliograde.data.preprocess import preprocess_patient, stored_modalities
 from gliograde.data.slices import NEEDS_MASK, select_slices
-from gliograde.data.specs import MODALITIES, SliceSpec
+from gliograde.data.specs import SliceSpec
 from gliograde.inference.inputs import PatientFiles
 
 CACHE_DTYPE = np.float16
@@ -40,7 +40,11 @@ def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: boo
     """Check, (optionally) resample, normalise and slice one patient as the contract says."""
     reorient = contract["preprocess"]["reorient"]
     patient = files.patient_id
-    paths: dict[str, Path] = dict(files.modalities)
+    missing = [m for m in contract["modalities"] if m not in files.modalities]
+    if missing:
+        raise DataError(f"no {missing[0]} volume, which the model needs", patient)
+    # Only the model's modalities: the brain area, hence the slices chosen, depends on the set.
+    paths: dict[str, Path] = {m: files.modalities[m] for m in stored_modalities(contract["modalities"])}
     if files.mask is not None:
         paths["mask"] = files.mask
     headers = {name: read_header(path, patient, reorient) for name, path in paths.items()}
@@ -69,12 +73,13 @@ def _slices(
     patient: str, paths: Mapping[str, Path], contract: Mapping[str, Any], resampled: bool
 ) -> PatientSlices:
     reorient = contract["preprocess"]["reorient"]
-    x, y, z = read_header(paths[MODALITIES[0]], patient, reorient).shape
-    volume = np.zeros((z, len(MODALITIES), y, x), dtype=CACHE_DTYPE)
+    stored = stored_modalities(contract["modalities"])
+    x, y, z = read_header(paths[stored[0]], patient, reorient).shape
+    volume = np.zeros((z, len(stored), y, x), dtype=CACHE_DTYPE)
     clip = contract["preprocess"]["clip_percentiles"]
     areas = preprocess_patient(
         patient,
-        {m: paths[m] for m in MODALITIES},
+        {m: paths[m] for m in stored},
         paths.get("mask"),
         volume,
         tuple(contract["preprocess"]["mask_labels"]),
@@ -91,8 +96,8 @@ def _slices(
     tumour = None if areas.tumour is None else areas.tumour[plane]
     chosen = select_slices(patient, areas.brain[plane], tumour, spec)
     if chosen.size == 0:
-        raise DataError(f"no slice selected by the slice rule {rule}", patient, paths[MODALITIES[0]])
-    channels = [MODALITIES.index(m) for m in contract["modalities"]]
+        raise DataError(f"no slice selected by the slice rule {rule}", patient, paths[stored[0]])
+    channels = [stored.index(m) for m in contract["modalities"]]
     images = _cut(volume, chosen, channels, plane)
     return PatientSlices(patient, images, chosen, rule, resampled, areas.fingerprints)
 
