@@ -6,8 +6,9 @@ it generates (full size by default: 240x240x155), and writes the figures to FILE
 - ``preprocess_s_per_patient``: NIfTI decode + z-score + cache write (a real cache build),
   one worker; ``preprocess_s_per_patient_all_workers``: the same with every core.
 - ``nibabel_read_s_per_patient``: nibabel reading the patient's five files into arrays.
-- ``cache_bytes_per_patient``: bytes of the built cache (every file) per patient;
-  ``cache_bytes_ratio``: that over the same cache storing the full grid of every patient.
+- ``cache_bytes_per_patient``: bytes of the built cache (every file; the brain strategy's
+  slab, the largest) per patient; ``cache_bytes_ratio``: that over the same cache storing the
+  full grid of every patient.
 - ``loader_slices_per_s``: slices per second from the DataModule's train loader (batches of
   ``--batch-size``, ``num_workers=0``); ``loader_slices_per_s_workers2``: two workers.
 - ``article_loader_slices_per_s``: a Dataset whose ``__getitem__`` loads the four NIfTI files
@@ -165,12 +166,12 @@ def measure_preprocess(root: Path, work: Path, workers: int | None, repeats: int
 def measure_cache_bytes(cached) -> tuple[float, float]:
     """(bytes per patient of a built cache, its ratio to the same cache holding the full grid)."""
     from gliograde.data.cache import CACHE_DTYPE
-    from gliograde.data.specs import MODALITIES
 
     patients = len(cached.patient_ids)
     total = cached.size_bytes()
     stored = cached.volumes_path.stat().st_size
-    full_grid = patients * int(np.prod(cached.shape)) * len(MODALITIES) * np.dtype(CACHE_DTYPE).itemsize
+    channels = len(cached.modalities)
+    full_grid = patients * int(np.prod(cached.shape)) * channels * np.dtype(CACHE_DTYPE).itemsize
     return total / patients, total / (total - stored + full_grid)
 
 
