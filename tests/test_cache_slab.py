@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from gliograde.data.cache import cache_key, current_key
 from gliograde.data.cache_box import SLAB_MARGIN, SlabRule
-from gliograde.data.specs import SliceSpec
+from gliograde.data.cohort import discover_cohort
+from gliograde.data.specs import LabelSpec, LayoutSpec, PreprocessSpec, SliceSpec
 from gliograde.errors import ConfigError
 from helpers.cohorts import make_datamodule
 
@@ -151,3 +153,13 @@ def test_slab_margin_is_checked_and_keyed(tiny_cohort_master, tmp_path):
     narrow.prepare_data()
     assert wide.cached.directory != narrow.cached.directory
     assert wide.cached.layout.rows > narrow.cached.layout.rows
+
+
+def test_the_current_key_is_the_brain_cache_a_tumour_run_reads(tiny_cohort_master, tmp_path):
+    records = discover_cohort(tiny_cohort_master, LayoutSpec(), LabelSpec(), True).patients
+    args = (records, tmp_path, PreprocessSpec(workers=1), LayoutSpec().mask_labels)
+    own = current_key(*args, SlabRule("tumour"))
+    assert own == cache_key(*args[:1], *args[2:], slab=SlabRule("tumour"))  # nothing built yet
+    brain = make_datamodule(tiny_cohort_master, tmp_path, slices={"strategy": "brain"})
+    brain.prepare_data()
+    assert current_key(*args, SlabRule("tumour")) == brain.cached.directory.name != own
