@@ -12,6 +12,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from gliograde.data.crops import slice_boxes
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import read_voxels
 from gliograde.data.specs import MODALITIES, PLANES
@@ -27,6 +28,9 @@ class SliceAreas:
     brain: dict[str, np.ndarray]
     tumour: dict[str, np.ndarray] | None
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
+    # plane -> per-slice bounding boxes [n_slices, 4] (see data.crops), for crops
+    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    tumour_boxes: dict[str, np.ndarray] | None = None
 
 
 def preprocess_patient(
@@ -60,13 +64,15 @@ def preprocess_patient(
         nonzero = normalise_into(volume, out[:, channel], patient, path, clip_percentiles, out_is_zero)
         brain |= nonzero
     areas = {plane: brain.sum(axis=_SUM_AXES[plane], dtype=np.int32) for plane in PLANES}
-    tumour = None
+    brain_boxes = {plane: slice_boxes(brain, plane) for plane in PLANES}
+    tumour = tumour_boxes = None
     if mask is not None:
         seg = read_voxels(mask, patient, reorient).T
         check_mask_labels(seg, mask_labels, patient, mask)
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
-    return SliceAreas(areas, tumour, fingerprints)
+        tumour_boxes = {plane: slice_boxes(in_tumour, plane) for plane in PLANES}
+    return SliceAreas(areas, tumour, fingerprints, brain_boxes, tumour_boxes)
 
 
 # Slices of the fingerprint loop: their converted copy (a few MB) stays small.
