@@ -60,7 +60,8 @@ def test_context_channels_are_the_neighbouring_slices_clamped_at_the_edges(
 def test_context_and_crop_together_match_the_context_alone_then_cropped(tiny_cohort_master, tmp_path):
     base = dict(split=None, context=2, transfer_dtype="float32")
     plain = make_datamodule(tiny_cohort_master, tmp_path / "cache", **base)
-    cropped = make_datamodule(tiny_cohort_master, tmp_path / "cache", crop={"mode": "tumor", "size": 20}, **base)
+    tumour = {"mode": "tumor", "size": 20}
+    cropped = make_datamodule(tiny_cohort_master, tmp_path / "cache", crop=tumour, **base)
     for dm in (plain, cropped):
         dm.prepare_data()
         dm.setup()
@@ -80,7 +81,11 @@ def test_context_reads_the_cache_once_per_batch(tiny_cohort_master, tmp_path, mo
     dm.setup()
     calls = []
     original = SliceDataset._read
-    monkeypatch.setattr(SliceDataset, "_read", lambda self, s, z: calls.append(len(z)) or original(self, s, z))
+    def counted(self, slots, slices):
+        calls.append(len(slices))
+        return original(self, slots, slices)
+
+    monkeypatch.setattr(SliceDataset, "_read", counted)
     dm.datasets["all"].batch(list(range(5)))
     assert calls == [15]
 
@@ -115,7 +120,9 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
     base = tmp_path_factory.mktemp("context_run")
     paths = {"cohort": base / "cohort", "cache": base / "cache", "run": base / "run"}
-    generate_cohort(paths["cohort"], patients=12, seed=5, shape=(40, 40, 20), lgg_fraction=0.5, compress=False)
+    generate_cohort(
+        paths["cohort"], patients=12, seed=5, shape=(40, 40, 20), lgg_fraction=0.5, compress=False
+    )
     result = run_python(
         "train.py",
         "data=brats2020",
@@ -149,7 +156,11 @@ def test_train_evaluate_predict_with_tumour_crops_and_context(run, tmp_path):
     assert contract["image_size"] == [64, 64] and stored["hyper_parameters"]["in_channels"] == 12
 
     evaluated = run_python(
-        "evaluate.py", f"run_dir={run['run']}", "bootstrap=20", "gradcam_n=1", f"output_dir={tmp_path / 'eval'}"
+        "evaluate.py",
+        f"run_dir={run['run']}",
+        "bootstrap=20",
+        "gradcam_n=1",
+        f"output_dir={tmp_path / 'eval'}",
     )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     with open(tmp_path / "eval" / "patient_predictions.csv", newline="") as fh:
@@ -173,20 +184,27 @@ def test_train_evaluate_predict_with_tumour_crops_and_context(run, tmp_path):
     (no_mask / f"{patient}_seg.nii").unlink()
     for path in no_mask.iterdir():
         path.rename(no_mask / path.name.replace(patient, "P1"))
-    alone = run_python("predict.py", f"ckpt={run['run']}", f"input={no_mask}", f"output_dir={tmp_path / 'q'}", "gradcam=false")
+    out = tmp_path / "q"
+    alone = run_python("predict.py", f"ckpt={run['run']}", f"input={no_mask}", f"output_dir={out}", "gradcam=false")
     assert alone.returncode == 0, alone.stderr[-3000:]
-    assert "crop tumor (no mask: brain centre)" in (tmp_path / "q" / "predictions.csv").read_text()
+    assert "crop tumor (no mask: brain centre)" in (out / "predictions.csv").read_text()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "override, key, model_value",
-    [("data.crop.mode=brain", "data.crop.mode", "tumor"), ("data.crop.size=32", "data.crop.size", "64"),
-     ("data.context=2", "data.context", "1")],
+    [
+        ("data.crop.mode=brain", "data.crop.mode", "tumor"),
+        ("data.crop.size=32", "data.crop.size", "64"),
+        ("data.context=2", "data.context", "1"),
+    ],
 )
 def test_evaluate_refuses_crop_and_context_overrides(run, tmp_path, override, key, model_value):
     result = run_python(
-        "evaluate.py", f"run_dir={run['run']}", override, f"data.cache_dir={tmp_path / 'cache'}",
+        "evaluate.py",
+        f"run_dir={run['run']}",
+        override,
+        f"data.cache_dir={tmp_path / 'cache'}",
         f"output_dir={tmp_path / 'o'}",
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]

@@ -82,9 +82,8 @@ def test_tumour_crop_is_centred_on_the_slice_tumour_and_zero_padded(tiny_cohort,
 
 def test_brain_crop_is_centred_on_the_patient_brain_box(tiny_cohort, first_patient, tmp_path):
     _handmade(tiny_cohort, first_patient)
-    dm = make_datamodule(
-        tiny_cohort, tmp_path / "cache", split=None, crop={"mode": "brain", "size": 24}, transfer_dtype="float32"
-    )
+    brain = {"mode": "brain", "size": 24}
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache", split=None, crop=brain, transfer_dtype="float32")
     dm.prepare_data()
     dm.setup()
     dataset, rows, slot = _patient_rows(dm, first_patient)
@@ -95,7 +94,6 @@ def test_brain_crop_is_centred_on_the_patient_brain_box(tiny_cohort, first_patie
     for row, z in enumerate(batch["slice_index"].tolist()):
         expected = _window(np.asarray(volumes[slot, z][channels], dtype=np.float32), centre, 24)
         assert np.array_equal(batch["image"][row].numpy(), expected)
-    # columns 25-12 .. 25+11 = 13..36: x=12, the brain's first column, is just outside
     assert batch["image"].shape[-2:] == (24, 24) and dm.crop_rules[first_patient] == "brain"
 
 
@@ -111,9 +109,11 @@ def test_without_a_mask_the_tumour_crop_takes_the_brain_centre_and_says_so(
         dm.setup()
     assert tumour.crop_rules[first_patient] == NO_MASK_RULE
     assert [rule for p, rule in tumour.crop_rules.items() if p != first_patient] == [TUMOUR_RULE] * 23
-    assert f"no tumour mask, so data.crop.mode=tumor centres their crops on the brain's box instead: {first_patient}" in caplog.text
+    said = "no tumour mask, so data.crop.mode=tumor centres their crops on the brain's box instead"
+    assert f"{said}: {first_patient}" in caplog.text
     rows = _patient_rows(tumour, first_patient)[1]
-    assert np.array_equal(tumour.datasets["all"].batch(rows)["image"], brain.datasets["all"].batch(rows)["image"])
+    images = [dm.datasets["all"].batch(rows)["image"] for dm in (tumour, brain)]
+    assert np.array_equal(*images)
 
 
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
@@ -121,7 +121,11 @@ def test_slice_boxes_agree_with_each_slice_mask(plane):
     rng = np.random.default_rng(0)
     mask = rng.random((6, 7, 8)) > 0.97  # (z, y, x), a few scattered voxels
     mask[:, 0, 0] = False
-    take = {"axial": lambda i: mask[i], "coronal": lambda i: mask[:, i, :], "sagittal": lambda i: mask[:, :, i]}
+    take = {
+        "axial": lambda i: mask[i],
+        "coronal": lambda i: mask[:, i, :],
+        "sagittal": lambda i: mask[:, :, i],
+    }
     boxes = slice_boxes(mask, plane)
     assert len(boxes) == {"axial": 6, "coronal": 7, "sagittal": 8}[plane]
     for i, box in enumerate(boxes):
@@ -143,7 +147,11 @@ def test_crop_keeps_the_centre_at_half_size_for_odd_and_even_sizes():
 
 @pytest.mark.parametrize(
     "options, key",
-    [({"crop": {"mode": "face"}}, "data.crop.mode"), ({"crop": {"size": 0}}, "data.crop.size"), ({"context": -1}, "data.context")],
+    [
+        ({"crop": {"mode": "face"}}, "data.crop.mode"),
+        ({"crop": {"size": 0}}, "data.crop.size"),
+        ({"context": -1}, "data.context"),
+    ],
 )
 def test_bad_crop_and_context_values_are_refused(tiny_cohort, tmp_path, options, key):
     with pytest.raises(ConfigError, match=key):

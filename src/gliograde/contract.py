@@ -6,7 +6,8 @@ A contract is a plain dict (it travels in checkpoints, config.yaml and model car
 - ``plane`` and ``slices`` (the slice rule, as ``data.slices``), and ``mask_free_strategy``;
 - ``crop`` (``mode`` and ``size``, as ``data.crop``) and ``context`` (neighbouring slices per
   side, as ``data.context``): a model sees ``len(modalities) * (2 * context + 1)`` channels;
-- ``image_size`` ``[H, W]`` of the model's input (the crop's square with a crop), and ``grid``: the volume shape (after reorientation),
+- ``image_size`` ``[H, W]`` of the model's input (the crop's square with a crop), and ``grid``:
+  the volume shape (after reorientation),
   voxel spacing and orientation the model saw (``None`` for runs recorded from config only);
 - ``preprocess``: normalisation, clipping, reorientation, mask labels and the cache dtype;
 - ``naming``: the training cohort's file templates (defaults for finding a patient's files);

@@ -236,7 +236,8 @@ class GliomaDataModule(pl.LightningDataModule):
         for patient in group:
             position = patient.position
             tumour = self.cached.tumour_boxes[plane][position] if self.cached.has_mask[position] else None
-            placed, rule = crop_centres(mode, patient.slices, tumour, self.cached.brain_boxes[plane][position])
+            brain = self.cached.brain_boxes[plane][position]
+            placed, rule = crop_centres(mode, patient.slices, tumour, brain)
             self.crop_rules[patient.patient_id] = rule
             centres.append(placed)
         return np.concatenate(centres) if centres else np.zeros((0, 2), dtype=np.int64)

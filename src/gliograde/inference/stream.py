@@ -15,7 +15,14 @@ import nibabel as nib
 import numpy as np
 
 from gliograde.contract import NO_CROP, grid_mismatch, grid_of
-from gliograde.data.crops import NO_MASK_RULE, context_slices, crop, crop_centres, normal_length, stack_context
+from gliograde.data.crops import (
+    NO_MASK_RULE,
+    context_slices,
+    crop,
+    crop_centres,
+    normal_length,
+    stack_context,
+)
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import check_same_grid, read_header
 from gliograde.data.preprocess import preprocess_patient
@@ -98,7 +105,8 @@ def _slices(
     channels = [MODALITIES.index(m) for m in contract["modalities"]]
     context = int(contract.get("context", 0))
     depth = normal_length((x, y, z), plane)
-    images = stack_context(_cut(volume, context_slices(chosen, context, depth).ravel(), channels, plane), context)
+    read = context_slices(chosen, context, depth).ravel()  # the cache dataset's one read
+    images = stack_context(_cut(volume, read, channels, plane), context)
     crop_spec = contract.get("crop") or NO_CROP
     if crop_spec["mode"] != "none":
         tumour_boxes = None if areas.tumour_boxes is None else areas.tumour_boxes[plane]
