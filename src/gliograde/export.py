@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gliograde.data.crops import input_channels
 from gliograde.errors import exit_on_user_error
 from gliograde.inference.models import CARD_FILE, ONNX_FILE, ModelSourceError, TorchModel, find_checkpoint
 from gliograde.model_card import build_card, render_markdown
@@ -79,7 +80,7 @@ def _probability_net(model: TorchModel):
 def _example(model: TorchModel, batch: int, seed: int = 0) -> np.ndarray:
     height, width = model.contract.get("image_size") or (64, 64)
     rng = np.random.default_rng(seed)
-    channels = len(model.contract["modalities"])
+    channels = input_channels(len(model.contract["modalities"]), int(model.contract.get("context", 0)))
     # z-scored brain voxels: about N(0, 1), background 0, stored as float16 like the cache
     images = rng.standard_normal((batch, channels, height, width)).astype(np.float16)
     images[..., : height // 8, :] = 0

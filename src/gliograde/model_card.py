@@ -34,6 +34,18 @@ LIMITATIONS = [
 ]
 
 
+def _context(contract: dict[str, Any]) -> str:
+    k = int(contract.get("context", 0))
+    return f" each as slices z-{k}..z+{k} (modality-major)" if k else ""
+
+
+def _crop(contract: dict[str, Any]) -> str:
+    crop = contract.get("crop") or {"mode": "none"}
+    if crop["mode"] == "none":
+        return ""
+    return f", cropped to {crop['size']}x{crop['size']} ({crop['mode']} crop)"
+
+
 def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -> dict[str, Any]:
     """The card's content for ``model`` (a loaded TorchModel) from ``checkpoint`` of ``run``."""
     hparams = model.hparams
@@ -49,8 +61,9 @@ def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -
             "onnx": {"file": "model.onnx", "input": "image", "output": "probabilities", **export_facts},
         },
         "input": (
-            f"float32 [batch, {len(contract['modalities'])}, H, W] slices, channels "
-            f"{contract['modalities']}, each modality z-scored over its nonzero voxels and rounded to float16"
+            f"float32 [batch, {int(hparams['in_channels'])}, H, W] slices, channels "
+            f"{contract['modalities']}{_context(contract)}, each modality z-scored over its nonzero voxels "
+            f"and rounded to float16{_crop(contract)}"
         ),
         "output": f"probabilities [batch, {len(model.classes)}] in the order {list(model.classes)}",
         "patient_aggregation": "mean of the selected slices' probabilities",

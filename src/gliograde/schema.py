@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gliograde.data.specs import (
     MODALITIES,
     AugmentSpec,
+    CropSpec,
     LabelSpec,
     LayoutSpec,
     PreprocessSpec,
@@ -78,6 +79,8 @@ class DataSchema:
     cache_dir: str
     modalities: tuple[Literal[MODALITIES], ...]  # type: ignore[valid-type]
     slices: SliceSpec
+    crop: CropSpec
+    context: NonNegative
     split: SplitSpec | None  # null: no split (an external cohort, evaluated whole)
     folds: AtLeast1 | None
     fold: NonNegative | None

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gliograde.data.crops import centre_channels
 from gliograde.evaluation import plots
 from gliograde.evaluation.gradcam import grad_cam
 from gliograde.evaluation.predict import Predictions
@@ -43,7 +44,9 @@ def gradcam_figures(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Overlays for the ``n`` most confident correct and ``n`` most confident wrong patients
-    (the ``n`` most confident of all when labels are unknown); ``dataset`` is the one predicted."""
+    (the ``n`` most confident of all when labels are unknown); ``dataset`` is the one predicted.
+    Each is drawn on the image the model saw (the crop, with a crop), the centre slice's
+    channels when the model sees neighbouring slices."""
     if n <= 0:
         return {}
     positive = pred.patient_probs[:, 1]
@@ -71,5 +74,6 @@ def gradcam_figures(
             f"{pred.patients[i]} slice {int(pred.slice_index[best])}: predicted "
             f"{classes[predicted[i]]} (p={positive[i]:.2f}){truth}"
         )
-        figures[f"gradcam_{group}_{rank + 1}"] = plots.gradcam_figure(image.numpy(), heat, modalities, title)
+        shown = image.numpy()[centre_channels(len(modalities), dataset.context)]
+        figures[f"gradcam_{group}_{rank + 1}"] = plots.gradcam_figure(shown, heat, modalities, title)
     return figures

@@ -75,6 +75,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         "n_patients": len(predictions.patients),
         "n_slices": len(predictions.probs),
     }
+    if datamodule.crop_rules:  # how each patient's crops were placed (no mask: the brain's centre)
+        report["crop_rules"] = {p: datamodule.crop_rules[p] for p in predictions.patients}
     if predictions.has_labels:
         level, resamples, seed = float(cfg.ci_level), int(cfg.bootstrap), int(cfg.seed)
         report.update(score(predictions, threshold, classes, level, resamples, seed, show))

@@ -176,6 +176,7 @@ def _curve(slices, probs, classes, threshold):
 
 
 def _gradcam(model, slices, probs, predicted, classes, contract, mean):
+    from gliograde.data.crops import centre_channels
     from gliograde.evaluation import plots
 
     best = int(np.argmax(probs[:, predicted]))  # the slice that speaks most for the call
@@ -185,7 +186,9 @@ def _gradcam(model, slices, probs, predicted, classes, contract, mean):
         f"{slices.patient_id} slice {int(slices.slice_index[best])}: predicted {classes[predicted]} "
         f"(p={mean[predicted]:.2f}; slice p={probs[best, predicted]:.2f})"
     )
-    return plots.gradcam_figure(image, heat, tuple(contract["modalities"]), title)
+    modalities = tuple(contract["modalities"])
+    shown = image[centre_channels(len(modalities), int(contract.get("context", 0)))]  # the centre slice
+    return plots.gradcam_figure(shown, heat, modalities, title)
 
 
 def _save(figure, path: Path) -> str:
