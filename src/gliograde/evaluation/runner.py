@@ -32,9 +32,9 @@ __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
 
 def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir`` as configured; return the metrics written to metrics.json."""
+    checks.check_options(cfg)
     run = Path(cfg.run_dir)
     run_cfg = inputs.load_run_config(run)
-    checks.check_options(cfg)
     show = bool(cfg.progress)
     checkpoint = find_checkpoint(run, str(cfg.ckpt))
     contract = inputs.load_contract(checkpoint, run_cfg)
