@@ -127,7 +127,7 @@ class TorchModel:
         """The run's stored temperature (``RUN/calibration.json`` beside ``RUN/checkpoints/``),
         where it is, and this checkpoint's SHA-256 to check it against."""
         run = self.path.parent.parent
-        record = read_calibration(run)
+        record = read_calibration(run) if self.path.parent.name == "checkpoints" else None
         sha = file_sha256(self.path) if record is not None else None
         return record, str(run / CALIBRATION_FILE), sha
 
