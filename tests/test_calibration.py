@@ -51,7 +51,13 @@ def test_a_calibrated_model_keeps_its_temperature_of_one():
 
 
 def test_a_stored_temperature_applies_only_to_its_checkpoint_tta_and_aggregate():
-    record = {"temperature": 2.0, "checkpoint": "a.ckpt", "checkpoint_sha256": "aa", "tta": "flip", "aggregate": "mean"}
+    record = {
+        "temperature": 2.0,
+        "checkpoint": "a.ckpt",
+        "checkpoint_sha256": "aa",
+        "tta": "flip",
+        "aggregate": "mean",
+    }
     assert usable_temperature(record, "RUN/calibration.json", "aa", "flip", "auto") is record
     assert usable_temperature(record, "RUN/calibration.json", "aa", "none", "none") is None
     assert usable_temperature(None, "RUN/calibration.json", "aa", "none", "auto") is None
@@ -166,7 +172,8 @@ def test_predict_applies_the_temperature_from_checkpoint_and_export(run, tmp_pat
     assert exported.returncode == 0, exported.stderr[-3000:]
     card = json.loads((run["run"] / "export" / "model_card.json").read_text())
     assert card["calibration"] == stored
-    assert f"temperature T={stored['temperature']:.4f}" in (run["run"] / "export" / "MODEL_CARD.md").read_text()
+    markdown = (run["run"] / "export" / "MODEL_CARD.md").read_text()
+    assert f"temperature T={stored['temperature']:.4f}" in markdown
     from_onnx = _predict(run, tmp_path / "onnx", f"ckpt={run['run'] / 'export'}", "tta=flip")
     assert from_onnx["calibration"]["temperature"] == stored["temperature"]
     got, want = from_onnx["patients"][0], from_ckpt["patients"][0]

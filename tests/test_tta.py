@@ -71,6 +71,9 @@ def test_evaluation_probabilities_with_and_without_flips(tmp_path_factory):
         by_hand = (model(image).softmax(1) + model(torch.flip(image, dims=[3])).softmax(1)) / 2
     assert np.allclose(flipped.probs[0], by_hand[0].numpy(), atol=1e-6)
     assert not np.allclose(flipped.probs, plain.probs, atol=1e-6)  # the mirror changes something
+    group = predict(model, datamodule, "test", "mean", torch.device("cpu"), False, tta="flip_rot")
+    assert group.logits.shape == (len(plain.probs), 8, 2)
+    assert np.allclose(group.logits[:, :2], flipped.logits, atol=1e-5)  # identity and mirror come first
     # per slice before aggregation: each patient's probability is the mean of its averaged slices
     first = flipped.slice_patient == 0
     assert np.allclose(flipped.patient_probs[0], flipped.probs[first].mean(axis=0))

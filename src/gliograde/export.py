@@ -78,7 +78,10 @@ def _calibration(run: Path | None, checkpoint_sha: str) -> dict | None:
             f"({record.get('checkpoint')}); re-run evaluate.py calibration=temperature to calibrate this one"
         )
         return None
-    print(f"Exporting the temperature T={record['temperature']:.4f} (tta={record['tta']}) of {run / CALIBRATION_FILE}")
+    print(
+        f"Exporting the temperature T={record['temperature']:.4f} (tta={record['tta']}) "
+        f"of {run / CALIBRATION_FILE}"
+    )
     return record
 
 
@@ -123,7 +126,11 @@ def _write_onnx(model: TorchModel, path: Path) -> None:
             str(path),
             input_names=["image"],
             output_names=["probabilities", "logits"],
-            dynamic_axes={"image": {0: "batch", **spatial}, "probabilities": {0: "batch"}, "logits": {0: "batch"}},
+            dynamic_axes={
+                "image": {0: "batch", **spatial},
+                "probabilities": {0: "batch"},
+                "logits": {0: "batch"},
+            },
             opset_version=OPSET,
             dynamo=False,
         )

@@ -15,7 +15,11 @@ from gliograde.models.backbones import cam_layer
 
 
 def metric_figures(
-    pred: Predictions, classes: list[str], threshold: float, split: str, uncalibrated: Predictions | None = None
+    pred: Predictions,
+    classes: list[str],
+    threshold: float,
+    split: str,
+    uncalibrated: Predictions | None = None,
 ) -> dict[str, Any]:
     """Confusion matrix, reliability (before and after calibration when ``uncalibrated`` is given),
     probability strip and (both classes present) ROC."""

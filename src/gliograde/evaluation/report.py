@@ -90,7 +90,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     calibration = report["calibration"]
     if calibration["method"] == "temperature":
-        lines.append(f"calibration=temperature: T={calibration['temperature']:.4f} (fitted on the val patients)")
+        temperature = calibration["temperature"]
+        lines.append(f"calibration=temperature: T={temperature:.4f} (fitted on the val patients)")
         for name, entry in calibration.get("patient", {}).items():
             lines.append(f"  patient {name}: {_fmt(entry['before'])} before, {_fmt(entry['after'])} after")
     if "patient" not in report:

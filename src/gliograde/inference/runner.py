@@ -232,8 +232,9 @@ def format_predictions(report: dict[str, Any]) -> str:
     """One line per patient: the call, its probability and the slice rule used."""
     classes = report["classes"]
     lines = [
-        f"Predicted {len(report['patients'])} patient(s) with {report['model']} (threshold {report['threshold']:g}, "
-        f"tta={report['tta']}, temperature {report['calibration'].get('temperature', 1.0):g})"
+        f"Predicted {len(report['patients'])} patient(s) with {report['model']} "
+        f"(threshold {report['threshold']:g}, tta={report['tta']}, "
+        f"temperature {report['calibration'].get('temperature', 1.0):g})"
     ]
     for row in report["patients"]:
         probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)

@@ -17,7 +17,8 @@ TTA_MODES = ("none", "flip", "flip_rot")
 _VIEWS = {
     "none": ((False, 0),),
     "flip": ((False, 0), (True, 0)),
-    "flip_rot": tuple((flip, turns) for flip in (False, True) for turns in range(4)),
+    # turns outer, so that flip's two views come first: flip_rot extends flip
+    "flip_rot": tuple((flip, turns) for turns in range(4) for flip in (False, True)),
 }
 
 
