@@ -15,8 +15,15 @@ from gliograde.evaluation.progress import progress
 from gliograde.models.backbones import cam_layer
 
 
-def metric_figures(pred: Predictions, classes: list[str], threshold: float, split: str) -> dict[str, Any]:
-    """Confusion matrix, reliability, probability strip and (both classes present) ROC."""
+def metric_figures(
+    pred: Predictions,
+    classes: list[str],
+    threshold: float,
+    split: str,
+    uncalibrated: Predictions | None = None,
+) -> dict[str, Any]:
+    """Confusion matrix, reliability (before and after calibration when ``uncalibrated`` is given),
+    probability strip and (both classes present) ROC."""
     if not pred.has_labels:
         return {}
     labels = pred.patient_labels
@@ -25,7 +32,9 @@ def metric_figures(pred: Predictions, classes: list[str], threshold: float, spli
         "confusion_matrix": plots.confusion_figure(
             labels, (positive >= threshold).astype(int), classes, f"patients ({split})"
         ),
-        "reliability": plots.reliability_figure(labels, positive),
+        "reliability": plots.reliability_figure(
+            labels, positive, uncalibrated=None if uncalibrated is None else uncalibrated.patient_probs[:, 1]
+        ),
         "probability_strip": plots.strip_figure(labels, positive, classes, threshold),
     }
     if 0 < labels.sum() < len(labels):
