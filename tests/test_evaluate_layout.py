@@ -35,7 +35,15 @@ class _Terminal(io.StringIO):
 
 
 def _options(**given) -> OmegaConf:
-    base = {"split": "test", "ckpt": "best", "threshold": 0.5, "aggregate": "mean", "output_dir": None}
+    base = {
+        "split": "test",
+        "ckpt": "best",
+        "threshold": 0.5,
+        "aggregate": "mean",
+        "tta": "none",
+        "calibration": "none",
+        "output_dir": None,
+    }
     return OmegaConf.create({**base, **given})
 
 
@@ -49,6 +57,8 @@ def test_report_folder_is_named_by_the_options_that_change_it(tmp_path):
     assert report_dir(_options(ckpt="last", aggregate="tumor_weighted"), run, []) == (
         run / "eval" / "test_ckpt-last_tumor_weighted"
     )
+    calibrated = _options(threshold="youden", tta="flip_rot", calibration="temperature")
+    assert report_dir(calibrated, run, []) == run / "eval" / "test_youden_flip_rot_temperature"
     one = report_dir(_options(split="all"), run, ["data.root=/a"])
     other = report_dir(_options(split="all"), run, ["data.root=/b"])
     assert one.name.startswith("all_data-") and one != other

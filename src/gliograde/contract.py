@@ -4,7 +4,10 @@ A contract is a plain dict (it travels in checkpoints, config.yaml and model car
 
 - ``modalities``: names in channel order; ``classes``: names in output order;
 - ``plane`` and ``slices`` (the slice rule, as ``data.slices``), and ``mask_free_strategy``;
-- ``image_size`` ``[H, W]`` of a slice, and ``grid``: the volume shape (after reorientation),
+- ``crop`` (``mode`` and ``size``, as ``data.crop``) and ``context`` (neighbouring slices per
+  side, as ``data.context``): a model sees ``len(modalities) * (2 * context + 1)`` channels;
+- ``image_size`` ``[H, W]`` of the model's input (the crop's square with a crop), and ``grid``:
+  the volume shape (after reorientation),
   voxel spacing and orientation the model saw (``None`` for runs recorded from config only);
 - ``preprocess``: normalisation, clipping, reorientation, mask labels and the cache dtype;
 - ``naming``: the training cohort's file templates (defaults for finding a patient's files);
@@ -18,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from omegaconf import open_dict
 
 from gliograde import __version__
 from gliograde.errors import ConfigError
@@ -28,6 +32,7 @@ NORMALISATION = "zscore_nonzero"  # per modality, over the volume's nonzero (bra
 CACHE_DTYPE = "float16"
 MASK_FREE_STRATEGY = "brain"
 _SPACING_TOLERANCE = 1e-3
+NO_CROP = {"mode": "none", "size": 128}  # what contracts recorded before crops existed
 
 
 class ContractError(ConfigError):
@@ -97,6 +102,8 @@ def from_datamodule(datamodule: Any) -> dict[str, Any]:
         modalities=datamodule.modalities,
         classes=datamodule.classes,
         slices=datamodule.slice_spec,
+        crop=datamodule.crop_spec,
+        context=datamodule.context,
         preprocess=datamodule.preprocess_spec,
         mask_labels=datamodule.layout.mask_labels,
         naming={
@@ -112,7 +119,7 @@ def from_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     The grid (shape, spacing, orientation) was not recorded then, so it stays ``None``.
     """
-    from gliograde.data.specs import LayoutSpec, PreprocessSpec, SliceSpec, from_mapping
+    from gliograde.data.specs import CropSpec, LayoutSpec, PreprocessSpec, SliceSpec, from_mapping
 
     data = _plain(dict(data_cfg))
     layout = from_mapping(LayoutSpec, data.get("layout"), "data.layout")
@@ -120,6 +127,8 @@ def from_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
         modalities=data["modalities"],
         classes=data["labels"]["classes"],
         slices=from_mapping(SliceSpec, data.get("slices"), "data.slices"),
+        crop=from_mapping(CropSpec, data.get("crop"), "data.crop"),
+        context=int(data.get("context") or 0),
         preprocess=from_mapping(PreprocessSpec, data.get("preprocess"), "data.preprocess"),
         mask_labels=layout.mask_labels,
         naming={"modality_files": dict(layout.modality_files), "mask_file": layout.mask_file},
@@ -128,15 +137,23 @@ def from_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
-def _assemble(modalities, classes, slices, preprocess, mask_labels, naming, grid, version=__version__):
+def _assemble(
+    modalities, classes, slices, crop, context, preprocess, mask_labels, naming, grid, version=__version__
+):
     slices = _slices_dict(slices)
+    crop = {"mode": str(crop.mode), "size": int(crop.size)}
+    size = image_size(grid["shape"], slices["plane"]) if grid is not None else None
+    if crop["mode"] != "none":
+        size = [crop["size"], crop["size"]]
     return {
         "modalities": [str(m) for m in modalities],
         "classes": [str(c) for c in classes],
         "plane": slices["plane"],
         "slices": slices,
         "mask_free_strategy": MASK_FREE_STRATEGY,
-        "image_size": None if grid is None else image_size(grid["shape"], slices["plane"]),
+        "crop": crop,
+        "context": int(context),
+        "image_size": size,
         "grid": grid,
         "preprocess": {
             "normalisation": NORMALISATION,
@@ -152,9 +169,11 @@ def _assemble(modalities, classes, slices, preprocess, mask_labels, naming, grid
 
 def check_model(contract: Mapping[str, Any], in_channels: int, class_names: list[str]) -> None:
     """The contract must describe the network it came with."""
-    if len(contract["modalities"]) != in_channels or list(contract["classes"]) != list(class_names):
+    channels = len(contract["modalities"]) * (2 * int(contract.get("context", 0)) + 1)
+    if channels != in_channels or list(contract["classes"]) != list(class_names):
         raise ContractError(
-            f"the input contract (modalities {contract['modalities']}, classes {contract['classes']}) does "
+            f"the input contract (modalities {contract['modalities']}, context {contract.get('context', 0)}, "
+            f"classes {contract['classes']}) does "
             f"not match the network ({in_channels} input channels, classes {list(class_names)})"
         )
 
@@ -183,6 +202,7 @@ def enforce(contract: Mapping[str, Any], data_cfg: Any, given: set[str]) -> list
     plane = str(data_cfg.slices.plane)
     if plane != contract["plane"]:
         _refuse("data.slices.plane", contract["plane"], plane)
+    _enforce_crop(contract, data_cfg)
     preprocess = contract["preprocess"]
     clip = _plain(data_cfg.preprocess.get("clip_percentiles"))
     clip = None if clip is None else [float(c) for c in clip]
@@ -197,6 +217,25 @@ def enforce(contract: Mapping[str, Any], data_cfg: Any, given: set[str]) -> list
         if sorted(labels) != sorted(preprocess["mask_labels"]):
             _refuse("data.layout.mask_labels", preprocess["mask_labels"], labels)
     return notes
+
+
+def _enforce_crop(contract: Mapping[str, Any], data_cfg: Any) -> None:
+    """``data.crop`` and ``data.context`` must be the model's (absent from older configs: set)."""
+    crop = dict(contract.get("crop") or NO_CROP)
+    context = int(contract.get("context", 0))
+    given = data_cfg.get("crop")
+    mode = crop["mode"] if given is None or given.get("mode") is None else str(given.mode)
+    if mode != crop["mode"]:
+        _refuse("data.crop.mode", crop["mode"], mode)
+    size = crop["size"] if given is None or given.get("size") is None else int(given.size)
+    if mode != "none" and size != crop["size"]:
+        _refuse("data.crop.size", crop["size"], size)
+    given_context = data_cfg.get("context")
+    if given_context is not None and int(given_context) != context:
+        _refuse("data.context", context, given_context)
+    with open_dict(data_cfg):
+        data_cfg.crop = {"mode": crop["mode"], "size": crop["size"]}
+        data_cfg.context = context
 
 
 def check_grid(contract: Mapping[str, Any], volume_shape: tuple[int, int, int], where: str) -> None:

@@ -3,7 +3,9 @@
 Writes ``RUN/export/``: ``model.onnx`` (slices ``[B, C, H, W]`` float32 to class probabilities,
 dynamic batch), checked against the checkpoint under onnxruntime before anything is kept, and
 a model card (``model_card.json``, ``MODEL_CARD.md``) with the input contract, intended use,
-training cohort, metrics with intervals, threshold and the commands that made the run.
+training cohort, metrics with intervals, threshold, the run's temperature (when it was fitted on
+this checkpoint) and the commands that made the run. The graph also outputs the logits, which
+predict.py scales by that temperature.
 ``predict.py ckpt=RUN/export`` runs the folder with onnxruntime alone.
 """
 
@@ -19,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gliograde.data.crops import input_channels
 from gliograde.errors import exit_on_user_error
+from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
 from gliograde.inference.models import CARD_FILE, ONNX_FILE, ModelSourceError, TorchModel, find_checkpoint
 from gliograde.model_card import build_card, render_markdown
 
@@ -51,7 +55,10 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
         _write_onnx(model, tmp / ONNX_FILE)
         worst = _check_onnx(model, tmp / ONNX_FILE)
         digest = hashlib.sha256((tmp / ONNX_FILE).read_bytes()).hexdigest()
+        checkpoint_sha = file_sha256(checkpoint)
         card = build_card(model, checkpoint, run, onnx_sha256=digest, onnx_max_abs_diff=worst)
+        card["model"]["checkpoint_sha256"] = checkpoint_sha
+        card["calibration"] = _calibration(run, checkpoint_sha)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "MODEL_CARD.md").write_text(render_markdown(card))
         _swap_in(tmp, target)
@@ -60,18 +67,39 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
     return target
 
 
+def _calibration(run: Path | None, checkpoint_sha: str) -> dict | None:
+    """The run's stored temperature when it was fitted on the exported checkpoint; None (and said)
+    otherwise: a temperature of another checkpoint is never carried along."""
+    record = None if run is None else read_calibration(run)
+    if record is None:
+        return None
+    if record.get("checkpoint_sha256") != checkpoint_sha:
+        print(
+            f"Not exporting {run / CALIBRATION_FILE}: it was fitted for another checkpoint "
+            f"({record.get('checkpoint')}); re-run evaluate.py calibration=temperature to calibrate this one"
+        )
+        return None
+    print(
+        f"Exporting the temperature T={record['temperature']:.4f} (tta={record['tta']}) "
+        f"of {run / CALIBRATION_FILE}"
+    )
+    return record
+
+
 def _probability_net(model: TorchModel):
     import torch
 
     class Probabilities(torch.nn.Module):
-        """The backbone followed by softmax: the exported graph gives probabilities."""
+        """The backbone followed by softmax: the exported graph gives probabilities, and the logits
+        that a stored temperature scales."""
 
         def __init__(self, net: torch.nn.Module):
             super().__init__()
             self.net = net
 
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return self.net(image).softmax(dim=1)
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = self.net(image)
+            return logits.softmax(dim=1), logits
 
     return Probabilities(model.model).cpu().eval()
 
@@ -79,7 +107,7 @@ def _probability_net(model: TorchModel):
 def _example(model: TorchModel, batch: int, seed: int = 0) -> np.ndarray:
     height, width = model.contract.get("image_size") or (64, 64)
     rng = np.random.default_rng(seed)
-    channels = len(model.contract["modalities"])
+    channels = input_channels(len(model.contract["modalities"]), int(model.contract.get("context", 0)))
     # z-scored brain voxels: about N(0, 1), background 0, stored as float16 like the cache
     images = rng.standard_normal((batch, channels, height, width)).astype(np.float16)
     images[..., : height // 8, :] = 0
@@ -98,8 +126,12 @@ def _write_onnx(model: TorchModel, path: Path) -> None:
             (example,),
             str(path),
             input_names=["image"],
-            output_names=["probabilities"],
-            dynamic_axes={"image": {0: "batch", **spatial}, "probabilities": {0: "batch"}},
+            output_names=["probabilities", "logits"],
+            dynamic_axes={
+                "image": {0: "batch", **spatial},
+                "probabilities": {0: "batch"},
+                "logits": {0: "batch"},
+            },
             opset_version=OPSET,
             dynamo=False,
         )
@@ -116,7 +148,7 @@ def _check_onnx(model: TorchModel, path: Path) -> float:
     for batch, seed in ((1, 1), (5, 2)):
         images = _example(model, batch, seed)
         with torch.no_grad():
-            expected = net(torch.from_numpy(images)).numpy()
+            expected = net(torch.from_numpy(images))[0].numpy()
         got = session.run(None, {"image": images})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     if worst > TOLERANCE:

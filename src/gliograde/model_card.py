@@ -34,6 +34,18 @@ LIMITATIONS = [
 ]
 
 
+def _context(contract: dict[str, Any]) -> str:
+    k = int(contract.get("context", 0))
+    return f" each as slices z-{k}..z+{k} (modality-major)" if k else ""
+
+
+def _crop(contract: dict[str, Any]) -> str:
+    crop = contract.get("crop") or {"mode": "none"}
+    if crop["mode"] == "none":
+        return ""
+    return f", cropped to {crop['size']}x{crop['size']} ({crop['mode']} crop)"
+
+
 def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -> dict[str, Any]:
     """The card's content for ``model`` (a loaded TorchModel) from ``checkpoint`` of ``run``."""
     hparams = model.hparams
@@ -46,11 +58,18 @@ def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -
             "in_channels": int(hparams["in_channels"]),
             "classes": list(model.classes),
             "checkpoint": str(checkpoint),
-            "onnx": {"file": "model.onnx", "input": "image", "output": "probabilities", **export_facts},
+            "onnx": {
+                "file": "model.onnx",
+                "input": "image",
+                "output": "probabilities",
+                "logits_output": "logits",
+                **export_facts,
+            },
         },
         "input": (
-            f"float32 [batch, {len(contract['modalities'])}, H, W] slices, channels "
-            f"{contract['modalities']}, each modality z-scored over its nonzero voxels and rounded to float16"
+            f"float32 [batch, {int(hparams['in_channels'])}, H, W] slices, channels "
+            f"{contract['modalities']}{_context(contract)}, each modality z-scored over its nonzero voxels "
+            f"and rounded to float16{_crop(contract)}"
         ),
         "output": f"probabilities [batch, {len(model.classes)}] in the order {list(model.classes)}",
         "patient_aggregation": "mean of the selected slices' probabilities",
@@ -163,6 +182,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Image size: {contract['image_size']}; grid: {contract['grid']}",
         f"- Preprocessing: {contract['preprocess']}",
         f"- Decision threshold: {card['decision_threshold']['value']} ({card['decision_threshold']['source']})",
+        f"- Calibration: {_calibration_line(card.get('calibration'))}",
         "",
         "## Training data",
         "",
@@ -196,6 +216,16 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _calibration_line(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "none (probabilities as the network gives them)"
+    return (
+        f"temperature T={record['temperature']:.4f} on the logits, fitted on {len(record['val_patients'])} "
+        f"validation patients with tta={record['tta']}, aggregate={record['aggregate']} (patient NLL "
+        f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}); predict.py applies it (calibration=auto)"
+    )
 
 
 def _rule(slices: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from gliograde.data.specs import (
     MODALITIES,
     AugmentSpec,
+    CropSpec,
     LabelSpec,
     LayoutSpec,
     PreprocessSpec,
@@ -33,6 +34,7 @@ from gliograde.data.specs import (
 )
 from gliograde.errors import ConfigError
 from gliograde.evaluation.aggregate import AGGREGATES
+from gliograde.inference.tta import TTA_MODES
 from gliograde.models.names import BACKBONES, OPTIMIZER_CLASSES
 
 MISSING = "???"
@@ -78,6 +80,8 @@ class DataSchema:
     cache_dir: str
     modalities: tuple[Literal[MODALITIES], ...]  # type: ignore[valid-type]
     slices: SliceSpec
+    crop: CropSpec
+    context: NonNegative
     split: SplitSpec | None  # null: no split (an external cohort, evaluated whole)
     folds: AtLeast1 | None
     fold: NonNegative | None
@@ -185,6 +189,8 @@ class EvaluateSchema:
     output_dir: str | None
     aggregate: Literal[AGGREGATES]  # type: ignore[valid-type]
     threshold: Annotated[float, Range(0, 1, open_low=True, open_high=True)] | Literal["youden"]
+    tta: Literal[TTA_MODES]  # type: ignore[valid-type]
+    calibration: Literal["none", "temperature"]
     allow_leak: bool
     mask_free_strategy: Literal[_MASK_FREE]  # type: ignore[valid-type]
     bootstrap: NonNegative

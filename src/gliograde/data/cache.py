@@ -11,9 +11,9 @@ concurrent builders end with one:
   slice of all modalities is one contiguous block. Voxels around the block are background
   (zeros) and are not stored.
 - ``index.npz``: the stored modalities, patient ids, their slots, the box layout (with the
-  slab kind), per-slice brain and tumour areas per plane over the full grid (the brain counted
-  per modality code, see ``preprocess``), and each stored modality's voxel fingerprint per
-  patient.
+  slab kind), per-slice brain and tumour areas and bounding boxes per plane over the full
+  grid (the brain counted per modality code, see ``preprocess``), and each stored modality's
+  voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
@@ -83,6 +83,8 @@ class CachedCohort:
     brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
+    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [patient, slice, 4]
+    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> same; -1 without a mask
     problems: list[DataError] = field(default_factory=list)
 
     @property
@@ -150,6 +152,8 @@ class CachedCohort:
                     brain_codes={p: index[f"brain_codes_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
                     fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in modalities},
+                    brain_boxes={p: index[f"brain_box_{p}"] for p in PLANES},
+                    tumour_boxes={p: index[f"tumour_box_{p}"] for p in PLANES},
                     problems=_read_problems(directory / "problems.csv"),
                 )
         except (KeyError, ValueError, TypeError, OSError) as exc:  # agrees with meta.json, yet unreadable
@@ -631,6 +635,16 @@ def _write_index(
                 areas[slot].tumour[plane]
                 if areas[slot].tumour is not None
                 else np.zeros_like(areas[slot].brain[plane])
+                for slot, _ in kept
+            ]
+        )
+    for plane in PLANES:
+        arrays[f"brain_box_{plane}"] = np.stack([areas[slot].brain_boxes[plane] for slot, _ in kept])
+        arrays[f"tumour_box_{plane}"] = np.stack(
+            [
+                areas[slot].tumour_boxes[plane]
+                if areas[slot].tumour_boxes is not None
+                else np.full_like(areas[slot].brain_boxes[plane], -1)
                 for slot, _ in kept
             ]
         )

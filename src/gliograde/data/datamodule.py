@@ -3,6 +3,7 @@ selection) served as DataLoaders of ``[B, C, H, W]`` slices, augmented on the de
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from gliograde.data import cohort_tables
 from gliograde.data.augment import BatchAugmenter
 from gliograde.data.cache import CachedCohort
 from gliograde.data.cohort import Cohort
+from gliograde.data.crops import NO_MASK_RULE, crop_centres, input_channels, normal_length
 from gliograde.data.dataset import SliceDataset, cast, identity_collate
 from gliograde.data.errors import DataError
 from gliograde.data.options import DataOptions
@@ -24,6 +26,7 @@ from gliograde.data.prepared import PatientSlices, PreparedCohort
 from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
 from gliograde.data.specs import (
     AugmentSpec,
+    CropSpec,
     LabelSpec,
     LayoutSpec,
     PreprocessSpec,
@@ -33,6 +36,8 @@ from gliograde.data.specs import (
 )
 from gliograde.data.splits import SPLITS, assert_disjoint
 from gliograde.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 TRANSFER_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -56,6 +61,8 @@ class GliomaDataModule(pl.LightningDataModule):
         cache_dir: str | Path = "data/cache",
         modalities: Sequence[str] = ("flair", "t1ce", "t1", "t2"),
         slices: Mapping[str, Any] | SliceSpec | None = None,
+        crop: Mapping[str, Any] | CropSpec | None = None,
+        context: int = 0,
         split: Mapping[str, Any] | SplitSpec | None = SplitSpec(),
         folds: int | None = None,
         fold: int | None = None,
@@ -82,6 +89,8 @@ class GliomaDataModule(pl.LightningDataModule):
             cache_dir=cache_dir,
             modalities=modalities,
             slices=slices,
+            crop=crop,
+            context=context,
             split=split,
             folds=folds,
             fold=fold,
@@ -107,6 +116,8 @@ class GliomaDataModule(pl.LightningDataModule):
         self.cache_dir = opts.cache_dir
         self.modalities = opts.modalities
         self.slice_spec = opts.slice_spec
+        self.crop_spec = opts.crop_spec
+        self.context = opts.context
         self.split_spec = opts.split_spec
         self.folds = opts.folds
         self.fold = opts.fold
@@ -127,12 +138,13 @@ class GliomaDataModule(pl.LightningDataModule):
 
         self.prepared = PreparedCohort(opts)
         self.datasets: dict[str, SliceDataset] = {}
+        self.crop_rules: dict[str, str] = {}  # patient id -> how its crops were placed
         self._augmenter: BatchAugmenter | None = None
         self._augment_epoch = -1
 
     @property
     def num_channels(self) -> int:
-        return len(self.modalities)
+        return input_channels(len(self.modalities), self.context)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -183,6 +195,14 @@ class GliomaDataModule(pl.LightningDataModule):
             ]
         )
         self.datasets = datasets
+        no_mask = [patient for patient, rule in self.crop_rules.items() if rule == NO_MASK_RULE]
+        if no_mask:
+            log.warning(
+                "%d patient(s) have no tumour mask, so data.crop.mode=tumor centres their crops on "
+                "the brain's box instead: %s",
+                len(no_mask),
+                ", ".join(no_mask),
+            )
         if self.augment_spec.enabled:
             self._augmenter = BatchAugmenter(self.augment_spec, seed=self.seed)
 
@@ -190,6 +210,7 @@ class GliomaDataModule(pl.LightningDataModule):
         assert self.cached is not None
         counts = [len(p.slices) for p in group]
         positions = np.repeat([p.position for p in group], counts)
+        plane = self.slice_spec.plane
         return SliceDataset(
             volumes_path=self.cached.volumes_path,
             layout=self.cached.layout,
@@ -199,10 +220,32 @@ class GliomaDataModule(pl.LightningDataModule):
             labels=np.repeat([p.label for p in group], counts),
             patient_ids=self.cached.patient_ids,
             modalities=self.modalities,
-            plane=self.slice_spec.plane,
+            plane=plane,
             dtype=TRANSFER_DTYPES[self.transfer_dtype],
             stored=self.cached.modalities,
+            context=self.context,
+            depth=normal_length(self.cached.shape, plane),
+            crop_size=None if self.crop_spec.mode == "none" else self.crop_spec.size,
+            centres=self._crop_centres(group),
         )
+
+    def _crop_centres(self, group: list[PatientSlices]) -> np.ndarray | None:
+        """One crop centre per slice of ``group`` (None without a crop); records each
+        patient's crop rule in ``crop_rules``."""
+        mode = self.crop_spec.mode
+        if mode == "none":
+            return None
+        assert self.cached is not None
+        plane = self.slice_spec.plane
+        centres = []
+        for patient in group:
+            position = patient.position
+            tumour = self.cached.tumour_boxes[plane][position] if self.cached.has_mask[position] else None
+            brain = self.cached.brain_boxes[plane][position]
+            placed, rule = crop_centres(mode, patient.slices, tumour, brain)
+            self.crop_rules[patient.patient_id] = rule
+            centres.append(placed)
+        return np.concatenate(centres) if centres else np.zeros((0, 2), dtype=np.int64)
 
     # ---------------------------------------------------------------- tables
     def cohort_table(self) -> pd.DataFrame:

@@ -5,6 +5,8 @@ a slab of each patient's axial slices, cut to a block around the brain (see ``ca
 each axial slice is one contiguous stored block, copied into its place in a zeroed full
 ``[H, W]`` slice. A slice outside the slab reads as zeros where the slab holds every brain
 slice, and is refused otherwise. From a full-grid cache an axial batch is one gather.
+Neighbouring slices (``context``) are read in the same call, their slice numbers expanded by
+index arithmetic, and a crop is one more gather over the batch (see ``gliograde.data.crops``).
 A float32 batch is converted by torch into a NumPy-allocated buffer: NumPy asks for huge
 pages for large arrays, which spares the page faults of a fresh 59 MB tensor per batch.
 """
@@ -20,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gliograde.data.cache_box import BoxLayout
+from gliograde.data.crops import context_slices, crop, stack_context
 from gliograde.data.specs import MODALITIES
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
@@ -27,7 +30,10 @@ _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
 
 class SliceDataset(Dataset):
     """Samples are (patient, slice) pairs of one plane; channels are ``modalities`` in order,
-    read from the cache whose channels are ``stored`` (its modalities, in MODALITIES order).
+    read from the cache whose channels are ``stored`` (its modalities, in MODALITIES order),
+    each as ``2 * context + 1`` neighbouring slices (modality-major) when ``context`` > 0, which
+    needs ``depth`` (slices along the plane's normal). With ``crop_size``, each image is the
+    ``crop_size`` square centred on its row of ``centres`` ``[N, 2]``.
 
     A batch is a dict: ``image`` ``[B, C, H, W]`` (``dtype``), ``label`` ``[B]`` int64 (-1 when
     unlabelled), ``patient`` ``[B]`` int64 (position in ``patient_ids``), ``slice_index``
@@ -47,6 +53,10 @@ class SliceDataset(Dataset):
         plane: str = "axial",
         dtype: torch.dtype = torch.float32,
         stored: Sequence[str] = MODALITIES,
+        context: int = 0,
+        depth: int | None = None,
+        crop_size: int | None = None,
+        centres: np.ndarray | None = None,
     ):
         self.volumes_path = Path(volumes_path)
         self.layout = layout
@@ -63,6 +73,14 @@ class SliceDataset(Dataset):
         self.channels = np.array([list(stored).index(m) for m in modalities], dtype=np.int64)
         self.plane = plane
         self.dtype = dtype
+        if context and depth is None:
+            raise ValueError("context > 0 needs the volume's depth along the plane's normal")
+        if (crop_size is None) != (centres is None):
+            raise ValueError("a crop needs both crop_size and one centre per row")
+        self.context = context
+        self.depth = depth
+        self.crop_size = crop_size
+        self.centres = None if centres is None else np.asarray(centres, dtype=np.int64)
         self._volumes: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -93,7 +111,7 @@ class SliceDataset(Dataset):
         """The collated batch of rows ``indices``: image ``[B, C, H, W]``, label, patient
         (position), slice_index and patient_id."""
         idx = np.asarray(indices, dtype=np.int64)
-        images = self._read(self.slots[idx], self.slice_indices[idx])
+        images = self.images(idx)
         image = torch.from_numpy(images)
         if image.dtype != self.dtype:
             image = cast(image, self.dtype)
@@ -105,6 +123,21 @@ class SliceDataset(Dataset):
             "slice_index": torch.from_numpy(self.slice_indices[idx]),
             "patient_id": [self.patient_ids[p] for p in positions],
         }
+
+    def images(self, idx: np.ndarray) -> np.ndarray:
+        """The model's input ``[B, C', H', W']`` of rows ``idx``: one read of the cache, then
+        the context's channels stacked and the crop gathered."""
+        slots, slices = self.slots[idx], self.slice_indices[idx]
+        if self.context:
+            assert self.depth is not None
+            width = 2 * self.context + 1
+            slots = np.repeat(slots, width)
+            slices = context_slices(slices, self.context, self.depth).ravel()
+        images = stack_context(self._read(slots, slices), self.context)
+        if self.crop_size is not None:
+            assert self.centres is not None
+            images = crop(images, self.centres[idx], self.crop_size)
+        return images
 
     def _read(self, slots: np.ndarray, slices: np.ndarray) -> np.ndarray:
         """Full-grid slices ``[B, C, H, W]`` in the cache's dtype, zeros outside the box.
@@ -163,6 +196,7 @@ class SliceDataset(Dataset):
                 for j, c in enumerate(channels):
                     image[j] = block[c]
         return out
+
 
 def identity_collate(batch: dict[str, Any]) -> dict[str, Any]:
     """``__getitems__`` already returns a collated batch."""

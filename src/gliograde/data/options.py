@@ -15,6 +15,7 @@ from gliograde.data.slices import validate_slice_spec
 from gliograde.data.specs import (
     MODALITIES,
     AugmentSpec,
+    CropSpec,
     LabelSpec,
     LayoutSpec,
     PreprocessSpec,
@@ -45,6 +46,8 @@ class DataOptions:
         cache_dir: str | Path = "data/cache",
         modalities: Sequence[str] = ("flair", "t1ce", "t1", "t2"),
         slices: Mapping[str, Any] | SliceSpec | None = None,
+        crop: Mapping[str, Any] | CropSpec | None = None,
+        context: int = 0,
         split: Mapping[str, Any] | SplitSpec | None = SplitSpec(),
         folds: int | None = None,
         fold: int | None = None,
@@ -69,6 +72,8 @@ class DataOptions:
         self.cache_dir = Path(cache_dir).expanduser()
         self.modalities = tuple(modalities)
         self.slice_spec = from_mapping(SliceSpec, slices, "data.slices")
+        self.crop_spec = from_mapping(CropSpec, crop, "data.crop")
+        self.context = context
         self.split_spec = None if split is None else from_mapping(SplitSpec, split, "data.split")
         self.folds = folds
         self.fold = fold
@@ -113,6 +118,8 @@ def check_options(options: DataOptions) -> None:
         )
     if options.slab_margin < 0:
         raise ConfigError(f"data.slab_margin={options.slab_margin} must be at least 0")
+    if options.context < 0:
+        raise ConfigError(f"data.context={options.context} must be at least 0 (0: the slice alone)")
     if options.batch_size < 1:
         raise ConfigError(f"data.batch_size={options.batch_size} must be at least 1")
     folds, fold = options.folds, options.fold

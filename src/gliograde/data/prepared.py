@@ -30,6 +30,12 @@ from gliograde.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def slab_rule(options: DataOptions) -> SlabRule:
+    """The axial slices a run's cache must hold: those its slice strategy can select, widened
+    by ``data.slab_margin``, and by ``data.context`` at least (a selected slice's neighbours)."""
+    return SlabRule.for_slices(options.slice_spec, max(options.slab_margin, options.context))
+
+
 @dataclass
 class PatientSlices:
     """The selected slices of one usable patient."""
@@ -91,7 +97,7 @@ class PreparedCohort:
             opts.layout.mask_labels,
             on_error=opts.on_error,
             progress=opts.progress,
-            slab=SlabRule.for_slices(opts.slice_spec, opts.slab_margin),
+            slab=slab_rule(opts),
         )
         unusable = self._mask_problems(cohort, cached)
         if unusable and opts.on_error == "raise":

@@ -19,6 +19,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from gliograde.data.crops import slice_boxes
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import read_voxels
 from gliograde.data.specs import MODALITIES, PLANES
@@ -56,6 +57,9 @@ class SliceAreas:
     tumour: dict[str, np.ndarray] | None
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
     brain_codes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [slice, CODES]
+    # plane -> per-slice bounding boxes [n_slices, 4] (see data.crops), for crops
+    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    tumour_boxes: dict[str, np.ndarray] | None = None
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # brain's (z, y, x) start, stop
 
 
@@ -96,13 +100,15 @@ def preprocess_patient(
         code |= nonzero.view(np.uint8) << np.uint8(MODALITIES.index(name))
     codes = {plane: _code_counts(code, _SLICE_AXIS[plane]) for plane in PLANES}
     areas = {plane: brain_area(codes[plane], stored) for plane in PLANES}
-    tumour = None
+    brain_boxes = {plane: slice_boxes(code != 0, plane) for plane in PLANES}
+    tumour = tumour_boxes = None
     if mask is not None:
         seg = read_voxels(mask, patient, reorient).T
         check_mask_labels(seg, mask_labels, patient, mask)
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
-    return SliceAreas(areas, tumour, fingerprints, codes, _box_from_areas(areas))
+        tumour_boxes = {plane: slice_boxes(in_tumour, plane) for plane in PLANES}
+    return SliceAreas(areas, tumour, fingerprints, codes, brain_boxes, tumour_boxes, _box_from_areas(areas))
 
 
 def _box_from_areas(areas: dict[str, np.ndarray]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

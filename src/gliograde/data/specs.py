@@ -113,6 +113,20 @@ class SliceSpec:
 
 
 @dataclass(frozen=True)
+class CropSpec:
+    """The square of each slice a model sees (see ``gliograde.data.crops``)."""
+
+    mode: str = "none"  # none | tumor | brain
+    size: int = 128
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("none", "tumor", "brain"):
+            raise ConfigError(f"data.crop.mode={self.mode!r} must be one of ['none', 'tumor', 'brain']")
+        if self.size < 1:
+            raise ConfigError(f"data.crop.size={self.size} must be at least 1")
+
+
+@dataclass(frozen=True)
 class SplitSpec:
     """Patient-level stratified split fractions (of the whole cohort) and their seed."""
 

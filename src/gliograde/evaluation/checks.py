@@ -11,8 +11,10 @@ from gliograde.data.identity import content_matches, fingerprint_columns, id_col
 from gliograde.data.splits import read_splits, read_splits_table
 from gliograde.evaluation.aggregate import AGGREGATES
 from gliograde.evaluation.errors import EvaluationError
+from gliograde.inference.tta import TTA_MODES
 
 SPLITS = ("test", "val", "train", "all")
+CALIBRATIONS = ("none", "temperature")
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,15 @@ def check_options(cfg: DictConfig) -> None:
         raise EvaluationError(f"split={cfg.split!r} must be one of {list(SPLITS)}")
     if cfg.aggregate not in AGGREGATES:
         raise EvaluationError(f"aggregate={cfg.aggregate!r} must be one of {list(AGGREGATES)}")
+    if cfg.tta not in TTA_MODES:
+        raise EvaluationError(f"tta={cfg.tta!r} must be one of {list(TTA_MODES)}")
+    if cfg.calibration not in CALIBRATIONS:
+        raise EvaluationError(f"calibration={cfg.calibration!r} must be one of {list(CALIBRATIONS)}")
+    if cfg.calibration == "temperature" and cfg.aggregate == "vote":
+        raise EvaluationError(
+            "calibration=temperature cannot change hard votes (aggregate=vote): use aggregate=mean or "
+            "tumor_weighted, or calibration=none"
+        )
     if str(cfg.threshold) != "youden":
         try:
             value = float(cfg.threshold)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gliograde.data.crops import centre_channels
 from gliograde.evaluation import plots
 from gliograde.evaluation.gradcam import grad_cam
 from gliograde.evaluation.predict import Predictions
@@ -14,8 +15,15 @@ from gliograde.evaluation.progress import progress
 from gliograde.models.backbones import cam_layer
 
 
-def metric_figures(pred: Predictions, classes: list[str], threshold: float, split: str) -> dict[str, Any]:
-    """Confusion matrix, reliability, probability strip and (both classes present) ROC."""
+def metric_figures(
+    pred: Predictions,
+    classes: list[str],
+    threshold: float,
+    split: str,
+    uncalibrated: Predictions | None = None,
+) -> dict[str, Any]:
+    """Confusion matrix, reliability (before and after calibration when ``uncalibrated`` is given),
+    probability strip and (both classes present) ROC."""
     if not pred.has_labels:
         return {}
     labels = pred.patient_labels
@@ -24,7 +32,9 @@ def metric_figures(pred: Predictions, classes: list[str], threshold: float, spli
         "confusion_matrix": plots.confusion_figure(
             labels, (positive >= threshold).astype(int), classes, f"patients ({split})"
         ),
-        "reliability": plots.reliability_figure(labels, positive),
+        "reliability": plots.reliability_figure(
+            labels, positive, uncalibrated=None if uncalibrated is None else uncalibrated.patient_probs[:, 1]
+        ),
         "probability_strip": plots.strip_figure(labels, positive, classes, threshold),
     }
     if 0 < labels.sum() < len(labels):
@@ -43,7 +53,9 @@ def gradcam_figures(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Overlays for the ``n`` most confident correct and ``n`` most confident wrong patients
-    (the ``n`` most confident of all when labels are unknown); ``dataset`` is the one predicted."""
+    (the ``n`` most confident of all when labels are unknown); ``dataset`` is the one predicted.
+    Each is drawn on the image the model saw (the crop, with a crop), the centre slice's
+    channels when the model sees neighbouring slices."""
     if n <= 0:
         return {}
     positive = pred.patient_probs[:, 1]
@@ -71,5 +83,6 @@ def gradcam_figures(
             f"{pred.patients[i]} slice {int(pred.slice_index[best])}: predicted "
             f"{classes[predicted[i]]} (p={positive[i]:.2f}){truth}"
         )
-        figures[f"gradcam_{group}_{rank + 1}"] = plots.gradcam_figure(image.numpy(), heat, modalities, title)
+        shown = image.numpy()[centre_channels(len(modalities), dataset.context)]
+        figures[f"gradcam_{group}_{rank + 1}"] = plots.gradcam_figure(shown, heat, modalities, title)
     return figures

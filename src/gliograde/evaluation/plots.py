@@ -37,18 +37,27 @@ def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:
     return figure
 
 
-def reliability_figure(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> plt.Figure:
-    """Observed positive rate against mean predicted probability per bin, with bin sizes."""
-    observed, predicted = calibration_curve(labels, probs, n_bins=bins, strategy="uniform")
-    counts = np.bincount(
-        np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], probs), minlength=bins
-    )  # as sklearn bins
-    sizes = counts[counts > 0]
+def reliability_figure(
+    labels: np.ndarray, probs: np.ndarray, bins: int = 10, uncalibrated: np.ndarray | None = None
+) -> plt.Figure:
+    """Observed positive rate against mean predicted probability per bin, with bin sizes; with
+    ``uncalibrated`` (the probabilities before calibration) both curves are drawn."""
     figure, ax = plt.subplots(figsize=(3.6, 3.4))
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
-    ax.plot(predicted, observed, marker="o")
-    for x, y, n in zip(predicted, observed, sizes):
-        ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    curves = [("calibrated", probs, "C0")] if uncalibrated is not None else [(None, probs, "C0")]
+    if uncalibrated is not None:
+        curves.insert(0, ("before calibration", uncalibrated, "C1"))
+    for name, values, colour in curves:
+        observed, predicted = calibration_curve(labels, values, n_bins=bins, strategy="uniform")
+        counts = np.bincount(
+            np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], values), minlength=bins
+        )  # as sklearn bins
+        sizes = counts[counts > 0]
+        ax.plot(predicted, observed, marker="o", c=colour, label=name)
+        for x, y, n in zip(predicted, observed, sizes):
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
+    if uncalibrated is not None:
+        ax.legend(fontsize=7, loc="upper left")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted probability")

@@ -9,6 +9,7 @@ import torch
 
 from gliograde.evaluation.aggregate import aggregate
 from gliograde.evaluation.progress import progress
+from gliograde.inference.tta import average_views, views
 
 
 @dataclass
@@ -25,6 +26,11 @@ class Predictions:
     patient_labels: np.ndarray
     slices_per_patient: np.ndarray
     slice_patient: np.ndarray  # per slice: its row in the patient arrays
+    logits: np.ndarray | None = None  # [N, V, K]: per slice and test-time view, before softmax
+    method: str = "mean"  # how slices were aggregated per patient
+    weights: np.ndarray | None = None  # per slice, for method="tumor_weighted"
+    tta: str = "none"
+    temperature: float = 1.0  # probs are the views' mean of softmax(logits / temperature)
 
     @property
     def has_labels(self) -> bool:
@@ -40,13 +46,21 @@ def predict(
     method: str,
     device: torch.device,
     show_progress: bool = True,
+    tta: str = "none",
 ) -> Predictions:
-    """Run ``model`` over ``split`` of ``datamodule`` in order; aggregate per patient by ``method``."""
+    """Run ``model`` over ``split`` of ``datamodule`` in order; aggregate per patient by ``method``.
+
+    With ``tta`` each slice's probabilities are the mean over its views (see
+    :mod:`gliograde.inference.tta`), before patients are aggregated.
+    """
     loader = datamodule.dataloader(split)
-    positions, ids, slices, labels, probs = [], [], [], [], []
+    positions, ids, slices, labels, logits, probs = [], [], [], [], [], []
     for batch in progress(loader, desc=f"inference ({split})", total=len(loader), enabled=show_progress):
         images = batch["image"].to(device, non_blocking=True).float()
-        probs.append(model(images).float().softmax(dim=1).cpu().numpy())
+        outputs = [model(view).float() for view in views(images, tta)]
+        stacked = torch.stack(outputs, dim=1)
+        logits.append(stacked.cpu().numpy())
+        probs.append(average_views(stacked).cpu().numpy())  # on the model's device, as without TTA
         positions.append(batch["patient"].numpy())
         ids.extend(batch["patient_id"])
         slices.append(batch["slice_index"].numpy())
@@ -54,6 +68,7 @@ def predict(
     position = np.concatenate(positions)
     slice_index = np.concatenate(slices)
     label = np.concatenate(labels)
+    logit = np.concatenate(logits)
     prob = np.concatenate(probs)
     weights = tumour_area(datamodule, position, slice_index) if method == "tumor_weighted" else None
     unique, patient_probs, counts = aggregate(position, prob, method, weights)
@@ -70,6 +85,10 @@ def predict(
         patient_labels=label[first],
         slices_per_patient=counts,
         slice_patient=row,
+        logits=logit,
+        method=method,
+        weights=weights,
+        tta=tta,
     )
 
 

@@ -19,6 +19,8 @@ from gliograde.evaluation.report_html import evaluation_page, write_page
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_AGGREGATE = "mean"
 DEFAULT_CKPT = "best"
+DEFAULT_TTA = "none"
+DEFAULT_CALIBRATION = "none"
 
 
 def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
@@ -26,8 +28,9 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
 
     The default options give ``<split>`` (e.g. ``test``); each other choice adds a part, in this
     order: ``ckpt-<name>`` (not the best checkpoint), the threshold (``youden`` or ``t<value>``),
-    the aggregate (``vote``, ``tumor_weighted``), and ``data-<hash>`` of the ``data.*`` overrides.
-    So ``threshold=youden aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
+    the aggregate (``vote``, ``tumor_weighted``), the test-time augmentation (``flip``,
+    ``flip_rot``), the calibration (``temperature``) and ``data-<hash>`` of the ``data.*``
+    overrides. So ``threshold=youden aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
     """
     if cfg.output_dir:
         return Path(cfg.output_dir)
@@ -40,6 +43,10 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
         parts.append(f"t{float(cfg.threshold):g}")
     if cfg.aggregate != DEFAULT_AGGREGATE:
         parts.append(str(cfg.aggregate))
+    if str(cfg.tta) != DEFAULT_TTA:
+        parts.append(str(cfg.tta))
+    if str(cfg.calibration) != DEFAULT_CALIBRATION:
+        parts.append(str(cfg.calibration))
     if data_overrides:
         digest = hashlib.sha1("\n".join(sorted(data_overrides)).encode()).hexdigest()[:8]
         parts.append(f"data-{digest}")
@@ -79,8 +86,14 @@ def format_report(report: dict[str, Any]) -> str:
     """A readable table of metrics.json."""
     lines = [
         f"Evaluated {report['n_patients']} patients ({report['n_slices']} slices), split={report['split']}, "
-        f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}"
+        f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}, tta={report['tta']}"
     ]
+    calibration = report["calibration"]
+    if calibration["method"] == "temperature":
+        temperature = calibration["temperature"]
+        lines.append(f"calibration=temperature: T={temperature:.4f} (fitted on the val patients)")
+        for name, entry in calibration.get("patient", {}).items():
+            lines.append(f"  patient {name}: {_fmt(entry['before'])} before, {_fmt(entry['after'])} after")
     if "patient" not in report:
         lines.append(report.get("note", ""))
         return "\n".join(lines)

@@ -25,7 +25,8 @@ def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
     """The page of one evaluate.py output: ``report`` is its metrics.json content."""
     head = (
         f"Evaluated {report['n_patients']} patients ({report['n_slices']} slices) of the {report['split']} "
-        f"split of {report['cohort']}; aggregate={report['aggregate']}, threshold={report['threshold']:.3f}"
+        f"split of {report['cohort']}; aggregate={report['aggregate']}, threshold={report['threshold']:.3f}, "
+        f"tta={report.get('tta', 'none')}"
     )
     parts = [f"<p>{_e(head)}</p>", f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code></p>"]
     if "patient" in report:
@@ -50,8 +51,32 @@ def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
         parts.append(f"<p>Patients per class: {counts}</p>")
     else:
         parts.append(f"<p>{_e(report.get('note', ''))}</p>")
+    parts.append(_calibration(report.get("calibration") or {"method": "none"}))
     parts.append(_figures(images))
     return _page(f"Evaluation: {report['run_dir']} ({report['split']})", parts, report.get("input_contract"))
+
+
+def _calibration(calibration: Mapping[str, Any]) -> str:
+    """The calibration paragraph: the temperature and the patient ECE and Brier before and after."""
+    if calibration["method"] != "temperature":
+        return "<p>Calibration: none (probabilities as the model gives them)</p>"
+    text = (
+        f"<h2>Calibration</h2><p>Temperature scaling: T = "
+        f"{_number(calibration['temperature'], 'calibration.temperature', 'span')}, fitted on "
+        f"{_number(calibration['val_patients'], 'calibration.val_patients', 'span')} validation patients "
+        f"(<code>{_e(calibration['file'])}</code>). The metrics above use the calibrated probabilities.</p>"
+    )
+    scores = calibration.get("patient")
+    if scores:
+        rows = "".join(
+            f"<tr><td>{_e(name)}</td>"
+            + _number(entry["before"], f"calibration.patient.{name}.before")
+            + _number(entry["after"], f"calibration.patient.{name}.after")
+            + "</tr>"
+            for name, entry in scores.items()
+        )
+        text += f"<table><tr><th>patient metric</th><th>before</th><th>after</th></tr>{rows}</table>"
+    return text
 
 
 def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
@@ -68,7 +93,8 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
     parts = [
         (
             f"<p>Model: <code>{_e(report['model'])}</code> ({_e(report['model_kind'])}); decision threshold "
-            f"{_number(report['threshold'], 'threshold', 'span')}</p>"
+            f"{_number(report['threshold'], 'threshold', 'span')}; tta={_e(report.get('tta', 'none'))}; "
+            f"{_prediction_calibration(report.get('calibration') or {'method': 'none'})}</p>"
         ),
         (
             f"<h2>Predictions</h2><table><tr><th>patient</th>{header}<th>prediction</th><th>slices</th>"
@@ -79,6 +105,15 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
         parts.append(f"<h3>{_e(row['patient_id'])}</h3>")
         parts.append(_figures(folder / name for name in row["figures"].values()))
     return _page("Predictions", parts, report["input_contract"])
+
+
+def _prediction_calibration(calibration: Mapping[str, Any]) -> str:
+    if calibration["method"] != "temperature":
+        return "no calibration"
+    return (
+        f"calibrated: temperature {_number(calibration['temperature'], 'calibration.temperature', 'span')} "
+        f"from <code>{_e(calibration['source'])}</code>"
+    )
 
 
 def write_page(path: Path, page: str) -> None:

@@ -17,22 +17,24 @@ from omegaconf import DictConfig
 
 from gliograde.data.errors import DataError
 from gliograde.evaluation import checks, inputs
+from gliograde.evaluation.calibration import calibrate, calibration_scores, with_temperature
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.figure_set import gradcam_figures, metric_figures
 from gliograde.evaluation.predict import predict
 from gliograde.evaluation.report import format_report, report_dir, save_figures, write_html, write_metrics
-from gliograde.evaluation.scores import choose_threshold, score
+from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
+from gliograde.inference.tta import check_tta
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
 
 
 def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     """Evaluate ``cfg.run_dir`` as configured; return the metrics written to metrics.json."""
+    checks.check_options(cfg)
     run = Path(cfg.run_dir)
     run_cfg = inputs.load_run_config(run)
-    checks.check_options(cfg)
     show = bool(cfg.progress)
     checkpoint = find_checkpoint(run, str(cfg.ckpt))
     contract = inputs.load_contract(checkpoint, run_cfg)
@@ -46,6 +48,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     if not other_cohort and cfg.split != "all":
         checks.check_same_split(datamodule, run / "splits.csv")
     checks.refuse_leak(datamodule, cfg.split, run / "splits.csv", bool(cfg.allow_leak))
+    check_tta(str(cfg.tta), *datamodule.datasets[cfg.split][0]["image"].shape[-2:])
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = inputs.load_model(checkpoint, contract, device)
@@ -55,12 +58,33 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     for stale in out.glob("gradcam_*.png"):  # from an earlier evaluation with another gradcam_n
         stale.unlink()
 
-    predictions = predict(model, datamodule, cfg.split, cfg.aggregate, device, show)
-    # A Youden threshold comes from the run's own validation patients, never the evaluated ones.
+    tta, calibration = str(cfg.tta), str(cfg.calibration)
+    predictions = predict(model, datamodule, cfg.split, cfg.aggregate, device, show, tta)
+    # A Youden threshold and a temperature come from the run's own validation patients, never
+    # the evaluated ones.
     own_val = not other_cohort and cfg.split != "all"
-    youden_elsewhere = not own_val and str(cfg.threshold) == "youden"
-    val_source = inputs.run_datamodule(run_cfg) if youden_elsewhere else datamodule
-    threshold = choose_threshold(cfg.threshold, model, val_source, cfg.aggregate, device, show)
+    val = None
+    if str(cfg.threshold) == "youden" or calibration == "temperature":
+        val_source = datamodule if own_val else inputs.run_datamodule(run_cfg)
+        val = validation_predictions(model, val_source, cfg.aggregate, device, show, tta)
+    uncalibrated = None
+    calibration_report: dict[str, Any] = {"method": "none"}
+    if calibration == "temperature":
+        record = calibrate(run, checkpoint, val, tta)
+        uncalibrated = predictions
+        predictions = with_temperature(predictions, record["temperature"])
+        val = with_temperature(val, record["temperature"])
+        calibration_report = {
+            "method": "temperature",
+            "temperature": record["temperature"],
+            "file": str(run / "calibration.json"),
+            "val_patients": len(record["val_patients"]),
+            "val_nll_before": record["nll_before"],
+            "val_nll_after": record["nll_after"],
+        }
+        if predictions.has_labels:
+            calibration_report["patient"] = calibration_scores(uncalibrated, predictions)
+    threshold, interval = choose_threshold(cfg.threshold, val)
     write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
         "run_dir": str(run),
@@ -70,11 +94,16 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         "cohort": str(datamodule.cohort.root),
         "aggregate": cfg.aggregate,
         "threshold": threshold,
+        "threshold_interval": interval,
+        "tta": tta,
+        "calibration": calibration_report,
         "classes": classes,
         "input_contract": contract,
         "n_patients": len(predictions.patients),
         "n_slices": len(predictions.probs),
     }
+    if datamodule.crop_rules:  # how each patient's crops were placed (no mask: the brain's centre)
+        report["crop_rules"] = {p: datamodule.crop_rules[p] for p in predictions.patients}
     if predictions.has_labels:
         level, resamples, seed = float(cfg.ci_level), int(cfg.bootstrap), int(cfg.seed)
         report.update(score(predictions, threshold, classes, level, resamples, seed, show))
@@ -82,7 +111,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         report["note"] = "the cohort has no labels: predictions only"
     write_metrics(out, report)
 
-    figures = metric_figures(predictions, classes, threshold, cfg.split)
+    figures = metric_figures(predictions, classes, threshold, cfg.split, uncalibrated)
     dataset = datamodule.datasets[cfg.split]
     figures.update(
         gradcam_figures(

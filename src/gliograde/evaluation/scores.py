@@ -13,22 +13,34 @@ from gliograde.evaluation.predict import Predictions, predict
 from gliograde.evaluation.progress import progress
 
 
-def choose_threshold(
-    threshold: str | float, model, datamodule, aggregate: str, device, show_progress: bool = True
-) -> float:
-    """``threshold`` as a number; ``youden`` is chosen on ``datamodule``'s val patients."""
+def choose_threshold(threshold: str | float, val: Predictions | None) -> tuple[float, list[float] | None]:
+    """``(threshold, interval)``: a number as given (no interval), or ``youden`` chosen on the
+    validation predictions ``val`` (calibrated ones when calibration is on): the middle of the
+    interval ``(low, high]`` of thresholds that maximise Youden's J, with that interval."""
     if str(threshold) != "youden":
-        return float(threshold)
-    if "val" not in datamodule.datasets:
+        return float(threshold), None
+    if val is None:
         raise EvaluationError("threshold=youden is chosen on the val split, which this cohort does not have")
-    val = predict(model, datamodule, "val", aggregate, device, show_progress)
     low, high = youden_interval(val.patient_labels, val.patient_probs[:, 1])
     chosen = youden_threshold(val.patient_labels, val.patient_probs[:, 1])
+    calibrated = f" (calibrated, T={val.temperature:.4f})" if val.temperature != 1.0 else ""
     print(
         f"threshold=youden: {chosen:.3f}, the middle of ({low:.3f}, {high:.3f}], where every threshold "
-        f"gives the best sensitivity + specificity on the {len(val.patients)} validation patients"
+        f"gives the best sensitivity + specificity on the {len(val.patients)} validation patients{calibrated}"
     )
-    return chosen
+    return chosen, [low, high]
+
+
+def validation_predictions(
+    model, datamodule, aggregate: str, device, show_progress: bool = True, tta: str = "none"
+) -> Predictions:
+    """The predictions on ``datamodule``'s val patients (for a Youden threshold or a temperature)."""
+    if "val" not in datamodule.datasets:
+        raise EvaluationError(
+            "threshold=youden and calibration=temperature are chosen on the val split, which this cohort "
+            "does not have"
+        )
+    return predict(model, datamodule, "val", aggregate, device, show_progress, tta)
 
 
 def score(

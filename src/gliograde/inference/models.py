@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 
 from gliograde.errors import GliogradeError
+from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
+from gliograde.inference.tta import average_views, views
 
 ONNX_FILE = "model.onnx"
 CARD_FILE = "model_card.json"
@@ -98,16 +100,36 @@ class TorchModel:
         check_model(self.contract, int(hparams["in_channels"]), self.classes)
         self.cam_layer = cam_layer(self.model, hparams["backbone"])
 
-    def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
-        """Softmax outputs ``[N, K]`` of float16 slices ``[N, C, H, W]`` (computed in float32)."""
+    def logits(self, images: np.ndarray, batch_size: int, tta: str = "none") -> np.ndarray:
+        """Logits ``[N, V, K]`` of float16 slices ``[N, C, H, W]`` under each TTA view (float32)."""
+        return self._run(images, batch_size, tta)[0]
+
+    def probabilities(
+        self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
+    ) -> np.ndarray:
+        """Softmax outputs ``[N, K]`` of float16 slices ``[N, C, H, W]`` (computed in float32),
+        averaged over the TTA views of each slice, at ``temperature``."""
+        return self._run(images, batch_size, tta, temperature)[1]
+
+    def _run(self, images: np.ndarray, batch_size: int, tta: str, temperature: float = 1.0):
         import torch
 
-        out = []
+        logits, probs = [], []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device).float()
-                out.append(self.model(batch).float().softmax(dim=1).cpu().numpy())
-        return np.concatenate(out)
+                stacked = torch.stack([self.model(view).float() for view in views(batch, tta)], dim=1)
+                logits.append(stacked.cpu().numpy())
+                probs.append(average_views(stacked, temperature).cpu().numpy())
+        return np.concatenate(logits), np.concatenate(probs)
+
+    def stored_calibration(self) -> tuple[dict[str, Any] | None, str, str | None]:
+        """The run's stored temperature (``RUN/calibration.json`` beside ``RUN/checkpoints/``),
+        where it is, and this checkpoint's SHA-256 to check it against."""
+        run = self.path.parent.parent
+        record = read_calibration(run) if self.path.parent.name == "checkpoints" else None
+        sha = file_sha256(self.path) if record is not None else None
+        return record, str(run / CALIBRATION_FILE), sha
 
     def grad_cam(self, image: np.ndarray, target: int) -> np.ndarray:
         """Grad-CAM heat map ``[H, W]`` of one slice for class ``target``."""
@@ -133,13 +155,35 @@ class OnnxModel:
         self.classes = list(self.contract["classes"])
         self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.outputs = [output.name for output in self.session.get_outputs()]
+        self.card = card
 
-    def probabilities(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+    def probabilities(
+        self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
+    ) -> np.ndarray:
+        """Class probabilities ``[N, K]``, averaged over the TTA views, at ``temperature``."""
         out = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].astype(np.float32)
-            out.append(self.session.run(None, {self.input_name: batch})[0])
+            if tta == "none" and temperature == 1.0:
+                out.append(self.session.run(["probabilities"], {self.input_name: batch})[0])
+                continue
+            stacked = np.stack([self._logits(view) for view in views(batch, tta)], axis=1)
+            out.append(average_views(stacked, temperature).astype(np.float32))
         return np.concatenate(out)
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        if "logits" in self.outputs:
+            return self.session.run(["logits"], {self.input_name: batch})[0]
+        # An export without a logits output: log-probabilities differ from logits by a constant
+        # per slice, which softmax(. / T) ignores.
+        probs = self.session.run(None, {self.input_name: batch})[0]
+        return np.log(np.clip(probs, np.finfo(np.float32).tiny, None))
+
+    def stored_calibration(self) -> tuple[dict[str, Any] | None, str, str | None]:
+        """The export's temperature (recorded in its card only when it fits the exported checkpoint)."""
+        record = self.card.get("calibration")
+        return record, str(self.path.parent / CARD_FILE), self.card["model"].get("checkpoint_sha256")
 
     grad_cam = None  # gradients need the PyTorch model
 

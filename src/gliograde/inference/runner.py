@@ -24,9 +24,11 @@ from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
+from gliograde.inference.calibration import PREDICT_CALIBRATION, usable_temperature
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.stream import load_patient
+from gliograde.inference.tta import TTA_MODES, check_tta
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +56,26 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
     classes = list(model.classes)
     threshold = float(cfg.threshold)
+    tta = str(cfg.tta)
+    record, source, sha = model.stored_calibration()
+    applied = usable_temperature(record, source, sha, tta, str(cfg.calibration))
+    temperature = float(applied["temperature"]) if applied else 1.0
+    if applied:
+        print(f"Applying the stored temperature T={temperature:.4f} from {source} (calibration=none to skip)")
     rows = []
     for files in patients:
-        rows.append(_grade(model, files, contract, cfg, classes, threshold, out))
+        rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
     _note_training_patients(rows, training_table(model.path), contract["modalities"])
     report = {
         "model": str(model.path),
         "model_kind": model.kind,
         "threshold": threshold,
+        "tta": tta,
+        "calibration": (
+            {"method": "temperature", "temperature": temperature, "source": source}
+            if applied
+            else {"method": "none", "note": _no_calibration(record)}
+        ),
         "classes": classes,
         "input_contract": contract,
         "patients": rows,
@@ -104,12 +118,25 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
         raise ConfigError(f"threshold={cfg.threshold} must be a probability in (0, 1)")
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
+    if cfg.tta not in TTA_MODES:
+        raise ConfigError(f"tta={cfg.tta!r} must be one of {list(TTA_MODES)}")
+    if cfg.calibration not in PREDICT_CALIBRATION:
+        raise ConfigError(f"calibration={cfg.calibration!r} must be one of {list(PREDICT_CALIBRATION)}")
     return patterns
 
 
-def _grade(model, files: PatientFiles, contract, cfg, classes, threshold, out: Path) -> dict[str, Any]:
+def _no_calibration(record: dict[str, Any] | None) -> str:
+    if record is not None:
+        return "calibration=none: the stored temperature was not applied"
+    return "the model has no stored temperature (evaluate.py calibration=temperature fits one)"
+
+
+def _grade(
+    model, files: PatientFiles, contract, cfg, classes, threshold, out: Path, tta: str, temperature: float
+) -> dict[str, Any]:
     slices = load_patient(files, contract, bool(cfg.resample))
-    probs = model.probabilities(slices.images, int(cfg.batch_size))
+    check_tta(tta, *slices.images.shape[-2:])
+    probs = model.probabilities(slices.images, int(cfg.batch_size), tta, temperature)
     mean = probs.mean(axis=0)
     predicted = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
     name = _safe(files.patient_id)
@@ -176,6 +203,7 @@ def _curve(slices, probs, classes, threshold):
 
 
 def _gradcam(model, slices, probs, predicted, classes, contract, mean):
+    from gliograde.data.crops import centre_channels
     from gliograde.evaluation import plots
 
     best = int(np.argmax(probs[:, predicted]))  # the slice that speaks most for the call
@@ -185,7 +213,9 @@ def _gradcam(model, slices, probs, predicted, classes, contract, mean):
         f"{slices.patient_id} slice {int(slices.slice_index[best])}: predicted {classes[predicted]} "
         f"(p={mean[predicted]:.2f}; slice p={probs[best, predicted]:.2f})"
     )
-    return plots.gradcam_figure(image, heat, tuple(contract["modalities"]), title)
+    modalities = tuple(contract["modalities"])
+    shown = image[centre_channels(len(modalities), int(contract.get("context", 0)))]  # the centre slice
+    return plots.gradcam_figure(shown, heat, modalities, title)
 
 
 def _save(figure, path: Path) -> str:
@@ -210,7 +240,9 @@ def format_predictions(report: dict[str, Any]) -> str:
     """One line per patient: the call, its probability and the slice rule used."""
     classes = report["classes"]
     lines = [
-        f"Predicted {len(report['patients'])} patient(s) with {report['model']} (threshold {report['threshold']:g})"
+        f"Predicted {len(report['patients'])} patient(s) with {report['model']} "
+        f"(threshold {report['threshold']:g}, tta={report['tta']}, "
+        f"temperature {report['calibration'].get('temperature', 1.0):g})"
     ]
     for row in report["patients"]:
         probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)

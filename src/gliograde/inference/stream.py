@@ -1,6 +1,7 @@
 """One patient from NIfTI to the model's input slices, exactly as the cache would feed them:
-the same header checks, ``preprocess_patient`` into float16 (the cache's rounding) and
-``select_slices`` with the contract's rule. Nothing is written but resampled temporaries."""
+the same header checks, ``preprocess_patient`` into float16 (the cache's rounding),
+``select_slices`` with the contract's rule, and the contract's neighbouring slices and crop
+(the dataset's own ``gliograde.data.crops`` arithmetic). Nothing is written but resampled temporaries."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from gliograde.contract import grid_mismatch, grid_of
+from gliograde.contract import NO_CROP, grid_mismatch, grid_of
+from gliograde.data.crops import (
+    NO_MASK_RULE,
+    context_slices,
+    crop,
+    crop_centres,
+    normal_length,
+    stack_context,
+)
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import check_same_grid, read_header
 from gliograde.data.preprocess import preprocess_patient, stored_modalities
@@ -26,7 +35,8 @@ CACHE_DTYPE = np.float16
 
 @dataclass
 class PatientSlices:
-    """The selected slices of one patient, ``[N, C, H, W]`` in the contract's channel order."""
+    """The selected slices of one patient, ``[N, C, H, W]`` in the contract's channel order
+    (``C`` = modalities x (2 context + 1), ``H`` = ``W`` = the crop's size with a crop)."""
 
     patient_id: str
     images: np.ndarray  # float16, as the cache holds them
@@ -98,7 +108,17 @@ def _slices(
     if chosen.size == 0:
         raise DataError(f"no slice selected by the slice rule {rule}", patient, paths[stored[0]])
     channels = [stored.index(m) for m in contract["modalities"]]
-    images = _cut(volume, chosen, channels, plane)
+    context = int(contract.get("context", 0))
+    depth = normal_length((x, y, z), plane)
+    read = context_slices(chosen, context, depth).ravel()  # the cache dataset's one read
+    images = stack_context(_cut(volume, read, channels, plane), context)
+    crop_spec = contract.get("crop") or NO_CROP
+    if crop_spec["mode"] != "none":
+        tumour_boxes = None if areas.tumour_boxes is None else areas.tumour_boxes[plane]
+        centres, crop_rule = crop_centres(crop_spec["mode"], chosen, tumour_boxes, areas.brain_boxes[plane])
+        images = crop(images, centres, int(crop_spec["size"]))
+        if crop_rule == NO_MASK_RULE:
+            rule = f"{rule}; crop {crop_rule}"
     return PatientSlices(patient, images, chosen, rule, resampled, areas.fingerprints)
 
 

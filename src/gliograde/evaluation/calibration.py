@@ -1,0 +1,110 @@
+"""Temperature scaling at the patient level: one temperature ``T`` for the slice logits, fitted on
+the run's validation patients so that their patient probabilities (the report's aggregate of
+``softmax(logits / T)`` over each patient's slices) have the least negative log-likelihood."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+
+from gliograde.evaluation.aggregate import aggregate
+from gliograde.evaluation.errors import EvaluationError
+from gliograde.evaluation.metrics import binary_metrics
+from gliograde.evaluation.predict import Predictions
+from gliograde.inference.calibration import file_sha256, write_calibration
+from gliograde.inference.tta import average_views
+
+LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
+
+
+def patient_nll(
+    logits: np.ndarray,
+    slice_patient: np.ndarray,
+    patient_labels: np.ndarray,
+    method: str,
+    weights: np.ndarray | None,
+    temperature: float,
+) -> float:
+    """Mean negative log-likelihood of the patients' labels under temperature ``temperature``;
+    ``logits`` is ``[N, V, K]`` (slices, TTA views, classes)."""
+    probs = average_views(np.asarray(logits, dtype=np.float64), temperature)
+    _, patient_probs, _ = aggregate(slice_patient, probs, method, weights)
+    chosen = patient_probs[np.arange(len(patient_labels)), patient_labels]
+    return float(-np.log(np.clip(chosen, 1e-12, None)).mean())
+
+
+def fit_temperature(
+    logits: np.ndarray,
+    slice_patient: np.ndarray,
+    patient_labels: np.ndarray,
+    method: str = "mean",
+    weights: np.ndarray | None = None,
+) -> tuple[float, float, float]:
+    """``(T, NLL at T=1, NLL at T)``, minimising the patient NLL over ``log T`` (bounded search)."""
+    def nll(log_t: float) -> float:
+        return patient_nll(logits, slice_patient, patient_labels, method, weights, math.exp(log_t))
+
+    found = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded", options={"xatol": 1e-6})
+    before = nll(0.0)
+    # The identity stays when the search finds nothing better: calibration never makes val worse.
+    if not found.success or found.fun >= before:
+        return 1.0, before, before
+    return float(math.exp(found.x)), before, float(found.fun)
+
+
+def with_temperature(pred: Predictions, temperature: float) -> Predictions:
+    """``pred`` with slice and patient probabilities recomputed from its logits at ``temperature``."""
+    probs = average_views(torch.from_numpy(pred.logits), temperature).numpy()
+    _, patient_probs, _ = aggregate(pred.slice_patient, probs, pred.method, pred.weights)
+    return replace(pred, probs=probs, patient_probs=patient_probs, temperature=float(temperature))
+
+
+def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[str, Any]:
+    """Fit the temperature on ``val`` (the run's validation patients), store it in
+    ``RUN/calibration.json`` and return the record."""
+    if not val.has_labels or not 0 < val.patient_labels.sum() < len(val.patient_labels):
+        raise EvaluationError(
+            "calibration=temperature needs labelled validation patients of both classes; use calibration=none"
+        )
+    if val.method == "vote":
+        raise EvaluationError(
+            "calibration=temperature cannot change hard votes (aggregate=vote): use aggregate=mean or "
+            "tumor_weighted, or calibration=none"
+        )
+    temperature, before, after = fit_temperature(
+        val.logits, val.slice_patient, val.patient_labels, val.method, val.weights
+    )
+    if not LOG_T_BOUNDS[0] + 1e-3 < math.log(temperature) < LOG_T_BOUNDS[1] - 1e-3:
+        print(f"Warning: the fitted temperature {temperature:.3g} sits at the edge of its search range")
+    record = {
+        "method": "temperature",
+        "temperature": temperature,
+        "tta": tta,
+        "aggregate": val.method,
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "val_patients": list(val.patients),
+        "nll_before": before,
+        "nll_after": after,
+        "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = write_calibration(run, record)
+    print(
+        f"calibration=temperature: T={temperature:.4f} fitted on {len(val.patients)} validation patients "
+        f"(patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
+    )
+    return record
+
+
+def calibration_scores(before: Predictions, after: Predictions) -> dict[str, Any]:
+    """ECE and Brier score of the patient probabilities before and after calibration."""
+    raw = binary_metrics(before.patient_labels, before.patient_probs[:, 1])
+    cal = binary_metrics(after.patient_labels, after.patient_probs[:, 1])
+    return {name: {"before": raw[name], "after": cal[name]} for name in ("ece", "brier")}

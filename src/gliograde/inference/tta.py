@@ -1,0 +1,66 @@
+"""Test-time augmentation: a slice's class probabilities averaged over flipped and rotated views.
+
+``flip`` is the slice and its left-right mirror (the last image axis); ``flip_rot`` is the eight
+views of the square's symmetry group (four 90-degree rotations, each with and without the
+mirror). Views are whole batches, so a model sees ``B`` slices per call whatever the mode.
+Works on torch tensors and NumPy arrays alike (the ONNX path has no torch tensors); imports
+nothing heavy, since the config schema reads :data:`TTA_MODES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gliograde.errors import ConfigError
+
+TTA_MODES = ("none", "flip", "flip_rot")
+_VIEWS = {
+    "none": ((False, 0),),
+    "flip": ((False, 0), (True, 0)),
+    # turns outer, so that flip's two views come first: flip_rot extends flip
+    "flip_rot": tuple((flip, turns) for turns in range(4) for flip in (False, True)),
+}
+
+
+def check_tta(mode: str, height: int, width: int) -> None:
+    """Refuse an unknown mode, and rotations of slices that are not square."""
+    if mode not in TTA_MODES:
+        raise ConfigError(f"tta={mode!r} must be one of {list(TTA_MODES)}")
+    if mode == "flip_rot" and height != width:
+        raise ConfigError(
+            f"tta=flip_rot rotates slices by 90 degrees, which needs square slices; these are "
+            f"{height}x{width}: use tta=flip or tta=none"
+        )
+
+
+def n_views(mode: str) -> int:
+    """How many views ``mode`` averages."""
+    return len(_VIEWS[mode])
+
+
+def views(images: Any, mode: str) -> list[Any]:
+    """The views of a batch ``[B, C, H, W]`` (tensor or array), the unchanged batch first."""
+    check_tta(mode, images.shape[-2], images.shape[-1])
+    return [_view(images, flip, turns) for flip, turns in _VIEWS[mode]]
+
+
+def _view(images: Any, flip: bool, turns: int) -> Any:
+    if hasattr(images, "rot90"):  # a torch tensor
+        out = images.flip(-1) if flip else images
+        return out.rot90(turns, dims=(-2, -1)) if turns else out
+    import numpy as np
+
+    out = np.flip(images, axis=-1) if flip else images
+    out = np.rot90(out, turns, axes=(-2, -1)) if turns else out
+    return np.ascontiguousarray(out)
+
+
+def average_views(logits: Any, temperature: float = 1.0) -> Any:
+    """Class probabilities ``[N, K]`` from per-view logits ``[N, V, K]``: the mean over views of
+    ``softmax(logits / temperature)``. Calibration scales each view's logits, then TTA averages."""
+    if hasattr(logits, "softmax"):  # torch: the same float32 softmax as the model's own outputs
+        scaled = logits if temperature == 1.0 else logits / temperature
+        return scaled.softmax(dim=-1).mean(dim=1)
+    from scipy.special import softmax
+
+    return softmax(logits / temperature, axis=-1).mean(axis=1)

@@ -1,0 +1,219 @@
+"""Temperature calibration: the fit recovers a known temperature; evaluate.py stores, applies and
+reports it; predict.py applies it from the checkpoint and the export alike; a temperature that
+belongs to another checkpoint or another TTA is never used silently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from helpers.commands import run_python
+from helpers.configs import compose_config
+from helpers.runs import tiny_run
+
+from gliograde.evaluation.calibration import fit_temperature, patient_nll
+from gliograde.evaluation.plots import reliability_figure
+from gliograde.inference.calibration import StaleCalibrationError, usable_temperature
+from gliograde.inference.inputs import from_folder
+from gliograde.inference.models import TorchModel, find_checkpoint
+from gliograde.inference.runner import predict
+from gliograde.inference.stream import load_patient
+from gliograde.inference.tta import average_views
+
+
+def _synthetic(temperature: float, patients: int, slices: int, seed: int = 0):
+    """Logits whose labels are drawn from softmax(logits / temperature), patient by patient."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, size=(patients * slices, 1, 2))
+    slice_patient = np.repeat(np.arange(patients), slices)
+    probs = average_views(logits, temperature)
+    patient_probs = probs.reshape(patients, slices, 2).mean(axis=1)[:, 1]
+    labels = (rng.random(patients) < patient_probs).astype(int)
+    return logits, slice_patient, labels
+
+
+@pytest.mark.parametrize("true_t, slices", [(2.5, 1), (0.5, 1), (2.0, 3)])
+def test_the_fit_recovers_a_known_temperature(true_t, slices):
+    logits, slice_patient, labels = _synthetic(true_t, 6000 // slices, slices)
+    fitted, before, after = fit_temperature(logits, slice_patient, labels)
+    assert abs(np.log(fitted / true_t)) < 0.1
+    assert after < before == pytest.approx(patient_nll(logits, slice_patient, labels, "mean", None, 1.0))
+    assert after == pytest.approx(patient_nll(logits, slice_patient, labels, "mean", None, fitted))
+
+
+def test_a_calibrated_model_keeps_its_temperature_of_one():
+    logits, slice_patient, labels = _synthetic(1.0, 6000, 1, seed=3)
+    assert abs(np.log(fit_temperature(logits, slice_patient, labels)[0])) < 0.1
+
+
+def test_a_stored_temperature_applies_only_to_its_checkpoint_tta_and_aggregate():
+    record = {
+        "temperature": 2.0,
+        "checkpoint": "a.ckpt",
+        "checkpoint_sha256": "aa",
+        "tta": "flip",
+        "aggregate": "mean",
+    }
+    assert usable_temperature(record, "RUN/calibration.json", "aa", "flip", "auto") is record
+    assert usable_temperature(record, "RUN/calibration.json", "aa", "none", "none") is None
+    assert usable_temperature(None, "RUN/calibration.json", "aa", "none", "auto") is None
+    for sha, tta, reason in (("bb", "flip", "another checkpoint"), ("aa", "none", "tta=flip, not tta=none")):
+        with pytest.raises(StaleCalibrationError, match=f"{reason}.*or pass calibration=none"):
+            usable_temperature(record, "RUN/calibration.json", sha, tta, "auto")
+    weighted = {**record, "aggregate": "tumor_weighted"}
+    with pytest.raises(StaleCalibrationError, match="aggregate=tumor_weighted, not mean"):
+        usable_temperature(weighted, "RUN/calibration.json", "aa", "flip", "auto")
+
+
+def test_the_reliability_plot_draws_both_curves():
+    labels = np.array([0, 0, 1, 1, 1, 0])
+    after = np.array([0.2, 0.3, 0.7, 0.8, 0.6, 0.4])
+    figure = reliability_figure(labels, after, uncalibrated=after**3)
+    names = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "before calibration" in names and "calibrated" in names
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict:
+    paths = tiny_run(tmp_path_factory)
+    run = tmp_path_factory.mktemp("calibration") / "run"
+    ignore = shutil.ignore_patterns("eval", "export", "tensorboard", "last.ckpt", "calibration.json")
+    shutil.copytree(paths["run"], run, ignore=ignore)
+    result = run_python(
+        "evaluate.py",
+        f"run_dir={run}",
+        "bootstrap=20",
+        "gradcam_n=0",
+        "threshold=youden",
+        "tta=flip",
+        "calibration=temperature",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    yield {**paths, "run": run, "stdout": result.stdout}
+    shutil.rmtree(run.parent, ignore_errors=True)
+
+
+def _predict(run: dict, out: Path, *overrides: str) -> dict:
+    patient = _test_patients(run["run"])[0]
+    cfg = compose_config("predict", [f"input={run['cohort'] / patient}", f"output_dir={out}", *overrides])
+    return predict(cfg)
+
+
+def _test_patients(run: Path) -> list[str]:
+    lines = (run / "splits.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    return sorted(r["patient_id"] for r in rows if r["split"] == "test")
+
+
+@pytest.mark.slow
+def test_evaluate_stores_applies_and_reports_the_temperature(run):
+    folder = run["run"] / "eval" / "test_youden_flip_temperature"
+    stored = json.loads((run["run"] / "calibration.json").read_text())
+    assert stored["method"] == "temperature" and stored["tta"] == "flip" and stored["aggregate"] == "mean"
+    assert stored["checkpoint"] == str(find_checkpoint(run["run"])) and len(stored["val_patients"]) == 4
+    assert stored["nll_after"] <= stored["nll_before"]
+    assert not list(run["run"].glob(".calibration.json*"))
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["tta"] == "flip"
+    calibration = metrics["calibration"]
+    assert calibration["method"] == "temperature" and calibration["temperature"] == stored["temperature"]
+    for name in ("ece", "brier"):
+        entry = calibration["patient"][name]
+        assert set(entry) == {"before", "after"} and entry["after"] == metrics["patient"][name]["value"]
+    low, high = metrics["threshold_interval"]
+    assert low < metrics["threshold"] <= high and metrics["threshold"] == pytest.approx((low + high) / 2)
+    assert f"({low:.3f}, {high:.3f}]" in run["stdout"] and "calibrated" in run["stdout"]
+
+    page = (folder / "report.html").read_text()
+    assert f'data-key="calibration.temperature" data-value="{stored["temperature"]!r}"' in page
+    for name in ("ece", "brier"):
+        for when in ("before", "after"):
+            value = calibration["patient"][name][when]
+            assert f'data-key="calibration.patient.{name}.{when}" data-value="{value!r}"' in page
+    assert "tta=flip" in page and (folder / "reliability.png").is_file()
+
+    # the patient probabilities are the calibrated mean over flipped views of the slices
+    model = TorchModel(find_checkpoint(run["run"]))
+    patient = _test_patients(run["run"])[0]
+    files = from_folder(run["cohort"] / patient, model.contract["naming"], {})
+    logits = model.logits(load_patient(files, model.contract, resample=False).images, 16, "flip")
+    expected = average_views(logits.astype(np.float64), stored["temperature"]).mean(axis=0)[1]
+    table = (folder / "patient_predictions.csv").read_text().splitlines()
+    row = next(line.split(",") for line in table if line.startswith(patient + ","))
+    assert float(row[2]) == pytest.approx(expected, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_applies_the_temperature_from_checkpoint_and_export(run, tmp_path):
+    stored = json.loads((run["run"] / "calibration.json").read_text())
+    from_ckpt = _predict(run, tmp_path / "ckpt", f"ckpt={run['run']}", "tta=flip")
+    assert from_ckpt["tta"] == "flip"
+    assert from_ckpt["calibration"]["temperature"] == stored["temperature"]
+    written = json.loads((tmp_path / "ckpt" / "predictions.json").read_text())
+    assert written["calibration"]["source"] == str(run["run"] / "calibration.json")
+    # the same patient's probability as evaluate.py's calibrated report
+    patient = from_ckpt["patients"][0]
+    table = (run["run"] / "eval" / "test_youden_flip_temperature" / "patient_predictions.csv").read_text()
+    row = next(line.split(",") for line in table.splitlines() if line.startswith(patient["patient_id"] + ","))
+    assert patient["probabilities"]["HGG"] == pytest.approx(float(row[2]), abs=1e-5)
+    uncalibrated = _predict(run, tmp_path / "none", f"ckpt={run['run']}", "tta=flip", "calibration=none")
+    assert uncalibrated["calibration"]["method"] == "none"
+    assert uncalibrated["patients"][0]["probabilities"] != patient["probabilities"]
+
+    exported = run_python("-m", "gliograde.export", str(run["run"]))
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    card = json.loads((run["run"] / "export" / "model_card.json").read_text())
+    assert card["calibration"] == stored
+    markdown = (run["run"] / "export" / "MODEL_CARD.md").read_text()
+    assert f"temperature T={stored['temperature']:.4f}" in markdown
+    from_onnx = _predict(run, tmp_path / "onnx", f"ckpt={run['run'] / 'export'}", "tta=flip")
+    assert from_onnx["calibration"]["temperature"] == stored["temperature"]
+    got, want = from_onnx["patients"][0], from_ckpt["patients"][0]
+    assert np.abs(np.array(got["slice_probabilities"]) - np.array(want["slice_probabilities"])).max() < 1e-4
+    for name, value in want["probabilities"].items():
+        assert got["probabilities"][name] == pytest.approx(value, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_stale_temperature_is_refused_or_refitted(run, tmp_path):
+    path = run["run"] / "calibration.json"
+    stored = json.loads(path.read_text())
+    # another TTA than the one it was fitted with: refused, naming both and the way out
+    with pytest.raises(StaleCalibrationError, match="fitted with tta=flip, not tta=none"):
+        _predict(run, tmp_path / "a", f"ckpt={run['run']}")
+    # fitted for another checkpoint (last.ckpt rewritten, or another epoch): refused, not exported
+    path.write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64, "checkpoint": "other.ckpt"}))
+    try:
+        with pytest.raises(StaleCalibrationError, match=r"another checkpoint \(other.ckpt\)"):
+            _predict(run, tmp_path / "b", f"ckpt={run['run']}", "tta=flip")
+        exported = run_python("-m", "gliograde.export", str(run["run"]), "--output", str(tmp_path / "export"))
+        assert exported.returncode == 0, exported.stderr[-3000:]
+        assert "Not exporting" in exported.stdout
+        assert json.loads((tmp_path / "export" / "model_card.json").read_text())["calibration"] is None
+        # evaluate.py refits for its own checkpoint and TTA rather than reuse the stale one
+        result = run_python(
+            "evaluate.py", f"run_dir={run['run']}", "bootstrap=10", "gradcam_n=0", "calibration=temperature"
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        refitted = json.loads(path.read_text())
+        assert refitted["tta"] == "none" and refitted["checkpoint_sha256"] == stored["checkpoint_sha256"]
+        assert _predict(run, tmp_path / "c", f"ckpt={run['run']}")["calibration"]["method"] == "temperature"
+    finally:
+        path.write_text(json.dumps(stored))
+
+
+def test_hard_votes_cannot_be_calibrated(tmp_path):
+    result = run_python(
+        "evaluate.py", f"run_dir={tmp_path}", "aggregate=vote", "calibration=temperature"
+    )
+    assert result.returncode == 2
+    assert "calibration=temperature cannot change hard votes" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
