@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 
 from gliograde.contract import ContractError, check_model, enforce, from_config
 from gliograde.data.dataset import SliceDataset
-from gliograde.data.specs import MODALITIES
 
 
 @pytest.mark.parametrize("plane, depth_axis", [("axial", 2), ("coronal", 1)])
