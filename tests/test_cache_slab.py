@@ -7,13 +7,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers.cohorts import make_datamodule
 
 from gliograde.data.cache import cache_key, current_key
 from gliograde.data.cache_box import SLAB_MARGIN, SlabRule
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.specs import LabelSpec, LayoutSpec, PreprocessSpec, SliceSpec
 from gliograde.errors import ConfigError
-from helpers.cohorts import make_datamodule
 
 
 @pytest.mark.parametrize(
