@@ -58,6 +58,7 @@ class DataOptions:
         on_error: str = "raise",
         require_labels: bool = True,
         transfer_dtype: str = "float16",
+        device_cache: bool = False,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -83,6 +84,7 @@ class DataOptions:
         self.on_error = on_error
         self.require_labels = require_labels
         self.transfer_dtype = transfer_dtype
+        self.device_cache = device_cache
         self.seed = seed
         self.progress = progress
         check_options(self)
