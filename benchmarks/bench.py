@@ -572,7 +572,9 @@ def parse_args(argv: list[str] | None) -> Options | dict[str, Any]:
     parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
-        "--gpu", action="store_true", help="the GPU training benchmark instead: see `python -m benchmarks.bench --gpu --help`"
+        "--gpu",
+        action="store_true",
+        help="the GPU training benchmark instead: see `python -m benchmarks.bench --gpu --help`",
     )
     args = parser.parse_args(argv)
     if args.rss_child is not None:

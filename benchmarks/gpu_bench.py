@@ -250,7 +250,11 @@ def run(opts: GpuOptions) -> dict[str, Any]:
                     say(name)
                     # One model per combination: the fits reuse what the model-only run compiled.
                     model = _classifier(opts.seed, channels_last, compiled)
-                    row: dict[str, Any] = {"precision": precision, "channels_last": channels_last, "compile": compiled}
+                    row: dict[str, Any] = {
+                        "precision": precision,
+                        "channels_last": channels_last,
+                        "compile": compiled,
+                    }
                     _reset_peak(device)
                     row["model_only_samples_per_s"], row["model_only_first_step_s"] = measure_model_only(
                         model, resident, precision, opts.warmup_steps, opts.steps, device
@@ -266,12 +270,18 @@ def run(opts: GpuOptions) -> dict[str, Any]:
                         row[f"fit_{way}_peak_mb"] = _peak_mb(device)
                         row[f"ratio_{way}"] = rate / row["model_only_samples_per_s"]
                     record["runs"].append(row)
-        peaks = [v for row in record["runs"] for k, v in row.items() if k.endswith("_peak_mb") and v is not None]
-        record["peak_mb"] = max(peaks) if peaks else None
+        peaks = [_peak_of(row) for row in record["runs"]]
+        record["peak_mb"] = max(peaks) if None not in peaks else None
         record["total_s"] = time.perf_counter() - began
         return record
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _peak_of(row: dict[str, Any]) -> float | None:
+    """The highest peak memory of a combination's three measurements (None off the GPU)."""
+    peaks = [v for k, v in row.items() if k.endswith("_peak_mb") and v is not None]
+    return max(peaks) if peaks else None
 
 
 def format_report(record: dict[str, Any]) -> str:
@@ -288,13 +298,13 @@ def format_report(record: dict[str, Any]) -> str:
     )
     lines += [columns + "   (samples/s; first step in s)"]
     for r in record["runs"]:
-        peaks = [v for k, v in r.items() if k.endswith("_peak_mb") and v is not None]
-        peak = f"{max(peaks):>8.0f}" if peaks else f"{'-':>8}"
+        peak = "-" if _peak_of(r) is None else f"{_peak_of(r):.0f}"
         lines.append(
             f"  {r['precision']:<11} {str(r['channels_last']):<7} {str(r['compile']):<7} "
             f"{r['model_only_samples_per_s']:>9.1f} {r['fit_loader_samples_per_s']:>9.1f} "
-            f"{r['fit_device_cache_samples_per_s']:>9.1f} {r['ratio_loader']:>8.3f} {r['ratio_device_cache']:>8.3f} "
-            f"{r['fit_loader_first_step_s']:>8.2f} {r['fit_device_cache_first_step_s']:>8.2f} {peak}"
+            f"{r['fit_device_cache_samples_per_s']:>9.1f} {r['ratio_loader']:>8.3f} "
+            f"{r['ratio_device_cache']:>8.3f} {r['fit_loader_first_step_s']:>8.2f} "
+            f"{r['fit_device_cache_first_step_s']:>8.2f} {peak:>8}"
         )
     target = f"  target: fit with device_cache / model-only >= {record['target_ratio']}"
     if record["measured_on_gpu"]:
@@ -307,7 +317,8 @@ def format_report(record: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> GpuOptions:
     defaults = GpuOptions(out=Path("logs/bench/gpu_bench.json"))
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench --gpu", description=__doc__.split("\n\n")[1])
+    description = __doc__.split("\n\n")[1]
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench --gpu", description=description)
     parser.add_argument("--out", type=Path, default=defaults.out, help="JSON file to write")
     parser.add_argument("--tiny", action="store_true", help="the tiny CPU version (automatic without a GPU)")
     parser.add_argument("--patients", type=int, default=defaults.patients)

@@ -90,6 +90,21 @@ def test_each_ddp_rank_holds_only_its_distributed_sampler_shard(tiny_cohort_mast
     assert len(everything - held[0] - held[1]) <= 2 * 3
 
 
+def test_overfitting_batches_come_in_order_as_lightning_makes_the_loaders(tiny_cohort_master, tmp_path):
+    dm = _ready(tiny_cohort_master, tmp_path / "cache", device_cache=True, batch_size=4)
+    cpu = SimpleNamespace(root_device=torch.device("cpu"))
+    dm.trainer = SimpleNamespace(strategy=cpu, world_size=1, global_rank=0, overfit_batches=2)
+    batches = list(dm.train_dataloader())
+    expected = dm.datasets["train"].batch(range(4 * len(batches)))
+    torch.testing.assert_close(torch.cat([b["slice_index"] for b in batches]), expected["slice_index"])
+    torch.testing.assert_close(torch.cat([b["patient"] for b in batches]), expected["patient"])
+
+
+def test_device_cache_must_be_a_boolean(tiny_cohort_master, tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.device_cache='yes' must be true or false"):
+        make_datamodule(tiny_cohort_master, tmp_path / "cache", device_cache="yes")
+
+
 def test_a_copy_that_would_not_fit_is_refused_with_the_estimate_and_the_free_memory(
     tiny_cohort_master, tmp_path, monkeypatch
 ):

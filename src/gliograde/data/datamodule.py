@@ -269,7 +269,8 @@ class GliomaDataModule(pl.LightningDataModule):
         """The order of rows with ``labels``: weighted or shuffled by (seed, epoch) when training."""
         if train and self.sampler == "weighted":
             counts = self.class_counts(split)
-            weights = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)[torch.from_numpy(labels)]
+            per_class = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)
+            weights = per_class[torch.from_numpy(labels)]
             return EpochWeightedSampler(weights, seed=self.seed)
         if train:
             return EpochShuffleSampler(len(labels), seed=self.seed)
@@ -315,9 +316,8 @@ class GliomaDataModule(pl.LightningDataModule):
         return DeviceBatches(held, sampler, self.batch_size, drop_last=train and len(rows) > self.batch_size)
 
     def teardown(self, stage: str) -> None:
-        """Free the device copies once fitting is over."""
-        if stage == "fit":
-            self._device_slices.clear()
+        """Free the device copies at the end of a stage (fit copies them; test never does)."""
+        self._device_slices.clear()
 
     def train_dataloader(self) -> DataLoader | DeviceBatches:
         if self.device_cache:

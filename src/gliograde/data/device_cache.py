@@ -2,9 +2,9 @@
 
 The rows are read through ``SliceDataset.batch`` (so whatever a batch holds, the copy holds),
 in chunks, into tensors preallocated on the device. ``DeviceBatches`` then serves an epoch as
-the DataLoader would: the same sampler (Lightning calls its ``set_epoch`` through the iterable's ``sampler``
-attribute, as for a DataLoader) cut by the same ``BatchSampler``, so the same indices in the
-same order, without workers or host-to-device copies. Lightning takes any iterable with a
+the DataLoader would: the same sampler (Lightning calls its ``set_epoch`` through the
+iterable's ``sampler`` attribute, as for a DataLoader) cut by the same ``BatchSampler``, so the
+same indices in the same order, without workers or host-to-device copies. Lightning takes any iterable with a
 length from ``*_dataloader``; it injects distributed samplers into DataLoaders only, so
 sharding for DDP is done here.
 """
@@ -12,7 +12,7 @@ sharding for DDP is done here.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,14 +84,12 @@ class DeviceSlices:
     def __len__(self) -> int:
         return len(self.image)
 
-    @property
-    def nbytes(self) -> int:
-        return self.image.numel() * self.image.element_size() + sum(t.numel() * 8 for t in self.index.values())
-
-    def batch(self, positions: list[int]) -> dict[str, Any]:
-        """The batch of held rows ``positions`` (positions in this copy, not in the dataset)."""
+    def batch(self, positions: Sequence[int], index: torch.Tensor | None = None) -> dict[str, Any]:
+        """The batch of held rows ``positions`` (positions in this copy, not in the dataset);
+        ``index``, the same positions already on the device, spares a copy."""
         host = np.asarray(positions, dtype=np.int64)
-        index = torch.from_numpy(host).to(self.device)
+        if index is None:
+            index = torch.from_numpy(host).to(self.device)
         batch: dict[str, Any] = {"image": self.image.index_select(0, index)}
         for key, values in self.index.items():
             batch[key] = values.index_select(0, index)
@@ -117,5 +115,12 @@ class DeviceBatches:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        for positions in self.batch_sampler:
-            yield self.slices.batch(positions)
+        # The epoch's order goes to the device in one copy: a blocking copy per batch would
+        # wait for the GPU each time and stop the host from running ahead of it.
+        batches = list(self.batch_sampler)
+        flat = [i for positions in batches for i in positions]
+        order = torch.tensor(flat, dtype=torch.int64).to(self.slices.device)
+        start = 0
+        for positions in batches:
+            yield self.slices.batch(positions, order[start : start + len(positions)])
+            start += len(positions)

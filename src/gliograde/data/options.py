@@ -110,6 +110,8 @@ def check_options(options: DataOptions) -> None:
         raise ConfigError(
             f"data.transfer_dtype={options.transfer_dtype!r} must be one of {list(TRANSFER_DTYPE_NAMES)}"
         )
+    if not isinstance(options.device_cache, bool):
+        raise ConfigError(f"data.device_cache={options.device_cache!r} must be true or false")
     if options.batch_size < 1:
         raise ConfigError(f"data.batch_size={options.batch_size} must be at least 1")
     folds, fold = options.folds, options.fold
