@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -135,14 +136,27 @@ def measure_fit(model, dm, precision: str, warmup: int, steps: int, device) -> t
     import pytorch_lightning as pl
 
     class Clock(pl.Callback):
+        """Times the first step, and the steps after the warm-up as one span: synchronising
+        after every step would keep the host from running ahead of the GPU, as it does unwatched."""
+
         def __init__(self):
-            self.ends: list[float] = []
-            self.samples: list[int] = []
+            self.done = 0
+            self.first = self.span_start = self.span_end = math.nan
+            self.samples = 0
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            _sync(device)
-            self.ends.append(time.perf_counter())
-            self.samples.append(len(batch["label"]))
+            self.done += 1
+            if self.done > warmup:
+                self.samples += len(batch["label"])
+            if self.done in (1, warmup, warmup + steps):
+                _sync(device)
+                now = time.perf_counter()
+                if self.done == 1:
+                    self.first = now - start
+                if self.done == warmup:
+                    self.span_start = now
+                if self.done == warmup + steps:
+                    self.span_end = now
 
     clock = Clock()
     trainer = pl.Trainer(
@@ -162,9 +176,7 @@ def measure_fit(model, dm, precision: str, warmup: int, steps: int, device) -> t
     _sync(device)
     start = time.perf_counter()
     trainer.fit(model, datamodule=dm)
-    timed = clock.ends[warmup - 1 :]
-    rate = sum(clock.samples[warmup:]) / (timed[-1] - timed[0])
-    return rate, clock.ends[0] - start
+    return clock.samples / (clock.span_end - clock.span_start), clock.first
 
 
 def _resident_batches(dm, device, count: int) -> list[dict[str, Any]]:
