@@ -57,9 +57,10 @@ def test_train_and_val_batches_are_the_loaders_index_for_index(tiny_cohort_maste
         _set_epoch(train, epoch)
         _assert_same_batches(list(loader), list(train))
     _assert_same_batches(list(plain.val_dataloader()), list(cached.val_dataloader()))
-    # One copy per split per run: asking again reuses it; test keeps the DataLoader.
+    # One copy per split per run: asking again reuses it; test and predict keep the DataLoader.
     assert cached.train_dataloader().slices is train.slices
     assert not isinstance(cached.test_dataloader(), DeviceBatches)
+    assert not isinstance(cached.predict_dataloader(), DeviceBatches)
     cached.teardown("fit")
     assert cached.train_dataloader().slices is not train.slices
 
