@@ -94,6 +94,7 @@ class DataSchema:
     pin_memory: bool
     persistent_workers: bool
     transfer_dtype: str
+    device_cache: bool
     on_error: str
     seed: int
     progress: bool

@@ -61,6 +61,7 @@ class DataOptions:
         on_error: str = "raise",
         require_labels: bool = True,
         transfer_dtype: str = "float16",
+        device_cache: bool = False,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -88,6 +89,7 @@ class DataOptions:
         self.on_error = on_error
         self.require_labels = require_labels
         self.transfer_dtype = transfer_dtype
+        self.device_cache = device_cache
         self.seed = seed
         self.progress = progress
         check_options(self)
@@ -115,6 +117,8 @@ def check_options(options: DataOptions) -> None:
         )
     if options.context < 0:
         raise ConfigError(f"data.context={options.context} must be at least 0 (0: the slice alone)")
+    if not isinstance(options.device_cache, bool):
+        raise ConfigError(f"data.device_cache={options.device_cache!r} must be true or false")
     if options.batch_size < 1:
         raise ConfigError(f"data.batch_size={options.batch_size} must be at least 1")
     folds, fold = options.folds, options.fold
