@@ -1,11 +1,12 @@
 # gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests,
-# `make bench` measures the data path and the training loop (a few minutes, CPU).
+# `make bench` measures the data path and the training loop (a few minutes, CPU);
+# `make bench-gpu` training throughput on one GPU (a few minutes; a tiny CPU check without one).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast bench prepare tensorboard clean
+.PHONY: install train test test-fast bench bench-gpu prepare tensorboard clean
 
 install: $(STAMP)
 
@@ -27,6 +28,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m benchmarks.bench --out logs/bench/bench.json
+
+bench-gpu: install
+	$(BIN)/python -m benchmarks.bench --gpu --out logs/bench/gpu_bench.json
 
 prepare: install
 	$(BIN)/python -m gliograde.prepare

@@ -595,6 +595,11 @@ def parse_args(argv: list[str] | None) -> Options | dict[str, Any]:
     parser.add_argument("--keep", action="store_true", help="keep the generated cohorts and caches")
     parser.add_argument("--seed", type=int, default=defaults["seed"])
     parser.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gpu",
+        action="store_true",
+        help="the GPU training benchmark instead: see `python -m benchmarks.bench --gpu --help`",
+    )
     args = parser.parse_args(argv)
     if args.rss_child is not None:
         return json.loads(args.rss_child)
@@ -621,7 +626,12 @@ def parse_args(argv: list[str] | None) -> Options | dict[str, Any]:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, float] | None:
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = sys.argv[1:] if argv is None else argv
+    if "--gpu" in args:  # a benchmark of its own, with its own options
+        from benchmarks import gpu_bench
+
+        return gpu_bench.main([a for a in args if a != "--gpu"])
     opts = parse_args(argv)
     if isinstance(opts, dict):
         _rss_child(opts)

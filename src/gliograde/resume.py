@@ -47,6 +47,7 @@ RESUMABLE_OVERRIDES = (
     "data.pin_memory",
     "data.persistent_workers",
     "data.transfer_dtype",
+    "data.device_cache",
     "data.progress",
     "data.cache_dir",
     "data.preprocess.workers",

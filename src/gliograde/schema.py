@@ -95,6 +95,7 @@ class DataSchema:
     persistent_workers: bool
     transfer_dtype: str
     slab_margin: NonNegative
+    device_cache: bool
     on_error: str
     seed: int
     progress: bool

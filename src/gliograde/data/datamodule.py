@@ -1,5 +1,10 @@
 """LightningDataModule: a ``PreparedCohort`` (cohort -> cache -> patient split -> slice
-selection) served as DataLoaders of ``[B, C, H, W]`` slices, augmented on the device."""
+selection) served as DataLoaders of ``[B, C, H, W]`` slices, augmented on the device.
+
+With ``device_cache=True`` the train and val splits are instead copied once to the device the
+module runs on and their batches indexed there (``device_cache``), in the order the DataLoaders
+would give. Test and predict, one pass each, keep the DataLoader: a copy would cost that pass.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from gliograde.data import cohort_tables
 from gliograde.data.augment import BatchAugmenter
@@ -20,6 +25,7 @@ from gliograde.data.cache import CachedCohort
 from gliograde.data.cohort import Cohort
 from gliograde.data.crops import NO_MASK_RULE, crop_centres, input_channels, normal_length
 from gliograde.data.dataset import SliceDataset, cast, identity_collate
+from gliograde.data.device_cache import DeviceBatches, DeviceSlices
 from gliograde.data.errors import DataError
 from gliograde.data.options import DataOptions
 from gliograde.data.prepared import PatientSlices, PreparedCohort
@@ -78,6 +84,7 @@ class GliomaDataModule(pl.LightningDataModule):
         require_labels: bool = True,
         transfer_dtype: str = "float16",
         slab_margin: int = 2,
+        device_cache: bool = False,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -106,6 +113,7 @@ class GliomaDataModule(pl.LightningDataModule):
             require_labels=require_labels,
             transfer_dtype=transfer_dtype,
             slab_margin=slab_margin,
+            device_cache=device_cache,
             seed=seed,
             progress=progress,
         )
@@ -133,6 +141,7 @@ class GliomaDataModule(pl.LightningDataModule):
         self.require_labels = opts.require_labels
         self.transfer_dtype = opts.transfer_dtype
         self.slab_margin = opts.slab_margin
+        self.device_cache = opts.device_cache
         self.seed = opts.seed
         self.progress = opts.progress
 
@@ -141,6 +150,7 @@ class GliomaDataModule(pl.LightningDataModule):
         self.crop_rules: dict[str, str] = {}  # patient id -> how its crops were placed
         self._augmenter: BatchAugmenter | None = None
         self._augment_epoch = -1
+        self._device_slices: dict[str, DeviceSlices] = {}
 
     @property
     def num_channels(self) -> int:
@@ -290,7 +300,7 @@ class GliomaDataModule(pl.LightningDataModule):
         return torch.tensor(weights, dtype=torch.float32)
 
     # ------------------------------------------------------------ dataloaders
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def _dataset_of(self, split: str) -> SliceDataset:
         if not self.datasets:
             raise RuntimeError("call setup() before asking for a DataLoader")
         if split not in self.datasets:
@@ -301,21 +311,25 @@ class GliomaDataModule(pl.LightningDataModule):
                 f"the {split} split has no patient: data.split={self.split_spec} gives it none; "
                 f"give data.split.{split} a share above 0"
             )
-        dataset = self.datasets[split]
+        return self.datasets[split]
+
+    def _sampler(self, split: str, labels: np.ndarray, train: bool) -> Any:
+        """The order of rows with ``labels``: weighted or shuffled by (seed, epoch) when training."""
         if train and self.sampler == "weighted":
             counts = self.class_counts(split)
-            weights = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)[
-                torch.from_numpy(dataset.labels)
-            ]
-            sampler = EpochWeightedSampler(weights, seed=self.seed)
-        elif train:
-            sampler = EpochShuffleSampler(len(dataset), seed=self.seed)
-        else:
-            sampler = SequentialSampler(dataset)
+            per_class = torch.as_tensor(1.0 / np.maximum(counts, 1), dtype=torch.double)
+            weights = per_class[torch.from_numpy(labels)]
+            return EpochWeightedSampler(weights, seed=self.seed)
+        if train:
+            return EpochShuffleSampler(len(labels), seed=self.seed)
+        return SequentialSampler(range(len(labels)))
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self._dataset_of(split)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
+            sampler=self._sampler(split, dataset.labels, train),
             drop_last=train and len(dataset) > self.batch_size,
             collate_fn=identity_collate,
             num_workers=self.num_workers,
@@ -323,10 +337,44 @@ class GliomaDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _device_batches(self, split: str, train: bool) -> DeviceBatches:
+        """``split``'s batches indexed on the device the trainer runs on (the CPU without one).
+
+        One process holds the whole split, and its batches are the DataLoader's, index for
+        index. Under DDP each rank holds only its shard, the rows a ``DistributedSampler``
+        without shuffling gives it (the DataLoader's val rows exactly); training shuffles within
+        the shard each epoch, so each rank sees a fixed part of the split in a new order.
+        """
+        dataset = self._dataset_of(split)
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        world = trainer.world_size if trainer is not None else 1
+        rows = np.arange(len(dataset))
+        if world > 1:
+            shard = DistributedSampler(rows, num_replicas=world, rank=trainer.global_rank, shuffle=False)
+            rows = np.asarray(list(shard), dtype=np.int64)
+        held = self._device_slices.get(split)
+        if held is None or held.device != device or len(held) != len(rows):
+            self._device_slices.pop(split, None)  # free the old copy before making a new one
+            held = self._device_slices[split] = DeviceSlices(dataset, rows, device, split)
+        if train and trainer is not None and trainer.overfit_batches:
+            sampler: Any = SequentialSampler(range(len(rows)))  # as Lightning makes the DataLoader's
+        else:
+            sampler = self._sampler(split, held.labels, train)
+        return DeviceBatches(held, sampler, self.batch_size, drop_last=train and len(rows) > self.batch_size)
+
+    def teardown(self, stage: str) -> None:
+        """Free the device copies at the end of a stage (fit copies them; test never does)."""
+        self._device_slices.clear()
+
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.device_cache:
+            return self._device_batches("train", train=True)
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
+        if self.device_cache:
+            return self._device_batches("val", train=False)
         return self._loader("val", train=False)
 
     def test_dataloader(self) -> DataLoader:

@@ -63,6 +63,7 @@ class DataOptions:
         require_labels: bool = True,
         transfer_dtype: str = "float16",
         slab_margin: int = SLAB_MARGIN,
+        device_cache: bool = False,
         seed: int = 0,
         progress: bool = True,
     ):
@@ -91,6 +92,7 @@ class DataOptions:
         self.require_labels = require_labels
         self.transfer_dtype = transfer_dtype
         self.slab_margin = slab_margin
+        self.device_cache = device_cache
         self.seed = seed
         self.progress = progress
         check_options(self)
@@ -120,6 +122,8 @@ def check_options(options: DataOptions) -> None:
         raise ConfigError(f"data.slab_margin={options.slab_margin} must be at least 0")
     if options.context < 0:
         raise ConfigError(f"data.context={options.context} must be at least 0 (0: the slice alone)")
+    if not isinstance(options.device_cache, bool):
+        raise ConfigError(f"data.device_cache={options.device_cache!r} must be true or false")
     if options.batch_size < 1:
         raise ConfigError(f"data.batch_size={options.batch_size} must be at least 1")
     folds, fold = options.folds, options.fold

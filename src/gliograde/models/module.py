@@ -33,23 +33,26 @@ class SliceMetrics(torch.nn.Module):
     def __init__(self, stage: str, num_classes: int):
         super().__init__()
         self.binary = num_classes == 2
+        # Updated every training step: torchmetrics' argument checks (torch.unique) wait for the
+        # GPU each time. Labels were checked when the cohort was read; probabilities are softmaxes.
+        unchecked = {"validate_args": False}
         self.on_probs = MetricCollection(
             {
-                "accuracy": MulticlassAccuracy(num_classes, average="micro"),
-                "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro"),
+                "accuracy": MulticlassAccuracy(num_classes, average="micro", **unchecked),
+                "balanced_accuracy": MulticlassAccuracy(num_classes, average="macro", **unchecked),
             },
             prefix=f"{stage}/",
         )
         if self.binary:
-            ranking = {"auroc": BinaryAUROC(), "f1": BinaryF1Score()}
+            ranking = {"auroc": BinaryAUROC(**unchecked), "f1": BinaryF1Score(**unchecked)}
         else:
             ranking = {
-                "auroc": MulticlassAUROC(num_classes),
-                "f1": MulticlassF1Score(num_classes, average="macro"),
+                "auroc": MulticlassAUROC(num_classes, **unchecked),
+                "f1": MulticlassF1Score(num_classes, average="macro", **unchecked),
             }
         self.on_scores = MetricCollection(ranking, prefix=f"{stage}/")
         # Slices per class: a class that never appeared leaves AUROC and balanced accuracy undefined.
-        self.per_class = MulticlassStatScores(num_classes, average=None)
+        self.per_class = MulticlassStatScores(num_classes, average=None, **unchecked)
         self.stage = stage
 
     def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
