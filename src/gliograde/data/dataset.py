@@ -172,9 +172,9 @@ class SliceDataset(Dataset):
     def _read_axial(
         self, out: np.ndarray, first: np.ndarray, slices: np.ndarray, origin: np.ndarray, rows: np.ndarray
     ) -> np.ndarray:
-        """Fill ``out`` ``[B, C, H, W]`` with axial slices: zeros, then each stored block copied
-        into its place, one channel at a time where the channels are not the cache's order
-        (``block[channels]`` would copy each block into a temporary first)."""
+        """Fill ``out`` ``[B, C, H, W]`` with axial slices: each slice zeroed, then its stored
+        block copied into its place, one channel at a time where the channels are not the
+        cache's order (``block[channels]`` would copy each block into a temporary first)."""
         vol, (by, bx) = self.volumes, self.layout.block
         channels = [int(c) for c in self.channels]
         every_channel = channels == list(range(vol.shape[1]))
@@ -186,8 +186,12 @@ class SliceDataset(Dataset):
                 f"axial slice {slices[b]} is outside the {self.layout.slab} slab the cache holds for "
                 f"this patient (slices {origin[b, 0]} to {origin[b, 0] + rows[b] - 1})"
             )
-        out.fill(0)  # memset speed, on the huge pages NumPy asks for; np.zeros would fault per 4 KB
-        for b in np.flatnonzero(stored):
+        for b in range(len(out)):
+            # Zeroed one slice at a time, just before its block lands in it (still in the CPU
+            # cache): a fill of the whole batch first was measured a quarter slower.
+            out[b].fill(0)
+            if not stored[b]:
+                continue
             y0, x0 = int(origin[b, 1]), int(origin[b, 2])
             block, image = vol[first[b] + local[b]], out[b, :, y0 : y0 + by, x0 : x0 + bx]
             if every_channel:
