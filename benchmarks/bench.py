@@ -6,6 +6,9 @@ it generates (full size by default: 240x240x155), and writes the figures to FILE
 - ``preprocess_s_per_patient``: NIfTI decode + z-score + cache write (a real cache build),
   one worker; ``preprocess_s_per_patient_all_workers``: the same with every core.
 - ``nibabel_read_s_per_patient``: nibabel reading the patient's five files into arrays.
+- ``cache_bytes_per_patient``: bytes of the built cache (every file; the brain strategy's
+  slab, the largest) per patient; ``cache_bytes_ratio``: that over the same cache storing the
+  full grid of every patient.
 - ``loader_slices_per_s``: slices per second from the DataModule's train loader (batches of
   ``--batch-size``, ``num_workers=0``); ``loader_slices_per_s_workers2``: two workers.
 - ``article_loader_slices_per_s``: a Dataset whose ``__getitem__`` loads the four NIfTI files
@@ -47,6 +50,8 @@ KEYS: tuple[str, ...] = (
     "preprocess_s_per_patient",
     "preprocess_s_per_patient_all_workers",
     "nibabel_read_s_per_patient",
+    "cache_bytes_per_patient",
+    "cache_bytes_ratio",
     "loader_slices_per_s",
     "loader_slices_per_s_workers2",
     "article_loader_slices_per_s",
@@ -156,6 +161,18 @@ def measure_preprocess(root: Path, work: Path, workers: int | None, repeats: int
         if rep < repeats - 1:
             shutil.rmtree(cache_dir)
     return float(np.median(per_patient)), cache_dir
+
+
+def measure_cache_bytes(cached) -> tuple[float, float]:
+    """(bytes per patient of a built cache, its ratio to the same cache holding the full grid)."""
+    from gliograde.data.cache import CACHE_DTYPE
+
+    patients = len(cached.patient_ids)
+    total = cached.size_bytes()
+    stored = cached.volumes_path.stat().st_size
+    channels = len(cached.modalities)
+    full_grid = patients * int(np.prod(cached.shape)) * channels * np.dtype(CACHE_DTYPE).itemsize
+    return total / patients, total / (total - stored + full_grid)
 
 
 def measure_nibabel_read(root: Path, repeats: int) -> float:
@@ -390,6 +407,7 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
 
         say("loaders")
         default = _datamodule(large, cache_dir, batch_size=opts.batch_size)  # config defaults
+        results["cache_bytes_per_patient"], results["cache_bytes_ratio"] = measure_cache_bytes(default.cached)
         delivered = extra["default_dtype"] = default.transfer_dtype
         results["loader_slices_per_s"] = extra[f"loader_{delivered}"] = measure_loader(default, opts.repeats)
         other = "float32" if delivered == "float16" else "float16"
@@ -489,6 +507,12 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             f"{r['nibabel_read_s_per_patient']:.3f}",
             "s",
             f"floor; preprocessing is {r['preprocess_s_per_patient'] / r['nibabel_read_s_per_patient']:.1f}x it",
+        ),
+        (
+            "cache_bytes_per_patient",
+            f"{r['cache_bytes_per_patient'] / 1e6:,.1f}",
+            "MB",
+            f"{r['cache_bytes_ratio']:.3f} of the full grid's (cache_bytes_ratio)",
         ),
         (
             "loader_slices_per_s",

@@ -321,8 +321,8 @@ def test_trailing_singleton_4th_axis_is_accepted(tiny_cohort, tiny_cohort_master
     # Same voxels in the cache as from the untouched 3D file.
     ref = make_datamodule(tiny_cohort_master, tmp_path / "ref_cache")
     ref.prepare_data()
-    got = np.load(dm.cached.volumes_path, mmap_mode="r")[dm.cached.slots[dm.cached.position(PID)]]
-    want = np.load(ref.cached.volumes_path, mmap_mode="r")[ref.cached.slots[ref.cached.position(PID)]]
+    got = dm.cached.volume(dm.cached.position(PID))
+    want = ref.cached.volume(ref.cached.position(PID))
     np.testing.assert_array_equal(got, want)
 
 
@@ -382,7 +382,7 @@ def test_decode_error_leaves_no_cache_and_fix_rebuilds(tiny_cohort, tiny_cohort_
     assert (dm.cached.directory / "index.npz").is_file()
     assert read_skipped(dm) == []
     assert PID in {p for p, _, _ in dm.split_table()}
-    volume = np.load(dm.cached.volumes_path, mmap_mode="r")[dm.cached.slots[dm.cached.position(PID)]]
+    volume = dm.cached.volume(dm.cached.position(PID))
     assert np.isfinite(volume).all() and np.count_nonzero(volume) > 0
 
 

@@ -84,9 +84,7 @@ def test_float32_delivery_equals_the_cache(tiny_cohort_master, tmp_path):
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].dtype == torch.float32
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
     channels = [MODALITIES.index(m) for m in dm.modalities]
     for i, position in enumerate(batch["patient"].tolist()):
-        slot = dm.cached.slots[position]
-        expected = volumes[slot, int(batch["slice_index"][i])][channels].astype(np.float32)
+        expected = dm.cached.volume(position)[int(batch["slice_index"][i])][channels].astype(np.float32)
         np.testing.assert_array_equal(batch["image"][i].numpy(), expected)

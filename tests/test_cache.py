@@ -23,18 +23,17 @@ def _entries(cache_dir: Path) -> list[str]:
 
 
 def test_cache_holds_zscored_modalities_with_zero_background(tiny_cohort, tmp_path):
-    dm = make_datamodule(tiny_cohort, tmp_path / "cache")
+    dm = make_datamodule(tiny_cohort, tmp_path / "cache", slices={"strategy": "brain"})  # every brain slice
     dm.prepare_data()
     cached = dm.cached
-    volumes = np.load(cached.volumes_path, mmap_mode="r")
     x, y, z = cached.shape
-    assert volumes.shape == (len(cached.patient_ids), z, len(MODALITIES), y, x)
-    assert volumes.dtype == np.float16
+    volume = cached.volume(0)
+    assert volume.shape == (z, len(MODALITIES), y, x)
+    assert volume.dtype == np.float16
     pid = cached.patient_ids[0]
-    slot = cached.slots[0]
     for channel, modality in enumerate(MODALITIES):
         raw = np.asarray(nib.load(patient_file(tiny_cohort, pid, modality)).dataobj).T  # (z, y, x)
-        got = volumes[slot, :, channel].astype(np.float32)
+        got = volume[:, channel].astype(np.float32)
         brain = raw != 0
         assert np.all(got[~brain] == 0)
         assert abs(got[brain].mean()) < 0.01
@@ -57,7 +56,7 @@ def test_clipping_changes_the_key_and_bounds_the_values(tiny_cohort, tmp_path):
 
 
 def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
-    first = make_datamodule(tiny_cohort, tmp_path / "cache")
+    first = make_datamodule(tiny_cohort, tmp_path / "cache", slices={"strategy": "brain"})
     first.prepare_data()
     first.setup()
 
@@ -66,18 +65,15 @@ def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
 
     monkeypatch.setattr(cache_module, "preprocess_patient", fail)
     monkeypatch.setattr(cache_module, "read_header", fail)
-    # Other modalities, strategy and plane reuse the same cache.
-    second = make_datamodule(
-        tiny_cohort,
-        tmp_path / "cache",
-        modalities=["t2", "flair"],
-        slices={"strategy": "brain", "plane": "coronal"},
-    )
-    second.prepare_data()
-    second.setup()
-    assert second.cached.directory == first.cached.directory
-    batch = next(iter(second.train_dataloader()))
-    assert batch["image"].shape[1] == 2
+    # Other modalities, strategies and planes whose slices the brain slab holds reuse its cache.
+    others = ({"strategy": "brain", "plane": "coronal"}, {"strategy": "tumor_all"}, {"strategy": "middle"})
+    for slices in others:
+        second = make_datamodule(tiny_cohort, tmp_path / "cache", modalities=["t2", "flair"], slices=slices)
+        second.prepare_data()
+        second.setup()
+        assert second.cached.directory == first.cached.directory
+        batch = next(iter(second.train_dataloader()))
+        assert batch["image"].shape[1] == 2
 
 
 def test_touching_an_input_file_rebuilds(tiny_cohort, tmp_path):
@@ -173,7 +169,7 @@ def test_reorientation_to_axis_codes(tiny_cohort, tmp_path, codes):
     )
     raw = np.asarray(expected.dataobj).T  # (z, y, x) of the reoriented volume
     assert dm.cached.shape == expected.shape
-    got = np.load(dm.cached.volumes_path, mmap_mode="r")[dm.cached.slots[0], :, MODALITIES.index("t2")]
+    got = dm.cached.volume(0)[:, MODALITIES.index("t2")]
     np.testing.assert_array_equal(got != 0, raw != 0)
     assert nib.aff2axcodes(expected.affine) == tuple(codes)
 

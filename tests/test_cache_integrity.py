@@ -24,7 +24,8 @@ from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec, PreprocessSp
 
 
 def _built(root: Path, cache_dir: Path) -> CachedCohort:
-    dm = make_datamodule(root, cache_dir)
+    """The cache open_or_build's defaults (the brain slab) name."""
+    dm = make_datamodule(root, cache_dir, slices={"strategy": "brain"})
     dm.prepare_data()
     return dm.cached
 
@@ -145,7 +146,7 @@ def test_a_rerun_removes_its_own_abandoned_partial_build(tiny_cohort, tmp_path):
 def test_meta_records_the_cohort_root_and_format(tiny_cohort, tmp_path):
     cached = _built(tiny_cohort, tmp_path / "cache")
     meta = json.loads((cached.directory / "meta.json").read_text())
-    assert meta["format"] == CACHE_FORMAT == 4
+    assert meta["format"] == CACHE_FORMAT == 5
     assert meta["cohort_root"] == str(tiny_cohort)
     assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert meta["files"]["volumes.npy"]["bytes"] == cached.volumes_path.stat().st_size

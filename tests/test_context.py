@@ -18,7 +18,6 @@ from omegaconf import OmegaConf
 
 from gliograde.contract import ContractError, check_model, enforce, from_config
 from gliograde.data.dataset import SliceDataset
-from gliograde.data.specs import MODALITIES
 
 
 @pytest.mark.parametrize("plane, depth_axis", [("axial", 2), ("coronal", 1)])
@@ -42,11 +41,10 @@ def test_context_channels_are_the_neighbouring_slices_clamped_at_the_edges(
     rows = np.flatnonzero(dataset.patient_positions == 0)
     batch = dataset.batch(rows)
     assert batch["image"].shape == (depth, 6, *batch["image"].shape[2:])
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
-    slot = dm.cached.slots[0]
+    whole = dm.cached.volume(0)  # [z, modality, y, x] on the full grid
 
-    def cache_slice(modality: str, z: int) -> np.ndarray:  # [z, modality, y, x] by hand
-        volume = volumes[slot, :, MODALITIES.index(modality)]
+    def cache_slice(modality: str, z: int) -> np.ndarray:
+        volume = whole[:, dm.cached.modalities.index(modality)]
         return np.asarray(volume[z] if plane == "axial" else volume[:, z, :], dtype=np.float32)
 
     for row, z in enumerate(batch["slice_index"].tolist()):

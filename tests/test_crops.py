@@ -61,18 +61,18 @@ def test_tumour_crop_is_centred_on_the_slice_tumour_and_zero_padded(tiny_cohort,
     dm = make_datamodule(tiny_cohort, tmp_path / "cache", split=None, crop={"mode": "tumor", "size": 16})
     dm.prepare_data()
     dm.setup()
-    dataset, rows, slot = _patient_rows(dm, first_patient)
+    dataset, rows, _ = _patient_rows(dm, first_patient)
     batch = dataset.batch(rows)
     image = batch["image"].float().numpy()
     assert image.shape == (len(rows), 4, 16, 16) and dm.num_channels == 4
     assert sorted(batch["slice_index"].tolist()) == list(range(TUMOUR_Z[0], TUMOUR_Z[1] + 1))
     centre = ((TUMOUR_Y[0] + TUMOUR_Y[1]) // 2, (TUMOUR_X[0] + TUMOUR_X[1]) // 2)  # (4, 33)
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
+    volume = dm.cached.volume(dm.cached.position(first_patient))  # [z, modality, y, x]
     channels = [MODALITIES.index(m) for m in dm.modalities]
     for row, z in enumerate(batch["slice_index"].tolist()):
-        expected = _window(np.asarray(volumes[slot, z][channels], dtype=np.float32), centre, 16)
+        expected = _window(np.asarray(volume[z][channels], dtype=np.float32), centre, 16)
         assert np.array_equal(image[row], expected)
-        assert (image[row, :, 8, 8] == volumes[slot, z, channels, centre[0], centre[1]]).all()
+        assert (image[row, :, 8, 8] == volume[z, channels, centre[0], centre[1]]).all()
         assert (image[row, :, 8, 8] != 0).all()  # the tumour's centre is brain
     # rows -4..-1 and column 40 lie outside the 40x40 image: zeros; the rest of the tumour box is not
     assert (image[:, :, :4] == 0).all() and (image[:, :, :, 15] == 0).all()
@@ -86,13 +86,13 @@ def test_brain_crop_is_centred_on_the_patient_brain_box(tiny_cohort, first_patie
     dm = make_datamodule(tiny_cohort, tmp_path / "cache", split=None, crop=brain, transfer_dtype="float32")
     dm.prepare_data()
     dm.setup()
-    dataset, rows, slot = _patient_rows(dm, first_patient)
+    dataset, rows, _ = _patient_rows(dm, first_patient)
     batch = dataset.batch(rows)
     centre = ((BRAIN_Y[0] + BRAIN_Y[1]) // 2, (BRAIN_X[0] + BRAIN_X[1]) // 2)  # (16, 25)
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
+    volume = dm.cached.volume(dm.cached.position(first_patient))  # [z, modality, y, x]
     channels = [MODALITIES.index(m) for m in dm.modalities]
     for row, z in enumerate(batch["slice_index"].tolist()):
-        expected = _window(np.asarray(volumes[slot, z][channels], dtype=np.float32), centre, 24)
+        expected = _window(np.asarray(volume[z][channels], dtype=np.float32), centre, 24)
         assert np.array_equal(batch["image"][row].numpy(), expected)
     assert batch["image"].shape[-2:] == (24, 24) and dm.crop_rules[first_patient] == "brain"
 

@@ -37,14 +37,13 @@ def test_batches_carry_image_label_patient_and_slice(ready, tiny_cohort_master):
     assert batch["image"].shape == (8, 4, y, x) and batch["image"].dtype == torch.float16
     assert batch["label"].dtype == torch.int64 and batch["slice_index"].dtype == torch.int64
     grades = _grades(tiny_cohort_master)
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
     for i, patient_id in enumerate(batch["patient_id"]):
         assert dm.classes[batch["label"][i]] == grades[patient_id]
         position = dm.cached.position(patient_id)
         assert batch["patient"][i] == position
         z = int(batch["slice_index"][i])
         for c, modality in enumerate(dm.modalities):
-            expected = volumes[dm.cached.slots[position], z, MODALITIES.index(modality)].astype(np.float32)
+            expected = dm.cached.volume(position)[z, MODALITIES.index(modality)].astype(np.float32)
             np.testing.assert_array_equal(batch["image"][i, c].numpy(), expected)
 
 
@@ -78,11 +77,10 @@ def test_other_planes(ready, plane, shape):
     dm = ready(slices={"strategy": "tumor_topk", "k": 2, "plane": plane}, modalities=["t2"])
     batch = next(iter(dm.val_dataloader()))
     assert batch["image"].shape[1:] == (1, *shape)
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
-    slot = dm.cached.slots[int(batch["patient"][0])]
+    volume = dm.cached.volume(int(batch["patient"][0]))
     i = int(batch["slice_index"][0])
     t2 = MODALITIES.index("t2")
-    expected = volumes[slot, :, t2, i, :] if plane == "coronal" else volumes[slot, :, t2, :, i]
+    expected = volume[:, t2, i, :] if plane == "coronal" else volume[:, t2, :, i]
     np.testing.assert_array_equal(batch["image"][0, 0].numpy(), expected.astype(np.float32))
 
 
@@ -155,12 +153,11 @@ def test_augmentation_changes_training_batches_only(ready):
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm)
-    volumes = np.load(dm.cached.volumes_path, mmap_mode="r")
     channels = [MODALITIES.index(m) for m in dm.modalities]
 
     def raw(record, i):
-        slot = dm.cached.slots[int(record["patient"][i])]
-        return torch.from_numpy(volumes[slot, int(record["slice_index"][i])][channels].astype(np.float32))
+        volume = dm.cached.volume(int(record["patient"][i]))
+        return torch.from_numpy(volume[int(record["slice_index"][i])][channels].astype(np.float32))
 
     assert module.seen["train"]
     for record in module.seen["train"]:

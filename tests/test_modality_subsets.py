@@ -82,15 +82,15 @@ def test_a_two_modality_cache_stores_two_channels_and_the_runs_brain(tiny_cohort
     assert pair.cached.modalities == ("flair", "t2")
     wide = np.load(four.cached.volumes_path, mmap_mode="r")
     narrow = np.load(pair.cached.volumes_path, mmap_mode="r")
-    assert narrow.shape[2] == 2 and wide.shape[2] == 4
+    assert narrow.shape[1] == 2 and wide.shape[1] == 4  # [row, channel, y, x]
     assert set(pair.cached.fingerprints) == {"flair", "t2"}
     assert pair.cached.fingerprints["flair"] == four.cached.fingerprints["flair"]
 
     position = four.cached.position(FIRST)
     assert pair.cached.position(FIRST) == position
-    slot_wide, slot_narrow = four.cached.slots[position], pair.cached.slots[position]
-    np.testing.assert_array_equal(narrow[slot_narrow, :, 0], wide[slot_wide, :, 0])  # flair
-    np.testing.assert_array_equal(narrow[slot_narrow, :, 1], wide[slot_wide, :, 3])  # t2
+    volume_wide, volume_narrow = four.cached.volume(position), pair.cached.volume(position)
+    np.testing.assert_array_equal(volume_narrow[:, 0], volume_wide[:, 0])  # flair
+    np.testing.assert_array_equal(volume_narrow[:, 1], volume_wide[:, 3])  # t2
     # The widened T1 enlarges the four-modality brain, not the brain of flair and t2.
     for plane in ("axial", "coronal", "sagittal"):
         np.testing.assert_array_equal(
@@ -108,7 +108,7 @@ def test_a_two_modality_cache_stores_two_channels_and_the_runs_brain(tiny_cohort
     np.testing.assert_array_equal(a["image"].numpy(), b["image"].numpy())
     z = int(a["slice_index"][0])
     np.testing.assert_array_equal(
-        a["image"][0, 0].numpy(), narrow[pair.cached.slots[int(b["patient"][0])], z, 1]
+        a["image"][0, 0].numpy(), pair.cached.volume(int(b["patient"][0]))[z, 1]
     )  # channel 0 is t2
 
 

@@ -173,16 +173,18 @@ def test_bad_files_get_one_line_naming_patient_and_file(run, test_patients, tmp_
 
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_slices_are_cut_as_the_cache_dataset_reads_them(plane, tmp_path):
+    from gliograde.data.cache_box import BoxLayout
     from gliograde.data.dataset import SliceDataset
     from gliograde.inference.stream import _cut
 
     rng = np.random.default_rng(0)
     volume = rng.standard_normal((6, 4, 5, 7)).astype(np.float16)  # [z, modality, y, x]
-    np.save(tmp_path / "volumes.npy", volume[None])
+    np.save(tmp_path / "volumes.npy", volume)  # one patient's rows on the full grid
     chosen = np.array([1, 3, 4])
     modalities = ("t2", "flair")
     dataset = SliceDataset(
         volumes_path=tmp_path / "volumes.npy",
+        layout=BoxLayout.full((6, 5, 7), patients=1),
         slots=np.zeros(3, dtype=np.int64),
         patient_positions=np.zeros(3, dtype=np.int64),
         slice_indices=chosen,

@@ -14,13 +14,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gliograde.config import build, checked_main
-from gliograde.data.cache import cache_key, cohort_root
+from gliograde.data.cache import cohort_root, current_key
 from gliograde.data.cache_clean import Removed, clean_cache_dir
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.cohort_tables import summary
 from gliograde.data.errors import DataError
 from gliograde.data.options import DataOptions
-from gliograde.data.prepared import PreparedCohort
+from gliograde.data.prepared import PreparedCohort, slab_rule
 from gliograde.errors import ConfigError, exit_on_user_error
 
 DATAMODULE = "gliograde.data.datamodule.GliomaDataModule"
@@ -76,7 +76,9 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
     )
     if not cohort.patients:
         raise DataError("no patients found, so the current cache is unknown", where=options.root)
-    key = cache_key(cohort.patients, options.preprocess_spec, options.layout.mask_labels)
+    slab = slab_rule(options)
+    labels = options.layout.mask_labels
+    key = current_key(cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab)
     removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients))
     return options.cache_dir / key, removed
 

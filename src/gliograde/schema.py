@@ -94,6 +94,7 @@ class DataSchema:
     pin_memory: bool
     persistent_workers: bool
     transfer_dtype: str
+    slab_margin: NonNegative
     device_cache: bool
     on_error: str
     seed: int

@@ -4,21 +4,27 @@ Layout of a cache directory (``<cache_dir>/<key>/``), written to a temporary sib
 (``.<key>.partial-*``) and renamed into place only when complete, under a file lock so
 concurrent builders end with one:
 
-- ``volumes.npy``: float16 ``[slot, z, modality, y, x]`` (the cohort's modalities, in
-  MODALITIES order), read through a memory map; an axial slice of all modalities is one
-  contiguous block.
-- ``index.npz``: the stored modalities, patient ids, their slots, per-slice brain and tumour
-  areas and bounding boxes per plane (the brain counted per modality code, see
-  ``preprocess``), and each stored modality's voxel fingerprint per patient.
+- ``volumes.npy``: float16 ``[row, modality, y, x]`` (the cohort's modalities, in MODALITIES
+  order): the axial slices of each patient that the slab rule keeps (those the run's slice
+  strategy can select, plus a margin: see ``cache_box.SlabRule``), each cut to a block of rows
+  and columns around the brain common to all patients, read through a memory map; a stored
+  slice of all modalities is one contiguous block. Voxels around the block are background
+  (zeros) and are not stored.
+- ``index.npz``: the stored modalities, patient ids, their slots, the box layout (with the
+  slab kind), per-slice brain and tumour areas and bounding boxes per plane over the full
+  grid (the brain counted per modality code, see ``preprocess``), and each stored modality's
+  voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
   ``volumes.npy`` by size), so a truncated or damaged cache is never used.
 
 The key hashes the stored modalities, every input file's path, size, mtime, ctime, device and
-inode and the preprocessing settings, so any change to either gives a new cache (an in-place
-rewrite changes the ctime even when the mtime is put back), and anything else (modalities
-used, slice strategy, splits, labels) is applied when reading.
+inode, the preprocessing settings and the slab rule, so any change to them gives a new cache
+(an in-place rewrite changes the ctime even when the mtime is put back), and anything else
+(modalities used, the strategy's parameters within its slab, splits, labels) is applied when
+reading. A run whose slab another intact cache holds (tumour slices within a brain slab)
+reads that cache rather than decoding again.
 
 Which modalities are stored is discovery's rule (``cohort``): the ones the run asks for plus
 any other every patient has. So on a cohort with all four, every run shares one cache, and a
@@ -47,6 +53,7 @@ import numpy as np
 from filelock import Timeout
 from tqdm.auto import tqdm
 
+from gliograde.data.cache_box import BOX_MARGIN, Bounds, BoxLayout, SlabRule
 from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
 from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
@@ -69,6 +76,7 @@ class CachedCohort:
     patient_ids: tuple[str, ...]
     slots: np.ndarray  # slot of each patient in volumes.npy
     shape: tuple[int, int, int]  # (x, y, z) of every volume
+    layout: BoxLayout  # where each slot's stored part sits in the (z, y, x) grid
     modalities: tuple[str, ...]  # the stored channels of volumes.npy, in MODALITIES order
     has_mask: np.ndarray
     brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]: nonzero in any stored modality
@@ -85,6 +93,23 @@ class CachedCohort:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+
+    def volume(self, position: int) -> np.ndarray:
+        """The patient at ``position`` on the full grid: float16 ``[z, modality, y, x]``.
+
+        Where the cache holds a slab that may leave out brain slices (a tumour or range
+        slab), the slices outside it are unknown, not zeros: they come back masked (a
+        ``numpy.ma.MaskedArray``) and NaN underneath.
+        """
+        layout, slot = self.layout, int(self.slots[position])
+        first, depth = int(layout.first_row[slot]), int(layout.depth[slot])
+        full = layout.expand(slot, np.load(self.volumes_path, mmap_mode="r")[first : first + depth])
+        unknown = np.ones(len(full), dtype=bool)
+        unknown[layout.origin[slot, 0] : layout.origin[slot, 0] + depth] = False
+        if layout.slab == "brain" or not unknown.any():
+            return full
+        full[unknown] = np.nan
+        return np.ma.masked_array(full, mask=np.repeat(unknown, full[0].size).reshape(full.shape))
 
     def position(self, patient_id: str) -> int:
         return self.patient_ids.index(patient_id)
@@ -120,6 +145,7 @@ class CachedCohort:
                     patient_ids=tuple(str(s) for s in index["patient_ids"]),
                     slots=index["slots"],
                     shape=tuple(int(s) for s in index["shape"]),
+                    layout=BoxLayout.from_arrays(index),
                     modalities=modalities,
                     has_mask=index["has_mask"],
                     brain_area={p: index[f"brain_{p}"] for p in PLANES},
@@ -130,7 +156,7 @@ class CachedCohort:
                     tumour_boxes={p: index[f"tumour_box_{p}"] for p in PLANES},
                     problems=_read_problems(directory / "problems.csv"),
                 )
-        except (KeyError, ValueError, OSError) as exc:  # agrees with meta.json, yet unreadable
+        except (KeyError, ValueError, TypeError, OSError) as exc:  # agrees with meta.json, yet unreadable
             raise DamagedCacheError(
                 f"damaged cache file ({type(exc).__name__}: {exc})", where=directory / "index.npz"
             ) from None
@@ -153,7 +179,13 @@ def stored_of(patients: list[PatientRecord]) -> tuple[str, ...]:
     return stored
 
 
-def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]) -> str:
+def cache_key(
+    patients: list[PatientRecord],
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int | None = BOX_MARGIN,
+    slab: SlabRule = SlabRule(),
+) -> str:
     """Hash of every input file's identity and stat, and of the settings that change voxels.
 
     Size and mtime alone miss a file rewritten in place with its mtime put back; the ctime
@@ -167,6 +199,8 @@ def cache_key(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: 
         "clip_percentiles": list(spec.clip_percentiles) if spec.clip_percentiles else None,
         "reorient": spec.reorient,
         "mask_labels": list(mask_labels),
+        "box_margin": box_margin,
+        "slab": slab.settings() if box_margin is not None else None,  # the full grid holds every slice
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in sorted(patients, key=lambda r: r.patient_id):
@@ -188,6 +222,8 @@ def open_or_build(
     mask_labels: tuple[int, ...],
     on_error: str = "raise",
     progress: bool = True,
+    box_margin: int | None = BOX_MARGIN,
+    slab: SlabRule = SlabRule(),
 ) -> CachedCohort:
     """Return the cache for these patients and settings, building it first if needed.
 
@@ -197,13 +233,20 @@ def open_or_build(
     An intact cache is opened without locking or writing anything. A damaged one (a file's
     size or checksum disagrees with meta.json) is named in a warning and rebuilt, or refused
     in one line naming the file where ``cache_dir`` is not writable.
+
+    ``box_margin`` is the margin (voxels) of the stored block around every patient's brain
+    in y and x; None stores the full grid. ``slab`` says which axial slices are stored.
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
     cache_dir = Path(cache_dir)
-    key = cache_key(patients, spec, mask_labels)
+    key = cache_key(patients, spec, mask_labels, box_margin, slab)
     final = cache_dir / key
     damage: DamagedCacheError | None = None
+    if not final.is_dir() and box_margin is not None:
+        wider = _covering_cache(patients, cache_dir, spec, mask_labels, box_margin, slab)
+        if wider is not None:
+            return _checked(wider, on_error)
     if final.is_dir():
         try:
             return _checked(CachedCohort.load(final), on_error)
@@ -226,8 +269,45 @@ def open_or_build(
                     log.warning("%s; rebuilding the cache", err)
                 remove_cache(final, key)
         remove_abandoned_builds(cache_dir, held_key=key)
-        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress)
+        _build(patients, cache_dir, key, spec, mask_labels, on_error, progress, box_margin, slab)
     return _checked(CachedCohort.load(final), on_error)
+
+
+def current_key(
+    patients: list[PatientRecord],
+    cache_dir: str | Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    slab: SlabRule = SlabRule(),
+) -> str:
+    """The key of the cache ``open_or_build`` would read: its own, or a covering one that
+    exists in its place."""
+    key = cache_key(patients, spec, mask_labels, BOX_MARGIN, slab)
+    if not (Path(cache_dir) / key).is_dir():
+        for rule in slab.covering():
+            other = cache_key(patients, spec, mask_labels, BOX_MARGIN, rule)
+            if (Path(cache_dir) / other).is_dir():
+                return other
+    return key
+
+
+def _covering_cache(
+    patients: list[PatientRecord],
+    cache_dir: Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int,
+    slab: SlabRule,
+) -> CachedCohort | None:
+    """An intact cache of the same inputs whose slab holds every slice ``slab`` can need."""
+    for rule in slab.covering():
+        directory = cache_dir / cache_key(patients, spec, mask_labels, box_margin, rule)
+        if directory.is_dir():
+            try:
+                return CachedCohort.load(directory)
+            except DamagedCacheError:
+                continue  # its own run rebuilds it; this one builds its own
+    return None
 
 
 def _checked(cached: CachedCohort, on_error: str) -> CachedCohort:
@@ -271,10 +351,13 @@ def _build(
     mask_labels: tuple[int, ...],
     on_error: str,
     progress: bool,
+    box_margin: int | None,
+    slab: SlabRule,
 ) -> None:
     good, problems, shape = _check_headers(patients, on_error, spec.reorient)
     if not good:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=cache_dir)
+    # Before decoding the boxes are unknown: the build needs at most the full grid.
     x, y, z = shape
     channels = len(stored_of(good))
     _check_free_space(cache_dir, len(good) * z * channels * y * x * np.dtype(CACHE_DTYPE).itemsize)
@@ -282,8 +365,10 @@ def _build(
     with sigterm_as_exit():
         tmp.mkdir()
         try:
-            kept, areas = _write_volumes(tmp, good, problems, shape, spec, mask_labels, on_error, progress)
-            _write_index(tmp / "index.npz", kept, areas, shape)
+            kept, areas, layout = _write_volumes(
+                tmp, good, problems, shape, spec, mask_labels, on_error, progress, box_margin, slab
+            )
+            _write_index(tmp / "index.npz", kept, areas, shape, layout)
             _write_problems(tmp / "problems.csv", problems)
             meta = {
                 "key": key,
@@ -292,6 +377,8 @@ def _build(
                 "skipped": len(problems),
                 "shape_xyz": list(shape),
                 "modalities": list(stored_of(good)),
+                "box": {"margin": box_margin, "block_yx": list(layout.block), "rows": layout.rows},
+                "slab": slab.settings() if box_margin is not None else None,
                 "dtype": np.dtype(CACHE_DTYPE).name,
                 "clip_percentiles": spec.clip_percentiles,
                 "reorient": spec.reorient,
@@ -315,20 +402,50 @@ def _write_volumes(
     mask_labels: tuple[int, ...],
     on_error: str,
     progress: bool,
-) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas]]:
-    """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept."""
+    box_margin: int | None,
+    slab: SlabRule,
+) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], BoxLayout]:
+    """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept,
+    their areas by slot, and the box layout.
+
+    The layout's block needs every patient's brain box, known only once all are decoded:
+    workers save each patient's stored slices, cut to its brain box, in ``tmp/blocks/``,
+    which are then copied into ``volumes.npy`` and removed.
+    """
     x, y, z = shape
     channels = len(stored_of(good))
-    volumes = np.lib.format.open_memmap(
-        tmp / "volumes.npy", mode="w+", dtype=CACHE_DTYPE, shape=(len(good), z, channels, y, x)
+    blocks = tmp / "blocks"
+    blocks.mkdir()
+    rule = slab if box_margin is not None else SlabRule("brain", z)  # the full grid: every slice
+    outcomes, decode_problems = _preprocess_all(
+        good, blocks, (z, channels, y, x), spec, mask_labels, on_error, progress, rule
     )
-    del volumes  # workers open it themselves
-    areas, decode_problems = _preprocess_all(good, tmp / "volumes.npy", spec, mask_labels, on_error, progress)
     problems += decode_problems
-    kept = [(slot, r) for slot, r in enumerate(good) if slot in areas]
-    if not kept:
+    decoded = sorted(outcomes)
+    if not decoded:
         raise DataError(f"every patient failed a check; first: {problems[0]}", where=tmp.parent)
-    return kept, areas
+    areas = {old: outcomes[old][0] for old in decoded}
+    layout = BoxLayout.around([outcomes[old][1] for old in decoded], (z, y, x), box_margin, slab.kind)
+    by, bx = layout.block
+    _check_free_space(tmp.parent, layout.rows * channels * by * bx * np.dtype(CACHE_DTYPE).itemsize)
+    # Written in row order with plain writes: faulting in a fresh memory map costs more.
+    rows = np.empty((int(layout.depth.max()), channels, by, bx), dtype=CACHE_DTYPE)
+    header = {"descr": rows.dtype.str, "fortran_order": False, "shape": (layout.rows, *rows.shape[1:])}
+    with open(tmp / "volumes.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for slot, old in enumerate(decoded):
+            start, stop = outcomes[old][2]
+            origin = layout.origin[slot]
+            (z0, y0, x0), (z1, y1, x1) = np.subtract(start, origin), np.subtract(stop, origin)
+            patient = rows[: layout.depth[slot]]
+            patient.fill(0)
+            block_path = blocks / f"{old}.npy"
+            patient[z0:z1, :, y0:y1, x0:x1] = np.load(block_path, mmap_mode="r")
+            fh.write(patient.data)
+            block_path.unlink()
+    blocks.rmdir()
+    kept = [(slot, good[old]) for slot, old in enumerate(decoded)]
+    return kept, {slot: areas[old] for slot, old in enumerate(decoded)}, layout
 
 
 def _check_free_space(cache_dir: Path, needed: int) -> None:
@@ -382,40 +499,78 @@ def _check_headers(
     return good, problems, cohort_shape
 
 
+Decoded = tuple[SliceAreas, Bounds, Bounds]  # areas, stored slab x brain box, saved block
+
+# Each worker process decodes into one zeroed full-grid buffer, re-zeroed after each patient:
+# a fresh buffer per patient costs a page fault per 4 KB of brain.
+_GRID: np.ndarray | None = None
+
+
+def _zeroed_grid(grid: tuple[int, int, int, int]) -> np.ndarray:
+    """This process's zeroed ``[z, channel, y, x]`` buffer of shape ``grid``."""
+    global _GRID
+    if _GRID is None or _GRID.shape != grid:
+        _GRID = np.zeros(grid, dtype=CACHE_DTYPE)
+    return _GRID
+
+
 def _preprocess_slot(
-    volumes_path: Path, slot: int, record: PatientRecord, spec: PreprocessSpec, mask_labels: tuple[int, ...]
-) -> SliceAreas:
-    volumes = np.load(volumes_path, mmap_mode="r+")
+    blocks: Path,
+    grid: tuple[int, int, int, int],  # [z, channel, y, x]
+    slot: int,
+    record: PatientRecord,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    slab: SlabRule,
+) -> Decoded:
+    """Preprocess one patient on the full grid; save the part of its brain box within its
+    slab as ``blocks/<slot>.npy``. Returns its areas, its slab (slices) x brain box (rows,
+    columns), and the bounds of the saved block."""
+    out = _zeroed_grid(grid)
     try:
-        return preprocess_patient(
+        areas = preprocess_patient(
             record.patient_id,
             record.modalities,
             record.mask,
-            volumes[slot],
+            out,
             mask_labels,
             spec.clip_percentiles,
             spec.reorient,
-            out_is_zero=True,  # a new volumes.npy reads as zeros: write brain voxels only
+            out_is_zero=True,  # only brain voxels are written, and only they are zeroed again
         )
-    finally:
-        volumes.flush()
-        del volumes
+    except BaseException:
+        out[...] = 0
+        raise
+    (b0, y0, x0), (b1, y1, x1) = areas.box
+    s0, s1 = slab.bounds(areas.brain["axial"], areas.tumour["axial"] if areas.tumour is not None else None)
+    z0 = min(max(s0, b0), b1)
+    z1 = max(min(s1, b1), z0)
+    block = out[z0:z1, :, y0:y1, x0:x1]
+    with open(blocks / f"{slot}.npy", "wb") as fh:
+        header = {"descr": block.dtype.str, "fortran_order": False, "shape": block.shape}
+        np.lib.format.write_array_header_1_0(fh, header)
+        for brain_slice in block:  # one slice at a time: no block-sized copy
+            fh.write(np.ascontiguousarray(brain_slice).data)
+    out[b0:b1, :, y0:y1, x0:x1] = 0
+    return areas, ((s0, y0, x0), (s1, y1, x1)), ((z0, y0, x0), (z1, y1, x1))
 
 
 def _preprocess_all(
     good: list[PatientRecord],
-    volumes_path: Path,
+    blocks: Path,
+    grid: tuple[int, int, int, int],
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     on_error: str,
     progress: bool,
-) -> tuple[dict[int, SliceAreas], list[DataError]]:
+    slab: SlabRule,
+) -> tuple[dict[int, Decoded], list[DataError]]:
     workers = min(spec.workers or available_cores(), len(good))
-    areas: dict[int, SliceAreas] = {}
+    areas: dict[int, Decoded] = {}
     problems: list[DataError] = []
     bar = tqdm(total=len(good), desc="Caching patients", unit="patient", disable=not progress)
 
-    def record_outcome(slot: int, outcome: SliceAreas | DataError) -> None:
+    def record_outcome(slot: int, outcome: Decoded | DataError) -> None:
         if isinstance(outcome, DataError):
             if on_error == "raise":
                 raise outcome
@@ -427,12 +582,12 @@ def _preprocess_all(
     try:
         if workers <= 1:
             for slot, record in enumerate(good):
-                record_outcome(slot, _outcome(volumes_path, slot, record, spec, mask_labels))
+                record_outcome(slot, _outcome(blocks, grid, slot, record, spec, mask_labels, slab))
         else:
             with worker_pool(workers) as pool:
                 with signals_deferred():
                     futures = {
-                        pool.submit(_outcome, volumes_path, slot, record, spec, mask_labels): slot
+                        pool.submit(_outcome, blocks, grid, slot, record, spec, mask_labels, slab): slot
                         for slot, record in enumerate(good)
                     }
                 pending = set(futures)
@@ -445,10 +600,10 @@ def _preprocess_all(
     return areas, problems
 
 
-def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | DataError:
+def _outcome(blocks, grid, slot, record, spec, mask_labels, slab) -> Decoded | DataError:
     """Preprocess one patient; any failure comes back as a DataError naming the patient."""
     try:
-        return _preprocess_slot(volumes_path, slot, record, spec, mask_labels)
+        return _preprocess_slot(blocks, grid, slot, record, spec, mask_labels, slab)
     except DataError as err:
         return err
     except (MemoryError, OSError) as exc:  # the machine, not the patient: stop everything
@@ -459,7 +614,7 @@ def _outcome(volumes_path, slot, record, spec, mask_labels) -> SliceAreas | Data
 
 
 def _write_index(
-    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape
+    path: Path, kept: list[tuple[int, PatientRecord]], areas: dict[int, SliceAreas], shape, layout: BoxLayout
 ) -> None:
     stored = stored_of([r for _, r in kept])
     arrays: dict[str, np.ndarray] = {
@@ -467,6 +622,7 @@ def _write_index(
         "patient_ids": np.array([r.patient_id for _, r in kept]),
         "slots": np.array([slot for slot, _ in kept], dtype=np.int64),
         "shape": np.array(shape, dtype=np.int64),
+        **layout.to_arrays(),
         "has_mask": np.array([areas[slot].tumour is not None for slot, _ in kept]),
     }
     for modality in stored:

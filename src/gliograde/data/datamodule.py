@@ -83,6 +83,7 @@ class GliomaDataModule(pl.LightningDataModule):
         on_error: str = "raise",
         require_labels: bool = True,
         transfer_dtype: str = "float16",
+        slab_margin: int = 2,
         device_cache: bool = False,
         seed: int = 0,
         progress: bool = True,
@@ -111,6 +112,7 @@ class GliomaDataModule(pl.LightningDataModule):
             on_error=on_error,
             require_labels=require_labels,
             transfer_dtype=transfer_dtype,
+            slab_margin=slab_margin,
             device_cache=device_cache,
             seed=seed,
             progress=progress,
@@ -138,6 +140,7 @@ class GliomaDataModule(pl.LightningDataModule):
         self.on_error = opts.on_error
         self.require_labels = opts.require_labels
         self.transfer_dtype = opts.transfer_dtype
+        self.slab_margin = opts.slab_margin
         self.device_cache = opts.device_cache
         self.seed = opts.seed
         self.progress = opts.progress
@@ -220,6 +223,7 @@ class GliomaDataModule(pl.LightningDataModule):
         plane = self.slice_spec.plane
         return SliceDataset(
             volumes_path=self.cached.volumes_path,
+            layout=self.cached.layout,
             slots=self.cached.slots[positions],
             patient_positions=positions,
             slice_indices=np.concatenate([p.slices for p in group]),

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from gliograde.data.cache_box import SLAB_MARGIN
 from gliograde.data.slices import validate_slice_spec
 from gliograde.data.specs import (
     MODALITIES,
@@ -61,6 +62,7 @@ class DataOptions:
         on_error: str = "raise",
         require_labels: bool = True,
         transfer_dtype: str = "float16",
+        slab_margin: int = SLAB_MARGIN,
         device_cache: bool = False,
         seed: int = 0,
         progress: bool = True,
@@ -89,6 +91,7 @@ class DataOptions:
         self.on_error = on_error
         self.require_labels = require_labels
         self.transfer_dtype = transfer_dtype
+        self.slab_margin = slab_margin
         self.device_cache = device_cache
         self.seed = seed
         self.progress = progress
@@ -115,6 +118,8 @@ def check_options(options: DataOptions) -> None:
         raise ConfigError(
             f"data.transfer_dtype={options.transfer_dtype!r} must be one of {list(TRANSFER_DTYPE_NAMES)}"
         )
+    if options.slab_margin < 0:
+        raise ConfigError(f"data.slab_margin={options.slab_margin} must be at least 0")
     if options.context < 0:
         raise ConfigError(f"data.context={options.context} must be at least 0 (0: the slice alone)")
     if not isinstance(options.device_cache, bool):

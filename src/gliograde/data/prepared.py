@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gliograde.data.cache import CachedCohort, open_or_build
+from gliograde.data.cache_box import SlabRule
 from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.cohort_tables import usable_fingerprints, write_cohort_tables
 from gliograde.data.errors import DataError
@@ -27,6 +28,12 @@ from gliograde.data.synthetic import ensure_cohort
 from gliograde.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+def slab_rule(options: DataOptions) -> SlabRule:
+    """The axial slices a run's cache must hold: those its slice strategy can select, widened
+    by ``data.slab_margin``, and by ``data.context`` at least (a selected slice's neighbours)."""
+    return SlabRule.for_slices(options.slice_spec, max(options.slab_margin, options.context))
 
 
 @dataclass
@@ -90,6 +97,7 @@ class PreparedCohort:
             opts.layout.mask_labels,
             on_error=opts.on_error,
             progress=opts.progress,
+            slab=slab_rule(opts),
         )
         unusable = self._mask_problems(cohort, cached)
         if unusable and opts.on_error == "raise":

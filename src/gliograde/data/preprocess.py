@@ -60,6 +60,7 @@ class SliceAreas:
     # plane -> per-slice bounding boxes [n_slices, 4] (see data.crops), for crops
     brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
     tumour_boxes: dict[str, np.ndarray] | None = None
+    box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # brain's (z, y, x) start, stop
 
 
 def preprocess_patient(
@@ -75,8 +76,9 @@ def preprocess_patient(
     """Normalise ``patient``'s ``modalities`` into ``out`` (shape ``[z, modality, y, x]``, the
     modalities in MODALITIES order: see :func:`stored_modalities`).
 
-    ``out_is_zero=True`` promises ``out`` holds zeros (a freshly created cache), so only brain
-    voxels are written and background pages of the cache file are never touched.
+    ``out_is_zero=True`` promises ``out`` holds zeros (a fresh buffer), so only brain voxels
+    are written and background pages are never touched. The result's ``box`` bounds the
+    voxels that are nonzero in any modality.
 
     Each modality's :func:`voxel_fingerprint` is taken from the voxels as decoded, before
     reorientation, so it does not depend on the preprocessing settings.
@@ -106,7 +108,13 @@ def preprocess_patient(
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
         tumour_boxes = {plane: slice_boxes(in_tumour, plane) for plane in PLANES}
-    return SliceAreas(areas, tumour, fingerprints, codes, brain_boxes, tumour_boxes)
+    return SliceAreas(areas, tumour, fingerprints, codes, brain_boxes, tumour_boxes, _box_from_areas(areas))
+
+
+def _box_from_areas(areas: dict[str, np.ndarray]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """The brain's (z, y, x) bounding box, from its per-slice areas in each plane."""
+    bounds = [np.flatnonzero(areas[plane]) for plane in ("axial", "coronal", "sagittal")]
+    return tuple(int(b[0]) for b in bounds), tuple(int(b[-1]) + 1 for b in bounds)
 
 
 def _code_counts(code: np.ndarray, axis: int) -> np.ndarray:
