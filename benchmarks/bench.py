@@ -19,6 +19,9 @@ it generates (full size by default: 240x240x155), and writes the figures to FILE
   plain PyTorch loop with the same model, optimizer, batches and data.
 - ``rss_mb_small``, ``rss_mb_large``: peak RSS of a short training run (separate processes) on
   a cohort of ``max(2, N // 4)`` patients and on the N-patient one.
+- ``predict_one_patient_s``: wall time of ``python predict.py ckpt=CKPT input=PATIENT`` on one
+  patient of the cohort (ResNet18, the default slice rule, Grad-CAM and report included),
+  start-up and imports included; the median of ``--repeats`` runs.
 
 Timings are medians of ``--repeats`` runs (or of per-step intervals), so a busy machine moves
 them less. The NIfTI files are read from the page cache (they were just written): the figures
@@ -59,15 +62,18 @@ KEYS: tuple[str, ...] = (
     "lightning_vs_plain_ratio",
     "rss_mb_small",
     "rss_mb_large",
+    "predict_one_patient_s",
 )
 FULL_SHAPE = (240, 240, 155)
+REPO = Path(__file__).resolve().parents[1]
 
 # Targets on a 2-core CPU machine (at full size).
 PREPROCESS_MAX_S = 0.4
-LOADER_MIN_OF_MEMCPY = 0.35
+LOADER_MIN_OF_MEMCPY = 0.5
 LOADER_MIN_OVER_ARTICLE = 1000.0
 LIGHTNING_MIN_RATIO = 0.95
 RSS_MAX_GROWTH_MB = 200.0
+PREDICT_MAX_S = 15.0
 
 # Each loader and memcpy measurement runs at least this long (short runs are noisy).
 MIN_SECONDS = 0.5
@@ -446,12 +452,42 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
             }
         )
         results["rss_mb_small"], results["rss_mb_large"] = peaks["small"], peaks["large"]
+
+        say("predict.py on one patient (a ResNet18 checkpoint of one training step)")
+        results["predict_one_patient_s"] = measure_predict(small, small_cache, work, opts.repeats, opts.seed)
         return {k: float(results[k]) for k in KEYS}, extra
     finally:
         if opts.keep:
             print(f"[bench] kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_predict(root: Path, cache_dir: Path, work: Path, repeats: int, seed: int) -> float:
+    """Median wall seconds of ``predict.py`` grading one patient folder of ``root`` with a
+    ResNet18 checkpoint trained for one step under the default slice rule (its contract)."""
+    from gliograde.contract import from_datamodule
+
+    dm = _datamodule(root, cache_dir, slices={"strategy": "tumor_topk"}, batch_size=4)
+    model = _classifier(seed)
+    model.input_contract = from_datamodule(dm)
+    trainer = _trainer(1, [])
+    trainer.fit(model, datamodule=dm)
+    ckpt = work / "predict-model.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=True)
+    patient = next(r.folder for r in dm.cohort.patients if r.patient_id == dm.cached.patient_ids[0])
+    command = [
+        sys.executable, str(REPO / "predict.py"), f"ckpt={ckpt}", f"input={patient}",
+        f"output_dir={work / 'predict'}",
+    ]  # fmt: skip
+
+    def one() -> None:
+        shutil.rmtree(work / "predict", ignore_errors=True)
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"predict.py failed:\n{done.stderr[-2000:]}")
+
+    return _median_time(one, repeats)
 
 
 # ----------------------------------------------------------------------------- report
@@ -482,6 +518,11 @@ def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
             r["lightning_vs_plain_ratio"] >= LIGHTNING_MIN_RATIO,
         ),
         (f"peak RSS growth < {RSS_MAX_GROWTH_MB:.0f} MB", f"{growth:+.0f} MB", growth < RSS_MAX_GROWTH_MB),
+        (
+            f"predict.py, one patient < {PREDICT_MAX_S:.0f} s",
+            f"{r['predict_one_patient_s']:.1f} s",
+            r["predict_one_patient_s"] < PREDICT_MAX_S,
+        ),
     ]
 
 
@@ -557,6 +598,12 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             f"{r['rss_mb_large']:,.0f}",
             "MB",
             f"{extra['patients']} patients, {opts.rss_steps} steps",
+        ),
+        (
+            "predict_one_patient_s",
+            f"{r['predict_one_patient_s']:.1f}",
+            "s",
+            "python predict.py on one patient, start-up included",
         ),
     ]
     width = max(len(k) for k, *_ in rows)
