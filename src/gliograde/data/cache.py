@@ -12,8 +12,8 @@ concurrent builders end with one:
   (zeros) and are not stored.
 - ``index.npz``: the stored modalities, patient ids, their slots, the box layout (with the
   slab kind), per-slice brain and tumour areas and bounding boxes per plane over the full
-  grid (the brain counted per modality code, see ``preprocess``), and each stored modality's
-  voxel fingerprint per patient.
+  grid (the brain area counted per modality code and its boxes per modality, see
+  ``preprocess``), and each stored modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
@@ -57,6 +57,7 @@ from gliograde.data.cache_box import BOX_MARGIN, Bounds, BoxLayout, SlabRule
 from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
 from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
+from gliograde.data.crops import modality_union
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
 from gliograde.data.preprocess import SliceAreas, brain_area, preprocess_patient, stored_modalities
@@ -83,8 +84,9 @@ class CachedCohort:
     brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
-    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [patient, slice, 4]
-    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> same; -1 without a mask
+    # plane -> [patient, slice, modality, 4]: each stored modality's brain box per slice (-1 empty)
+    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [patient, slice, 4]; -1 without a mask
     problems: list[DataError] = field(default_factory=list)
 
     @property
@@ -124,13 +126,28 @@ class CachedCohort:
 
         Raises DataError when a modality is not stored in this cache.
         """
+        modalities = list(modalities)
+        self.channels_of(modalities)
+        return brain_area(self.brain_codes[plane], modalities)
+
+    def brain_boxes_of(self, modalities: Iterable[str], plane: str) -> np.ndarray:
+        """``[patient, slice, 4]`` brain box of each slice in ``plane`` where any of
+        ``modalities`` is nonzero (-1s where none is).
+
+        Raises DataError when a modality is not stored in this cache.
+        """
+        return modality_union(self.brain_boxes[plane], self.channels_of(modalities))
+
+    def channels_of(self, modalities: Iterable[str]) -> list[int]:
+        """Indices of ``modalities`` among the stored ones; DataError for one not stored."""
+        modalities = list(modalities)
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
             raise DataError(
                 f"the cache holds no {missing[0]} channel (it holds {list(self.modalities)})",
                 where=self.directory,
             )
-        return brain_area(self.brain_codes[plane], modalities)
+        return [self.modalities.index(m) for m in modalities]
 
     @classmethod
     def load(cls, directory: Path) -> CachedCohort:
@@ -644,7 +661,7 @@ def _write_index(
             [
                 areas[slot].tumour_boxes[plane]
                 if areas[slot].tumour_boxes is not None
-                else np.full_like(areas[slot].brain_boxes[plane], -1)
+                else np.full((len(areas[slot].brain[plane]), 4), -1, dtype=np.int32)
                 for slot, _ in kept
             ]
         )
