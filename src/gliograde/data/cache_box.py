@@ -167,13 +167,17 @@ class SlabRule:
         raise ValueError(f"unknown slice strategy {strategy!r}")
 
     def settings(self) -> dict:
-        """What the cache key and meta.json record of the rule."""
+        """What the cache key and meta.json record of the rule. A brain slab's margin is left
+        out: the slices outside it are background, read back as zeros whatever the margin."""
+        if self.kind == "brain":
+            return {"kind": "brain"}
         z_range = list(self.z_range) if self.z_range else None
         return {"kind": self.kind, "margin": self.margin, "z_range": z_range}
 
     def covering(self) -> list[SlabRule]:
-        """Other rules whose caches hold every slice this one can need."""
-        return [SlabRule("brain", self.margin)] if self.kind == "tumour" else []
+        """Other rules whose caches hold every slice this one can need: a brain slab holds
+        every slice with brain, and any other slice reads as zeros from it."""
+        return [] if self.kind == "brain" else [SlabRule("brain", self.margin)]
 
     def bounds(self, brain: np.ndarray, tumour: np.ndarray | None) -> tuple[int, int]:
         """(start, stop) of the stored slices, from per-axial-slice brain and tumour areas."""
