@@ -43,10 +43,10 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -241,6 +241,7 @@ def open_or_build(
     progress: bool = True,
     box_margin: int | None = BOX_MARGIN,
     slab: SlabRule = SlabRule(),
+    required: Sequence[str] | None = None,
 ) -> CachedCohort:
     """Return the cache for these patients and settings, building it first if needed.
 
@@ -253,10 +254,14 @@ def open_or_build(
 
     ``box_margin`` is the margin (voxels) of the stored block around every patient's brain
     in y and x; None stores the full grid. ``slab`` says which axial slices are stored.
+    ``required`` are the modalities the run needs (None: every one the records hold); another
+    modality whose file fails a header check for any patient is left out of the cache for
+    every patient (see :func:`without_broken_optional`), never blamed on the patient.
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
     cache_dir = Path(cache_dir)
+    patients = without_broken_optional(patients, cache_dir, spec, mask_labels, box_margin, slab, required)
     key = cache_key(patients, spec, mask_labels, box_margin, slab)
     final = cache_dir / key
     damage: DamagedCacheError | None = None
@@ -296,9 +301,11 @@ def current_key(
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     slab: SlabRule = SlabRule(),
+    required: Sequence[str] | None = None,
 ) -> str:
     """The key of the cache ``open_or_build`` would read: its own, or a covering one that
     exists in its place."""
+    patients = without_broken_optional(patients, cache_dir, spec, mask_labels, BOX_MARGIN, slab, required)
     key = cache_key(patients, spec, mask_labels, BOX_MARGIN, slab)
     if not (Path(cache_dir) / key).is_dir():
         for rule in slab.covering():
@@ -306,6 +313,67 @@ def current_key(
             if (Path(cache_dir) / other).is_dir():
                 return other
     return key
+
+
+def without_broken_optional(
+    patients: list[PatientRecord],
+    cache_dir: str | Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int | None,
+    slab: SlabRule,
+    required: Sequence[str] | None,
+) -> list[PatientRecord]:
+    """``patients`` without the modalities outside ``required`` whose file fails a header check
+    (unreadable, truncated, not 3D, off the patient's grid) for any patient; one warning names them.
+
+    Discovery adds to the run's modalities every other one all patients have, so that runs
+    share a cache; such an extra modality must not fail a run that does not use it. The check
+    reads headers only, and only when no cache of ``patients`` as they are exists already.
+    """
+    if required is None or _cache_exists(patients, Path(cache_dir), spec, mask_labels, box_margin, slab):
+        return patients
+    wanted = set(required)
+    optional = [m for m in stored_of(patients) if m not in wanted]
+    broken: dict[str, DataError] = {}
+    for record in patients:
+        left = [m for m in optional if m not in broken]
+        if not left:
+            break
+        try:
+            first = next(m for m in record.modalities if m in wanted)
+            reference = {first: read_header(record.modalities[first], record.patient_id, spec.reorient)}
+        except (StopIteration, DataError):
+            continue  # the run's own files: the build's header checks report them
+        for modality in left:
+            try:
+                header = read_header(record.modalities[modality], record.patient_id, spec.reorient)
+                check_same_grid({**reference, modality: header}, record.patient_id)
+            except DataError as err:
+                broken[modality] = err
+    if not broken:
+        return patients
+    log.warning(
+        "Leaving %s out of the cache for every patient (the run does not use it): %s",
+        "/".join(broken),
+        "; ".join(str(err) for err in broken.values()),
+    )
+    return [
+        replace(r, modalities={m: p for m, p in r.modalities.items() if m not in broken}) for r in patients
+    ]
+
+
+def _cache_exists(
+    patients: list[PatientRecord],
+    cache_dir: Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int | None,
+    slab: SlabRule,
+) -> bool:
+    """Whether the cache of ``patients``, or one covering its slab, is there (intact or not)."""
+    rules = [slab] + (slab.covering() if box_margin is not None else [])
+    return any((cache_dir / cache_key(patients, spec, mask_labels, box_margin, rule)).is_dir() for rule in rules)
 
 
 def _covering_cache(
