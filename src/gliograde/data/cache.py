@@ -80,13 +80,13 @@ class CachedCohort:
     layout: BoxLayout  # where each slot's stored part sits in the (z, y, x) grid
     modalities: tuple[str, ...]  # the stored channels of volumes.npy, in MODALITIES order
     has_mask: np.ndarray
-    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]: nonzero in any stored modality
     brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
     # plane -> [patient, slice, modality, 4]: each stored modality's brain box per slice (-1 empty)
     brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
-    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [patient, slice, 4]; -1 without a mask
+    # plane -> [patient, slice, 4]: the tumour's box per slice; -1 without a mask
+    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[DataError] = field(default_factory=list)
 
     @property
@@ -165,7 +165,6 @@ class CachedCohort:
                     layout=BoxLayout.from_arrays(index),
                     modalities=modalities,
                     has_mask=index["has_mask"],
-                    brain_area={p: index[f"brain_{p}"] for p in PLANES},
                     brain_codes={p: index[f"brain_codes_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
                     fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in modalities},
@@ -373,7 +372,8 @@ def _cache_exists(
 ) -> bool:
     """Whether the cache of ``patients``, or one covering its slab, is there (intact or not)."""
     rules = [slab] + (slab.covering() if box_margin is not None else [])
-    return any((cache_dir / cache_key(patients, spec, mask_labels, box_margin, rule)).is_dir() for rule in rules)
+    keys = [cache_key(patients, spec, mask_labels, box_margin, rule) for rule in rules]
+    return any((cache_dir / key).is_dir() for key in keys)
 
 
 def _covering_cache(
@@ -713,13 +713,12 @@ def _write_index(
     for modality in stored:
         arrays[f"fingerprint_{modality}"] = np.array([areas[slot].fingerprints[modality] for slot, _ in kept])
     for plane in PLANES:
-        arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
         arrays[f"brain_codes_{plane}"] = np.stack([areas[slot].brain_codes[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(
             [
                 areas[slot].tumour[plane]
                 if areas[slot].tumour is not None
-                else np.zeros_like(areas[slot].brain[plane])
+                else np.zeros(len(areas[slot].brain[plane]), dtype=np.int32)
                 for slot, _ in kept
             ]
         )

@@ -12,7 +12,7 @@ slice (``slab == "brain"``); otherwise reading one is refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,10 +64,12 @@ class BoxLayout:
 
     @property
     def first_row(self) -> np.ndarray:
+        """``[patient]``: the row of the stored array where each slot's slices begin."""
         return np.concatenate([[0], np.cumsum(self.depth)[:-1]]).astype(np.int64)
 
     @property
     def rows(self) -> int:
+        """Rows (stored slices) of the stored array, every patient's together."""
         return int(np.sum(self.depth))
 
     @property
@@ -111,7 +113,8 @@ class BoxLayout:
         }
 
     @classmethod
-    def from_arrays(cls, arrays) -> BoxLayout:
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> BoxLayout:
+        """The layout from the cache index's arrays (``to_arrays``'s keys, e.g. an open npz)."""
         return cls(
             tuple(int(v) for v in arrays["layout_grid"]),
             tuple(int(v) for v in arrays["layout_block"]),
