@@ -114,7 +114,9 @@ def test_volume_puts_each_patient_back_on_the_full_grid(both_caches):
     for position in range(len(lean.patient_ids)):
         np.testing.assert_array_equal(lean.volume(position), full.volume(position))
     for plane in PLANES:
-        np.testing.assert_array_equal(lean.brain_area[plane], full.brain_area[plane])
+        np.testing.assert_array_equal(
+            lean.brain_area_of(lean.modalities, plane), full.brain_area_of(full.modalities, plane)
+        )
 
 
 def test_layout_holds_every_box_with_its_margin_in_y_and_x_inside_the_grid():

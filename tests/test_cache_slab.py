@@ -114,7 +114,8 @@ def test_a_slice_outside_the_slab_is_refused_never_zeros(caches):
     slot = tumour.cached.slots[position]
     below = int(tumour.cached.layout.origin[slot, 0]) - 1
     same = brain.cached.position(tumour.cached.patient_ids[position])
-    assert below >= 0 and brain.cached.brain_area["axial"][same, below] > 0  # brain there, not stored
+    brain_area = brain.cached.brain_area_of(brain.modalities, "axial")
+    assert below >= 0 and brain_area[same, below] > 0  # brain there, not stored
     dataset.slice_indices = dataset.slice_indices.copy()
     dataset.slice_indices[0] = below
     with pytest.raises(ValueError, match="outside the tumour slab"):

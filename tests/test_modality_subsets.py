@@ -94,9 +94,11 @@ def test_a_two_modality_cache_stores_two_channels_and_the_runs_brain(tiny_cohort
     # The widened T1 enlarges the four-modality brain, not the brain of flair and t2.
     for plane in ("axial", "coronal", "sagittal"):
         np.testing.assert_array_equal(
-            pair.cached.brain_area[plane], four.cached.brain_area_of(["flair", "t2"], plane)
+            pair.cached.brain_area_of(pair.cached.modalities, plane),
+            four.cached.brain_area_of(["flair", "t2"], plane),
         )
-    assert (four.cached.brain_area["coronal"][position] > pair.cached.brain_area["coronal"][position]).any()
+    wide = four.cached.brain_area_of(four.cached.modalities, "coronal")[position]
+    assert (wide > pair.cached.brain_area_of(pair.cached.modalities, "coronal")[position]).any()
 
     # So the run sees the same slices and values from either cache, in its own channel order.
     assert [(p.patient_id, list(p.slices)) for p in four.patients] == [

@@ -78,7 +78,9 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
         raise DataError("no patients found, so the current cache is unknown", where=options.root)
     slab = slab_rule(options)
     labels = options.layout.mask_labels
-    key = current_key(cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab)
+    key = current_key(
+        cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab, options.modalities
+    )
     removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients))
     return options.cache_dir / key, removed
 

@@ -12,8 +12,8 @@ concurrent builders end with one:
   (zeros) and are not stored.
 - ``index.npz``: the stored modalities, patient ids, their slots, the box layout (with the
   slab kind), per-slice brain and tumour areas and bounding boxes per plane over the full
-  grid (the brain counted per modality code, see ``preprocess``), and each stored modality's
-  voxel fingerprint per patient.
+  grid (the brain area counted per modality code and its boxes per modality, see
+  ``preprocess``), and each stored modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above and
   the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
@@ -43,10 +43,10 @@ import logging
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, wait
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,7 @@ from gliograde.data.cache_box import BOX_MARGIN, Bounds, BoxLayout, SlabRule
 from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
 from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
 from gliograde.data.cohort import PatientRecord
+from gliograde.data.crops import modality_union
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import VolumeHeader, check_same_grid, read_header
 from gliograde.data.preprocess import SliceAreas, brain_area, preprocess_patient, stored_modalities
@@ -79,12 +80,13 @@ class CachedCohort:
     layout: BoxLayout  # where each slot's stored part sits in the (z, y, x) grid
     modalities: tuple[str, ...]  # the stored channels of volumes.npy, in MODALITIES order
     has_mask: np.ndarray
-    brain_area: dict[str, np.ndarray]  # plane -> [patient, slice]: nonzero in any stored modality
     brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
-    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [patient, slice, 4]
-    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> same; -1 without a mask
+    # plane -> [patient, slice, modality, 4]: each stored modality's brain box per slice (-1 empty)
+    brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
+    # plane -> [patient, slice, 4]: the tumour's box per slice; -1 without a mask
+    tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[DataError] = field(default_factory=list)
 
     @property
@@ -124,13 +126,28 @@ class CachedCohort:
 
         Raises DataError when a modality is not stored in this cache.
         """
+        modalities = list(modalities)
+        self.channels_of(modalities)
+        return brain_area(self.brain_codes[plane], modalities)
+
+    def brain_boxes_of(self, modalities: Iterable[str], plane: str) -> np.ndarray:
+        """``[patient, slice, 4]`` brain box of each slice in ``plane`` where any of
+        ``modalities`` is nonzero (-1s where none is).
+
+        Raises DataError when a modality is not stored in this cache.
+        """
+        return modality_union(self.brain_boxes[plane], self.channels_of(modalities))
+
+    def channels_of(self, modalities: Iterable[str]) -> list[int]:
+        """Indices of ``modalities`` among the stored ones; DataError for one not stored."""
+        modalities = list(modalities)
         missing = [m for m in modalities if m not in self.modalities]
         if missing:
             raise DataError(
                 f"the cache holds no {missing[0]} channel (it holds {list(self.modalities)})",
                 where=self.directory,
             )
-        return brain_area(self.brain_codes[plane], modalities)
+        return [self.modalities.index(m) for m in modalities]
 
     @classmethod
     def load(cls, directory: Path) -> CachedCohort:
@@ -148,7 +165,6 @@ class CachedCohort:
                     layout=BoxLayout.from_arrays(index),
                     modalities=modalities,
                     has_mask=index["has_mask"],
-                    brain_area={p: index[f"brain_{p}"] for p in PLANES},
                     brain_codes={p: index[f"brain_codes_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
                     fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in modalities},
@@ -224,6 +240,7 @@ def open_or_build(
     progress: bool = True,
     box_margin: int | None = BOX_MARGIN,
     slab: SlabRule = SlabRule(),
+    required: Sequence[str] | None = None,
 ) -> CachedCohort:
     """Return the cache for these patients and settings, building it first if needed.
 
@@ -236,10 +253,14 @@ def open_or_build(
 
     ``box_margin`` is the margin (voxels) of the stored block around every patient's brain
     in y and x; None stores the full grid. ``slab`` says which axial slices are stored.
+    ``required`` are the modalities the run needs (None: every one the records hold); another
+    modality whose file fails a header check for any patient is left out of the cache for
+    every patient (see :func:`without_broken_optional`), never blamed on the patient.
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
     cache_dir = Path(cache_dir)
+    patients = without_broken_optional(patients, cache_dir, spec, mask_labels, box_margin, slab, required)
     key = cache_key(patients, spec, mask_labels, box_margin, slab)
     final = cache_dir / key
     damage: DamagedCacheError | None = None
@@ -279,9 +300,11 @@ def current_key(
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     slab: SlabRule = SlabRule(),
+    required: Sequence[str] | None = None,
 ) -> str:
     """The key of the cache ``open_or_build`` would read: its own, or a covering one that
     exists in its place."""
+    patients = without_broken_optional(patients, cache_dir, spec, mask_labels, BOX_MARGIN, slab, required)
     key = cache_key(patients, spec, mask_labels, BOX_MARGIN, slab)
     if not (Path(cache_dir) / key).is_dir():
         for rule in slab.covering():
@@ -289,6 +312,68 @@ def current_key(
             if (Path(cache_dir) / other).is_dir():
                 return other
     return key
+
+
+def without_broken_optional(
+    patients: list[PatientRecord],
+    cache_dir: str | Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int | None,
+    slab: SlabRule,
+    required: Sequence[str] | None,
+) -> list[PatientRecord]:
+    """``patients`` without the modalities outside ``required`` whose file fails a header check
+    (unreadable, truncated, not 3D, off the patient's grid) for any patient; one warning names them.
+
+    Discovery adds to the run's modalities every other one all patients have, so that runs
+    share a cache; such an extra modality must not fail a run that does not use it. The check
+    reads headers only, and only when no cache of ``patients`` as they are exists already.
+    """
+    if required is None or _cache_exists(patients, Path(cache_dir), spec, mask_labels, box_margin, slab):
+        return patients
+    wanted = set(required)
+    optional = [m for m in stored_of(patients) if m not in wanted]
+    broken: dict[str, DataError] = {}
+    for record in patients:
+        left = [m for m in optional if m not in broken]
+        if not left:
+            break
+        try:
+            first = next(m for m in record.modalities if m in wanted)
+            reference = {first: read_header(record.modalities[first], record.patient_id, spec.reorient)}
+        except (StopIteration, DataError):
+            continue  # the run's own files: the build's header checks report them
+        for modality in left:
+            try:
+                header = read_header(record.modalities[modality], record.patient_id, spec.reorient)
+                check_same_grid({**reference, modality: header}, record.patient_id)
+            except DataError as err:
+                broken[modality] = err
+    if not broken:
+        return patients
+    log.warning(
+        "Leaving %s out of the cache for every patient (the run does not use it): %s",
+        "/".join(broken),
+        "; ".join(str(err) for err in broken.values()),
+    )
+    return [
+        replace(r, modalities={m: p for m, p in r.modalities.items() if m not in broken}) for r in patients
+    ]
+
+
+def _cache_exists(
+    patients: list[PatientRecord],
+    cache_dir: Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    box_margin: int | None,
+    slab: SlabRule,
+) -> bool:
+    """Whether the cache of ``patients``, or one covering its slab, is there (intact or not)."""
+    rules = [slab] + (slab.covering() if box_margin is not None else [])
+    keys = [cache_key(patients, spec, mask_labels, box_margin, rule) for rule in rules]
+    return any((cache_dir / key).is_dir() for key in keys)
 
 
 def _covering_cache(
@@ -628,13 +713,12 @@ def _write_index(
     for modality in stored:
         arrays[f"fingerprint_{modality}"] = np.array([areas[slot].fingerprints[modality] for slot, _ in kept])
     for plane in PLANES:
-        arrays[f"brain_{plane}"] = np.stack([areas[slot].brain[plane] for slot, _ in kept])
         arrays[f"brain_codes_{plane}"] = np.stack([areas[slot].brain_codes[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(
             [
                 areas[slot].tumour[plane]
                 if areas[slot].tumour is not None
-                else np.zeros_like(areas[slot].brain[plane])
+                else np.zeros(len(areas[slot].brain[plane]), dtype=np.int32)
                 for slot, _ in kept
             ]
         )
@@ -644,7 +728,7 @@ def _write_index(
             [
                 areas[slot].tumour_boxes[plane]
                 if areas[slot].tumour_boxes is not None
-                else np.full_like(areas[slot].brain_boxes[plane], -1)
+                else np.full((len(areas[slot].brain[plane]), 4), -1, dtype=np.int32)
                 for slot, _ in kept
             ]
         )

@@ -12,7 +12,7 @@ slice (``slab == "brain"``); otherwise reading one is refused.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,10 +64,12 @@ class BoxLayout:
 
     @property
     def first_row(self) -> np.ndarray:
+        """``[patient]``: the row of the stored array where each slot's slices begin."""
         return np.concatenate([[0], np.cumsum(self.depth)[:-1]]).astype(np.int64)
 
     @property
     def rows(self) -> int:
+        """Rows (stored slices) of the stored array, every patient's together."""
         return int(np.sum(self.depth))
 
     @property
@@ -111,7 +113,8 @@ class BoxLayout:
         }
 
     @classmethod
-    def from_arrays(cls, arrays) -> BoxLayout:
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> BoxLayout:
+        """The layout from the cache index's arrays (``to_arrays``'s keys, e.g. an open npz)."""
         return cls(
             tuple(int(v) for v in arrays["layout_grid"]),
             tuple(int(v) for v in arrays["layout_block"]),
@@ -167,13 +170,17 @@ class SlabRule:
         raise ValueError(f"unknown slice strategy {strategy!r}")
 
     def settings(self) -> dict:
-        """What the cache key and meta.json record of the rule."""
+        """What the cache key and meta.json record of the rule. A brain slab's margin is left
+        out: the slices outside it are background, read back as zeros whatever the margin."""
+        if self.kind == "brain":
+            return {"kind": "brain"}
         z_range = list(self.z_range) if self.z_range else None
         return {"kind": self.kind, "margin": self.margin, "z_range": z_range}
 
     def covering(self) -> list[SlabRule]:
-        """Other rules whose caches hold every slice this one can need."""
-        return [SlabRule("brain", self.margin)] if self.kind == "tumour" else []
+        """Other rules whose caches hold every slice this one can need: a brain slab holds
+        every slice with brain, and any other slice reads as zeros from it."""
+        return [] if self.kind == "brain" else [SlabRule("brain", self.margin)]
 
     def bounds(self, brain: np.ndarray, tumour: np.ndarray | None) -> tuple[int, int]:
         """(start, stop) of the stored slices, from per-axial-slice brain and tumour areas."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gliograde.data.errors import DataError
 
-CACHE_FORMAT = 5  # 4: modality codes and slice boxes; 5: a slab x block per patient
+CACHE_FORMAT = 6  # 4: modality codes and slice boxes; 5: a slab x block per patient; 6: boxes per modality
 META_FILE = "meta.json"
 CHECKED_FILES = ("volumes.npy", "index.npz", "problems.csv")  # written by the build, checked on open
 HASHED_FILES = ("index.npz", "problems.csv")  # small enough to checksum on every open

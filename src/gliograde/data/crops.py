@@ -19,6 +19,8 @@ coronal ``[z, x]``, sagittal ``[z, y]``. A box is ``(row0, row1, col0, col1)`` i
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 TUMOUR_RULE = "tumor"
@@ -57,6 +59,18 @@ def union_box(boxes: np.ndarray) -> np.ndarray:
     )
 
 
+def modality_union(boxes: np.ndarray, channels: Sequence[int]) -> np.ndarray:
+    """Per-slice union ``[..., slice, 4]`` of per-modality boxes ``[..., slice, modality, 4]``
+    over the modalities ``channels`` (-1s where none of them has a voxel in the slice)."""
+    chosen = np.asarray(boxes)[..., list(channels), :].astype(np.int64)
+    empty = chosen[..., :1] < 0
+    low = np.where(empty, np.iinfo(np.int64).max, chosen).min(axis=-2)
+    high = np.where(empty, -1, chosen).max(axis=-2)
+    union = np.stack([low[..., 0], high[..., 1], low[..., 2], high[..., 3]], axis=-1)
+    union[empty.all(axis=-2)[..., 0]] = -1
+    return union.astype(np.int32)
+
+
 def box_centre(boxes: np.ndarray) -> np.ndarray:
     """Integer centres ``[..., 2]`` (row, col) of boxes ``[..., 4]`` (rounded down)."""
     boxes = np.asarray(boxes, dtype=np.int64)
@@ -64,14 +78,23 @@ def box_centre(boxes: np.ndarray) -> np.ndarray:
 
 
 def crop_centres(
-    mode: str, slices: np.ndarray, tumour_boxes: np.ndarray | None, brain_boxes: np.ndarray
+    mode: str,
+    slices: np.ndarray,
+    tumour_boxes: np.ndarray | None,
+    modality_boxes: np.ndarray,
+    channels: Sequence[int],
 ) -> tuple[np.ndarray, str]:
-    """Crop centres ``[N, 2]`` of one patient's ``slices`` and the rule that placed them.
+    """Crop centres ``[N, 2]`` of one patient's ``slices`` and the rule that placed them; the
+    one choice of boxes for the cached and the streamed path alike.
 
-    ``tumour_boxes`` and ``brain_boxes`` are the patient's per-slice boxes ``[n_slices, 4]`` in
-    the plane; ``tumour_boxes`` is None (or all empty) for a patient without a mask.
+    ``tumour_boxes`` is the patient's per-slice tumour boxes ``[n_slices, 4]`` in the plane,
+    None (or all empty) for a patient without a mask. ``modality_boxes`` is its per-slice brain
+    boxes of each modality it has ``[n_slices, modality, 4]``; the brain is that of the run's
+    modalities (``channels``, indices into its modality axis) alone, as processing them alone
+    would find it, whatever other modalities were processed with them.
     """
     slices = np.asarray(slices, dtype=np.int64)
+    brain_boxes = modality_union(modality_boxes, channels)
     brain = np.broadcast_to(box_centre(union_box(brain_boxes)), (len(slices), 2))
     if mode == "brain":
         return brain.copy(), "brain"

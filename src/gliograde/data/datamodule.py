@@ -247,12 +247,13 @@ class GliomaDataModule(pl.LightningDataModule):
             return None
         assert self.cached is not None
         plane = self.slice_spec.plane
+        channels = self.cached.channels_of(self.modalities)
         centres = []
         for patient in group:
             position = patient.position
-            tumour = self.cached.tumour_boxes[plane][position] if self.cached.has_mask[position] else None
+            tumour = self.cached.tumour_boxes[plane][position]  # all -1 without a mask
             brain = self.cached.brain_boxes[plane][position]
-            placed, rule = crop_centres(mode, patient.slices, tumour, brain)
+            placed, rule = crop_centres(mode, patient.slices, tumour, brain, channels)
             self.crop_rules[patient.patient_id] = rule
             centres.append(placed)
         return np.concatenate(centres) if centres else np.zeros((0, 2), dtype=np.int64)

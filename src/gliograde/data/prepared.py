@@ -98,6 +98,7 @@ class PreparedCohort:
             on_error=opts.on_error,
             progress=opts.progress,
             slab=slab_rule(opts),
+            required=opts.modalities,
         )
         unusable = self._mask_problems(cohort, cached)
         if unusable and opts.on_error == "raise":

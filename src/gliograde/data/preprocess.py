@@ -57,7 +57,8 @@ class SliceAreas:
     tumour: dict[str, np.ndarray] | None
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
     brain_codes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [slice, CODES]
-    # plane -> per-slice bounding boxes [n_slices, 4] (see data.crops), for crops
+    # plane -> per-slice bounding boxes of each modality's brain [n_slices, modality, 4] (see
+    # data.crops; modalities in stored order), so a crop can use the brain of any subset
     brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
     tumour_boxes: dict[str, np.ndarray] | None = None
     box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # brain's (z, y, x) start, stop
@@ -91,6 +92,7 @@ def preprocess_patient(
         raise ValueError(f"out has {out.shape[1]} channels for the {len(stored)} modalities {stored}")
     code = np.zeros(out.shape[:1] + out.shape[2:], dtype=np.uint8)
     fingerprints = {}
+    boxes: dict[str, list[np.ndarray]] = {plane: [] for plane in PLANES}
     for channel, name in enumerate(stored):
         path = modalities[name]
         decoded = read_voxels(path, patient)
@@ -98,9 +100,11 @@ def preprocess_patient(
         volume = _reoriented(decoded, path, reorient).T  # (z, y, x), C-contiguous for .nii
         nonzero = normalise_into(volume, out[:, channel], patient, path, clip_percentiles, out_is_zero)
         code |= nonzero.view(np.uint8) << np.uint8(MODALITIES.index(name))
+        for plane in PLANES:
+            boxes[plane].append(slice_boxes(nonzero, plane))
     codes = {plane: _code_counts(code, _SLICE_AXIS[plane]) for plane in PLANES}
     areas = {plane: brain_area(codes[plane], stored) for plane in PLANES}
-    brain_boxes = {plane: slice_boxes(code != 0, plane) for plane in PLANES}
+    brain_boxes = {plane: np.stack(boxes[plane], axis=1) for plane in PLANES}
     tumour = tumour_boxes = None
     if mask is not None:
         seg = read_voxels(mask, patient, reorient).T

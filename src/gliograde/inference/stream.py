@@ -115,7 +115,9 @@ def _slices(
     crop_spec = contract.get("crop") or NO_CROP
     if crop_spec["mode"] != "none":
         tumour_boxes = None if areas.tumour_boxes is None else areas.tumour_boxes[plane]
-        centres, crop_rule = crop_centres(crop_spec["mode"], chosen, tumour_boxes, areas.brain_boxes[plane])
+        centres, crop_rule = crop_centres(
+            crop_spec["mode"], chosen, tumour_boxes, areas.brain_boxes[plane], channels
+        )
         images = crop(images, centres, int(crop_spec["size"]))
         if crop_rule == NO_MASK_RULE:
             rule = f"{rule}; crop {crop_rule}"
