@@ -144,8 +144,8 @@ def test_evaluate_stores_applies_and_reports_the_temperature(run):
     model = TorchModel(find_checkpoint(run["run"]))
     patient = _test_patients(run["run"])[0]
     files = from_folder(run["cohort"] / patient, model.contract["naming"], {})
-    logits = model.logits(load_patient(files, model.contract, resample=False).images, 16, "flip")
-    expected = average_views(logits.astype(np.float64), stored["temperature"]).mean(axis=0)[1]
+    images = load_patient(files, model.contract, resample=False).images
+    expected = model.probabilities(images, 16, "flip", stored["temperature"]).mean(axis=0)[1]
     table = (folder / "patient_predictions.csv").read_text().splitlines()
     row = next(line.split(",") for line in table if line.startswith(patient + ","))
     assert float(row[2]) == pytest.approx(expected, abs=1e-5)
