@@ -110,7 +110,7 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
     return float(np.median(times))
 
 
-def _quiet() -> None:
+def quiet_logs() -> None:
     """Lightning's banners and the DataLoader's advice are noise in a benchmark."""
     import pytorch_lightning  # noqa: F401  (it sets its loggers' levels on import)
 
@@ -121,7 +121,9 @@ def _quiet() -> None:
     warnings.filterwarnings("ignore", message=".*__array__ implementation.*")
 
 
-def _datamodule(root: Path, cache_dir: Path, **overrides):
+def bench_datamodule(root: Path, cache_dir: Path, **overrides):
+    """A datamodule on ``root`` as the benchmarks use it (all patients in train, every brain
+    slice, no progress bars, one preprocessing worker), with ``overrides`` on top."""
     from gliograde.data.datamodule import GliomaDataModule
 
     options: dict[str, Any] = {
@@ -310,7 +312,7 @@ def measure_lightning_vs_plain(
 
     from gliograde.models.module import OPTIMIZERS
 
-    plain_dm = _datamodule(root, cache_dir, batch_size=batch_size, seed=seed)
+    plain_dm = bench_datamodule(root, cache_dir, batch_size=batch_size, seed=seed)
     plain_model = _classifier(seed)
     plain_model.train()
     cfg = dict(plain_model.optimizer_cfg)
@@ -344,7 +346,7 @@ def measure_lightning_vs_plain(
             self.resumed = time.perf_counter()
 
     clock = Interleave()
-    dm = _datamodule(root, cache_dir, batch_size=batch_size, seed=seed)
+    dm = bench_datamodule(root, cache_dir, batch_size=batch_size, seed=seed)
     _trainer(warmup + steps + 1, [clock]).fit(_classifier(seed), datamodule=dm)
     lightning_s = float(np.median(clock.lightning[warmup:]))
     plain_s = float(np.median(clock.plain[warmup:]))
@@ -353,8 +355,8 @@ def measure_lightning_vs_plain(
 
 def _rss_child(spec: dict[str, Any]) -> None:
     """Inside a fresh process: a short training run, then print this process's peak RSS."""
-    _quiet()
-    dm = _datamodule(Path(spec["root"]), Path(spec["cache_dir"]), batch_size=spec["batch_size"])
+    quiet_logs()
+    dm = bench_datamodule(Path(spec["root"]), Path(spec["cache_dir"]), batch_size=spec["batch_size"])
     _trainer(spec["steps"], []).fit(_classifier(0), datamodule=dm)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     print(json.dumps({"rss_mb": peak_kb / 1024}))
@@ -385,7 +387,7 @@ def measure_rss(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
 # ------------------------------------------------------------------------------- run
 def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
     """Every measurement; returns (the KEYS figures, extra figures for the table)."""
-    _quiet()
+    quiet_logs()
     from gliograde.data.cache import available_cores
     from gliograde.data.synthetic import generate_cohort
 
@@ -412,16 +414,18 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
         results["nibabel_read_s_per_patient"] = measure_nibabel_read(large, opts.repeats)
 
         say("loaders")
-        default = _datamodule(large, cache_dir, batch_size=opts.batch_size)  # config defaults
+        default = bench_datamodule(large, cache_dir, batch_size=opts.batch_size)  # config defaults
         results["cache_bytes_per_patient"], results["cache_bytes_ratio"] = measure_cache_bytes(default.cached)
         delivered = extra["default_dtype"] = default.transfer_dtype
         results["loader_slices_per_s"] = extra[f"loader_{delivered}"] = measure_loader(default, opts.repeats)
         other = "float32" if delivered == "float16" else "float16"
         extra[f"loader_{other}"] = measure_loader(
-            _datamodule(large, cache_dir, batch_size=opts.batch_size, transfer_dtype=other), opts.repeats
+            bench_datamodule(large, cache_dir, batch_size=opts.batch_size, transfer_dtype=other), opts.repeats
         )
         results["loader_slices_per_s_workers2"] = measure_loader(
-            _datamodule(large, cache_dir, batch_size=opts.batch_size, num_workers=2, persistent_workers=True),
+            bench_datamodule(
+                large, cache_dir, batch_size=opts.batch_size, num_workers=2, persistent_workers=True
+            ),
             opts.repeats,
         )
         x, y, z = opts.shape
@@ -443,7 +447,7 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
 
         say(f"peak RSS of {opts.rss_steps}-step training runs ({small_n} and {opts.patients} patients)")
         small_cache = work / "cache-small"
-        _datamodule(small, small_cache)  # build it here: the runs measure training, not building
+        bench_datamodule(small, small_cache)  # build it here: the runs measure training, not building
         spec = {"batch_size": opts.train_batch_size, "steps": opts.rss_steps}
         peaks = measure_rss(
             {
@@ -468,7 +472,7 @@ def measure_predict(root: Path, cache_dir: Path, work: Path, repeats: int, seed:
     ResNet18 checkpoint trained for one step under the default slice rule (its contract)."""
     from gliograde.contract import from_datamodule
 
-    dm = _datamodule(root, cache_dir, slices={"strategy": "tumor_topk"}, batch_size=4)
+    dm = bench_datamodule(root, cache_dir, slices={"strategy": "tumor_topk"}, batch_size=4)
     model = _classifier(seed)
     model.input_contract = from_datamodule(dm)
     trainer = _trainer(1, [])

@@ -194,10 +194,10 @@ def run(opts: GpuOptions) -> dict[str, Any]:
     """Every measurement; returns the JSON record."""
     import torch
 
-    from benchmarks.bench import _datamodule, _quiet
+    from benchmarks.bench import bench_datamodule, quiet_logs
     from gliograde.data.synthetic import generate_cohort
 
-    _quiet()
+    quiet_logs()
     has_gpu = torch.cuda.is_available()
     if not has_gpu and not opts.tiny:
         print("[gpu-bench] no GPU: running the tiny CPU version", flush=True)
@@ -227,7 +227,7 @@ def run(opts: GpuOptions) -> dict[str, Any]:
         cache = work / "cache"
 
         def datamodule(device_cache: bool):
-            return _datamodule(
+            return bench_datamodule(
                 root,
                 cache,
                 batch_size=opts.batch_size,

@@ -125,6 +125,7 @@ def test_evaluate_stores_applies_and_reports_the_temperature(run):
     assert metrics["tta"] == "flip"
     calibration = metrics["calibration"]
     assert calibration["method"] == "temperature" and calibration["temperature"] == stored["temperature"]
+    assert "note" not in calibration  # the test patients are not the ones it was fitted on
     for name in ("ece", "brier"):
         entry = calibration["patient"][name]
         assert set(entry) == {"before", "after"} and entry["after"] == metrics["patient"][name]["value"]
@@ -144,8 +145,8 @@ def test_evaluate_stores_applies_and_reports_the_temperature(run):
     model = TorchModel(find_checkpoint(run["run"]))
     patient = _test_patients(run["run"])[0]
     files = from_folder(run["cohort"] / patient, model.contract["naming"], {})
-    logits = model.logits(load_patient(files, model.contract, resample=False).images, 16, "flip")
-    expected = average_views(logits.astype(np.float64), stored["temperature"]).mean(axis=0)[1]
+    images = load_patient(files, model.contract, resample=False).images
+    expected = model.probabilities(images, 16, "flip", stored["temperature"]).mean(axis=0)[1]
     table = (folder / "patient_predictions.csv").read_text().splitlines()
     row = next(line.split(",") for line in table if line.startswith(patient + ","))
     assert float(row[2]) == pytest.approx(expected, abs=1e-5)
@@ -174,6 +175,10 @@ def test_predict_applies_the_temperature_from_checkpoint_and_export(run, tmp_pat
     assert card["calibration"] == stored
     markdown = (run["run"] / "export" / "MODEL_CARD.md").read_text()
     assert f"temperature T={stored['temperature']:.4f}" in markdown
+    # its metrics are training's point values (tta=none, no temperature): the card says so
+    assert card["metrics"]["test"]["calibration"] == "none"
+    assert card["calibration_note"].startswith("the val metrics and test metrics come from probabilities")
+    assert f"- Note: {card['calibration_note']}" in markdown
     from_onnx = _predict(run, tmp_path / "onnx", f"ckpt={run['run'] / 'export'}", "tta=flip")
     assert from_onnx["calibration"]["temperature"] == stored["temperature"]
     got, want = from_onnx["patients"][0], from_ckpt["patients"][0]
@@ -198,11 +203,21 @@ def test_a_stale_temperature_is_refused_or_refitted(run, tmp_path):
         assert exported.returncode == 0, exported.stderr[-3000:]
         assert "Not exporting" in exported.stdout
         assert json.loads((tmp_path / "export" / "model_card.json").read_text())["calibration"] is None
-        # evaluate.py refits for its own checkpoint and TTA rather than reuse the stale one
+        # evaluate.py refits for its own checkpoint and TTA rather than reuse the stale one; on the
+        # val split it says that these are the patients the temperature was fitted on
         result = run_python(
-            "evaluate.py", f"run_dir={run['run']}", "bootstrap=10", "gradcam_n=0", "calibration=temperature"
+            "evaluate.py",
+            f"run_dir={run['run']}",
+            "split=val",
+            "bootstrap=10",
+            "gradcam_n=0",
+            "calibration=temperature",
+            f"output_dir={tmp_path / 'val'}",
         )
         assert result.returncode == 0, result.stderr[-3000:]
+        note = json.loads((tmp_path / "val" / "metrics.json").read_text())["calibration"]["note"]
+        assert note.startswith("the temperature was fitted on 4 of these 4 patients")
+        assert f"Note: {note}" in result.stdout
         refitted = json.loads(path.read_text())
         assert refitted["tta"] == "none" and refitted["checkpoint_sha256"] == stored["checkpoint_sha256"]
         assert _predict(run, tmp_path / "c", f"ckpt={run['run']}")["calibration"]["method"] == "temperature"

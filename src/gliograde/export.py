@@ -56,9 +56,9 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
         worst = _check_onnx(model, tmp / ONNX_FILE)
         digest = hashlib.sha256((tmp / ONNX_FILE).read_bytes()).hexdigest()
         checkpoint_sha = file_sha256(checkpoint)
-        card = build_card(model, checkpoint, run, onnx_sha256=digest, onnx_max_abs_diff=worst)
+        calibration = _calibration(run, checkpoint_sha)
+        card = build_card(model, checkpoint, run, calibration, onnx_sha256=digest, onnx_max_abs_diff=worst)
         card["model"]["checkpoint_sha256"] = checkpoint_sha
-        card["calibration"] = _calibration(run, checkpoint_sha)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "MODEL_CARD.md").write_text(render_markdown(card))
         _swap_in(tmp, target)

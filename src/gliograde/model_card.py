@@ -46,8 +46,11 @@ def _crop(contract: dict[str, Any]) -> str:
     return f", cropped to {crop['size']}x{crop['size']} ({crop['mode']} crop)"
 
 
-def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -> dict[str, Any]:
-    """The card's content for ``model`` (a loaded TorchModel) from ``checkpoint`` of ``run``."""
+def build_card(
+    model, checkpoint: Path, run: Path | None, calibration: dict[str, Any] | None = None, **export_facts: Any
+) -> dict[str, Any]:
+    """The card's content for ``model`` (a loaded TorchModel) from ``checkpoint`` of ``run``, with
+    the stored temperature ``calibration`` it carries (None: none)."""
     hparams = model.hparams
     contract = model.contract
     card: dict[str, Any] = {
@@ -81,7 +84,36 @@ def build_card(model, checkpoint: Path, run: Path | None, **export_facts: Any) -
         "commands": _commands(run),
     }
     card["decision_threshold"] = _threshold(run)
+    card["calibration"] = calibration
+    card["calibration_note"] = _calibration_note(calibration, card["decision_threshold"], card["metrics"])
     return card
+
+
+def _conditions(report: dict[str, Any]) -> dict[str, str]:
+    """The TTA and calibration an evaluate.py report's probabilities were computed with."""
+    method = (report.get("calibration") or {}).get("method", "none")
+    return {"tta": report.get("tta", "none"), "calibration": method}
+
+
+def _calibration_note(
+    calibration: dict[str, Any] | None, threshold: dict[str, Any], metrics: dict[str, Any]
+) -> str | None:
+    """Says which of the card's threshold and metrics were not computed with the temperature the
+    card carries (predict.py applies it, so its probabilities are not theirs); None when all were."""
+    if not calibration:
+        return None
+    with_it = {"tta": calibration["tta"], "calibration": "temperature"}
+    entries = [("decision threshold", threshold)] if "tta" in threshold else []
+    entries += [(f"{split} metrics", entry) for split, entry in metrics.items()]
+    others = [name for name, entry in entries if {k: entry[k] for k in with_it} != with_it]
+    if not others:
+        return None
+    named = others[0] if len(others) == 1 else f"{', '.join(others[:-1])} and {others[-1]}"
+    return (
+        f"the {named} come from probabilities without this temperature (or with another TTA "
+        f"than its tta={calibration['tta']}), while predict.py applies it (calibration=auto); "
+        f"evaluate.py calibration=temperature tta={calibration['tta']} reports the calibrated ones"
+    )
 
 
 def _training(run: Path | None) -> dict[str, Any]:
@@ -118,6 +150,7 @@ def _metrics(run: Path | None) -> dict[str, Any]:
                     "n_patients": report["n_patients"],
                     "ci_level": report["ci_level"],
                     "threshold": report["threshold"],
+                    **_conditions(report),
                     "patient": report["patient"],
                 }
                 continue
@@ -127,6 +160,8 @@ def _metrics(run: Path | None) -> dict[str, Any]:
             out[split] = {
                 "source": str(run / "metrics.json"),
                 "note": "training's point values; run evaluate.py for bootstrap intervals",
+                "tta": "none",
+                "calibration": "none",
                 "patient": {
                     k: {"value": v, "ci_low": None, "ci_high": None} for k, v in sorted(values.items())
                 },
@@ -137,7 +172,8 @@ def _metrics(run: Path | None) -> dict[str, Any]:
 def _threshold(run: Path | None) -> dict[str, Any]:
     evaluated = None if run is None else run / "eval" / "test" / "metrics.json"
     if evaluated is not None and evaluated.is_file():
-        return {"value": json.loads(evaluated.read_text())["threshold"], "source": str(evaluated)}
+        report = json.loads(evaluated.read_text())
+        return {"value": report["threshold"], "source": str(evaluated), **_conditions(report)}
     return {"value": 0.5, "source": "default: the more probable class"}
 
 
@@ -158,6 +194,7 @@ def _commands(run: Path | None) -> dict[str, Any]:
 def render_markdown(card: dict[str, Any]) -> str:
     """MODEL_CARD.md: the card for people."""
     contract = card["input_contract"]
+    threshold = card["decision_threshold"]
     lines = [
         f"# Model card: {card['model']['backbone']} glioma grade classifier ({' vs '.join(card['model']['classes'])})",
         "",
@@ -181,8 +218,9 @@ def render_markdown(card: dict[str, Any]) -> str:
         ),
         f"- Image size: {contract['image_size']}; grid: {contract['grid']}",
         f"- Preprocessing: {contract['preprocess']}",
-        f"- Decision threshold: {card['decision_threshold']['value']} ({card['decision_threshold']['source']})",
+        f"- Decision threshold: {threshold['value']} ({_threshold_source(threshold)})",
         f"- Calibration: {_calibration_line(card.get('calibration'))}",
+        *([f"- Note: {card['calibration_note']}"] if card.get("calibration_note") else []),
         "",
         "## Training data",
         "",
@@ -194,7 +232,13 @@ def render_markdown(card: dict[str, Any]) -> str:
     for split, entry in card["metrics"].items():
         level = entry.get("ci_level")
         header = f"{round(level * 100)}% CI" if level else "CI"
-        lines += [f"### {split} ({entry['source']})", "", f"| metric | value | {header} |", "|---|---|---|"]
+        conditions = f"tta={entry['tta']}, calibration={entry['calibration']}"
+        lines += [
+            f"### {split} ({entry['source']}; {conditions})",
+            "",
+            f"| metric | value | {header} |",
+            "|---|---|---|",
+        ]
         for name, m in entry["patient"].items():
             ci = "n/a" if m.get("ci_low") is None else f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
             value = "n/a" if m.get("value") is None else f"{m['value']:.3f}"
@@ -216,6 +260,12 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _threshold_source(threshold: dict[str, Any]) -> str:
+    if "tta" not in threshold:
+        return threshold["source"]
+    return f"{threshold['source']}; tta={threshold['tta']}, calibration={threshold['calibration']}"
 
 
 def _calibration_line(record: dict[str, Any] | None) -> str:

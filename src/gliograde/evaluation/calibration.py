@@ -68,15 +68,11 @@ def with_temperature(pred: Predictions, temperature: float) -> Predictions:
 
 def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[str, Any]:
     """Fit the temperature on ``val`` (the run's validation patients), store it in
-    ``RUN/calibration.json`` and return the record."""
+    ``RUN/calibration.json`` and return the record. ``aggregate=vote`` is refused earlier, by
+    :func:`gliograde.evaluation.checks.check_options`."""
     if not val.has_labels or not 0 < val.patient_labels.sum() < len(val.patient_labels):
         raise EvaluationError(
             "calibration=temperature needs labelled validation patients of both classes; use calibration=none"
-        )
-    if val.method == "vote":
-        raise EvaluationError(
-            "calibration=temperature cannot change hard votes (aggregate=vote): use aggregate=mean or "
-            "tumor_weighted, or calibration=none"
         )
     temperature, before, after = fit_temperature(
         val.logits, val.slice_patient, val.patient_labels, val.method, val.weights
@@ -101,6 +97,19 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         f"(patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
     )
     return record
+
+
+def fitted_on_note(record: dict[str, Any], evaluated: list[str]) -> str | None:
+    """A warning when evaluated patients (of the run's own cohort) are ones the temperature was
+    fitted on, as with ``split=val``: their calibrated metrics flatter the model. None otherwise."""
+    fitted = set(record["val_patients"])
+    shared = sum(1 for patient in evaluated if patient in fitted)
+    if not shared:
+        return None
+    return (
+        f"the temperature was fitted on {shared} of these {len(evaluated)} patients: their calibrated "
+        "metrics are optimistic (evaluate split=test for an honest estimate)"
+    )
 
 
 def calibration_scores(before: Predictions, after: Predictions) -> dict[str, Any]:

@@ -92,6 +92,8 @@ def format_report(report: dict[str, Any]) -> str:
     if calibration["method"] == "temperature":
         temperature = calibration["temperature"]
         lines.append(f"calibration=temperature: T={temperature:.4f} (fitted on the val patients)")
+        if calibration.get("note"):
+            lines.append(f"Note: {calibration['note']}")
         for name, entry in calibration.get("patient", {}).items():
             lines.append(f"  patient {name}: {_fmt(entry['before'])} before, {_fmt(entry['after'])} after")
     if "patient" not in report:

@@ -66,6 +66,8 @@ def _calibration(calibration: Mapping[str, Any]) -> str:
         f"{_number(calibration['val_patients'], 'calibration.val_patients', 'span')} validation patients "
         f"(<code>{_e(calibration['file'])}</code>). The metrics above use the calibrated probabilities.</p>"
     )
+    if calibration.get("note"):
+        text += f'<p class="note" data-key="calibration.note">Note: {_e(calibration["note"])}</p>'
     scores = calibration.get("patient")
     if scores:
         rows = "".join(

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from gliograde.data.errors import DataError
 from gliograde.evaluation import checks, inputs
-from gliograde.evaluation.calibration import calibrate, calibration_scores, with_temperature
+from gliograde.evaluation.calibration import calibrate, calibration_scores, fitted_on_note, with_temperature
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.figure_set import gradcam_figures, metric_figures
 from gliograde.evaluation.predict import predict
@@ -25,7 +25,7 @@ from gliograde.evaluation.report import format_report, report_dir, save_figures,
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
-from gliograde.inference.tta import check_tta
+from gliograde.inference.tta import check_tta, check_tta_for
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
 
@@ -38,6 +38,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     show = bool(cfg.progress)
     checkpoint = find_checkpoint(run, str(cfg.ckpt))
     contract = inputs.load_contract(checkpoint, run_cfg)
+    check_tta_for(str(cfg.tta), contract)  # before any data or model work
     data_cfg, other_cohort = inputs.data_config(cfg, run_cfg, data_overrides, contract)
     datamodule = inputs.build_datamodule(data_cfg, contract)
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
@@ -48,7 +49,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     if not other_cohort and cfg.split != "all":
         checks.check_same_split(datamodule, run / "splits.csv")
     checks.refuse_leak(datamodule, cfg.split, run / "splits.csv", bool(cfg.allow_leak))
-    check_tta(str(cfg.tta), *datamodule.datasets[cfg.split][0]["image"].shape[-2:])
+    if not contract.get("image_size"):  # a contract rebuilt from an old config: check the slices
+        check_tta(str(cfg.tta), *datamodule.datasets[cfg.split][0]["image"].shape[-2:])
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = inputs.load_model(checkpoint, contract, device)
@@ -82,6 +84,9 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
             "val_nll_before": record["nll_before"],
             "val_nll_after": record["nll_after"],
         }
+        note = None if other_cohort else fitted_on_note(record, list(predictions.patients))
+        if note:
+            calibration_report["note"] = note
         if predictions.has_labels:
             calibration_report["patient"] = calibration_scores(uncalibrated, predictions)
     threshold, interval = choose_threshold(cfg.threshold, val)

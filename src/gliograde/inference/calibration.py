@@ -48,6 +48,8 @@ def read_calibration(run: Path) -> dict[str, Any] | None:
     try:
         record = json.loads(path.read_text())
         float(record["temperature"])
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"{path}: unreadable ({type(exc).__name__}); re-run evaluate.py calibration=temperature"
@@ -66,6 +68,12 @@ def stale_reason(record: dict[str, Any], checkpoint_sha256: str, tta: str, aggre
     return None
 
 
+def check_calibration_mode(mode: str) -> None:
+    """Refuse a ``calibration=`` value predict.py does not know."""
+    if mode not in PREDICT_CALIBRATION:
+        raise ConfigError(f"calibration={mode!r} must be one of {list(PREDICT_CALIBRATION)}")
+
+
 def usable_temperature(
     record: dict[str, Any] | None, source: str, checkpoint_sha256: str, tta: str, mode: str
 ) -> dict[str, Any] | None:
@@ -74,8 +82,7 @@ def usable_temperature(
     ``auto`` applies a stored temperature that fits; one that does not is refused in one line,
     never dropped or applied silently.
     """
-    if mode not in PREDICT_CALIBRATION:
-        raise ConfigError(f"calibration={mode!r} must be one of {list(PREDICT_CALIBRATION)}")
+    check_calibration_mode(mode)
     if mode == "none" or record is None:
         return None
     reason = stale_reason(record, checkpoint_sha256, tta, PREDICT_AGGREGATE)

@@ -100,28 +100,20 @@ class TorchModel:
         check_model(self.contract, int(hparams["in_channels"]), self.classes)
         self.cam_layer = cam_layer(self.model, hparams["backbone"])
 
-    def logits(self, images: np.ndarray, batch_size: int, tta: str = "none") -> np.ndarray:
-        """Logits ``[N, V, K]`` of float16 slices ``[N, C, H, W]`` under each TTA view (float32)."""
-        return self._run(images, batch_size, tta)[0]
-
     def probabilities(
         self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
     ) -> np.ndarray:
         """Softmax outputs ``[N, K]`` of float16 slices ``[N, C, H, W]`` (computed in float32),
         averaged over the TTA views of each slice, at ``temperature``."""
-        return self._run(images, batch_size, tta, temperature)[1]
-
-    def _run(self, images: np.ndarray, batch_size: int, tta: str, temperature: float = 1.0):
         import torch
 
-        logits, probs = [], []
+        probs = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device).float()
                 stacked = torch.stack([self.model(view).float() for view in views(batch, tta)], dim=1)
-                logits.append(stacked.cpu().numpy())
                 probs.append(average_views(stacked, temperature).cpu().numpy())
-        return np.concatenate(logits), np.concatenate(probs)
+        return np.concatenate(probs)
 
     def stored_calibration(self) -> tuple[dict[str, Any] | None, str, str | None]:
         """The run's stored temperature (``RUN/calibration.json`` beside ``RUN/checkpoints/``),

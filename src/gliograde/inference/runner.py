@@ -24,11 +24,11 @@ from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
-from gliograde.inference.calibration import PREDICT_CALIBRATION, usable_temperature
+from gliograde.inference.calibration import check_calibration_mode, usable_temperature
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.stream import load_patient
-from gliograde.inference.tta import TTA_MODES, check_tta
+from gliograde.inference.tta import TTA_MODES, check_tta_for
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     patterns = _check_options(cfg)
     model = open_model(str(cfg.ckpt))
     contract = model.contract
+    check_tta_for(str(cfg.tta), contract)  # before any patient is decoded
     if cfg.manifest:
         patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"])
     else:
@@ -120,8 +121,7 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     if cfg.tta not in TTA_MODES:
         raise ConfigError(f"tta={cfg.tta!r} must be one of {list(TTA_MODES)}")
-    if cfg.calibration not in PREDICT_CALIBRATION:
-        raise ConfigError(f"calibration={cfg.calibration!r} must be one of {list(PREDICT_CALIBRATION)}")
+    check_calibration_mode(str(cfg.calibration))
     return patterns
 
 
@@ -135,7 +135,6 @@ def _grade(
     model, files: PatientFiles, contract, cfg, classes, threshold, out: Path, tta: str, temperature: float
 ) -> dict[str, Any]:
     slices = load_patient(files, contract, bool(cfg.resample))
-    check_tta(tta, *slices.images.shape[-2:])
     probs = model.probabilities(slices.images, int(cfg.batch_size), tta, temperature)
     mean = probs.mean(axis=0)
     predicted = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))

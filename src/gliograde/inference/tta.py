@@ -1,14 +1,17 @@
 """Test-time augmentation: a slice's class probabilities averaged over flipped and rotated views.
 
-``flip`` is the slice and its left-right mirror (the last image axis); ``flip_rot`` is the eight
-views of the square's symmetry group (four 90-degree rotations, each with and without the
-mirror). Views are whole batches, so a model sees ``B`` slices per call whatever the mode.
+``flip`` is the slice and its mirror along the last image axis: left-right on axial (``[y, x]``)
+and coronal (``[z, x]``) slices, but anterior-posterior on sagittal ones (``[z, y]``).
+``flip_rot`` is the eight views of the square's symmetry group (four 90-degree rotations, each
+with and without the mirror). Views are whole batches, so a model sees ``B`` slices per call
+whatever the mode.
 Works on torch tensors and NumPy arrays alike (the ONNX path has no torch tensors); imports
 nothing heavy, since the config schema reads :data:`TTA_MODES`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from gliograde.errors import ConfigError
@@ -31,6 +34,17 @@ def check_tta(mode: str, height: int, width: int) -> None:
             f"tta=flip_rot rotates slices by 90 degrees, which needs square slices; these are "
             f"{height}x{width}: use tta=flip or tta=none"
         )
+
+
+def check_tta_for(mode: str, contract: Mapping[str, Any]) -> None:
+    """Refuse ``mode`` before any data is read, from the model's input size (the contract's
+    ``image_size``: the crop's square with a crop). Contracts rebuilt from an old run's config
+    have no size; there :func:`views` checks each batch."""
+    size = contract.get("image_size")
+    if size:
+        check_tta(mode, *(int(s) for s in size))
+    else:
+        check_tta(mode, 1, 1)  # the mode alone
 
 
 def n_views(mode: str) -> int:
