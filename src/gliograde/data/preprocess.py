@@ -102,7 +102,7 @@ def preprocess_patient(
         code |= nonzero.view(np.uint8) << np.uint8(MODALITIES.index(name))
         for plane in PLANES:
             boxes[plane].append(slice_boxes(nonzero, plane))
-    codes = {plane: _code_counts(code, _SLICE_AXIS[plane]) for plane in PLANES}
+    codes = code_counts(code)
     areas = {plane: brain_area(codes[plane], stored) for plane in PLANES}
     brain_boxes = {plane: np.stack(boxes[plane], axis=1) for plane in PLANES}
     tumour = tumour_boxes = None
@@ -121,12 +121,24 @@ def _box_from_areas(areas: dict[str, np.ndarray]) -> tuple[tuple[int, int, int],
     return tuple(int(b[0]) for b in bounds), tuple(int(b[-1]) + 1 for b in bounds)
 
 
-def _code_counts(code: np.ndarray, axis: int) -> np.ndarray:
-    """``[slice, CODES]``: how many voxels of each slice along ``axis`` carry each code."""
-    slices = np.moveaxis(code, axis, 0)
-    counts = np.empty((len(slices), CODES), dtype=np.int32)
-    for i, plane in enumerate(slices):
-        counts[i] = np.bincount(plane.ravel(), minlength=CODES)
+def code_counts(code: np.ndarray) -> dict[str, np.ndarray]:
+    """Per plane, ``[slice, CODES]``: how many voxels of each slice carry each code of the
+    ``(z, y, x)`` volume ``code``.
+
+    Only the codes present are counted (a skull-stripped brain has few: usually every modality
+    or none), each with one boolean mask reduced along the axes; code 0 is what is left.
+    """
+    present = np.flatnonzero(np.bincount(code.ravel(), minlength=CODES))
+    counts = {plane: np.zeros((code.shape[_SLICE_AXIS[plane]], CODES), dtype=np.int32) for plane in PLANES}
+    for value in present[present > 0]:
+        inside = code == value
+        per_zy = inside.sum(axis=2, dtype=np.int32)
+        counts["axial"][:, value] = per_zy.sum(axis=1)
+        counts["coronal"][:, value] = per_zy.sum(axis=0)
+        counts["sagittal"][:, value] = inside.sum(axis=(0, 1), dtype=np.int32)
+    for plane in PLANES:
+        per_slice = code.size // code.shape[_SLICE_AXIS[plane]]
+        counts[plane][:, 0] = per_slice - counts[plane][:, 1:].sum(axis=1)
     return counts
 
 
