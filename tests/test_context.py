@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def test_contract_records_crop_and_context_and_refuses_a_contradiction(cfg_train
 
 # ---------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict[str, Path]:
+def run(tmp_path_factory) -> Iterator[dict[str, Path]]:
     """A one-epoch ResNet18 on 12 patients of 40x40x20 with data.crop.mode=tumor size=64 context=1."""
     from gliograde.data.synthetic import generate_cohort
 
@@ -139,10 +140,12 @@ def run(tmp_path_factory) -> dict[str, Path]:
         "trainer=cpu",
         "trainer.max_epochs=1",
         "callbacks.progress_bar.refresh_rate=0",
+        "callbacks.last_checkpoint=null",  # never resumed: one checkpoint is enough
         f"hydra.run.dir={paths['run']}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return paths
+    yield paths
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.slow

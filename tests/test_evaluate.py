@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def test_youden_threshold_on_saturated_probabilities_is_the_middle_of_the_gap():
 
 # ---------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory) -> dict[str, Path]:
+def trained_run(tmp_path_factory) -> Iterator[dict[str, Path]]:
     base = tmp_path_factory.mktemp("evaluate")
     cohort = base / "cohort"
     generate_cohort(cohort, patients=32, seed=5, shape=(48, 48, 24), lgg_fraction=0.5, compress=False)
@@ -136,10 +137,12 @@ def trained_run(tmp_path_factory) -> dict[str, Path]:
         "trainer=cpu",
         "trainer.max_epochs=3",
         "callbacks.progress_bar.refresh_rate=0",
+        "callbacks.last_checkpoint=null",  # never resumed: one checkpoint is enough
         f"hydra.run.dir={run}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return {"cohort": cohort, "run": run, "cache": base / "cache"}
+    yield {"cohort": cohort, "run": run, "cache": base / "cache"}
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _evaluate(*args: str) -> subprocess.CompletedProcess:

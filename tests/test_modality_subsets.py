@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
@@ -145,16 +146,20 @@ def test_leak_checks_compare_the_modalities_both_sides_have():
 
 
 @pytest.fixture(scope="module")
-def flair_run(tmp_path_factory) -> dict[str, Path]:
+def flair_run(tmp_path_factory) -> Iterator[dict[str, Path]]:
     """The shared tiny cohort without its T1, T1ce and T2 files, and a [flair] run on it."""
     source = tiny_run(tmp_path_factory)["cohort"]
     base = tmp_path_factory.mktemp("flair_only")
     paths = {"cohort": base / "cohort", "cache": base / "cache", "run": base / "run"}
     shutil.copytree(source, paths["cohort"])
     _drop(paths["cohort"], ("t1", "t1ce", "t2"))
-    result = run_python(*_train_args(paths, "data.modalities=[flair]"), f"hydra.run.dir={paths['run']}")
+    result = run_python(
+        *_train_args(paths, "data.modalities=[flair]", "callbacks.last_checkpoint=null"),
+        f"hydra.run.dir={paths['run']}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    return paths
+    yield paths
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def _train_args(paths: dict[str, Path], *overrides: str) -> list[str]:

@@ -35,6 +35,7 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
                 "trainer=cpu",
                 "trainer.max_epochs=1",
                 "callbacks.progress_bar.refresh_rate=0",
+                "callbacks.last_checkpoint=null",  # never resumed: the best checkpoint is enough
                 f"hydra.run.dir={paths['run']}",
             )
             assert result.returncode == 0, result.stderr[-3000:]
