@@ -225,6 +225,7 @@ def test_a_stale_temperature_is_refused_or_refitted(run, tmp_path):
         path.write_text(json.dumps(stored))
 
 
+@pytest.mark.slow  # end to end: real commands
 def test_hard_votes_cannot_be_calibrated(tmp_path):
     result = run_python(
         "evaluate.py", f"run_dir={tmp_path}", "aggregate=vote", "calibration=temperature"

@@ -31,6 +31,7 @@ def test_a_typo_is_answered_without_importing_torch():
     assert "heavy: []" in result.stdout
 
 
+@pytest.mark.slow  # end to end: real commands
 @pytest.mark.parametrize(
     "override",
     ["trainer.max_epochs=abc", "data.root=/nonexistent/cohort"],  # a deep check; a data error

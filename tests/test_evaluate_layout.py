@@ -160,6 +160,7 @@ def _under_terminal(*args: str) -> tuple[subprocess.CompletedProcess, str]:
     return done, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow  # end to end: real commands
 def test_other_options_keep_the_earlier_report_and_show_progress(tmp_path_factory):
     run = tiny_run(tmp_path_factory)["run"]
     quiet = run_python("evaluate.py", f"run_dir={run}", "bootstrap=20", "gradcam_n=1")

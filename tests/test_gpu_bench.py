@@ -7,6 +7,8 @@ import math
 import subprocess
 import sys
 
+import pytest
+
 from helpers.commands import REPO
 
 from benchmarks.gpu_bench import NO_COMPILE_ON_CPU, PRECISIONS
@@ -23,6 +25,7 @@ FIGURES = (
 )
 
 
+@pytest.mark.slow  # end to end: real commands
 def test_the_gpu_bench_runs_in_its_tiny_cpu_version(tmp_path):
     out = tmp_path / "gpu.json"
     command = [sys.executable, "-m", "benchmarks.bench", "--gpu", "--tiny", "--out", str(out)]
