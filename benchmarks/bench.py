@@ -403,7 +403,7 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
 
         say(f"generating {opts.patients} + {small_n} synthetic patients of {opts.shape} in {work}")
         # Uncompressed .nii, as BraTS 2020 is downloaded: the figures are this project's costs,
-        # not gzip's (the synthetic preset's .nii.gz adds about 0.03 s per file to decode).
+        # not gzip's (the synthetic preset's .nii.gz adds about 0.1 s a patient to decode).
         large = generate_cohort(work / "cohort", opts.patients, seed=opts.seed, shape=opts.shape, compress=False)
         small = generate_cohort(
             work / "cohort-small", small_n, seed=opts.seed + 1, shape=opts.shape, compress=False
