@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers.cohorts import make_datamodule
 from helpers.commands import run_python
+from helpers.runs import tiny_train_args
 from omegaconf import OmegaConf
 
 from gliograde.contract import ContractError, check_model, enforce, from_config
@@ -123,25 +124,15 @@ def run(tmp_path_factory) -> Iterator[dict[str, Path]]:
         paths["cohort"], patients=12, seed=5, shape=(40, 40, 20), lgg_fraction=0.5, compress=False
     )
     result = run_python(
-        "train.py",
-        "data=brats2020",
-        f"data.root={paths['cohort']}",
-        f"data.cache_dir={paths['cache']}",
-        "data.crop.mode=tumor",
-        "data.crop.size=64",
-        "data.context=1",
-        "data.slices.k=3",
-        "data.batch_size=12",
-        "data.progress=false",
-        "data.preprocess.workers=1",
-        "data.split.train=0.5",
-        "data.split.val=0.25",
-        "data.split.test=0.25",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "callbacks.progress_bar.refresh_rate=0",
-        "callbacks.last_checkpoint=null",  # never resumed: one checkpoint is enough
-        f"hydra.run.dir={paths['run']}",
+        *tiny_train_args(
+            paths,
+            "data.crop.mode=tumor",
+            "data.crop.size=64",
+            "data.context=1",
+            "data.slices.k=3",
+            "data.batch_size=12",
+            f"hydra.run.dir={paths['run']}",
+        )
     )
     assert result.returncode == 0, result.stderr[-3000:]
     yield paths

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 from helpers.commands import run_python
-from helpers.runs import tiny_run
+from helpers.runs import tiny_run, tiny_train_args
 
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.errors import DataError
@@ -154,32 +154,12 @@ def flair_run(tmp_path_factory) -> Iterator[dict[str, Path]]:
     shutil.copytree(source, paths["cohort"])
     _drop(paths["cohort"], ("t1", "t1ce", "t2"))
     result = run_python(
-        *_train_args(paths, "data.modalities=[flair]", "callbacks.last_checkpoint=null"),
+        *tiny_train_args(paths, "data.modalities=[flair]"),
         f"hydra.run.dir={paths['run']}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     yield paths
     shutil.rmtree(base, ignore_errors=True)
-
-
-def _train_args(paths: dict[str, Path], *overrides: str) -> list[str]:
-    return [
-        "train.py",
-        "data=brats2020",
-        f"data.root={paths['cohort']}",
-        f"data.cache_dir={paths['cache']}",
-        "data.slices.k=4",
-        "data.batch_size=16",
-        "data.progress=false",
-        "data.preprocess.workers=1",
-        "data.split.train=0.5",
-        "data.split.val=0.25",
-        "data.split.test=0.25",
-        "trainer=cpu",
-        "trainer.max_epochs=1",
-        "callbacks.progress_bar.refresh_rate=0",
-        *overrides,
-    ]
 
 
 @pytest.mark.slow
@@ -233,7 +213,7 @@ def test_flair_only_cohort_trains_evaluates_and_predicts(flair_run, tmp_path):
     assert "no flair volume (looked for <folder name>_flair.nii[.gz]" in refused.stderr
 
     # A four-modality run on the same cohort: one line naming the patient and the missing file.
-    four = run_python(*_train_args(flair_run, f"hydra.run.dir={tmp_path / 'four'}"))
+    four = run_python(*tiny_train_args(flair_run, f"hydra.run.dir={tmp_path / 'four'}"))
     assert four.returncode == 2 and "Traceback" not in four.stderr
     assert f"patient {FIRST}" in four.stderr
     assert f"missing t1 file (expected {FIRST}_t1.nii[.gz]" in four.stderr

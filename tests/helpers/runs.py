@@ -10,6 +10,29 @@ from filelock import FileLock
 from gliograde.data.synthetic import generate_cohort
 
 
+def tiny_train_args(paths: dict[str, Path], *overrides: str) -> list[str]:
+    """``train.py`` and its arguments for a one-epoch ResNet18 on the tiny cohort at
+    ``paths["cohort"]`` (cache at ``paths["cache"]``), one checkpoint kept; ``overrides`` last."""
+    return [
+        "train.py",
+        "data=brats2020",
+        f"data.root={paths['cohort']}",
+        f"data.cache_dir={paths['cache']}",
+        "data.slices.k=4",
+        "data.batch_size=16",
+        "data.progress=false",
+        "data.preprocess.workers=1",
+        "data.split.train=0.5",
+        "data.split.val=0.25",
+        "data.split.test=0.25",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "callbacks.progress_bar.refresh_rate=0",
+        "callbacks.last_checkpoint=null",  # never resumed: the best checkpoint is enough
+        *overrides,
+    ]
+
+
 def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """Cohort (16 patients of 40x40x20, half LGG), cache and run directory of a one-epoch ResNet18."""
     base = tmp_path_factory.getbasetemp() / "tiny_run"
@@ -20,23 +43,6 @@ def tiny_run(tmp_path_factory) -> dict[str, Path]:
             generate_cohort(
                 paths["cohort"], patients=16, seed=7, shape=(40, 40, 20), lgg_fraction=0.5, compress=False
             )
-            result = run_python(
-                "train.py",
-                "data=brats2020",
-                f"data.root={paths['cohort']}",
-                f"data.cache_dir={paths['cache']}",
-                "data.slices.k=4",
-                "data.batch_size=16",
-                "data.progress=false",
-                "data.preprocess.workers=1",
-                "data.split.train=0.5",
-                "data.split.val=0.25",
-                "data.split.test=0.25",
-                "trainer=cpu",
-                "trainer.max_epochs=1",
-                "callbacks.progress_bar.refresh_rate=0",
-                "callbacks.last_checkpoint=null",  # never resumed: the best checkpoint is enough
-                f"hydra.run.dir={paths['run']}",
-            )
+            result = run_python(*tiny_train_args(paths, f"hydra.run.dir={paths['run']}"))
             assert result.returncode == 0, result.stderr[-3000:]
     return paths
