@@ -15,12 +15,15 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from gliograde import synthetic as cli
+from gliograde.data import synthetic
 from gliograde.data.synthetic import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
     DEFAULT_PATIENTS,
     DEFAULT_SEED,
     DEFAULT_SHAPE,
+    GENERATOR_VERSION,
+    MIMIC_TISSUE,
     generate_cohort,
     generation_settings,
     settings_mismatch,
@@ -80,7 +83,7 @@ def test_cli_cohort_matches_the_preset_with_the_printed_overrides(tmp_path: Path
         "'data.synthetic.shape=[32,32,16]'"
     )
     recorded = generation_settings(out)
-    assert recorded == {**DEFAULTS, "patients": 5, "shape": list(TINY)}
+    assert recorded == {**DEFAULTS, "patients": 5, "shape": list(TINY), "generator": GENERATOR_VERSION}
     preset = OmegaConf.to_container(OmegaConf.load(PRESET).synthetic)
     assert settings_mismatch(recorded, {**preset, "patients": 5, "shape": list(TINY)}) is None
     problem = settings_mismatch(recorded, preset)
@@ -122,6 +125,7 @@ def test_settings_mismatch():
 def test_legacy_record_reads_as_difficulty_zero(tmp_path: Path):
     (tmp_path / ".synthetic.json").write_text(json.dumps({"patients": 3, "seed": 0, "shape": [32, 32, 16], "lgg_fraction": 0.5}))
     assert generation_settings(tmp_path)["difficulty"] == 0.0
+    assert generation_settings(tmp_path)["generator"] == 1
     assert generation_settings(tmp_path / "nothing") is None
 
 
@@ -227,3 +231,69 @@ def test_difficulty_widens_the_scanner_variation():
     easy_noise, easy_gain = noise_and_scale(0.0)
     hard_noise, hard_gain = noise_and_scale(1.0)
     assert hard_noise > easy_noise and hard_gain > easy_gain
+
+
+def test_a_hard_cohort_from_another_generator_version_is_refused(tmp_path: Path):
+    made = generate_cohort(tmp_path / "hard", patients=2, shape=TINY, difficulty=0.3)
+    recorded = generation_settings(made)
+    assert recorded["generator"] == GENERATOR_VERSION
+    wanted = {**DEFAULTS, "patients": 2, "shape": list(TINY), "difficulty": 0.3}
+    assert settings_mismatch(recorded, wanted) is None
+    old = {**recorded, "generator": 1}
+    problem = settings_mismatch(old, wanted)
+    assert problem == (
+        f"holds a synthetic cohort drawn by generator version 1, whose voxels at difficulty > 0 differ "
+        f"from this version's ({GENERATOR_VERSION}): delete that folder to generate it again, or set "
+        "data.root elsewhere"
+    )
+    # A record without a version is version 1; at difficulty 0 every version draws the same voxels.
+    unversioned = {k: v for k, v in recorded.items() if k != "generator"}
+    assert settings_mismatch(unversioned, wanted) == problem
+    assert settings_mismatch({**unversioned, "difficulty": 0.0}, {**wanted, "difficulty": 0.0}) is None
+    (made / ".synthetic.json").write_text(json.dumps(unversioned))
+    with pytest.raises(ConfigError, match="generator version 1"):
+        synthetic.ensure_cohort(made, wanted, progress=False)
+
+
+MEDIUM = (120, 120, 64)
+
+
+def mimic_cases(difficulty: float, n: int = 16):
+    """(grade, volumes, tissue map) of ``n`` MEDIUM patients of each grade."""
+    for seed in range(n):
+        for grade in ("HGG", "LGG"):
+            rng = np.random.default_rng([seed, 11])
+            volumes, tissue = synthetic._synthesize(rng, grade, MEDIUM, with_tissue=True, difficulty=difficulty)
+            yield grade, volumes, tissue
+
+
+def test_mimic_lesions_lie_outside_the_tumour_and_its_crop_and_ignore_the_grade():
+    """At difficulty > 0 both grades get unlabelled lesions that enhance like a high-grade rim, on
+    the tumour's axial slices but in the other hemisphere, mostly outside a tumour-centred crop
+    (64 pixels here, as 128 is at 240)."""
+    with_mimic = {"HGG": 0, "LGG": 0}
+    inside_crop, total, bright = 0, 0, []
+    for grade, volumes, tissue in mimic_cases(0.3):
+        mimic, seg, t1ce = tissue == MIMIC_TISSUE, volumes["seg"], volumes["t1ce"]
+        if not mimic.any():
+            continue
+        with_mimic[grade] += 1
+        assert not (seg[mimic] > 0).any()  # never in the mask
+        tumour_z = np.nonzero((seg > 0).any(axis=(0, 1)))[0]
+        mimic_z = np.nonzero(mimic.any(axis=(0, 1)))[0]
+        assert np.intersect1d(tumour_z, mimic_z).size > 0  # seen on the tumour's slices
+        z = int(np.argmax((seg > 0).sum(axis=(0, 1))))
+        xs, ys = np.nonzero(seg[:, :, z])
+        cx, cy = (xs.min() + xs.max()) // 2, (ys.min() + ys.max()) // 2
+        plane = mimic[:, :, z]
+        inside_crop += int(plane[max(cx - 32, 0) : cx + 32, max(cy - 32, 0) : cy + 32].sum())
+        total += int(plane.sum())
+        bright.append(np.percentile(t1ce[mimic], 99) / np.median(t1ce[tissue == 3]))
+    # Chance 1 - (1 - 0.625)^2 = 0.86 per patient, whatever the grade.
+    assert 10 <= with_mimic["HGG"] <= 16 and 10 <= with_mimic["LGG"] <= 16
+    assert total > 0 and inside_crop / total < 0.25
+    assert np.median(bright) > 1.4  # as bright as an enhancing rim
+
+
+def test_no_mimics_at_difficulty_zero():
+    assert not any((tissue == MIMIC_TISSUE).any() for _, _, tissue in mimic_cases(0.0, n=4))

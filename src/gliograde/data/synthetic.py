@@ -12,8 +12,11 @@ tumour (mainly as the T1ce rim) but not in the per-scanner intensity scale.
 malignancy ``m`` in (0, 1) whose per-grade distributions separate the grades with an AUROC of
 ``1 - difficulty / 2``; ``m`` sets the enhancement, whether the core has a necrotic centre inside
 an enhancing rim, the necrosis size and the oedema's extent, so some LGGs enhance and some HGGs
-barely do. Scanner gain, bias field and noise also vary more between patients. ``difficulty=0``
-is the cleanly separable cohort (bit for bit as before the setting existed); 1 is chance.
+barely do. Scanner gain, bias field and noise also vary more between patients, and both grades
+get unlabelled mimic lesions (an enhancing nodule or rim in a FLAIR-bright halo) across the brain
+from the tumour: the grade is then told by the tumour alone, and a whole slice carries lesions
+that look like a high-grade rim whatever the grade. ``difficulty=0`` is the cleanly separable
+cohort (bit for bit as before the setting existed); 1 is chance.
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ quickstart's ResNet18 (8 epochs, 42 training patients) at 0.3 overfits and lands
 a harder default waits for a setting calibrated on real training runs."""
 SETTINGS: tuple[str, ...] = ("patients", "seed", "shape", "lgg_fraction", "difficulty")
 """The generation settings recorded with a cohort; equal settings give equal voxels."""
+GENERATOR_VERSION: int = 2
+"""Recorded with each cohort. Version 2 added the mimic lesions, so cohorts with difficulty > 0
+drawn by version 1 hold other voxels for the same settings; at difficulty 0 both agree."""
 
 COMPRESSLEVEL = 1
 """gzip level of the written NIfTI: 1 shrinks the noisy volumes about 7.7x; higher levels gain
@@ -76,7 +82,11 @@ MODALITY_FILES: tuple[str, ...] = ("flair", "t1", "t1ce", "t2")
 
 # Internal voxel classes; intensity and mask label are looked up from these.
 _BG, _CSF, _GM, _WM, _OEDEMA, _CORE, _ENH = range(7)
-_SEG_OF_CLASS = np.array([0, 0, 0, 0, 2, 1, 4], dtype=np.uint8)
+# Mimics: lesions outside the tumour that look like its oedema, necrosis and rim (unlabelled).
+_MIMIC_OEDEMA, _MIMIC_CORE, _MIMIC_ENH = range(7, 10)
+_SEG_OF_CLASS = np.array([0, 0, 0, 0, 2, 1, 4, 0, 0, 0], dtype=np.uint8)
+MIMIC_TISSUE = 4
+"""Value of mimic-lesion voxels in the tissue map ``_synthesize`` returns for tests."""
 
 # Typical intensities (arbitrary scanner units) per class: bg, CSF, GM, WM, oedema, core, enh.
 # The core entry differs by grade: HGG necrosis vs LGG non-enhancing solid tumour.
@@ -128,13 +138,15 @@ def synthesize_patient(
 def generation_settings(root: str | Path) -> dict | None:
     """The settings a synthetic cohort under ``root`` was generated with (None if not ours).
 
-    Cohorts recorded before ``difficulty`` existed were generated at difficulty 0.
+    Cohorts recorded before ``difficulty`` existed were generated at difficulty 0, and before
+    ``generator`` was recorded by generator version 1.
     """
     path = Path(root) / SETTINGS_FILE
     if not path.is_file():
         return None
     settings = json.loads(path.read_text())
     settings.setdefault("difficulty", 0.0)
+    settings.setdefault("generator", 1)
     return settings
 
 
@@ -144,7 +156,16 @@ def settings_mismatch(recorded: Mapping, wanted: Mapping) -> str | None:
 
     Both mappings hold :data:`SETTINGS` (``difficulty`` defaults to 0). LGG fractions that give the
     same number of LGG patients give the same cohort, so ``0.206`` matches ``76/369`` for 60.
+    ``recorded`` may hold the ``generator`` version (1 if absent); a cohort with difficulty > 0
+    from another version than :data:`GENERATOR_VERSION` is refused, as its voxels differ.
     """
+    version = int(recorded.get("generator", 1))
+    if version != GENERATOR_VERSION and float(recorded.get("difficulty", 0.0)) > 0:
+        return (
+            f"holds a synthetic cohort drawn by generator version {version}, whose voxels at "
+            f"difficulty > 0 differ from this version's ({GENERATOR_VERSION}): delete that folder to "
+            "generate it again, or set data.root elsewhere"
+        )
     recorded, wanted = _complete(recorded), _complete(wanted)
     differ = _differing(wanted, recorded)
     if not differ:
@@ -276,6 +297,7 @@ def generate_cohort(
             "shape": list(shape),
             "lgg_fraction": lgg_fraction,
             "difficulty": difficulty,
+            "generator": GENERATOR_VERSION,
         }
         (partial / SETTINGS_FILE).write_text(json.dumps(settings, sort_keys=True) + "\n")
         try:
@@ -355,10 +377,15 @@ class _Phenotype:
     gain_jitter: float  # per-modality gain is the scanner's times 1 ± this
     bias: float  # upper bound of the bias field's amplitude
     noise: float  # upper bound of the noise sigma as a fraction of grey matter
+    mimics: float = 0.0  # chance of each of two grade-independent mimic lesions
 
 
 _RING_AT = 0.35
 """Malignancy above which the core is a necrotic centre inside an enhancing rim."""
+MIMIC_RATE_AT_0 = 0.25
+MIMIC_RATE_SLOPE = 1.25
+"""Each of a patient's two mimic slots holds a lesion with chance ``0.25 + 1.25 * difficulty``
+(capped at 1) when ``difficulty > 0``; see :func:`_paint_mimics`."""
 
 
 def _phenotype(rng: np.random.Generator, grade: str, difficulty: float) -> _Phenotype:
@@ -383,6 +410,7 @@ def _phenotype(rng: np.random.Generator, grade: str, difficulty: float) -> _Phen
         gain_jitter=0.1 + 0.25 * difficulty,
         bias=0.2 + 0.3 * difficulty,
         noise=0.04 + 0.08 * difficulty,
+        mimics=min(1.0, MIMIC_RATE_AT_0 + MIMIC_RATE_SLOPE * difficulty),
     )
 
 
@@ -390,7 +418,8 @@ def _synthesize(
     rng: np.random.Generator, grade: str, shape: Sequence[int], with_tissue: bool, difficulty: float = 0.0
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Volumes, plus (if asked) the healthy-tissue map (0 bg, 1 CSF, 2 GM, 3 WM) before the
-    tumour was painted in; the map lets tests check contrasts without re-deriving anatomy."""
+    tumour was painted in, with mimic lesions as :data:`MIMIC_TISSUE`; the map lets tests check
+    contrasts and mimics without re-deriving anatomy."""
     if grade not in GRADES:
         raise ConfigError(f"synthetic patient: grade must be one of {GRADES}, got {grade!r}")
     shape = _check_shape(shape)
@@ -425,13 +454,18 @@ def _synthesize(
     if with_tissue:
         tissue = np.zeros(shape, dtype=np.uint8, order="F")
         tissue[box] = cls
-    tbox = _paint_tumour(rng, pheno, cls, u, axes, brain)
+    tbox, tumour_centre = _paint_tumour(rng, pheno, cls, u, axes, brain)
+    mimic_enhancement = None
+    if pheno.mimics > 0:
+        mimic_enhancement = _paint_mimics(rng, pheno.mimics, cls, u, axes, brain, tumour_centre)
+        if tissue is not None:
+            tissue[box][cls >= _MIMIC_OEDEMA] = MIMIC_TISSUE
 
     seg = np.zeros(shape, dtype=np.uint8, order="F")
     seg[box][tbox] = _SEG_OF_CLASS[cls[tbox]]
 
     # Tumour tissue is heterogeneous; healthy texture is left to noise and bias.
-    tumour = cls[tbox] >= _OEDEMA
+    tumour = (cls[tbox] >= _OEDEMA) & (cls[tbox] <= _ENH)
     hetero = 1 + 0.12 * _smooth_noise(rng, cls[tbox].shape, (5, 5, 5))
 
     scanner = _SCANNERS[rng.integers(len(_SCANNERS))]
@@ -445,11 +479,17 @@ def _synthesize(
     volumes: dict[str, np.ndarray] = {}
     for m, modality in enumerate(MODALITY_FILES):
         base = _BASE[modality]
-        lut = np.empty(7, dtype=np.float32)
+        lut = np.empty(len(_SEG_OF_CLASS), dtype=np.float32)
         lut[:4] = base["healthy"]
         lut[_OEDEMA], lut[_CORE] = base["oedema"], base[core_kind]
         lut[_ENH] = base["enh"] if base["enh"] is not None else base["healthy"][_WM] * enhancement
-        lut[1:] *= rng.uniform(0.92, 1.08, 6).astype(np.float32)
+        jitter = rng.uniform(0.92, 1.08, 6).astype(np.float32)
+        lut[1:7] *= jitter
+        if mimic_enhancement is not None:
+            lut[_MIMIC_OEDEMA] = lut[_OEDEMA]
+            lut[_MIMIC_CORE] = base["HGG"] * jitter[_CORE - 1]
+            enh = base["enh"] if base["enh"] is not None else base["healthy"][_WM] * mimic_enhancement
+            lut[_MIMIC_ENH] = enh * jitter[_ENH - 1]
         sigma = np.float32(noise_frac * lut[_GM])
         gain = 1 + rng.uniform(0.05, pheno.bias) * _smooth_noise(rng, bshape, (3, 3, 3))
         gain *= scanner[m]
@@ -494,9 +534,9 @@ def _paint_tumour(
     u: list[np.ndarray],
     axes: np.ndarray,
     brain: np.ndarray,
-) -> tuple[slice, slice, slice]:
+) -> tuple[tuple[slice, slice, slice], np.ndarray]:
     """Paint oedema, core (necrosis inside a rim, or solid) and enhancement classes into ``cls``;
-    return the tumour's bounding box (within ``cls``)."""
+    return the tumour's bounding box (within ``cls``) and its centre in brain units."""
     # Radii in voxels per axis: the whole tumour is 8-20 % of the brain's extent, with floors so
     # every label keeps a few voxels in tiny test volumes.
     r_whole = 2 * rng.uniform(0.08, 0.20)
@@ -553,7 +593,58 @@ def _paint_tumour(
                 i, j, k = np.indices(is_core.shape, sparse=True)
                 focus = (i - x) ** 2 + (j - y) ** 2 + (k - z) ** 2 <= radius**2
                 sub[focus & is_core] = _ENH
-    return region
+    return region, c
+
+
+def _paint_mimics(
+    rng: np.random.Generator,
+    rate: float,
+    cls: np.ndarray,
+    u: list[np.ndarray],
+    axes: np.ndarray,
+    brain: np.ndarray,
+    tumour_centre: np.ndarray,
+) -> float:
+    """Paint up to two grade-independent mimic lesions into healthy tissue of ``cls``; return
+    their T1ce enhancement over white matter.
+
+    Each (present with chance ``rate``) is an enhancing nodule, or a rim around a dark centre,
+    inside a FLAIR-bright halo: what the tumour's grade cues look like, but never in the mask
+    and drawn the same for both grades. They sit in the hemisphere across from the tumour and on
+    its axial slices, so a whole slice shows them and a tumour-centred crop mostly does not.
+    """
+    enhancement = rng.uniform(1.5, 2.2)
+    # Across the brain from the tumour along the in-plane axis it is most off-centre on, as far
+    # out as the brain allows: there a square crop centred on the tumour leaves it out.
+    along = 0 if abs(tumour_centre[0]) >= abs(tumour_centre[1]) else 1
+    across = 1 - along
+    side = -1.0 if tumour_centre[along] >= 0 else 1.0
+    for slot in (-1, 1):
+        if rng.uniform() >= rate:
+            continue
+        # Enhancing part: 4-9 voxels across at full size, in brain units per axis below.
+        radius = rng.uniform(0.05, 0.11) * float(axes[:2].mean())
+        core = np.maximum(radius, 1.5) / axes
+        halo = core * rng.uniform(1.6, 2.2)
+        centre = np.empty(3)
+        centre[across] = tumour_centre[across] + slot * rng.uniform(0.1, 0.25)
+        centre[2] = tumour_centre[2] + rng.uniform(-0.05, 0.05)
+        room = np.sqrt(max(0.93**2 - centre[across] ** 2 - centre[2] ** 2, 0.0)) - float(core[along])
+        if room <= 0:
+            continue
+        centre[along] = side * room
+        region = _ellipsoid_box(u, centre, halo * 1.1)
+        if region is None:
+            continue
+        sub = cls[region]
+        healthy = (sub < _OEDEMA) & (sub > _BG) & brain[region]
+        d = _ellipsoid_distance(u, region, centre, core)
+        wobble = 0.1 * _smooth_noise(rng, sub.shape, (3, 3, 3))
+        sub[healthy & (_ellipsoid_distance(u, region, centre, halo) < 1 + wobble)] = _MIMIC_OEDEMA
+        sub[healthy & (d < 1 + wobble)] = _MIMIC_ENH
+        if rng.uniform() < 0.5:  # a rim around a necrotic-looking centre
+            sub[healthy & (d < rng.uniform(0.4, 0.6) + wobble)] = _MIMIC_CORE
+    return enhancement
 
 
 def _ellipsoid_box(
