@@ -89,4 +89,7 @@ def test_a_training_id_reused_for_other_images_is_a_collision_not_a_leak(run, tm
     assert shared
     result = _evaluate(run, root, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "an id collision, not a leak" in result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    [line] = [line for line in output.splitlines() if "id collisions, not leaks" in line]
+    assert f"{len(shared)} patient(s) share their id with a training patient" in line
+    assert sorted(shared)[0] in line

@@ -76,11 +76,13 @@ def refuse_leak(datamodule, split: str, splits_csv: Path, allow: bool) -> None:
     table = table[table["patient_id"].isin(evaluated)]
     if fingerprint_columns(trained):
         leaked = [match.describe() for match in content_matches(table, trained)]
-        for patient in id_collisions(table, trained):
+        collisions = sorted(id_collisions(table, trained))
+        if collisions:
             log.warning(
-                "Patient %s shares its id with a training patient of the run but not its images: "
-                "an id collision, not a leak",
-                patient,
+                "%d patient(s) share their id with a training patient of the run but not its images "
+                "(id collisions, not leaks): %s",
+                len(collisions),
+                _first_names(collisions),
             )
     else:  # a run recorded before fingerprints: ids are all there is
         leaked = sorted(set(trained["patient_id"]) & evaluated)
@@ -95,3 +97,9 @@ def refuse_leak(datamodule, split: str, splits_csv: Path, allow: bool) -> None:
             f"{message}: the figures would be inflated. Use split=test or val, or allow_leak=true"
         )
     log.warning("%s (allow_leak=true: the figures are inflated)", message)
+
+
+def _first_names(names: list[str], shown: int = 3) -> str:
+    """``a, b, c and N more``: a list that keeps a warning to one short line."""
+    head = ", ".join(names[:shown])
+    return head if len(names) <= shown else f"{head} and {len(names) - shown} more"
