@@ -105,7 +105,7 @@ def test_train_overrides_name_only_what_differs():
 
 
 def test_settings_mismatch():
-    recorded = {**DEFAULTS}
+    recorded = {**DEFAULTS, "generator": GENERATOR_VERSION}
     assert settings_mismatch(recorded, {**DEFAULTS, "lgg_fraction": 0.206}) is None
     assert settings_mismatch(recorded, {**DEFAULTS, "shape": tuple(DEFAULT_SHAPE)}) is None
     problem = settings_mismatch(recorded, {**DEFAULTS, "difficulty": 0.5})
