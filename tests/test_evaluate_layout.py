@@ -118,7 +118,7 @@ def test_predictions_table_joins_the_runs_splits(tmp_path):
     assert sorted(os.listdir(out)) == ["patient_predictions.csv", "slice_predictions.csv"]
     assert (out / "slice_predictions.csv").read_text().splitlines()[:2] == [
         "patient_id,plane,slice_index,label,prob_LGG,prob_HGG",
-        "P1,axial,3,LGG,0.800000,0.200000",
+        "P1,axial,3,LGG,0.8,0.2",
     ]
     with pytest.raises(EvaluationError, match="splits.csv"):
         predictions_table(run, "test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -57,7 +58,7 @@ def test_write_frame_formats_floats_and_leaves_no_temporary_file(tmp_path):
 
 
 
-def test_training_patient_predictions_keep_their_columns_and_six_decimals(tmp_path):
+def test_training_patient_predictions_keep_their_columns_and_full_precision(tmp_path):
     from types import SimpleNamespace
 
     import torch
@@ -72,5 +73,23 @@ def test_training_patient_predictions_keep_their_columns_and_six_decimals(tmp_pa
     }
     _write_patient_predictions(tmp_path / "p.csv", outputs, datamodule)
     assert (tmp_path / "p.csv").read_text() == (
-        "patient_id,label,prob_LGG,prob_HGG\n002,HGG,0.250000,0.750000\n001,,0.500000,0.500000\n"
+        "patient_id,label,prob_LGG,prob_HGG\n002,HGG,0.25,0.75\n001,,0.5,0.5\n"
     )
+
+
+def test_prediction_tables_keep_the_ranking_of_saturated_probabilities(tmp_path):
+    """A confident model's probabilities differ beyond the 6th decimal; the written table must
+    give back the same values, so an AUROC recomputed from it is the one that was reported."""
+    from sklearn.metrics import roc_auc_score
+
+    from gliograde.evaluation.tables import write_frame as write_prediction_frame
+
+    probs = np.array([1 - 3e-7, 1 - 1e-9, 1 - 2e-7, 1 - 5e-8, 0.9999994, 1 - 1e-12])
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    frame = pd.DataFrame({"patient_id": [f"{i:03d}" for i in range(6)], "label": labels, "probability": probs})
+    path = tmp_path / "patient_predictions.csv"
+    write_prediction_frame(frame, path)
+    back = read_table(path)["probability"].astype(float).to_numpy()
+    assert np.array_equal(back, probs)
+    assert roc_auc_score(labels, back) == roc_auc_score(labels, probs) == 1.0
+    assert os.listdir(tmp_path) == ["patient_predictions.csv"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from gliograde.atomic import write_frame as write_frame_atomically
 from gliograde.data.splits import read_splits_table
 from gliograde.evaluation.errors import EvaluationError
 
@@ -19,14 +19,13 @@ PATIENT_TABLE = "patient_predictions.csv"
 
 
 def write_frame(frame: pd.DataFrame, path: str | Path) -> None:
-    """``frame`` as CSV (probabilities to 6 decimals) to a temporary sibling, renamed over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        frame.to_csv(tmp, index=False, float_format="%.6f", lineterminator="\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """``frame`` as CSV, written atomically, floats to full precision.
+
+    Probabilities are not rounded: a confident model's patients differ only in the 7th digit
+    and beyond, and a rounded table would tie them, so AUROC recomputed from it (e.g. by
+    ``gliograde.compare``) would not be the AUROC evaluate reported.
+    """
+    write_frame_atomically(path, frame)
 
 
 def slice_frame(pred: Predictions, plane: str, classes: list[str]) -> pd.DataFrame:
