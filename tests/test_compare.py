@@ -67,6 +67,18 @@ def test_evaluate_outputs_are_preferred_with_their_threshold(tmp_path):
     assert data["difference"]["accuracy"]["a"] == pytest.approx(4 / 5)
 
 
+def test_evaluate_output_folders_compare_directly(tmp_path):
+    """An external cohort's evaluation lands in e.g. RUN/eval/all_data-<hash>: compare takes it."""
+    a = _evaluated_run(tmp_path / "a", PROBS_A, threshold=0.5) / "eval" / "test"
+    b = _evaluated_run(tmp_path / "b", PROBS_B, threshold=0.5) / "eval" / "test"
+    for folder in (a, b):
+        report = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**report, "split": "all"}))
+    data = compare(a, b, split="val")  # the folders decide; split is not looked at
+    assert data["a"]["source"] == str(a / "patient_predictions.csv") and data["split"] == "all"
+    assert data["difference"]["auroc"]["difference"] == pytest.approx(0.5)
+
+
 def _exit_code(capsys, *argv: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as stop:
         main(list(argv))

@@ -42,10 +42,17 @@ class RunPredictions:
     labels: dict[str, str]  # patient -> class name
     probs: dict[str, float]  # patient -> probability of classes[1]
     predicted: dict[str, str]  # patient -> class name
+    split: str | None = None  # as evaluate.py recorded it, where known
 
 
 def load_predictions(run: Path, split: str) -> RunPredictions:
-    """The patient predictions of ``run`` on ``split`` (evaluate.py's if present, else training's)."""
+    """The patient predictions of ``run`` on ``split`` (evaluate.py's if present, else training's).
+
+    ``run`` may also be an evaluate.py output folder (one holding ``patient_predictions.csv``,
+    e.g. ``RUN/eval/all_data-...`` of an external cohort); ``split`` is then not used.
+    """
+    if (run / "patient_predictions.csv").is_file():
+        return _read_evaluated(run / "patient_predictions.csv")
     evaluated = run / "eval" / split / "patient_predictions.csv"
     trained = run / f"predictions_{split}.csv"
     if evaluated.is_file():
@@ -88,6 +95,7 @@ def _read_evaluated(path: Path) -> RunPredictions:
         labels={r["patient_id"]: r["label"] for r in rows},
         probs={r["patient_id"]: float(r["probability"]) for r in rows},
         predicted={r["patient_id"]: r["prediction"] for r in rows},
+        split=report.get("split"),
     )
 
 
@@ -144,7 +152,8 @@ def compare(
         figures = patient_intervals(labels, probs, run.threshold, level, resamples=0)
         runs[key] = {name: figures[name] for name in SHOWN}
     return {
-        "split": split,
+        # an evaluate.py folder given directly knows its split; --split chose the others
+        "split": a.split if a.split and a.split == b.split else split,
         "ci_level": level,
         "classes": classes,
         "n_patients": len(patients),
@@ -209,8 +218,10 @@ def _difference(entry: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gliograde.compare", description=__doc__.splitlines()[0])
-    parser.add_argument("run_a", type=Path, help="run directory A, e.g. logs/train/runs/DATE_TIME")
-    parser.add_argument("run_b", type=Path, help="run directory B")
+    parser.add_argument(
+        "run_a", type=Path, help="run directory A (e.g. logs/train/runs/DATE_TIME) or an evaluate.py output folder"
+    )
+    parser.add_argument("run_b", type=Path, help="run directory B, or an evaluate.py output folder")
     parser.add_argument("--split", default="test", help=f"one of {list(SPLITS)} (default test)")
     parser.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals")
     parser.add_argument(
