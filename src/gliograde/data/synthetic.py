@@ -621,7 +621,7 @@ def _paint_mimics(
     for slot in (-1, 1):
         if rng.uniform() >= rate:
             continue
-        # Enhancing part: 4-9 voxels across at full size, in brain units per axis below.
+        # Radius of the enhancing part: 4-9 voxels at full size; in brain units per axis below.
         radius = rng.uniform(0.05, 0.11) * float(axes[:2].mean())
         core = np.maximum(radius, 1.5) / axes
         halo = core * rng.uniform(1.6, 2.2)
