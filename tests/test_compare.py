@@ -79,6 +79,19 @@ def test_evaluate_output_folders_compare_directly(tmp_path):
     assert data["difference"]["auroc"]["difference"] == pytest.approx(0.5)
 
 
+def test_evaluations_of_two_cohorts_are_refused_even_with_the_same_ids_and_labels(tmp_path, capsys):
+    """Two synthetic cohorts with one seed share ids and grades but not patients."""
+    folders = []
+    for name, cohort in (("a", "/data/fresh_0.1"), ("b", "/data/fresh_0.2")):
+        folder = _evaluated_run(tmp_path / name, PROBS_A, threshold=0.5) / "eval" / "test"
+        report = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**report, "cohort": cohort}))
+        folders.append(folder)
+    code, err = _exit_code(capsys, *map(str, folders), "--common")
+    assert code == 2 and err.count("\n") == 1
+    assert "A was evaluated on the cohort in /data/fresh_0.1 and B on the one in /data/fresh_0.2" in err
+
+
 def _exit_code(capsys, *argv: str) -> tuple[int, str]:
     with pytest.raises(SystemExit) as stop:
         main(list(argv))

@@ -43,6 +43,7 @@ class RunPredictions:
     probs: dict[str, float]  # patient -> probability of classes[1]
     predicted: dict[str, str]  # patient -> class name
     split: str | None = None  # as evaluate.py recorded it, where known
+    cohort: str | None = None  # the patient folder evaluate.py read, where known
 
 
 def load_predictions(run: Path, split: str) -> RunPredictions:
@@ -96,6 +97,7 @@ def _read_evaluated(path: Path) -> RunPredictions:
         probs={r["patient_id"]: float(r["probability"]) for r in rows},
         predicted={r["patient_id"]: r["prediction"] for r in rows},
         split=report.get("split"),
+        cohort=report.get("cohort"),
     )
 
 
@@ -127,6 +129,13 @@ def compare(
     a, b = load_predictions(Path(run_a), split), load_predictions(Path(run_b), split)
     if a.classes != b.classes:
         raise CompareError(f"the runs have different classes: {a.classes} in A, {b.classes} in B")
+    if a.cohort and b.cohort and a.cohort != b.cohort:
+        # Cohorts reuse ids (every synthetic one names its patients BraTS20_Training_NNN): pairing
+        # by id across two cohorts would pair different patients.
+        raise CompareError(
+            f"A was evaluated on the cohort in {a.cohort} and B on the one in {b.cohort}: the same id "
+            "there need not be the same patient; evaluate both on one cohort"
+        )
     patients = _shared_patients(a, b, common)
     for p in patients:
         if a.labels[p] != b.labels[p]:
