@@ -49,11 +49,11 @@ def test_read_table_names_the_file_of_a_malformed_table(tmp_path, text, problem)
     assert "\n" not in str(err.value)
 
 
-def test_write_frame_formats_floats_and_leaves_no_temporary_file(tmp_path):
+def test_write_frame_quotes_and_leaves_no_temporary_file(tmp_path):
     path = tmp_path / "p.csv"
     frame = pd.DataFrame({"patient_id": ["001"], "prob_HGG": [0.25], "n": [3], "note": ["a,b"]})
-    write_frame(path, frame, float_format="%.6f")
-    assert path.read_text() == 'patient_id,prob_HGG,n,note\n001,0.250000,3,"a,b"\n'
+    write_frame(path, frame)
+    assert path.read_text() == 'patient_id,prob_HGG,n,note\n001,0.25,3,"a,b"\n'
     assert os.listdir(tmp_path) == ["p.csv"]
 
 
@@ -82,13 +82,11 @@ def test_prediction_tables_keep_the_ranking_of_saturated_probabilities(tmp_path)
     give back the same values, so an AUROC recomputed from it is the one that was reported."""
     from sklearn.metrics import roc_auc_score
 
-    from gliograde.evaluation.tables import write_frame as write_prediction_frame
-
     probs = np.array([1 - 3e-7, 1 - 1e-9, 1 - 2e-7, 1 - 5e-8, 0.9999994, 1 - 1e-12])
     labels = np.array([0, 1, 0, 1, 0, 1])
     frame = pd.DataFrame({"patient_id": [f"{i:03d}" for i in range(6)], "label": labels, "probability": probs})
     path = tmp_path / "patient_predictions.csv"
-    write_prediction_frame(frame, path)
+    write_frame(path, frame)  # what evaluate, training and predict write their tables with
     back = read_table(path)["probability"].astype(float).to_numpy()
     assert np.array_equal(back, probs)
     assert roc_auc_score(labels, back) == roc_auc_score(labels, probs) == 1.0

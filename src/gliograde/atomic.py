@@ -21,10 +21,14 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_frame(path: str | Path, frame: pd.DataFrame, float_format: str | None = None) -> None:
-    """Write ``frame`` as a CSV table (no index, ``\\n`` line ends) atomically; ``float_format``
-    (e.g. ``"%.6f"``) formats its float columns."""
-    write_text(path, frame.to_csv(index=False, lineterminator="\n", float_format=float_format))
+def write_frame(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write ``frame`` as a CSV table (no index, ``\\n`` line ends) atomically.
+
+    Floats keep full precision, never rounded: a confident model's patient probabilities differ
+    beyond the 6th decimal, and a rounded table would tie them, so an AUROC recomputed from it
+    (e.g. by ``gliograde.compare``) would not be the one that was reported.
+    """
+    write_text(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
 def check_writable_dir(directory: str | Path) -> None:

@@ -187,7 +187,7 @@ def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], dat
         name = classes[label] if label >= 0 else ""
         rows.append([datamodule.cached.patient_ids[position], name, *probs])
     columns = ["patient_id", "label", *(f"prob_{c}" for c in classes)]
-    write_frame(path, pd.DataFrame(rows, columns=columns))  # full precision: ranks survive
+    write_frame(path, pd.DataFrame(rows, columns=columns))
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:

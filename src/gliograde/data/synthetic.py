@@ -49,7 +49,7 @@ DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
 DEFAULT_LGG_FRACTION: float = 76 / 369  # the BraTS 2020 training ratio
 DEFAULT_DIFFICULTY: float = 0.1
 """Grade-cue overlap of the preset. At 0.1 a 5-epoch ResNet18 trained on the preset's 60
-patients (``experiment=quickstart trainer.max_epochs=5``), scored on a fresh 100-patient cohort
+patients (``experiment=quickstart``, 5 epochs), scored on a fresh 100-patient cohort
 of the same difficulty, lands between chance and perfect (patient AUROC about 0.8 on whole
 slices) and a tumour crop does better (README: "How hard is the synthetic cohort?"). 0 keeps
 the cleanly separable cohort for anything that needs a sure signal."""

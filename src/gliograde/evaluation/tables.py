@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from gliograde.atomic import write_frame as write_frame_atomically
+from gliograde.atomic import write_frame
 from gliograde.data.splits import read_splits_table
 from gliograde.evaluation.errors import EvaluationError
 
@@ -16,16 +16,6 @@ if TYPE_CHECKING:
 
 SLICE_TABLE = "slice_predictions.csv"
 PATIENT_TABLE = "patient_predictions.csv"
-
-
-def write_frame(frame: pd.DataFrame, path: str | Path) -> None:
-    """``frame`` as CSV, written atomically, floats to full precision.
-
-    Probabilities are not rounded: a confident model's patients differ only in the 7th digit
-    and beyond, and a rounded table would tie them, so AUROC recomputed from it (e.g. by
-    ``gliograde.compare``) would not be the AUROC evaluate reported.
-    """
-    write_frame_atomically(path, frame)
 
 
 def slice_frame(pred: Predictions, plane: str, classes: list[str]) -> pd.DataFrame:
@@ -59,8 +49,8 @@ def patient_frame(pred: Predictions, classes: list[str], threshold: float) -> pd
 
 def write_predictions(out: Path, pred: Predictions, plane: str, classes: list[str], threshold: float) -> None:
     """``slice_predictions.csv`` and ``patient_predictions.csv`` in ``out``."""
-    write_frame(slice_frame(pred, plane, classes), out / SLICE_TABLE)
-    write_frame(patient_frame(pred, classes, threshold), out / PATIENT_TABLE)
+    write_frame(out / SLICE_TABLE, slice_frame(pred, plane, classes))
+    write_frame(out / PATIENT_TABLE, patient_frame(pred, classes, threshold))
 
 
 def predictions_table(

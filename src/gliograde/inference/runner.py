@@ -89,7 +89,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         ],
         columns=["patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule"],
     )
-    write_frame(out / "predictions.csv", table)  # full precision: ranks survive
+    write_frame(out / "predictions.csv", table)
     write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
     write_page(out / "report.html", prediction_page(report, out))
     print(format_predictions(report))
