@@ -2,22 +2,25 @@
 
 Writes ``RUN/export/``: ``model.onnx`` (slices ``[B, C, H, W]`` float32 to class probabilities,
 dynamic batch), checked against the checkpoint under onnxruntime before anything is kept, and
-a model card (``model_card.json``, ``MODEL_CARD.md``) with the input contract, intended use,
-training cohort, metrics with intervals, threshold, the run's temperature (when it was fitted on
-this checkpoint) and the commands that made the run. The graph also outputs the logits, which
-predict.py scales by that temperature.
-``predict.py ckpt=RUN/export`` runs the folder with onnxruntime alone.
+a model card (``model_card.json``, sealed with a checksum of its own and of ``model.onnx``;
+``MODEL_CARD.md``) with the input contract, intended use, training cohort, metrics with
+intervals, the run's recipe (``RUN/recipe.json``: TTA, temperature, threshold, when it is the
+recipe of this checkpoint) and the commands that made the run. The graph also outputs the
+logits, which predict.py scales by the recipe's temperature.
+``predict.py ckpt=RUN/export`` runs the folder with onnxruntime alone; ``--check`` says whether
+an export still applies its run's recipe.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +28,17 @@ from gliograde.data.crops import input_channels
 from gliograde.errors import exit_on_user_error
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
 from gliograde.inference.models import CARD_FILE, ONNX_FILE, ModelSourceError, TorchModel, find_checkpoint
+from gliograde.inference.recipe import (
+    RECIPE_FILE,
+    RecipeError,
+    describe,
+    export_staleness,
+    read_recipe,
+    recipe_checkpoint,
+    recipe_values,
+)
 from gliograde.model_card import build_card, render_markdown
+from gliograde.sealed import write_sealed
 
 OPSET = 17
 TOLERANCE = 1e-4
@@ -39,14 +52,23 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
             raise ModelSourceError(
                 f"{source}: not a run directory (no checkpoints/); pass RUN or RUN/checkpoints/X.ckpt"
             )
-        run, checkpoint = source, find_checkpoint(source)
+        run = source
+        recipe = read_recipe(run)
+        checkpoint = recipe_checkpoint(run, recipe) if recipe else find_checkpoint(run)
     elif source.is_file():
         checkpoint = source
         run = source.parent.parent if (source.parent.parent / "config.yaml").is_file() else None
+        recipe = None if run is None else read_recipe(run)
     else:
         raise ModelSourceError(f"{source}: no such run directory or checkpoint")
     target = Path(output) if output else (run or checkpoint.parent) / "export"
     model = TorchModel(checkpoint)
+    checkpoint_sha = file_sha256(checkpoint)
+    recipe = _recipe(run, recipe, checkpoint_sha)
+    calibration = _calibration(run, recipe)
+    stale = export_staleness(target, run) if run is not None else None
+    if stale:
+        print(f"Replacing {stale.split('; re-export it')[0]}")
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -55,11 +77,11 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
         _write_onnx(model, tmp / ONNX_FILE)
         worst = _check_onnx(model, tmp / ONNX_FILE)
         digest = hashlib.sha256((tmp / ONNX_FILE).read_bytes()).hexdigest()
-        checkpoint_sha = file_sha256(checkpoint)
-        calibration = _calibration(run, checkpoint_sha)
-        card = build_card(model, checkpoint, run, calibration, onnx_sha256=digest, onnx_max_abs_diff=worst)
+        card = build_card(
+            model, checkpoint, run, calibration, recipe=recipe, onnx_sha256=digest, onnx_max_abs_diff=worst
+        )
         card["model"]["checkpoint_sha256"] = checkpoint_sha
-        (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        card = write_sealed(tmp / CARD_FILE, card)
         (tmp / "MODEL_CARD.md").write_text(render_markdown(card))
         _swap_in(tmp, target)
     finally:
@@ -67,22 +89,36 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
     return target
 
 
-def _calibration(run: Path | None, checkpoint_sha: str) -> dict | None:
-    """The run's stored temperature when it was fitted on the exported checkpoint; None (and said)
-    otherwise: a temperature of another checkpoint is never carried along."""
-    record = None if run is None else read_calibration(run)
-    if record is None:
+def _recipe(run: Path | None, recipe: dict[str, Any] | None, checkpoint_sha: str) -> dict[str, Any] | None:
+    """The run's recipe when it is the exported checkpoint's; None (and said) otherwise: a recipe
+    of another checkpoint is never carried along."""
+    if recipe is None:
+        print("No recipe to export: tta=none, no temperature, threshold 0.5")
         return None
-    if record.get("checkpoint_sha256") != checkpoint_sha:
+    if recipe["checkpoint_sha256"] != checkpoint_sha:
         print(
-            f"Not exporting {run / CALIBRATION_FILE}: it was fitted for another checkpoint "
-            f"({record.get('checkpoint')}); re-run evaluate.py calibration=temperature to calibrate this one"
+            f"Not exporting {run / RECIPE_FILE}: it is the recipe of {recipe['checkpoint']}, not of this "
+            "checkpoint; the export gets none (tta=none, no temperature, threshold 0.5)"
         )
         return None
-    print(
-        f"Exporting the temperature T={record['temperature']:.4f} (tta={record['tta']}) "
-        f"of {run / CALIBRATION_FILE}"
+    print(f"Exporting the recipe of {run / RECIPE_FILE}: {describe(recipe_values(recipe, checkpoint_sha))}")
+    return recipe
+
+
+def _calibration(run: Path | None, recipe: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stored temperature's record (``RUN/calibration.json``) behind the recipe's temperature,
+    for the card; it must be the very fit the recipe names."""
+    if recipe is None or recipe["temperature"] is None:
+        return None
+    record = read_calibration(run)
+    fits = record is not None and all(
+        record.get(key) == recipe[key] for key in ("temperature", "checkpoint_sha256", "tta", "aggregate")
     )
+    if not fits:
+        raise RecipeError(
+            f"{run / RECIPE_FILE}: its temperature is not the one in {run / CALIBRATION_FILE}; re-run "
+            f"evaluate.py run_dir={run} calibration=temperature (with the recipe's tta) to record both again"
+        )
     return record
 
 
@@ -120,7 +156,12 @@ def _write_onnx(model: TorchModel, path: Path) -> None:
     net = _probability_net(model)
     spatial = {} if model.contract.get("image_size") else {2: "height", 3: "width"}
     example = torch.from_numpy(_example(model, 2))
-    with torch.no_grad():
+    # The torch.export-based exporter needs onnxscript, which is not a dependency here; the
+    # TorchScript exporter's graph is checked against the checkpoint under onnxruntime
+    # (_check_onnx) before anything is kept, so its deprecation notice tells the user nothing.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             net,
             (example,),
@@ -169,10 +210,34 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gliograde.export", description=__doc__.splitlines()[0])
     parser.add_argument("source", help="run directory (its best checkpoint) or checkpoint file")
     parser.add_argument("--output", help="export folder (default: RUN/export)")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="export nothing: say whether the export still applies the run's recipe (exit 1 when stale)",
+    )
     args = parser.parse_args(argv)
     with exit_on_user_error():
+        if args.check:
+            sys.exit(check(args.source, args.output))
         folder = export(args.source, args.output)
     print(f"Exported to {folder}")
+
+
+def check(run: str | Path, output: str | Path | None = None) -> int:
+    """Print whether ``RUN/export`` (or ``output``) applies the run's current recipe: 0 when it
+    does, 1 when it is stale."""
+    run = Path(run).expanduser()
+    if not (run / "checkpoints").is_dir():
+        raise ModelSourceError(f"{run}: not a run directory (no checkpoints/); --check takes RUN")
+    folder = Path(output) if output else run / "export"
+    if not (folder / CARD_FILE).is_file():
+        raise ModelSourceError(f"{folder}: no export to check (no {CARD_FILE}); python -m gliograde.export {run}")
+    stale = export_staleness(folder, run)
+    if stale:
+        print(stale)
+        return 1
+    print(f"{folder} applies the run's current recipe")
+    return 0
 
 
 if __name__ == "__main__":

@@ -47,10 +47,16 @@ def _crop(contract: dict[str, Any]) -> str:
 
 
 def build_card(
-    model, checkpoint: Path, run: Path | None, calibration: dict[str, Any] | None = None, **export_facts: Any
+    model,
+    checkpoint: Path,
+    run: Path | None,
+    calibration: dict[str, Any] | None = None,
+    recipe: dict[str, Any] | None = None,
+    **export_facts: Any,
 ) -> dict[str, Any]:
     """The card's content for ``model`` (a loaded TorchModel) from ``checkpoint`` of ``run``, with
-    the stored temperature ``calibration`` it carries (None: none)."""
+    the stored temperature ``calibration`` it carries and the run's ``recipe`` it follows (None:
+    none; predict.py then applies tta=none, no temperature, threshold 0.5)."""
     hparams = model.hparams
     contract = model.contract
     card: dict[str, Any] = {
@@ -83,7 +89,8 @@ def build_card(
         "metrics": _metrics(run),
         "commands": _commands(run),
     }
-    card["decision_threshold"] = _threshold(run)
+    card["decision_threshold"] = _threshold(run) if recipe is None else _recipe_threshold(run, recipe)
+    card["recipe"] = recipe
     card["calibration"] = calibration
     card["calibration_note"] = _calibration_note(calibration, card["decision_threshold"], card["metrics"])
     return card
@@ -177,6 +184,14 @@ def _threshold(run: Path | None) -> dict[str, Any]:
     return {"value": 0.5, "source": "default: the more probable class"}
 
 
+def _recipe_threshold(run: Path | None, recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's threshold, and the probabilities it applies to."""
+    calibration = "none" if recipe["temperature"] is None else "temperature"
+    where = f"{run / 'recipe.json'}: " if run is not None else ""
+    source = f"{where}{recipe['sources']['threshold']}"
+    return {"value": recipe["threshold"], "source": source, "tta": recipe["tta"], "calibration": calibration}
+
+
 def _commands(run: Path | None) -> dict[str, Any]:
     if run is None:
         return {}
@@ -220,6 +235,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Preprocessing: {contract['preprocess']}",
         f"- Decision threshold: {threshold['value']} ({_threshold_source(threshold)})",
         f"- Calibration: {_calibration_line(card.get('calibration'))}",
+        f"- Recipe: {_recipe_line(card.get('recipe'))}",
         *([f"- Note: {card['calibration_note']}"] if card.get("calibration_note") else []),
         "",
         "## Training data",
@@ -275,6 +291,16 @@ def _calibration_line(record: dict[str, Any] | None) -> str:
         f"temperature T={record['temperature']:.4f} on the logits, fitted on {len(record['val_patients'])} "
         f"validation patients with tta={record['tta']}, aggregate={record['aggregate']} (patient NLL "
         f"{record['nll_before']:.4f} -> {record['nll_after']:.4f}); predict.py applies it (calibration=auto)"
+    )
+
+
+def _recipe_line(recipe: dict[str, Any] | None) -> str:
+    if not recipe:
+        return "none: predict.py applies tta=none, no temperature, threshold 0.5"
+    temperature = "none" if recipe["temperature"] is None else f"{recipe['temperature']:.4f}"
+    return (
+        f"tta={recipe['tta']}, temperature {temperature}, threshold {recipe['threshold']:.6g} "
+        f"(recorded {recipe.get('updated')} by `{recipe.get('command')}`); predict.py follows it"
     )
 
 

@@ -18,7 +18,7 @@ from gliograde.evaluation.aggregate import aggregate
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.metrics import binary_metrics
 from gliograde.evaluation.predict import Predictions
-from gliograde.inference.calibration import file_sha256, write_calibration
+from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, write_calibration
 from gliograde.inference.tta import average_views
 
 LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
@@ -91,7 +91,8 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         "nll_after": after,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    path = write_calibration(run, record)
+    record = write_calibration(run, record)
+    path = run / CALIBRATION_FILE
     print(
         f"calibration=temperature: T={temperature:.4f} fitted on {len(val.patients)} validation patients "
         f"(patient NLL {before:.4f} -> {after:.4f}), stored in {path}"

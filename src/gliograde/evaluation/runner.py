@@ -25,6 +25,7 @@ from gliograde.evaluation.report import format_report, report_dir, save_figures,
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
+from gliograde.inference.recipe import chooses_recipe, record_recipe, threshold_source
 from gliograde.inference.tta import check_tta, check_tta_for
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
@@ -69,7 +70,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     if str(cfg.threshold) == "youden" or calibration == "temperature":
         val_source = datamodule if own_val else inputs.run_datamodule(run_cfg)
         val = validation_predictions(model, val_source, cfg.aggregate, device, show, tta)
-    uncalibrated = None
+    uncalibrated = record = None
     calibration_report: dict[str, Any] = {"method": "none"}
     if calibration == "temperature":
         record = calibrate(run, checkpoint, val, tta)
@@ -90,10 +91,16 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         if predictions.has_labels:
             calibration_report["patient"] = calibration_scores(uncalibrated, predictions)
     threshold, interval = choose_threshold(cfg.threshold, val)
+    command = shlex.join(["python", "evaluate.py", *sys.argv[1:]])
+    options = {"ckpt": str(cfg.ckpt), "tta": tta, "aggregate": str(cfg.aggregate)}
+    options.update(calibration=calibration, threshold=cfg.threshold)
+    if chooses_recipe(options):  # how the model is meant to be applied: predict and export follow it
+        source = threshold_source(threshold, interval, val)
+        record_recipe(run, checkpoint, options, record, threshold, source, out, command)
     write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
         "run_dir": str(run),
-        "command": shlex.join(["python", "evaluate.py", *sys.argv[1:]]),
+        "command": command,
         "checkpoint": str(checkpoint),
         "split": cfg.split,
         "cohort": str(datamodule.cohort.root),

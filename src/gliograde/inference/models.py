@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 from typing import Any
@@ -11,8 +10,9 @@ from typing import Any
 import numpy as np
 
 from gliograde.errors import GliogradeError
-from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
+from gliograde.inference.calibration import file_sha256
 from gliograde.inference.tta import average_views, views
+from gliograde.sealed import read_sealed
 
 ONNX_FILE = "model.onnx"
 CARD_FILE = "model_card.json"
@@ -79,6 +79,8 @@ class TorchModel:
         from gliograde.models.backbones import cam_layer
 
         self.path = path
+        # the run whose recipe.json and export belong to this checkpoint (None: a lone file)
+        self.run = path.parent.parent if path.parent.name == "checkpoints" else None
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         try:
             stored = torch.load(path, map_location="cpu", weights_only=False)
@@ -115,14 +117,6 @@ class TorchModel:
                 probs.append(average_views(stacked, temperature).cpu().numpy())
         return np.concatenate(probs)
 
-    def stored_calibration(self) -> tuple[dict[str, Any] | None, str, str | None]:
-        """The run's stored temperature (``RUN/calibration.json`` beside ``RUN/checkpoints/``),
-        where it is, and this checkpoint's SHA-256 to check it against."""
-        run = self.path.parent.parent
-        record = read_calibration(run) if self.path.parent.name == "checkpoints" else None
-        sha = file_sha256(self.path) if record is not None else None
-        return record, str(run / CALIBRATION_FILE), sha
-
     def grad_cam(self, image: np.ndarray, target: int) -> np.ndarray:
         """Grad-CAM heat map ``[H, W]`` of one slice for class ``target``."""
         import torch
@@ -140,12 +134,18 @@ class OnnxModel:
 
     def __init__(self, folder: Path):
         import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-        card = json.loads((folder / CARD_FILE).read_text())
+        card = read_card(folder)
         self.path = folder / ONNX_FILE
+        check_onnx_file(self.path, card)
         self.contract = card["input_contract"]
         self.classes = list(self.contract["classes"])
-        self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        try:
+            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        except (ort_errors.InvalidProtobuf, ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NoSuchFile) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelSourceError(f"{self.path}: onnxruntime cannot load it ({first}); {_reexport(card)}") from None
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [output.name for output in self.session.get_outputs()]
         self.card = card
@@ -172,21 +172,50 @@ class OnnxModel:
         probs = self.session.run(None, {self.input_name: batch})[0]
         return np.log(np.clip(probs, np.finfo(np.float32).tiny, None))
 
-    def stored_calibration(self) -> tuple[dict[str, Any] | None, str, str | None]:
-        """The export's temperature (recorded in its card only when it fits the exported checkpoint)."""
-        record = self.card.get("calibration")
-        return record, str(self.path.parent / CARD_FILE), self.card["model"].get("checkpoint_sha256")
-
     grad_cam = None  # gradients need the PyTorch model
 
 
-def open_model(source: str | Path) -> TorchModel | OnnxModel:
-    """``ckpt=``: a checkpoint file, a run directory (its best checkpoint) or an export folder."""
+def _reexport(card: dict[str, Any] | None) -> str:
+    """How to make a sound export again, naming the run (or checkpoint) it came from when known."""
+    source = None
+    if isinstance(card, dict):
+        source = (card.get("training") or {}).get("run_dir") or (card.get("model") or {}).get("checkpoint")
+    return f"re-export the model (python -m gliograde.export {source or 'RUN'})"
+
+
+def read_card(folder: Path) -> dict[str, Any]:
+    """An export's ``model_card.json``, checked against its own checksum: an edited card (its
+    modalities, classes, recipe) or an unreadable one is one line, never used."""
+    card = read_sealed(Path(folder) / CARD_FILE, _reexport(None))
+    missing = [key for key in ("input_contract", "model") if not isinstance(card.get(key), dict)]
+    if missing or not isinstance(card["model"].get("onnx"), dict):
+        raise ModelSourceError(f"{Path(folder) / CARD_FILE}: not a model card (no {missing or ['model.onnx']})")
+    return card
+
+
+def check_onnx_file(path: Path, card: dict[str, Any]) -> None:
+    """``model.onnx`` must be the graph the card was written for (its ``onnx_sha256``): a swapped,
+    truncated or damaged graph is refused before onnxruntime reads it."""
+    expected = card["model"]["onnx"].get("onnx_sha256")
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelSourceError(
+            f"{path}: its sha256 {actual[:12]}... is not the model card's onnx_sha256 "
+            f"{str(expected)[:12]}... (replaced, truncated or damaged since export); {_reexport(card)}"
+        )
+
+
+def open_model(source: str | Path, follow_recipe: bool = True) -> TorchModel | OnnxModel:
+    """``ckpt=``: a checkpoint file, a run directory (the checkpoint of its recipe, else its best)
+    or an export folder. ``follow_recipe=False`` (``recipe=none``) ignores the run's recipe."""
+    from gliograde.inference.recipe import read_recipe, recipe_checkpoint
+
     path = Path(source).expanduser()
     if path.is_dir() and (path / ONNX_FILE).is_file() and (path / CARD_FILE).is_file():
         return OnnxModel(path)
     if path.is_dir() and (path / "checkpoints").is_dir():
-        return TorchModel(find_checkpoint(path))
+        recipe = read_recipe(path) if follow_recipe else None
+        return TorchModel(recipe_checkpoint(path, recipe) if recipe else find_checkpoint(path))
     if path.is_file():
         return TorchModel(path)
     raise ModelSourceError(

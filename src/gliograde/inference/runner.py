@@ -24,11 +24,11 @@ from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
-from gliograde.inference.calibration import check_calibration_mode, usable_temperature
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
+from gliograde.inference.recipe import check_predict_options, resolve
 from gliograde.inference.stream import load_patient
-from gliograde.inference.tta import TTA_MODES, check_tta_for
+from gliograde.inference.tta import check_tta_for
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,13 @@ log = logging.getLogger(__name__)
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Grade every patient ``cfg`` names; return what predictions.json holds."""
     patterns = _check_options(cfg)
-    model = open_model(str(cfg.ckpt))
+    model = open_model(str(cfg.ckpt), follow_recipe=cfg.recipe != "none")
     contract = model.contract
-    check_tta_for(str(cfg.tta), contract)  # before any patient is decoded
+    applied = resolve(model, cfg)  # the model's recipe, and the options that agree with it
+    print(applied.line())
+    if applied.stale_export:
+        log.warning(applied.stale_export)
+    check_tta_for(applied.tta, contract)  # before any patient is decoded
     if cfg.manifest:
         patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"])
     else:
@@ -56,13 +60,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"output_dir={out}: not writable ({exc.strerror or exc})") from None
 
     classes = list(model.classes)
-    threshold = float(cfg.threshold)
-    tta = str(cfg.tta)
-    record, source, sha = model.stored_calibration()
-    applied = usable_temperature(record, source, sha, tta, str(cfg.calibration))
-    temperature = float(applied["temperature"]) if applied else 1.0
-    if applied:
-        print(f"Applying the stored temperature T={temperature:.4f} from {source} (calibration=none to skip)")
+    threshold, tta = applied.threshold, applied.tta
+    temperature = 1.0 if applied.temperature is None else float(applied.temperature)
     rows = []
     for files in patients:
         rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
@@ -73,10 +72,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "threshold": threshold,
         "tta": tta,
         "calibration": (
-            {"method": "temperature", "temperature": temperature, "source": source}
-            if applied
-            else {"method": "none", "note": _no_calibration(record)}
+            {"method": "temperature", "temperature": temperature, "source": applied.source}
+            if applied.temperature is not None
+            else {"method": "none", "note": f"no temperature in the recipe ({applied.source})"}
         ),
+        "recipe": applied.report(),
         "classes": classes,
         "input_contract": contract,
         "patients": rows,
@@ -111,24 +111,10 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
         raise ConfigError(f"files.{unknown[0]}: unknown; files.* takes {[*MODALITIES, 'mask']}")
     if cfg.manifest and any(patterns.values()):
         raise ConfigError("files.* patterns apply to input=DIR; a manifest names its files itself")
-    try:
-        threshold = float(cfg.threshold)
-    except (TypeError, ValueError):
-        threshold = float("nan")
-    if not 0 < threshold < 1:
-        raise ConfigError(f"threshold={cfg.threshold} must be a probability in (0, 1)")
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
-    if cfg.tta not in TTA_MODES:
-        raise ConfigError(f"tta={cfg.tta!r} must be one of {list(TTA_MODES)}")
-    check_calibration_mode(str(cfg.calibration))
+    check_predict_options(cfg)
     return patterns
-
-
-def _no_calibration(record: dict[str, Any] | None) -> str:
-    if record is not None:
-        return "calibration=none: the stored temperature was not applied"
-    return "the model has no stored temperature (evaluate.py calibration=temperature fits one)"
 
 
 def _grade(
