@@ -1,6 +1,7 @@
 """Temperature calibration: the fit recovers a known temperature; evaluate.py stores, applies and
-reports it; predict.py applies it from the checkpoint and the export alike; a temperature that
-belongs to another checkpoint or another TTA is never used silently."""
+reports it, and records it in the run's recipe; predict.py follows that recipe (TTA and
+temperature) from the checkpoint and the export alike; a recipe that belongs to another
+checkpoint is never used silently, and an export made before it is named stale."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from helpers.runs import tiny_run
 
 from gliograde.evaluation.calibration import fit_temperature, patient_nll
 from gliograde.evaluation.plots import reliability_figure
-from gliograde.inference.calibration import StaleCalibrationError, usable_temperature
+from gliograde.inference.recipe import RecipeError
 from gliograde.inference.inputs import from_folder
 from gliograde.inference.models import TorchModel, find_checkpoint
 from gliograde.inference.runner import predict
+from gliograde.sealed import write_sealed
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import average_views
 
@@ -48,25 +50,6 @@ def test_the_fit_recovers_a_known_temperature(true_t, slices):
 def test_a_calibrated_model_keeps_its_temperature_of_one():
     logits, slice_patient, labels = _synthetic(1.0, 6000, 1, seed=3)
     assert abs(np.log(fit_temperature(logits, slice_patient, labels)[0])) < 0.1
-
-
-def test_a_stored_temperature_applies_only_to_its_checkpoint_tta_and_aggregate():
-    record = {
-        "temperature": 2.0,
-        "checkpoint": "a.ckpt",
-        "checkpoint_sha256": "aa",
-        "tta": "flip",
-        "aggregate": "mean",
-    }
-    assert usable_temperature(record, "RUN/calibration.json", "aa", "flip", "auto") is record
-    assert usable_temperature(record, "RUN/calibration.json", "aa", "none", "none") is None
-    assert usable_temperature(None, "RUN/calibration.json", "aa", "none", "auto") is None
-    for sha, tta, reason in (("bb", "flip", "another checkpoint"), ("aa", "none", "tta=flip, not tta=none")):
-        with pytest.raises(StaleCalibrationError, match=f"{reason}.*or pass calibration=none"):
-            usable_temperature(record, "RUN/calibration.json", sha, tta, "auto")
-    weighted = {**record, "aggregate": "tumor_weighted"}
-    with pytest.raises(StaleCalibrationError, match="aggregate=tumor_weighted, not mean"):
-        usable_temperature(weighted, "RUN/calibration.json", "aa", "flip", "auto")
 
 
 def test_the_reliability_plot_draws_both_curves():
@@ -155,17 +138,21 @@ def test_evaluate_stores_applies_and_reports_the_temperature(run):
 @pytest.mark.slow
 def test_predict_applies_the_temperature_from_checkpoint_and_export(run, tmp_path):
     stored = json.loads((run["run"] / "calibration.json").read_text())
-    from_ckpt = _predict(run, tmp_path / "ckpt", f"ckpt={run['run']}", "tta=flip")
+    # no tta= given: the recipe's (tta=flip) is followed, not refused
+    from_ckpt = _predict(run, tmp_path / "ckpt", f"ckpt={run['run']}")
     assert from_ckpt["tta"] == "flip"
     assert from_ckpt["calibration"]["temperature"] == stored["temperature"]
     written = json.loads((tmp_path / "ckpt" / "predictions.json").read_text())
-    assert written["calibration"]["source"] == str(run["run"] / "calibration.json")
+    assert written["calibration"]["source"] == str(run["run"] / "recipe.json")
+    recipe = json.loads((run["run"] / "recipe.json").read_text())
+    assert written["recipe"]["threshold"] == recipe["threshold"] == written["threshold"]
+    assert recipe["sources"]["threshold"].startswith("threshold=youden on 4 validation patients")
     # the same patient's probability as evaluate.py's calibrated report
     patient = from_ckpt["patients"][0]
     table = (run["run"] / "eval" / "test_youden_flip_temperature" / "patient_predictions.csv").read_text()
     row = next(line.split(",") for line in table.splitlines() if line.startswith(patient["patient_id"] + ","))
     assert patient["probabilities"]["HGG"] == pytest.approx(float(row[2]), abs=1e-5)
-    uncalibrated = _predict(run, tmp_path / "none", f"ckpt={run['run']}", "tta=flip", "calibration=none")
+    uncalibrated = _predict(run, tmp_path / "none", f"ckpt={run['run']}", "tta=flip", "recipe=none")
     assert uncalibrated["calibration"]["method"] == "none"
     assert uncalibrated["patients"][0]["probabilities"] != patient["probabilities"]
 
@@ -179,7 +166,9 @@ def test_predict_applies_the_temperature_from_checkpoint_and_export(run, tmp_pat
     assert card["metrics"]["test"]["calibration"] == "none"
     assert card["calibration_note"].startswith("the val metrics and test metrics come from probabilities")
     assert f"- Note: {card['calibration_note']}" in markdown
-    from_onnx = _predict(run, tmp_path / "onnx", f"ckpt={run['run'] / 'export'}", "tta=flip")
+    assert card["recipe"] == recipe and card["decision_threshold"]["value"] == recipe["threshold"]
+    from_onnx = _predict(run, tmp_path / "onnx", f"ckpt={run['run'] / 'export'}")
+    assert from_onnx["tta"] == "flip" and from_onnx["recipe"]["stale_export"] is None
     assert from_onnx["calibration"]["temperature"] == stored["temperature"]
     got, want = from_onnx["patients"][0], from_ckpt["patients"][0]
     assert np.abs(np.array(got["slice_probabilities"]) - np.array(want["slice_probabilities"])).max() < 1e-4
@@ -188,22 +177,26 @@ def test_predict_applies_the_temperature_from_checkpoint_and_export(run, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_stale_temperature_is_refused_or_refitted(run, tmp_path):
-    path = run["run"] / "calibration.json"
+def test_a_recipe_of_another_checkpoint_is_refused_then_refitted(run, tmp_path):
+    path = run["run"] / "recipe.json"
     stored = json.loads(path.read_text())
-    # another TTA than the one it was fitted with: refused, naming both and the way out
-    with pytest.raises(StaleCalibrationError, match="fitted with tta=flip, not tta=none"):
-        _predict(run, tmp_path / "a", f"ckpt={run['run']}")
-    # fitted for another checkpoint (last.ckpt rewritten, or another epoch): refused, not exported
-    path.write_text(json.dumps({**stored, "checkpoint_sha256": "0" * 64, "checkpoint": "other.ckpt"}))
+    calibration = run["run"] / "calibration.json"
+    fitted = json.loads(calibration.read_text())
+    # an option that contradicts the recipe: refused, naming both and the ways out
+    with pytest.raises(RecipeError, match=r"tta=none contradicts .*recipe.json \(tta=flip"):
+        _predict(run, tmp_path / "a", f"ckpt={run['run']}", "tta=none")
+    # the recipe of another checkpoint (last.ckpt rewritten, or another epoch): refused, not exported
+    write_sealed(path, {**stored, "checkpoint_sha256": "0" * 64})
     try:
-        with pytest.raises(StaleCalibrationError, match=r"another checkpoint \(other.ckpt\)"):
-            _predict(run, tmp_path / "b", f"ckpt={run['run']}", "tta=flip")
-        exported = run_python("-m", "gliograde.export", str(run["run"]), "--output", str(tmp_path / "export"))
+        ckpt = find_checkpoint(run["run"])
+        with pytest.raises(RecipeError, match=r"contradicts .*recipe.json, which is the recipe of checkpoints/"):
+            _predict(run, tmp_path / "b", f"ckpt={ckpt}")
+        exported = run_python("-m", "gliograde.export", str(ckpt), "--output", str(tmp_path / "export"))
         assert exported.returncode == 0, exported.stderr[-3000:]
         assert "Not exporting" in exported.stdout
-        assert json.loads((tmp_path / "export" / "model_card.json").read_text())["calibration"] is None
-        # evaluate.py refits for its own checkpoint and TTA rather than reuse the stale one; on the
+        card = json.loads((tmp_path / "export" / "model_card.json").read_text())
+        assert card["calibration"] is None and card["recipe"] is None
+        # evaluate.py refits for its own checkpoint and TTA and records the recipe anew; on the
         # val split it says that these are the patients the temperature was fitted on
         result = run_python(
             "evaluate.py",
@@ -218,11 +211,17 @@ def test_a_stale_temperature_is_refused_or_refitted(run, tmp_path):
         note = json.loads((tmp_path / "val" / "metrics.json").read_text())["calibration"]["note"]
         assert note.startswith("the temperature was fitted on 4 of these 4 patients")
         assert f"Note: {note}" in result.stdout
-        refitted = json.loads(path.read_text())
+        refitted = json.loads(calibration.read_text())
         assert refitted["tta"] == "none" and refitted["checkpoint_sha256"] == stored["checkpoint_sha256"]
-        assert _predict(run, tmp_path / "c", f"ckpt={run['run']}")["calibration"]["method"] == "temperature"
+        recipe = json.loads(path.read_text())
+        assert recipe["tta"] == "none" and recipe["temperature"] == refitted["temperature"]
+        assert recipe["threshold"] == 0.5 and recipe["options"]["calibration"] == "temperature"
+        assert "It replaces:" in result.stdout
+        applied = _predict(run, tmp_path / "c", f"ckpt={run['run']}")
+        assert applied["calibration"]["method"] == "temperature" and applied["tta"] == "none"
     finally:
-        path.write_text(json.dumps(stored))
+        path.write_text(json.dumps(stored, indent=2))
+        calibration.write_text(json.dumps(fitted, indent=2))
 
 
 @pytest.mark.slow  # end to end: real commands

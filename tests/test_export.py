@@ -1,5 +1,6 @@
 """python -m gliograde.export: ONNX equal to the checkpoint on real slices, a model card from the
-run's own records, and predict.py running the export with onnxruntime alone."""
+run's own records, and predict.py running the export with onnxruntime alone; an export that is
+tampered with is refused, one made before the run's recipe changed is named stale."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import torch
 from helpers.commands import run_python
 from helpers.runs import tiny_run
 
+from helpers.configs import compose_config
+
 from gliograde.inference.inputs import from_folder
-from gliograde.inference.models import TorchModel, find_checkpoint
+from gliograde.inference.models import ModelSourceError, OnnxModel, TorchModel, find_checkpoint, read_card
+from gliograde.inference.runner import predict
 from gliograde.inference.stream import load_patient
+from gliograde.sealed import SealError
 
 # trains a model in a `python train.py` subprocess
 pytestmark = pytest.mark.slow
@@ -38,7 +43,7 @@ def exported(tmp_path_factory) -> Iterator[dict[str, Path]]:
     assert result.returncode == 0, result.stderr[-3000:]
     with open(run / "splits.csv", newline="") as fh:
         test = sorted(r["patient_id"] for r in csv.DictReader(fh) if r["split"] == "test")
-    yield {**paths, "run": run, "test": test}
+    yield {**paths, "run": run, "test": test, "export_stderr": result.stderr}
     shutil.rmtree(run.parent, ignore_errors=True)
 
 
@@ -106,3 +111,113 @@ def test_predict_runs_the_export_without_lightning_and_agrees(exported, tmp_path
     assert pa["slice_index"] == pb["slice_index"] and pa["prediction"] == pb["prediction"]
     assert np.abs(np.array(pa["slice_probabilities"]) - np.array(pb["slice_probabilities"])).max() < 1e-4
     assert "gradcam" not in pa["figures"] and "slices" in pa["figures"]
+
+
+def test_the_export_uses_the_supported_path_without_deprecation_noise(exported):
+    assert "TorchScript" not in exported["export_stderr"]
+    assert "DeprecationWarning" not in exported["export_stderr"]
+
+
+def _swap_output_rows(path: Path) -> None:
+    """Rewrite the graph's last layer with its two class rows swapped: a graph that calls every
+    HGG patient LGG and runs without an error."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path))
+    swapped = 0
+    for tensor in graph.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.shape[:1] == (2,) and values.ndim in (1, 2) and "fc" in tensor.name:
+            tensor.CopyFrom(numpy_helper.from_array(values[::-1].copy(), tensor.name))
+            swapped += 1
+    assert swapped == 2, [t.name for t in graph.graph.initializer][-4:]  # fc weight and bias
+    onnx.save(graph, str(path))
+
+
+def test_a_tampered_export_is_refused(exported, tmp_path):
+    source = exported["run"] / "export"
+    card = read_card(source)
+    assert card["model"]["onnx"]["onnx_sha256"] and card["sha256"]
+    patient = exported["test"][0]
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(source, swapped)
+    _swap_output_rows(swapped / "model.onnx")
+    height, width = card["input_contract"]["image_size"]
+    images = np.full((1, card["model"]["in_channels"], height, width), 0.5, dtype=np.float32)
+    honest = onnxruntime.InferenceSession(str(source / "model.onnx")).run(None, {"image": images})[0]
+    hostile = onnxruntime.InferenceSession(str(swapped / "model.onnx")).run(None, {"image": images})[0]
+    assert np.allclose(hostile, honest[:, ::-1], atol=1e-5)  # the hostile graph would run, swapped
+    with pytest.raises(ModelSourceError, match=r"model.onnx: its sha256 .* is not the model card's onnx_sha256"):
+        OnnxModel(swapped)
+
+    edited = tmp_path / "edited"
+    shutil.copytree(source, edited)
+    changed = json.loads((edited / "model_card.json").read_text())
+    changed["input_contract"]["modalities"] = changed["input_contract"]["modalities"][::-1]
+    changed["input_contract"]["classes"] = changed["input_contract"]["classes"][::-1]
+    (edited / "model_card.json").write_text(json.dumps(changed, indent=2))
+    with pytest.raises(SealError, match="model_card.json: its content does not match its sha256"):
+        OnnxModel(edited)
+
+    # as a user meets them: one line, exit 2, no traceback
+    truncated = tmp_path / "truncated"
+    shutil.copytree(source, truncated)
+    data = (truncated / "model.onnx").read_bytes()
+    (truncated / "model.onnx").write_bytes(data[: len(data) // 2])
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    text = (broken / "model_card.json").read_text()
+    (broken / "model_card.json").write_text(text[: len(text) // 2])
+    for folder, said in ((truncated, "is not the model card's onnx_sha256"), (broken, "not valid JSON")):
+        result = run_python(
+            "predict.py",
+            f"ckpt={folder}",
+            f"input={exported['cohort'] / patient}",
+            f"output_dir={tmp_path / 'out'}",
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"error: {folder}") and said in line and "re-export" in line
+
+
+def _predict(*overrides: str) -> dict:
+    return predict(compose_config("predict", list(overrides)))
+
+
+def test_an_export_made_before_the_recipe_is_named_stale(exported, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(exported["run"], run)  # its export was made before any recipe
+    patient = exported["cohort"] / exported["test"][0]
+    evaluated = run_python(
+        "evaluate.py", f"run_dir={run}", "bootstrap=10", "gradcam_n=0", "tta=flip", "calibration=temperature"
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"Note: {run / 'export'} is stale: it applies tta=none" in evaluated.stdout
+    recipe = json.loads((run / "recipe.json").read_text())
+
+    # the stale export predicts with what it was made with, and says it is stale
+    old = _predict(f"ckpt={run / 'export'}", f"input={patient}", f"output_dir={tmp_path / 'old'}")
+    assert old["tta"] == "none" and old["calibration"]["method"] == "none"
+    written = json.loads((tmp_path / "old" / "predictions.json").read_text())
+    assert written["recipe"]["stale_export"].startswith(f"{run / 'export'} is stale")
+    assert "temperature none" in written["recipe"]["stale_export"]
+    # the checkpoint follows the recipe, and names the stale export too
+    new = _predict(f"ckpt={run}", f"input={patient}", f"output_dir={tmp_path / 'new'}", "gradcam=false")
+    assert new["tta"] == "flip" and new["calibration"]["temperature"] == recipe["temperature"]
+    assert new["recipe"]["stale_export"] == written["recipe"]["stale_export"]
+    checked = run_python("-m", "gliograde.export", str(run), "--check")
+    assert checked.returncode == 1 and f"{run / 'export'} is stale" in checked.stdout
+
+    again = run_python("-m", "gliograde.export", str(run))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Replacing {run / 'export'} is stale" in again.stdout
+    checked = run_python("-m", "gliograde.export", str(run), "--check")
+    assert checked.returncode == 0 and "applies the run's current recipe" in checked.stdout
+    card = read_card(run / "export")
+    assert card["recipe"] == recipe
+    fresh = _predict(f"ckpt={run / 'export'}", f"input={patient}", f"output_dir={tmp_path / 'fresh'}")
+    assert fresh["tta"] == "flip" and fresh["recipe"]["stale_export"] is None
+    got, want = fresh["patients"][0]["probabilities"], new["patients"][0]["probabilities"]
+    assert all(abs(got[c] - want[c]) < 1e-4 for c in want)

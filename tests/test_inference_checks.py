@@ -18,7 +18,7 @@ from gliograde.errors import ConfigError
 from gliograde.evaluation.calibration import fitted_on_note
 from gliograde.evaluation.report import format_report
 from gliograde.evaluation.report_html import evaluation_page
-from gliograde.inference.calibration import read_calibration
+from gliograde.inference.calibration import read_calibration, write_calibration
 from gliograde.inference.models import TorchModel
 from gliograde.inference.tta import check_tta_for
 from gliograde.model_card import build_card, render_markdown
@@ -106,16 +106,16 @@ def test_evaluate_refuses_flip_rot_before_reading_the_cohort(sagittal_run):
 
 def test_an_unreadable_calibration_file_is_one_line_naming_it(tmp_path, monkeypatch):
     path = tmp_path / "calibration.json"
-    path.write_text(json.dumps({"temperature": 1.5}))
+    write_calibration(tmp_path, {"temperature": 1.5})
     assert read_calibration(tmp_path)["temperature"] == 1.5
-    real = Path.read_text
+    real = Path.read_bytes
 
     def denied(self, *args, **kwargs):
         if self == path:
             raise PermissionError(13, "Permission denied", str(self))
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_text", denied)
+    monkeypatch.setattr(Path, "read_bytes", denied)
     with pytest.raises(ConfigError, match=rf"^{path}: cannot be read \(Permission denied\)"):
         read_calibration(tmp_path)
 

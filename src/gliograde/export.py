@@ -160,7 +160,9 @@ def _write_onnx(model: TorchModel, path: Path) -> None:
     # TorchScript exporter's graph is checked against the checkpoint under onnxruntime
     # (_check_onnx) before anything is kept, so its deprecation notice tells the user nothing.
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
+        )
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
         torch.onnx.export(
             net,
@@ -231,7 +233,9 @@ def check(run: str | Path, output: str | Path | None = None) -> int:
         raise ModelSourceError(f"{run}: not a run directory (no checkpoints/); --check takes RUN")
     folder = Path(output) if output else run / "export"
     if not (folder / CARD_FILE).is_file():
-        raise ModelSourceError(f"{folder}: no export to check (no {CARD_FILE}); python -m gliograde.export {run}")
+        raise ModelSourceError(
+            f"{folder}: no export to check (no {CARD_FILE}); python -m gliograde.export {run} makes one"
+        )
     stale = export_staleness(folder, run)
     if stale:
         print(stale)

@@ -92,11 +92,6 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
             calibration_report["patient"] = calibration_scores(uncalibrated, predictions)
     threshold, interval = choose_threshold(cfg.threshold, val)
     command = shlex.join(["python", "evaluate.py", *sys.argv[1:]])
-    options = {"ckpt": str(cfg.ckpt), "tta": tta, "aggregate": str(cfg.aggregate)}
-    options.update(calibration=calibration, threshold=cfg.threshold)
-    if chooses_recipe(options):  # how the model is meant to be applied: predict and export follow it
-        source = threshold_source(threshold, interval, val)
-        record_recipe(run, checkpoint, options, record, threshold, source, out, command)
     write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
     report: dict[str, Any] = {
         "run_dir": str(run),
@@ -122,6 +117,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     else:
         report["note"] = "the cohort has no labels: predictions only"
     write_metrics(out, report)
+    options = {"ckpt": str(cfg.ckpt), "tta": tta, "aggregate": str(cfg.aggregate)}
+    options.update(calibration=calibration, threshold=cfg.threshold)
+    if chooses_recipe(options):  # how the model is meant to be applied: predict and export follow it
+        source = threshold_source(threshold, interval, val)
+        record_recipe(run, checkpoint, options, record, threshold, source, out, command)
 
     figures = metric_figures(predictions, classes, threshold, cfg.split, uncalibrated)
     dataset = datamodule.datasets[cfg.split]

@@ -143,9 +143,16 @@ class OnnxModel:
         self.classes = list(self.contract["classes"])
         try:
             self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except (ort_errors.InvalidProtobuf, ort_errors.Fail, ort_errors.InvalidGraph, ort_errors.NoSuchFile) as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ModelSourceError(f"{self.path}: onnxruntime cannot load it ({first}); {_reexport(card)}") from None
+        except (
+            ort_errors.InvalidProtobuf,
+            ort_errors.InvalidGraph,
+            ort_errors.NoSuchFile,
+            ort_errors.Fail,
+        ) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelSourceError(
+                f"{self.path}: onnxruntime cannot load it ({first}); {_reexport(card)}"
+            ) from None
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [output.name for output in self.session.get_outputs()]
         self.card = card
@@ -189,7 +196,8 @@ def read_card(folder: Path) -> dict[str, Any]:
     card = read_sealed(Path(folder) / CARD_FILE, _reexport(None))
     missing = [key for key in ("input_contract", "model") if not isinstance(card.get(key), dict)]
     if missing or not isinstance(card["model"].get("onnx"), dict):
-        raise ModelSourceError(f"{Path(folder) / CARD_FILE}: not a model card (no {missing or ['model.onnx']})")
+        absent = missing or ["model.onnx"]
+        raise ModelSourceError(f"{Path(folder) / CARD_FILE}: not a model card (no {absent})")
     return card
 
 

@@ -189,7 +189,8 @@ def record_recipe(
     }
     recipe = write_sealed(run / RECIPE_FILE, recipe)
     values = recipe_values(recipe, sha)
-    print(f"Recipe of {run} ({run / RECIPE_FILE}): {shown}, {describe(values)}; predict.py and export follow it")
+    print(f"Recipe of {run} ({run / RECIPE_FILE}): {shown}, {describe(values)}")
+    print("  predict.py and export follow it")
     if previous is not None and recipe_values(previous, sha) != values:
         print(f"  It replaces: {previous['checkpoint']}, {describe(recipe_values(previous, sha))}")
     stale = export_staleness(run / EXPORT_DIR, run)
@@ -316,7 +317,8 @@ def model_recipe(model) -> tuple[dict[str, Any] | None, str]:
         )
     if file_sha256(model.path) != recipe["checkpoint_sha256"]:
         raise RecipeError(
-            f"ckpt={model.path} contradicts {run / RECIPE_FILE}, which is the recipe of {recipe['checkpoint']} "
+            f"ckpt={model.path} contradicts {run / RECIPE_FILE}, which is the recipe of "
+            f"{recipe['checkpoint']} "
             f"(sha256 {recipe['checkpoint_sha256'][:12]}): pass ckpt={run} to follow it, re-run evaluate.py "
             f"run_dir={run} ckpt={model.path} ... to record a recipe for this checkpoint, or pass recipe=none"
         )
