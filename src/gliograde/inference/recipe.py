@@ -176,7 +176,7 @@ def record_recipe(
         "temperature": float(calibration["temperature"]) if calibration else None,
         "threshold": float(threshold),
         "sources": {
-            "checkpoint": f"evaluate.py, sha256 {sha[:12]}",
+            "checkpoint": f"evaluate.py ckpt={options['ckpt']}, sha256 {sha[:12]}",
             "tta": f"evaluate.py tta={tta}",
             "aggregate": f"evaluate.py aggregate={aggregate}",
             "temperature": temperature_source,
@@ -312,8 +312,8 @@ def model_recipe(model) -> tuple[dict[str, Any] | None, str]:
     recipe = read_recipe(run)
     if recipe is None:
         return None, (
-            f"none: {run} has no {RECIPE_FILE} (evaluate.py calibration=temperature or threshold=youden "
-            "records one)"
+            f"none: {run} has no {RECIPE_FILE} (an evaluate.py run with tta=..., calibration=temperature "
+            "or threshold=... records one)"
         )
     if file_sha256(model.path) != recipe["checkpoint_sha256"]:
         raise RecipeError(
