@@ -113,7 +113,7 @@ def test_predict_runs_the_export_without_lightning_and_agrees(exported, tmp_path
     assert "gradcam" not in pa["figures"] and "slices" in pa["figures"]
 
 
-def test_the_export_uses_the_supported_path_without_deprecation_noise(exported):
+def test_the_export_prints_no_exporter_deprecation_warning(exported):
     assert "TorchScript" not in exported["export_stderr"]
     assert "DeprecationWarning" not in exported["export_stderr"]
 
