@@ -49,8 +49,9 @@ class PatientSlices:
 class PreparedCohort:
     """The cohort of ``options``: its records, cache, problems, split and selected slices."""
 
-    def __init__(self, options: DataOptions):
+    def __init__(self, options: DataOptions, check: str = "auto"):
         self.options = options
+        self.check = check  # how much of the cache's volumes.npy an open verifies (cache_meta)
         self.cohort: Cohort | None = None
         self.cached: CachedCohort | None = None
         self.skipped: list[DataError] = []
@@ -99,6 +100,7 @@ class PreparedCohort:
             progress=opts.progress,
             slab=slab_rule(opts),
             required=opts.modalities,
+            check=self.check,
         )
         unusable = self._mask_problems(cohort, cached)
         if unusable and opts.on_error == "raise":
