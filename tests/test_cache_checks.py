@@ -1,0 +1,238 @@
+"""volumes.npy's blocks against their crc32: a full check by prepare and after any change to
+the file, a sampled one on every other open; damage named and rebuilt, or refused read-only.
+Caches held by a reader are never removed by clean, and clean supersedes by generation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers.cohorts import make_datamodule
+
+import gliograde.data.cache as cache_module
+import gliograde.data.cache_meta as cache_meta
+from gliograde.data.cache import CachedCohort, current_generation, current_key
+from gliograde.data.cohort import discover_cohort
+from gliograde.data.cache_clean import clean_cache_dir, hold_for_reading
+from gliograde.data.cache_meta import DamagedCacheError, read_meta, verify_cache
+from gliograde.data.options import DataOptions
+from gliograde.data.prepared import PreparedCohort, slab_rule
+
+
+def _built(root: Path, cache_dir: Path, **overrides) -> CachedCohort:
+    dm = make_datamodule(root, cache_dir, **({"slices": {"strategy": "brain"}} | overrides))
+    dm.prepare_data()
+    dm.cached.hold.release()  # the test process is not a reader of the caches it inspects
+    return dm.cached
+
+
+def _blocks(directory: Path) -> list[list]:
+    return read_meta(directory)["files"]["volumes.npy"]["crc32_blocks"]
+
+
+def _zero_in_place(path: Path, start: int, stop: int, keep_mtime: bool = True) -> None:
+    """Overwrite bytes ``start:stop`` of ``path`` with zeros in place: same size, same inode,
+    the mtime put back (the ctime cannot be)."""
+    before = path.stat()
+    with open(path, "r+b") as fh:
+        fh.seek(start)
+        fh.write(b"\0" * (stop - start))
+    if keep_mtime:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_ino) == (before.st_size, before.st_ino)
+    assert not keep_mtime or after.st_mtime_ns == before.st_mtime_ns
+
+
+def _pretend_unchanged(directory: Path) -> None:
+    """Make verified.json match volumes.npy as it is now: damage that leaves the stat alone
+    (a failing disk, a raw write to the device)."""
+    st = (directory / "volumes.npy").stat()
+    stat = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    (directory / "verified.json").write_text(json.dumps({"volumes.npy": stat}))
+
+
+def test_meta_holds_a_crc32_of_every_byte_of_volumes(tiny_cohort, tmp_path):
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    blocks = _blocks(cached.directory)
+    raw = cached.volumes_path.read_bytes()
+    assert blocks[0][0] == 0 and blocks[0][3] == "header"
+    assert [b[3] for b in blocks[1:]] == [cached.patient_ids[p] for p in np.argsort(cached.slots)]
+    end = 0
+    for offset, length, crc, _ in blocks:
+        assert offset == end and zlib.crc32(raw[offset : offset + length]) == crc
+        end += length
+    assert end == len(raw)
+    first, depth = cached.layout.first_row, cached.layout.depth
+    row_bytes = np.load(cached.volumes_path, mmap_mode="r")[0].nbytes
+    assert [b[1] for b in blocks[1:]] == [int(d) * row_bytes for d in depth[np.argsort(first)]]
+
+
+def test_zeroed_volumes_with_mtime_put_back_is_named_and_rebuilt(tiny_cohort, tmp_path, caplog):
+    cache_dir = tmp_path / "cache"
+    cached = _built(tiny_cohort, cache_dir)
+    expected = np.load(cached.volumes_path)
+    header = _blocks(cached.directory)[0][1]
+    _zero_in_place(cached.volumes_path, header, cached.volumes_path.stat().st_size)
+
+    with caplog.at_level(logging.WARNING, logger="gliograde.data.cache"):
+        again = _built(tiny_cohort, cache_dir)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    first_patient = _blocks(cached.directory)[1][3]
+    assert any(
+        str(cached.volumes_path) in w and f"patient {first_patient}" in w and "rebuilding" in w for w in warnings
+    ), warnings
+    assert again.directory == cached.directory
+    np.testing.assert_array_equal(np.load(again.volumes_path), expected)
+
+
+def test_zeroed_volumes_in_a_read_only_cache_is_refused_in_one_line(tiny_cohort, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    cached = _built(tiny_cohort, cache_dir)
+    _zero_in_place(cached.volumes_path, _blocks(cached.directory)[0][1], cached.volumes_path.stat().st_size)
+    monkeypatch.setattr(cache_module, "_is_writable", lambda directory: False)
+    with pytest.raises(DamagedCacheError) as err:
+        _built(tiny_cohort, cache_dir)
+    message = str(err.value)
+    assert "\n" not in message and str(cached.volumes_path) in message
+    assert "crc32" in message and "read-only" in message and "data.cache_dir" in message
+
+
+def test_one_damaged_patient_is_found_by_a_full_check_whatever_the_stat(tiny_cohort, tmp_path):
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    blocks = _blocks(cached.directory)
+    offset, length, _, patient = blocks[len(blocks) // 2]
+    _zero_in_place(cached.volumes_path, offset, offset + length)  # one patient's slices
+    _pretend_unchanged(cached.directory)
+    with pytest.raises(DamagedCacheError, match=f"patient {patient}'s stored slices"):
+        verify_cache(cached.directory, "full")
+    # prepare opens with a full check: it names the patient and rebuilds
+    options = DataOptions(
+        root=tiny_cohort, cache_dir=tmp_path / "cache", progress=False, preprocess={"workers": 1},
+        slices={"strategy": "brain"},
+    )
+    prepared = PreparedCohort(options, check="full")
+    prepared.load()
+    verify_cache(prepared.cached.directory, "full")
+
+
+def test_an_open_checks_every_block_only_after_the_file_changed(tiny_cohort, tmp_path, monkeypatch):
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    blocks = _blocks(cached.directory)
+    read: list[int] = []
+    original = cache_meta.check_blocks
+    monkeypatch.setattr(cache_meta, "check_blocks", lambda path, chosen: (read.append(len(chosen)), original(path, chosen)))
+
+    verify_cache(cached.directory)  # the build recorded its own full check: a sample
+    assert read == [1 + cache_meta.SAMPLED_BLOCKS]
+    os.utime(cached.volumes_path)  # touched (the ctime too): a full check, then recorded
+    verify_cache(cached.directory)
+    verify_cache(cached.directory)
+    assert read[1:] == [len(blocks), 1 + cache_meta.SAMPLED_BLOCKS]
+    (cached.directory / "verified.json").write_text("{not json")
+    verify_cache(cached.directory)
+    assert read[-1] == len(blocks)
+
+
+def test_a_sampled_check_catches_damage_the_stat_hides(tiny_cohort, tmp_path, monkeypatch):
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    blocks = _blocks(cached.directory)
+    _zero_in_place(cached.volumes_path, blocks[0][1], cached.volumes_path.stat().st_size)
+    _pretend_unchanged(cached.directory)
+    with pytest.raises(DamagedCacheError, match="stored slices"):
+        verify_cache(cached.directory, "sample")
+    # one damaged patient among many: a sample finds it when it draws it
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    offset, length, _, patient = _blocks(cached.directory)[3]
+    _zero_in_place(cached.volumes_path, offset, offset + length)
+    _pretend_unchanged(cached.directory)
+    monkeypatch.setattr(cache_meta, "SAMPLED_BLOCKS", len(blocks))
+    with pytest.raises(DamagedCacheError, match=f"patient {patient}'s"):
+        verify_cache(cached.directory, "sample")
+
+
+def test_a_damaged_header_is_named(tiny_cohort, tmp_path):
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    raw = bytearray(cached.volumes_path.read_bytes())
+    raw[10] ^= 0x01  # inside the npy header: same size
+    cached.volumes_path.write_bytes(bytes(raw))
+    with pytest.raises(DamagedCacheError, match="array header"):
+        verify_cache(cached.directory, "sample")
+
+
+# ------------------------------------------------------------------ readers and clean
+_READER = """
+import sys
+from gliograde.data.cache import CachedCohort, current_generation, current_key
+from gliograde.data.cohort import discover_cohort
+cached = CachedCohort.load(sys.argv[1])
+print("open", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_clean_keeps_a_superseded_cache_another_process_reads(tiny_cohort, tmp_path):
+    cache_dir = tmp_path / "cache"
+    old = _built(tiny_cohort, cache_dir)
+    patient = tiny_cohort / "BraTS20_Training_005" / "BraTS20_Training_005_t2.nii"
+    patient.write_bytes(patient.read_bytes())  # rewritten: the old cache is superseded
+    current = _built(tiny_cohort, cache_dir)
+    assert current.directory != old.directory
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(old.directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        kept = clean_cache_dir(cache_dir, current.directory.name, tiny_cohort)
+        assert [(r.path, r.in_use) for r in kept] == [(old.directory, True)]
+        assert "another process reads it" in kept[0].reason
+        assert (old.directory / "volumes.npy").is_file()
+    finally:
+        reader.communicate("\n", timeout=60)
+    assert reader.returncode == 0
+    removed = clean_cache_dir(cache_dir, current.directory.name, tiny_cohort)
+    assert [(r.path, r.in_use) for r in removed] == [(old.directory, False)]
+    assert not old.directory.exists() and current.directory.is_dir()
+
+
+def test_a_reader_waits_for_a_removal_and_finds_the_cache_gone(tiny_cohort, tmp_path):
+    cached = _built(tiny_cohort, tmp_path / "cache")
+    hold = hold_for_reading(cached.directory)
+    hold.release()
+    cache_module.remove_cache(cached.directory, cached.directory.name)
+    with pytest.raises(DamagedCacheError, match="folder missing"):
+        hold_for_reading(cached.directory)
+
+
+def _current(root: Path, cache_dir: Path, strategy: dict) -> tuple[str, str]:
+    options = DataOptions(root=root, cache_dir=cache_dir, slices=strategy)
+    records = discover_cohort(root, options.layout, options.label_spec, True, options.modalities).patients
+    args = (records, cache_dir, options.preprocess_spec, options.layout.mask_labels, slab_rule(options), options.modalities)
+    return current_key(*args), current_generation(*args)
+
+
+def test_clean_keeps_the_caches_of_the_current_files_whatever_their_slab(tiny_cohort, tmp_path):
+    cache_dir = tmp_path / "cache"
+    tumour_slices, brain_slices = {"strategy": "tumor_topk", "k": 2}, {"strategy": "brain"}
+    tumour = _built(tiny_cohort, cache_dir, slices=tumour_slices)  # no brain cache yet: its own
+    brain = _built(tiny_cohort, cache_dir, slices=brain_slices)
+    assert tumour.directory != brain.directory
+    for slices, own in ((tumour_slices, tumour), (brain_slices, brain)):
+        key, generation = _current(tiny_cohort, cache_dir, slices)
+        assert key == own.directory.name
+        assert clean_cache_dir(cache_dir, key, tiny_cohort, generation) == []
+    assert tumour.directory.is_dir() and brain.directory.is_dir()
+
+    patient = tiny_cohort / "BraTS20_Training_005" / "BraTS20_Training_005_t2.nii"
+    patient.write_bytes(patient.read_bytes())  # rewritten: both are superseded
+    key, generation = _current(tiny_cohort, cache_dir, tumour_slices)
+    removed = clean_cache_dir(cache_dir, key, tiny_cohort, generation)
+    assert sorted(r.path for r in removed) == sorted([tumour.directory, brain.directory])
+    assert all(r.reason == "superseded cache" for r in removed)
