@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
+import shutil
 import zlib
 from pathlib import Path
 
@@ -24,6 +23,22 @@ from gliograde.data.cache_clean import clean_cache_dir, hold_for_reading
 from gliograde.data.cache_meta import DamagedCacheError, read_meta, verify_cache
 from gliograde.data.options import DataOptions
 from gliograde.data.prepared import PreparedCohort, slab_rule
+from gliograde.data.synthetic import generate_cohort
+
+
+@pytest.fixture(scope="module")
+def small_master(tmp_path_factory) -> Path:
+    """6 patients of 24x24x12: the checks need a few blocks, not many voxels."""
+    root = tmp_path_factory.mktemp("checks") / "small"
+    generate_cohort(root, patients=6, seed=11, shape=(24, 24, 12), lgg_fraction=1 / 3, compress=False)
+    return root
+
+
+@pytest.fixture
+def small_cohort(small_master, tmp_path) -> Path:
+    root = tmp_path / "cohort"
+    shutil.copytree(small_master, root)
+    return root
 
 
 def _built(root: Path, cache_dir: Path, **overrides) -> CachedCohort:
@@ -59,8 +74,8 @@ def _pretend_unchanged(directory: Path) -> None:
     (directory / "verified.json").write_text(json.dumps({"volumes.npy": stat}))
 
 
-def test_meta_holds_a_crc32_of_every_byte_of_volumes(tiny_cohort, tmp_path):
-    cached = _built(tiny_cohort, tmp_path / "cache")
+def test_meta_holds_a_crc32_of_every_byte_of_volumes(small_cohort, tmp_path):
+    cached = _built(small_cohort, tmp_path / "cache")
     blocks = _blocks(cached.directory)
     raw = cached.volumes_path.read_bytes()
     assert blocks[0][0] == 0 and blocks[0][3] == "header"
@@ -74,16 +89,22 @@ def test_meta_holds_a_crc32_of_every_byte_of_volumes(tiny_cohort, tmp_path):
     row_bytes = np.load(cached.volumes_path, mmap_mode="r")[0].nbytes
     assert [b[1] for b in blocks[1:]] == [int(d) * row_bytes for d in depth[np.argsort(first)]]
 
+    raw = bytearray(raw)
+    raw[10] ^= 0x01  # inside the npy header: same size
+    cached.volumes_path.write_bytes(bytes(raw))
+    with pytest.raises(DamagedCacheError, match="array header"):
+        verify_cache(cached.directory, "sample")
 
-def test_zeroed_volumes_with_mtime_put_back_is_named_and_rebuilt(tiny_cohort, tmp_path, caplog):
+
+def test_zeroed_volumes_with_mtime_put_back_is_named_and_rebuilt(small_cohort, tmp_path, caplog):
     cache_dir = tmp_path / "cache"
-    cached = _built(tiny_cohort, cache_dir)
+    cached = _built(small_cohort, cache_dir)
     expected = np.load(cached.volumes_path)
     header = _blocks(cached.directory)[0][1]
     _zero_in_place(cached.volumes_path, header, cached.volumes_path.stat().st_size)
 
     with caplog.at_level(logging.WARNING, logger="gliograde.data.cache"):
-        again = _built(tiny_cohort, cache_dir)
+        again = _built(small_cohort, cache_dir)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     first_patient = _blocks(cached.directory)[1][3]
     assert any(
@@ -93,20 +114,20 @@ def test_zeroed_volumes_with_mtime_put_back_is_named_and_rebuilt(tiny_cohort, tm
     np.testing.assert_array_equal(np.load(again.volumes_path), expected)
 
 
-def test_zeroed_volumes_in_a_read_only_cache_is_refused_in_one_line(tiny_cohort, tmp_path, monkeypatch):
+def test_zeroed_volumes_in_a_read_only_cache_is_refused_in_one_line(small_cohort, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
-    cached = _built(tiny_cohort, cache_dir)
+    cached = _built(small_cohort, cache_dir)
     _zero_in_place(cached.volumes_path, _blocks(cached.directory)[0][1], cached.volumes_path.stat().st_size)
     monkeypatch.setattr(cache_module, "_is_writable", lambda directory: False)
     with pytest.raises(DamagedCacheError) as err:
-        _built(tiny_cohort, cache_dir)
+        _built(small_cohort, cache_dir)
     message = str(err.value)
     assert "\n" not in message and str(cached.volumes_path) in message
     assert "crc32" in message and "read-only" in message and "data.cache_dir" in message
 
 
-def test_one_damaged_patient_is_found_by_a_full_check_whatever_the_stat(tiny_cohort, tmp_path):
-    cached = _built(tiny_cohort, tmp_path / "cache")
+def test_one_damaged_patient_is_found_by_a_full_check_whatever_the_stat(small_cohort, tmp_path):
+    cached = _built(small_cohort, tmp_path / "cache")
     blocks = _blocks(cached.directory)
     offset, length, _, patient = blocks[len(blocks) // 2]
     _zero_in_place(cached.volumes_path, offset, offset + length)  # one patient's slices
@@ -115,7 +136,7 @@ def test_one_damaged_patient_is_found_by_a_full_check_whatever_the_stat(tiny_coh
         verify_cache(cached.directory, "full")
     # prepare opens with a full check: it names the patient and rebuilds
     options = DataOptions(
-        root=tiny_cohort, cache_dir=tmp_path / "cache", progress=False, preprocess={"workers": 1},
+        root=small_cohort, cache_dir=tmp_path / "cache", progress=False, preprocess={"workers": 1},
         slices={"strategy": "brain"},
     )
     prepared = PreparedCohort(options, check="full")
@@ -123,8 +144,8 @@ def test_one_damaged_patient_is_found_by_a_full_check_whatever_the_stat(tiny_coh
     verify_cache(prepared.cached.directory, "full")
 
 
-def test_an_open_checks_every_block_only_after_the_file_changed(tiny_cohort, tmp_path, monkeypatch):
-    cached = _built(tiny_cohort, tmp_path / "cache")
+def test_an_open_checks_every_block_only_after_the_file_changed(small_cohort, tmp_path, monkeypatch):
+    cached = _built(small_cohort, tmp_path / "cache")
     blocks = _blocks(cached.directory)
     read: list[int] = []
     original = cache_meta.check_blocks
@@ -141,15 +162,15 @@ def test_an_open_checks_every_block_only_after_the_file_changed(tiny_cohort, tmp
     assert read[-1] == len(blocks)
 
 
-def test_a_sampled_check_catches_damage_the_stat_hides(tiny_cohort, tmp_path, monkeypatch):
-    cached = _built(tiny_cohort, tmp_path / "cache")
+def test_a_sampled_check_catches_damage_the_stat_hides(small_cohort, tmp_path, monkeypatch):
+    cached = _built(small_cohort, tmp_path / "cache")
     blocks = _blocks(cached.directory)
     _zero_in_place(cached.volumes_path, blocks[0][1], cached.volumes_path.stat().st_size)
     _pretend_unchanged(cached.directory)
     with pytest.raises(DamagedCacheError, match="stored slices"):
         verify_cache(cached.directory, "sample")
     # one damaged patient among many: a sample finds it when it draws it
-    cached = _built(tiny_cohort, tmp_path / "cache")
+    cached = _built(small_cohort, tmp_path / "cache")
     offset, length, _, patient = _blocks(cached.directory)[3]
     _zero_in_place(cached.volumes_path, offset, offset + length)
     _pretend_unchanged(cached.directory)
@@ -158,52 +179,27 @@ def test_a_sampled_check_catches_damage_the_stat_hides(tiny_cohort, tmp_path, mo
         verify_cache(cached.directory, "sample")
 
 
-def test_a_damaged_header_is_named(tiny_cohort, tmp_path):
-    cached = _built(tiny_cohort, tmp_path / "cache")
-    raw = bytearray(cached.volumes_path.read_bytes())
-    raw[10] ^= 0x01  # inside the npy header: same size
-    cached.volumes_path.write_bytes(bytes(raw))
-    with pytest.raises(DamagedCacheError, match="array header"):
-        verify_cache(cached.directory, "sample")
-
-
 # ------------------------------------------------------------------ readers and clean
-_READER = """
-import sys
-from gliograde.data.cache import CachedCohort, current_generation, current_key
-from gliograde.data.cohort import discover_cohort
-cached = CachedCohort.load(sys.argv[1])
-print("open", flush=True)
-sys.stdin.readline()
-"""
-
-
-def test_clean_keeps_a_superseded_cache_another_process_reads(tiny_cohort, tmp_path):
+def test_clean_keeps_a_superseded_cache_another_process_reads(small_cohort, tmp_path):
     cache_dir = tmp_path / "cache"
-    old = _built(tiny_cohort, cache_dir)
-    patient = tiny_cohort / "BraTS20_Training_005" / "BraTS20_Training_005_t2.nii"
+    old = _built(small_cohort, cache_dir)
+    patient = small_cohort / "BraTS20_Training_002" / "BraTS20_Training_002_t2.nii"
     patient.write_bytes(patient.read_bytes())  # rewritten: the old cache is superseded
-    current = _built(tiny_cohort, cache_dir)
+    current = _built(small_cohort, cache_dir)
     assert current.directory != old.directory
-    reader = subprocess.Popen(
-        [sys.executable, "-c", _READER, str(old.directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert reader.stdout.readline().strip() == "open"
-        kept = clean_cache_dir(cache_dir, current.directory.name, tiny_cohort)
-        assert [(r.path, r.in_use) for r in kept] == [(old.directory, True)]
-        assert "another process reads it" in kept[0].reason
-        assert (old.directory / "volumes.npy").is_file()
-    finally:
-        reader.communicate("\n", timeout=60)
-    assert reader.returncode == 0
-    removed = clean_cache_dir(cache_dir, current.directory.name, tiny_cohort)
+    reader = CachedCohort.load(old.directory)  # a training reading it (a lock of its own)
+    kept = clean_cache_dir(cache_dir, current.directory.name, small_cohort)
+    assert [(r.path, r.in_use) for r in kept] == [(old.directory, True)]
+    assert "another process reads it" in kept[0].reason
+    assert reader.volume(0).shape[0] == 12  # still readable
+    reader.hold.release()  # the training ended
+    removed = clean_cache_dir(cache_dir, current.directory.name, small_cohort)
     assert [(r.path, r.in_use) for r in removed] == [(old.directory, False)]
     assert not old.directory.exists() and current.directory.is_dir()
 
 
-def test_a_reader_waits_for_a_removal_and_finds_the_cache_gone(tiny_cohort, tmp_path):
-    cached = _built(tiny_cohort, tmp_path / "cache")
+def test_a_reader_waits_for_a_removal_and_finds_the_cache_gone(small_cohort, tmp_path):
+    cached = _built(small_cohort, tmp_path / "cache")
     hold = hold_for_reading(cached.directory)
     hold.release()
     cache_module.remove_cache(cached.directory, cached.directory.name)
@@ -218,21 +214,21 @@ def _current(root: Path, cache_dir: Path, strategy: dict) -> tuple[str, str]:
     return current_key(*args), current_generation(*args)
 
 
-def test_clean_keeps_the_caches_of_the_current_files_whatever_their_slab(tiny_cohort, tmp_path):
+def test_clean_keeps_the_caches_of_the_current_files_whatever_their_slab(small_cohort, tmp_path):
     cache_dir = tmp_path / "cache"
     tumour_slices, brain_slices = {"strategy": "tumor_topk", "k": 2}, {"strategy": "brain"}
-    tumour = _built(tiny_cohort, cache_dir, slices=tumour_slices)  # no brain cache yet: its own
-    brain = _built(tiny_cohort, cache_dir, slices=brain_slices)
+    tumour = _built(small_cohort, cache_dir, slices=tumour_slices)  # no brain cache yet: its own
+    brain = _built(small_cohort, cache_dir, slices=brain_slices)
     assert tumour.directory != brain.directory
     for slices, own in ((tumour_slices, tumour), (brain_slices, brain)):
-        key, generation = _current(tiny_cohort, cache_dir, slices)
+        key, generation = _current(small_cohort, cache_dir, slices)
         assert key == own.directory.name
-        assert clean_cache_dir(cache_dir, key, tiny_cohort, generation) == []
+        assert clean_cache_dir(cache_dir, key, small_cohort, generation) == []
     assert tumour.directory.is_dir() and brain.directory.is_dir()
 
-    patient = tiny_cohort / "BraTS20_Training_005" / "BraTS20_Training_005_t2.nii"
+    patient = small_cohort / "BraTS20_Training_002" / "BraTS20_Training_002_t2.nii"
     patient.write_bytes(patient.read_bytes())  # rewritten: both are superseded
-    key, generation = _current(tiny_cohort, cache_dir, tumour_slices)
-    removed = clean_cache_dir(cache_dir, key, tiny_cohort, generation)
+    key, generation = _current(small_cohort, cache_dir, tumour_slices)
+    removed = clean_cache_dir(cache_dir, key, small_cohort, generation)
     assert sorted(r.path for r in removed) == sorted([tumour.directory, brain.directory])
     assert all(r.reason == "superseded cache" for r in removed)
