@@ -4,6 +4,7 @@ Caches held by a reader are never removed by clean, and clean supersedes by gene
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule
+from helpers.commands import run_python
+from helpers.runs import tiny_run
 
 import gliograde.data.cache as cache_module
 import gliograde.data.cache_meta as cache_meta
@@ -50,6 +53,11 @@ def _built(root: Path, cache_dir: Path, **overrides) -> CachedCohort:
 
 def _blocks(directory: Path) -> list[list]:
     return read_meta(directory)["files"]["volumes.npy"]["crc32_blocks"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def _zero_in_place(path: Path, start: int, stop: int, keep_mtime: bool = True) -> None:
@@ -232,3 +240,40 @@ def test_clean_keeps_the_caches_of_the_current_files_whatever_their_slab(small_c
     removed = clean_cache_dir(cache_dir, key, small_cohort, generation)
     assert sorted(r.path for r in removed) == sorted([tumour.directory, brain.directory])
     assert all(r.reason == "superseded cache" for r in removed)
+
+
+# ------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    return tiny_run(tmp_path_factory)
+
+
+@pytest.mark.slow
+def test_evaluate_notices_a_zeroed_cache_and_scores_as_training_did(trained, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(trained["cache"], cache, ignore=shutil.ignore_patterns(".*"))
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    volumes = folder / "volumes.npy"
+    header = read_meta(folder)["files"]["volumes.npy"]["crc32_blocks"][0][1]
+    _zero_in_place(volumes, header, volumes.stat().st_size)  # every voxel, same size and mtime
+    base = [f"run_dir={trained['run']}", f"data.cache_dir={cache}", "bootstrap=10", "gradcam_n=0"]
+
+    os.chmod(cache, 0o555)  # read-only: refused in one line
+    try:
+        if os.geteuid() != 0:  # root writes anyway
+            refused = run_python("evaluate.py", *base, f"output_dir={tmp_path / 'refused'}")
+            assert refused.returncode == 2
+            (line,) = refused.stderr.strip().splitlines()
+            assert str(volumes) in line and "crc32" in line and "read-only" in line
+    finally:
+        os.chmod(cache, 0o755)
+
+    result = run_python("evaluate.py", *base, f"output_dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if str(volumes) in line]
+    assert said and "crc32" in said[0] and "rebuilding" in said[0], result.stdout[-3000:]
+    scored = {r["patient_id"]: float(r["probability"]) for r in _rows(tmp_path / "eval" / "patient_predictions.csv")}
+    trained_probs = {r["patient_id"]: float(r["prob_HGG"]) for r in _rows(trained["run"] / "predictions_test.csv")}
+    assert scored.keys() == trained_probs.keys()
+    for patient, probability in scored.items():
+        assert probability == pytest.approx(trained_probs[patient], abs=1e-4)
