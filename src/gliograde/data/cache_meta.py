@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import random
 import time
@@ -132,25 +133,24 @@ def verify_cache(directory: Path, check: str = "auto") -> dict:
 def check_blocks(path: Path, blocks: list) -> None:
     """Read each ``[offset, bytes, crc32, owner]`` block of ``path`` and compare its crc32;
     DamagedCacheError naming the first that differs (and whose slices it holds)."""
-    buffer = bytearray(_CHUNK)
-    with open(path, "rb", buffering=0) as fh:
-        for offset, length, expected, owner in sorted(blocks):
-            fh.seek(offset)
-            crc, left = 0, length
-            while left:
-                view = memoryview(buffer)[: min(left, _CHUNK)]
-                got = fh.readinto(view)
-                if not got:
+    with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = memoryview(mapped)  # read in place: no copy through a buffer
+        try:
+            for offset, length, expected, owner in sorted(blocks):
+                if offset + length > len(view):
                     raise DamagedCacheError(f"damaged cache: ends inside the block of {owner}", where=path)
-                crc = zlib.crc32(view[:got], crc)
-                left -= got
-            if crc != expected:
-                what = "its array header" if owner == "header" else f"patient {owner}'s stored slices"
-                raise DamagedCacheError(
-                    f"damaged cache: {what} (bytes {offset} to {offset + length}) do not match "
-                    "the crc32 meta.json records",
-                    where=path,
-                )
+                crc = 0
+                for start in range(offset, offset + length, _CHUNK):
+                    crc = zlib.crc32(view[start : min(start + _CHUNK, offset + length)], crc)
+                if crc != expected:
+                    what = "its array header" if owner == "header" else f"patient {owner}'s stored slices"
+                    raise DamagedCacheError(
+                        f"damaged cache: {what} (bytes {offset} to {offset + length}) do not match "
+                        "the crc32 meta.json records",
+                        where=path,
+                    )
+        finally:
+            view.release()
 
 
 def _check_cover(blocks: list, size: int, where: Path) -> None:
