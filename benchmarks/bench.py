@@ -199,6 +199,10 @@ def measure_cache_checks(directory: Path, repeats: int) -> tuple[float, float]:
     return full / patients, _median_time(lambda: verify_cache(directory, "sample"), repeats)
 
 
+def _gb_per_s(nbytes: float, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e9:.1f} GB/s"
+
+
 def measure_nibabel_read(root: Path, repeats: int) -> float:
     """Seconds per patient for nibabel to read the five files into in-memory arrays."""
     import nibabel as nib
@@ -586,8 +590,9 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             "cache_full_check_s_per_patient",
             f"{r['cache_full_check_s_per_patient']:.4f}",
             "s",
-            f"crc32 of every block ({r['cache_bytes_per_patient'] / 1e6 / r['cache_full_check_s_per_patient'] / 1e3:.1f} GB/s): "
-            + "prepare, or an open after volumes.npy changed",
+            "crc32 of every block ("
+            + _gb_per_s(r["cache_bytes_per_patient"], r["cache_full_check_s_per_patient"])
+            + "): prepare, or an open after volumes.npy changed",
         ),
         (
             "cache_open_check_s",

@@ -89,7 +89,8 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
 def format_clean(current: Path, removed: list[Removed]) -> str:
     """One line per removed (or superseded but in use) folder, then the total freed."""
     lines = [
-        f"{'kept' if r.in_use else 'removed':<13} {r.path} ({r.reason}, {r.bytes / 1e9:.2f} GB)" for r in removed
+        f"{'kept' if r.in_use else 'removed':<13} {r.path} ({r.reason}, {r.bytes / 1e9:.2f} GB)"
+        for r in removed
     ]
     gone = [r for r in removed if not r.in_use]
     freed = sum(r.bytes for r in gone)

@@ -69,7 +69,14 @@ from gliograde.data.cache_clean import (
     remove_abandoned_builds,
     remove_cache,
 )
-from gliograde.data.cache_meta import CACHE_FORMAT, Block, DamagedCacheError, crc32_block, verify_cache, write_meta
+from gliograde.data.cache_meta import (
+    CACHE_FORMAT,
+    Block,
+    DamagedCacheError,
+    crc32_block,
+    verify_cache,
+    write_meta,
+)
 from gliograde.data.cohort import PatientRecord
 from gliograde.data.crops import modality_union
 from gliograde.data.errors import DataError
@@ -241,7 +248,9 @@ def cache_key(
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def cache_generation(patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]) -> str:
+def cache_generation(
+    patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]
+) -> str:
     """Hash of every input file's identity and stat, and of the settings that change voxels:
     caches of one generation differ only in which slices and block of them they keep.
 

@@ -195,7 +195,8 @@ def clean_cache_dir(
             continue
         if meta.get("cohort_root") != root or meta.get("key") != folder.name:
             continue
-        if meta.get("format") == CACHE_FORMAT and generation is not None and meta.get("generation") == generation:
+        current = meta.get("format") == CACHE_FORMAT and meta.get("generation") == generation
+        if generation is not None and current:
             continue
         outcome = _remove_unless_locked(cache_dir, folder)
         if outcome is not None:

@@ -185,7 +185,7 @@ def _record_verified(directory: Path) -> None:
     try:
         write_text(directory / VERIFIED_FILE, json.dumps({VOLUMES_FILE: _volumes_stat(directory)}))
     except OSError as exc:
-        log.info("Cannot record the full check of %s (%s): the next open checks it fully again", directory, exc)
+        log.info("Cannot record the full check of %s (%s): the next open checks fully again", directory, exc)
 
 
 def may_record(directory: Path) -> bool:

@@ -124,7 +124,8 @@ class PreparedCohort:
         record = cohort.patients[0]
         modality = next((m for m in opts.modalities if m in record.modalities), next(iter(record.modalities)))
         try:
-            header = read_header(record.modalities[modality], record.patient_id, opts.preprocess_spec.reorient)
+            reorient = opts.preprocess_spec.reorient
+            header = read_header(record.modalities[modality], record.patient_id, reorient)
         except DataError:
             return  # the build's header checks report the file
         x, y, z = header.shape
@@ -271,7 +272,8 @@ class PreparedCohort:
         if max(widest[:2]) > crop.size:
             log.warning(
                 "data.crop.size=%d is smaller than the brain of patient %s (%dx%d in the %s plane): "
-                "data.crop.mode=brain cuts brains at their edges; choose data.crop.size=%d or more to keep them whole",
+                "data.crop.mode=brain cuts brains at their edges; choose data.crop.size=%d or more "
+                "to keep them whole",
                 crop.size, widest[2], widest[0], widest[1], plane, max(widest[:2]),
             )
 
