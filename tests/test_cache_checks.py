@@ -9,6 +9,8 @@ import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -116,7 +118,8 @@ def test_zeroed_volumes_with_mtime_put_back_is_named_and_rebuilt(small_cohort, t
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     first_patient = _blocks(cached.directory)[1][3]
     assert any(
-        str(cached.volumes_path) in w and f"patient {first_patient}" in w and "rebuilding" in w for w in warnings
+        str(cached.volumes_path) in w and f"patient {first_patient}" in w and "rebuilding" in w
+        for w in warnings
     ), warnings
     assert again.directory == cached.directory
     np.testing.assert_array_equal(np.load(again.volumes_path), expected)
@@ -157,7 +160,11 @@ def test_an_open_checks_every_block_only_after_the_file_changed(small_cohort, tm
     blocks = _blocks(cached.directory)
     read: list[int] = []
     original = cache_meta.check_blocks
-    monkeypatch.setattr(cache_meta, "check_blocks", lambda path, chosen: (read.append(len(chosen)), original(path, chosen)))
+    def counted(path: Path, chosen: list) -> None:
+        read.append(len(chosen))
+        original(path, chosen)
+
+    monkeypatch.setattr(cache_meta, "check_blocks", counted)
 
     verify_cache(cached.directory)  # the build recorded its own full check: a sample
     assert read == [1 + cache_meta.SAMPLED_BLOCKS]
@@ -218,7 +225,8 @@ def test_a_reader_waits_for_a_removal_and_finds_the_cache_gone(small_cohort, tmp
 def _current(root: Path, cache_dir: Path, strategy: dict) -> tuple[str, str]:
     options = DataOptions(root=root, cache_dir=cache_dir, slices=strategy)
     records = discover_cohort(root, options.layout, options.label_spec, True, options.modalities).patients
-    args = (records, cache_dir, options.preprocess_spec, options.layout.mask_labels, slab_rule(options), options.modalities)
+    labels = options.layout.mask_labels
+    args = (records, cache_dir, options.preprocess_spec, labels, slab_rule(options), options.modalities)
     return current_key(*args), current_generation(*args)
 
 
@@ -272,8 +280,53 @@ def test_evaluate_notices_a_zeroed_cache_and_scores_as_training_did(trained, tmp
     assert result.returncode == 0, result.stderr[-3000:]
     said = [line for line in (result.stdout + result.stderr).splitlines() if str(volumes) in line]
     assert said and "crc32" in said[0] and "rebuilding" in said[0], result.stdout[-3000:]
-    scored = {r["patient_id"]: float(r["probability"]) for r in _rows(tmp_path / "eval" / "patient_predictions.csv")}
-    trained_probs = {r["patient_id"]: float(r["prob_HGG"]) for r in _rows(trained["run"] / "predictions_test.csv")}
+    evaluated = _rows(tmp_path / "eval" / "patient_predictions.csv")
+    scored = {r["patient_id"]: float(r["probability"]) for r in evaluated}
+    at_training = _rows(trained["run"] / "predictions_test.csv")
+    trained_probs = {r["patient_id"]: float(r["prob_HGG"]) for r in at_training}
     assert scored.keys() == trained_probs.keys()
     for patient, probability in scored.items():
         assert probability == pytest.approx(trained_probs[patient], abs=1e-4)
+
+
+_READER = """
+import sys
+from gliograde.data.cache import CachedCohort
+cached = CachedCohort.load(sys.argv[1])
+print("open", flush=True)
+sys.stdin.readline()
+print(float(cached.volume(0).max()), flush=True)
+"""
+
+
+def _clean(root: Path, cache_dir: Path):
+    return run_python(
+        "-m", "gliograde.prepare", "data=brats2020", f"data.root={root}", f"data.cache_dir={cache_dir}",
+        "data.slices.strategy=brain", "clean=true",
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_clean_from_another_process_keeps_what_a_running_process_reads(small_cohort, tmp_path):
+    cache_dir = tmp_path / "cache"
+    old = _built(small_cohort, cache_dir)
+    patient = small_cohort / "BraTS20_Training_002" / "BraTS20_Training_002_t2.nii"
+    patient.write_bytes(patient.read_bytes())
+    _built(small_cohort, cache_dir)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", _READER, str(old.directory)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        cleaned = _clean(small_cohort, cache_dir)
+        assert cleaned.returncode == 0, cleaned.stderr[-3000:]
+        kept = f"kept          {old.directory} (superseded cache, kept: another process reads it"
+        assert kept in cleaned.stdout
+        assert "in 0 folder(s)" in cleaned.stdout and old.directory.is_dir()
+        out, _ = reader.communicate("\n", timeout=120)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0 and float(out.strip().splitlines()[-1]) > 0
+    cleaned = _clean(small_cohort, cache_dir)
+    assert f"removed       {old.directory} (superseded cache" in cleaned.stdout and not old.directory.exists()

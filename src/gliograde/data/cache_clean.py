@@ -54,7 +54,11 @@ def hold_for_reading(directory: Path) -> ReaderHold:
     except (FileNotFoundError, NotADirectoryError):
         raise DamagedCacheError("damaged cache: folder missing", where=directory) from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:
+            # A file system without locks: the cache is read, but clean cannot see the reader.
+            log.warning("Cannot lock %s for reading (%s): clean=true cannot see this reader", directory, exc)
         try:
             current = os.stat(directory)
         except FileNotFoundError:
@@ -75,7 +79,7 @@ def unread(directory: Path) -> Iterator[bool]:
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # held by a reader, or no locks here: readers cannot be ruled out
             yield False
             return
         yield True
