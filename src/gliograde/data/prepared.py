@@ -19,11 +19,11 @@ from gliograde.data.cache import CachedCohort, open_or_build
 from gliograde.data.cache_box import SlabRule
 from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.cohort_tables import usable_fingerprints, write_cohort_tables
+from gliograde.data.crops import normal_length, union_box
 from gliograde.data.errors import DataError
 from gliograde.data.identity import content_duplicates
-from gliograde.data.options import DataOptions
-from gliograde.data.crops import normal_length, union_box
 from gliograde.data.nifti import read_header
+from gliograde.data.options import DataOptions
 from gliograde.data.slices import NEEDS_MASK, select_slices
 from gliograde.data.splits import SPLITS, split_patients
 from gliograde.data.synthetic import ensure_cohort
@@ -135,8 +135,7 @@ class PreparedCohort:
             raise ConfigError(
                 f"data.context={opts.context} takes {2 * opts.context + 1} slices of each modality, "
                 f"but the volumes hold {depth} {plane} slices (patient {record.patient_id}, shape "
-                f"{header.shape}): "
-                f"choose data.context at most {(depth - 1) // 2}"
+                f"{header.shape}): choose data.context at most {(depth - 1) // 2}"
             )
 
     def _mask_problems(self, cohort: Cohort, cached: CachedCohort) -> list[DataError]:
