@@ -330,3 +330,19 @@ def test_clean_from_another_process_keeps_what_a_running_process_reads(small_coh
     assert reader.returncode == 0 and float(out.strip().splitlines()[-1]) > 0
     cleaned = _clean(small_cohort, cache_dir)
     assert f"removed       {old.directory} (superseded cache" in cleaned.stdout and not old.directory.exists()
+
+
+def test_clean_supersedes_a_cache_of_an_older_format(small_cohort, tmp_path):
+    cache_dir = tmp_path / "cache"
+    cached = _built(small_cohort, cache_dir)
+    meta_path = cached.directory / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format"], meta["key"] = 6, "6" * 20  # an older version's keys differ too
+    meta.pop("generation")
+    meta["checksum"] = cache_meta._meta_checksum(meta)
+    meta_path.write_text(json.dumps(meta))
+    older = cached.directory.rename(cache_dir / meta["key"])
+    key, generation = _current(small_cohort, cache_dir, {"strategy": "brain"})
+    assert key == cached.directory.name  # not built in this version
+    removed = clean_cache_dir(cache_dir, key, small_cohort, generation)
+    assert [(r.path, r.reason) for r in removed] == [(older, "superseded cache")]
