@@ -10,6 +10,10 @@ and writes the figures to FILE (JSON):
 - ``cache_bytes_per_patient``: bytes of the built cache (every file; the brain strategy's
   slab, the largest) per patient; ``cache_bytes_ratio``: that over the same cache storing the
   full grid of every patient.
+- ``cache_full_check_s_per_patient``: checking every block of that cache's ``volumes.npy``
+  against its crc32 (what ``prepare`` does, and an open after the file changed), per patient;
+  ``cache_open_check_s``: the checks every other open makes (sizes, the index's sha256, the
+  array header and a sample of patients' blocks).
 - ``loader_slices_per_s``: slices per second from the DataModule's train loader (batches of
   ``--batch-size``, ``num_workers=0``); ``loader_slices_per_s_workers2``: two workers.
 - ``article_loader_slices_per_s``: a Dataset whose ``__getitem__`` loads the four NIfTI files
@@ -56,6 +60,8 @@ KEYS: tuple[str, ...] = (
     "nibabel_read_s_per_patient",
     "cache_bytes_per_patient",
     "cache_bytes_ratio",
+    "cache_full_check_s_per_patient",
+    "cache_open_check_s",
     "loader_slices_per_s",
     "loader_slices_per_s_workers2",
     "article_loader_slices_per_s",
@@ -182,6 +188,19 @@ def measure_cache_bytes(cached) -> tuple[float, float]:
     channels = len(cached.modalities)
     full_grid = patients * int(np.prod(cached.shape)) * channels * np.dtype(CACHE_DTYPE).itemsize
     return total / patients, total / (total - stored + full_grid)
+
+
+def measure_cache_checks(directory: Path, repeats: int) -> tuple[float, float]:
+    """(seconds per patient of a full check of a built cache, seconds of an open's sampled check)."""
+    from gliograde.data.cache_meta import read_meta, verify_cache
+
+    patients = len(read_meta(directory)["files"]["volumes.npy"]["crc32_blocks"]) - 1
+    full = _median_time(lambda: verify_cache(directory, "full"), repeats)
+    return full / patients, _median_time(lambda: verify_cache(directory, "sample"), repeats)
+
+
+def _gb_per_s(nbytes: float, seconds: float) -> str:
+    return f"{nbytes / seconds / 1e9:.1f} GB/s"
 
 
 def measure_nibabel_read(root: Path, repeats: int) -> float:
@@ -421,6 +440,9 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
         say("loaders")
         default = bench_datamodule(large, cache_dir, batch_size=opts.batch_size)  # config defaults
         results["cache_bytes_per_patient"], results["cache_bytes_ratio"] = measure_cache_bytes(default.cached)
+        results["cache_full_check_s_per_patient"], results["cache_open_check_s"] = measure_cache_checks(
+            default.cached.directory, opts.repeats
+        )
         delivered = extra["default_dtype"] = default.transfer_dtype
         results["loader_slices_per_s"] = extra[f"loader_{delivered}"] = measure_loader(default, opts.repeats)
         other = "float32" if delivered == "float16" else "float16"
@@ -563,6 +585,20 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             f"{r['cache_bytes_per_patient'] / 1e6:,.1f}",
             "MB",
             f"{r['cache_bytes_ratio']:.3f} of the full grid's (cache_bytes_ratio)",
+        ),
+        (
+            "cache_full_check_s_per_patient",
+            f"{r['cache_full_check_s_per_patient']:.4f}",
+            "s",
+            "crc32 of every block ("
+            + _gb_per_s(r["cache_bytes_per_patient"], r["cache_full_check_s_per_patient"])
+            + "): prepare, or an open after volumes.npy changed",
+        ),
+        (
+            "cache_open_check_s",
+            f"{r['cache_open_check_s']:.3f}",
+            "s",
+            "every other open: sizes, index sha256, header + sampled blocks",
         ),
         (
             "loader_slices_per_s",

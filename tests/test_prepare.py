@@ -89,6 +89,7 @@ def test_clean_removes_superseded_caches_and_abandoned_builds_only(tiny_cohort, 
     building = cache_dir / ".feedface00.partial-00000002"
     building.mkdir()
     expected_bytes = tree_bytes(old.cached.directory) + 1000
+    old.cached.hold.release()  # this process no longer reads the old cache
 
     with key_lock(cache_dir, "feedface00"):  # another process is building that key
         result = _prepare(

@@ -2,9 +2,11 @@
 
 Validates a cohort, builds its slice cache, and prints what was found. Takes the same
 ``data.*`` overrides as ``train.py``, so the cache it builds is the one training will use.
-With ``clean=true`` it builds nothing: it removes that cohort's superseded caches (built
-before its files or preprocessing settings changed) and abandoned partial builds from
-``data.cache_dir``, and prints what it removed and the bytes freed.
+Every block of the cache's ``volumes.npy`` is checked against its crc32 (a damaged cache is
+named and rebuilt). With ``clean=true`` it builds nothing: it removes that cohort's superseded
+caches (built before its files or preprocessing settings changed, or by another cache format)
+and abandoned partial builds from ``data.cache_dir``, keeping any a running process reads, and
+prints what it removed and the bytes freed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gliograde.config import build, checked_main
-from gliograde.data.cache import cohort_root, current_key
+from gliograde.data.cache import cohort_root, current_generation, current_key
 from gliograde.data.cache_clean import Removed, clean_cache_dir
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.cohort_tables import summary
@@ -60,7 +62,7 @@ def data_options(data: DictConfig) -> DataOptions:
 def run(cfg: DictConfig) -> dict:
     """Prepare the cohort of ``cfg.data`` (cache built, patients split, slices selected) and
     return its summary."""
-    prepared = PreparedCohort(data_options(cfg.data))
+    prepared = PreparedCohort(data_options(cfg.data), check="full")
     prepared.select()
     return summary(prepared)
 
@@ -78,18 +80,21 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
         raise DataError("no patients found, so the current cache is unknown", where=options.root)
     slab = slab_rule(options)
     labels = options.layout.mask_labels
-    key = current_key(
-        cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab, options.modalities
-    )
-    removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients))
+    args = (cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab, options.modalities)
+    key, generation = current_key(*args), current_generation(*args)
+    removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients), generation)
     return options.cache_dir / key, removed
 
 
 def format_clean(current: Path, removed: list[Removed]) -> str:
-    """One line per removed folder, then the total freed."""
-    lines = [f"removed       {r.path} ({r.reason}, {r.bytes / 1e9:.2f} GB)" for r in removed]
-    freed = sum(r.bytes for r in removed)
-    lines.append(f"freed         {freed} bytes ({freed / 1e9:.2f} GB) in {len(removed)} folder(s)")
+    """One line per removed (or superseded but in use) folder, then the total freed."""
+    lines = [
+        f"{'kept' if r.in_use else 'removed':<13} {r.path} ({r.reason}, {r.bytes / 1e9:.2f} GB)"
+        for r in removed
+    ]
+    gone = [r for r in removed if not r.in_use]
+    freed = sum(r.bytes for r in gone)
+    lines.append(f"freed         {freed} bytes ({freed / 1e9:.2f} GB) in {len(gone)} folder(s)")
     lines.append(f"current cache {current} ({'kept' if current.is_dir() else 'not built yet'})")
     return "\n".join(lines)
 

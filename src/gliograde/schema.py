@@ -248,8 +248,20 @@ def validate_config(cfg: DictConfig, config_name: str, deep: bool = True) -> Non
         validate_data_config(cfg.data, deep)
     if config_name == "train":
         validate_model_config(cfg.model)
+        _check_test_split(cfg)
         if deep:
             validate_trainer_config(cfg.trainer)
+
+
+def _check_test_split(cfg: DictConfig) -> None:
+    """A training that ends by testing needs test patients: ``data.split.test=0`` would fail
+    only after the whole fit."""
+    test = OmegaConf.select(cfg, "data.split.test", default=None)
+    if cfg.get("test", True) and isinstance(test, (int, float)) and test == 0:
+        raise ConfigError(
+            "data.split.test=0 leaves no test patient, but training ends by testing the best "
+            "checkpoint: set data.split.test above 0 (e.g. 0.15), or test=false to skip the test stage"
+        )
 
 
 def validate_data_config(node: DictConfig, deep: bool = True) -> None:

@@ -15,9 +15,15 @@ concurrent builders end with one:
   grid (the brain area counted per modality code and its boxes per modality, see
   ``preprocess``), and each stored modality's voxel fingerprint per patient.
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
-- ``meta.json``: what the key was made of, the cohort root, the size of every file above and
-  the sha256 of the small ones, and a checksum of itself. Every open checks them (cheaply:
-  ``volumes.npy`` by size), so a truncated or damaged cache is never used.
+- ``meta.json``: what the key was made of, the cohort root, the size of every file above, the
+  sha256 of the small ones, a crc32 of each block of ``volumes.npy`` (its header, then each
+  patient's slices), and a checksum of itself. Every open checks them (``volumes.npy``'s blocks
+  all, or a random few when it is the file the last full check read: see ``cache_meta``), so a
+  truncated or damaged cache is never used.
+- ``verified.json``: ``volumes.npy``'s stat when all its blocks last matched.
+
+A process reading a cache holds a shared lock on its folder (``cache_clean.hold_for_reading``),
+so ``prepare clean=true`` never removes a cache in use.
 
 The key hashes the stored modalities, every input file's path, size, mtime, ctime, device and
 inode, the preprocessing settings and the slab rule, so any change to them gives a new cache
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -54,8 +61,22 @@ from filelock import Timeout
 from tqdm.auto import tqdm
 
 from gliograde.data.cache_box import BOX_MARGIN, Bounds, BoxLayout, SlabRule
-from gliograde.data.cache_clean import key_lock, partial_path, remove_abandoned_builds, remove_cache
-from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, verify_cache, write_meta
+from gliograde.data.cache_clean import (
+    ReaderHold,
+    hold_for_reading,
+    key_lock,
+    partial_path,
+    remove_abandoned_builds,
+    remove_cache,
+)
+from gliograde.data.cache_meta import (
+    CACHE_FORMAT,
+    Block,
+    DamagedCacheError,
+    crc32_block,
+    verify_cache,
+    write_meta,
+)
 from gliograde.data.cohort import PatientRecord
 from gliograde.data.crops import modality_union
 from gliograde.data.errors import DataError
@@ -88,6 +109,8 @@ class CachedCohort:
     # plane -> [patient, slice, 4]: the tumour's box per slice; -1 without a mask
     tumour_boxes: dict[str, np.ndarray] = field(default_factory=dict)
     problems: list[DataError] = field(default_factory=list)
+    # the shared lock that keeps ``prepare clean=true`` from removing the cache while it is read
+    hold: ReaderHold | None = field(default=None, repr=False, compare=False)
 
     @property
     def volumes_path(self) -> Path:
@@ -150,10 +173,23 @@ class CachedCohort:
         return [self.modalities.index(m) for m in modalities]
 
     @classmethod
-    def load(cls, directory: Path) -> CachedCohort:
-        """Open a cache after checking its files against meta.json (raises DamagedCacheError)."""
+    def load(cls, directory: Path, check: str = "auto") -> CachedCohort:
+        """Open a cache after checking its files against meta.json (raises DamagedCacheError);
+        ``check`` says how many blocks of volumes.npy are read (see ``cache_meta.verify_cache``).
+        The returned cohort holds the folder's reader lock as long as it lives."""
         directory = Path(directory)
-        verify_cache(directory)
+        hold = hold_for_reading(directory)
+        try:
+            cached = cls._open(directory, check)
+        except BaseException:
+            hold.release()
+            raise
+        cached.hold = hold
+        return cached
+
+    @classmethod
+    def _open(cls, directory: Path, check: str) -> CachedCohort:
+        verify_cache(directory, check)
         try:
             with np.load(directory / "index.npz", allow_pickle=False) as index:
                 modalities = tuple(str(m) for m in index["modalities"])
@@ -202,7 +238,21 @@ def cache_key(
     box_margin: int | None = BOX_MARGIN,
     slab: SlabRule = SlabRule(),
 ) -> str:
-    """Hash of every input file's identity and stat, and of the settings that change voxels.
+    """Hash of the cache's generation (its inputs and the settings that change voxels, see
+    ``cache_generation``) and of what it keeps of them (the block margin and the slab)."""
+    settings = {
+        "generation": cache_generation(patients, spec, mask_labels),
+        "box_margin": box_margin,
+        "slab": slab.settings() if box_margin is not None else None,  # the full grid holds every slice
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_generation(
+    patients: list[PatientRecord], spec: PreprocessSpec, mask_labels: tuple[int, ...]
+) -> str:
+    """Hash of every input file's identity and stat, and of the settings that change voxels:
+    caches of one generation differ only in which slices and block of them they keep.
 
     Size and mtime alone miss a file rewritten in place with its mtime put back; the ctime
     (which ``os.utime`` cannot set) and the inode (new for a replaced file) catch it.
@@ -215,8 +265,6 @@ def cache_key(
         "clip_percentiles": list(spec.clip_percentiles) if spec.clip_percentiles else None,
         "reorient": spec.reorient,
         "mask_labels": list(mask_labels),
-        "box_margin": box_margin,
-        "slab": slab.settings() if box_margin is not None else None,  # the full grid holds every slice
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for record in sorted(patients, key=lambda r: r.patient_id):
@@ -241,6 +289,7 @@ def open_or_build(
     box_margin: int | None = BOX_MARGIN,
     slab: SlabRule = SlabRule(),
     required: Sequence[str] | None = None,
+    check: str = "auto",
 ) -> CachedCohort:
     """Return the cache for these patients and settings, building it first if needed.
 
@@ -256,6 +305,7 @@ def open_or_build(
     ``required`` are the modalities the run needs (None: every one the records hold); another
     modality whose file fails a header check for any patient is left out of the cache for
     every patient (see :func:`without_broken_optional`), never blamed on the patient.
+    ``check`` is how much of volumes.npy an open verifies (see ``cache_meta.verify_cache``).
     """
     if not patients:
         raise DataError("no patients to cache", where=cache_dir)
@@ -265,12 +315,12 @@ def open_or_build(
     final = cache_dir / key
     damage: DamagedCacheError | None = None
     if not final.is_dir() and box_margin is not None:
-        wider = _covering_cache(patients, cache_dir, spec, mask_labels, box_margin, slab)
+        wider = _covering_cache(patients, cache_dir, spec, mask_labels, box_margin, slab, check)
         if wider is not None:
             return _checked(wider, on_error)
     if final.is_dir():
         try:
-            return _checked(CachedCohort.load(final), on_error)
+            return _checked(CachedCohort.load(final, check), on_error)
         except DamagedCacheError as err:
             damage = err
             if not _is_writable(cache_dir):
@@ -284,14 +334,14 @@ def open_or_build(
     with _key_lock(cache_dir, key, final):
         if final.is_dir():
             try:
-                return _checked(CachedCohort.load(final), on_error)  # built while we waited
+                return _checked(CachedCohort.load(final, check), on_error)  # built while we waited
             except DamagedCacheError as err:
                 if damage is None:
                     log.warning("%s; rebuilding the cache", err)
                 remove_cache(final, key)
         remove_abandoned_builds(cache_dir, held_key=key)
         _build(patients, cache_dir, key, spec, mask_labels, on_error, progress, box_margin, slab)
-    return _checked(CachedCohort.load(final), on_error)
+    return _checked(CachedCohort.load(final, check), on_error)
 
 
 def current_key(
@@ -312,6 +362,19 @@ def current_key(
             if (Path(cache_dir) / other).is_dir():
                 return other
     return key
+
+
+def current_generation(
+    patients: list[PatientRecord],
+    cache_dir: str | Path,
+    spec: PreprocessSpec,
+    mask_labels: tuple[int, ...],
+    slab: SlabRule = SlabRule(),
+    required: Sequence[str] | None = None,
+) -> str:
+    """The generation (see ``cache_generation``) of the cache ``open_or_build`` would read."""
+    patients = without_broken_optional(patients, cache_dir, spec, mask_labels, BOX_MARGIN, slab, required)
+    return cache_generation(patients, spec, mask_labels)
 
 
 def without_broken_optional(
@@ -383,13 +446,14 @@ def _covering_cache(
     mask_labels: tuple[int, ...],
     box_margin: int,
     slab: SlabRule,
+    check: str = "auto",
 ) -> CachedCohort | None:
     """An intact cache of the same inputs whose slab holds every slice ``slab`` can need."""
     for rule in slab.covering():
         directory = cache_dir / cache_key(patients, spec, mask_labels, box_margin, rule)
         if directory.is_dir():
             try:
-                return CachedCohort.load(directory)
+                return CachedCohort.load(directory, check)
             except DamagedCacheError:
                 continue  # its own run rebuilds it; this one builds its own
     return None
@@ -450,13 +514,14 @@ def _build(
     with sigterm_as_exit():
         tmp.mkdir()
         try:
-            kept, areas, layout = _write_volumes(
+            kept, areas, layout, blocks = _write_volumes(
                 tmp, good, problems, shape, spec, mask_labels, on_error, progress, box_margin, slab
             )
             _write_index(tmp / "index.npz", kept, areas, shape, layout)
             _write_problems(tmp / "problems.csv", problems)
             meta = {
                 "key": key,
+                "generation": cache_generation(patients, spec, mask_labels),
                 "cohort_root": str(cohort_root(patients)),
                 "patients": len(kept),
                 "skipped": len(problems),
@@ -469,7 +534,7 @@ def _build(
                 "reorient": spec.reorient,
                 "mask_labels": list(mask_labels),
             }
-            write_meta(tmp, meta)
+            write_meta(tmp, meta, blocks)
             os.replace(tmp, cache_dir / key)
         except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -489,9 +554,10 @@ def _write_volumes(
     progress: bool,
     box_margin: int | None,
     slab: SlabRule,
-) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], BoxLayout]:
+) -> tuple[list[tuple[int, PatientRecord]], dict[int, SliceAreas], BoxLayout, list[Block]]:
     """Decode every patient into ``tmp/volumes.npy``; return the (slot, patient) pairs kept,
-    their areas by slot, and the box layout.
+    their areas by slot, the box layout, and the crc32 of each block written (the header, then
+    each patient's slices).
 
     The layout's block needs every patient's brain box, known only once all are decoded:
     workers save each patient's stored slices, cut to its brain box, in ``tmp/blocks/``,
@@ -499,11 +565,11 @@ def _write_volumes(
     """
     x, y, z = shape
     channels = len(stored_of(good))
-    blocks = tmp / "blocks"
-    blocks.mkdir()
+    saved = tmp / "blocks"
+    saved.mkdir()
     rule = slab if box_margin is not None else SlabRule("brain", z)  # the full grid: every slice
     outcomes, decode_problems = _preprocess_all(
-        good, blocks, (z, channels, y, x), spec, mask_labels, on_error, progress, rule
+        good, saved, (z, channels, y, x), spec, mask_labels, on_error, progress, rule
     )
     problems += decode_problems
     decoded = sorted(outcomes)
@@ -516,21 +582,27 @@ def _write_volumes(
     # Written in row order with plain writes: faulting in a fresh memory map costs more.
     rows = np.empty((int(layout.depth.max()), channels, by, bx), dtype=CACHE_DTYPE)
     header = {"descr": rows.dtype.str, "fortran_order": False, "shape": (layout.rows, *rows.shape[1:])}
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, header)
+    blocks = [crc32_block(0, head.getbuffer(), "header")]
+    offset = len(head.getbuffer())
     with open(tmp / "volumes.npy", "wb") as fh:
-        np.lib.format.write_array_header_1_0(fh, header)
+        fh.write(head.getbuffer())
         for slot, old in enumerate(decoded):
             start, stop = outcomes[old][2]
             origin = layout.origin[slot]
             (z0, y0, x0), (z1, y1, x1) = np.subtract(start, origin), np.subtract(stop, origin)
             patient = rows[: layout.depth[slot]]
             patient.fill(0)
-            block_path = blocks / f"{old}.npy"
+            block_path = saved / f"{old}.npy"
             patient[z0:z1, :, y0:y1, x0:x1] = np.load(block_path, mmap_mode="r")
             fh.write(patient.data)
+            blocks.append(crc32_block(offset, patient.data, good[old].patient_id))
+            offset += patient.nbytes
             block_path.unlink()
-    blocks.rmdir()
+    saved.rmdir()
     kept = [(slot, good[old]) for slot, old in enumerate(decoded)]
-    return kept, {slot: areas[old] for slot, old in enumerate(decoded)}, layout
+    return kept, {slot: areas[old] for slot, old in enumerate(decoded)}, layout, blocks
 
 
 def _check_free_space(cache_dir: Path, needed: int) -> None:

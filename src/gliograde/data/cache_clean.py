@@ -1,18 +1,22 @@
-"""Cache housekeeping: build locks, partial builds, and removing caches a cohort no longer uses
-(superseded keys and abandoned partial builds)."""
+"""Cache housekeeping: build locks, reader locks, partial builds, and removing caches a cohort
+no longer uses (superseded generations and abandoned partial builds)."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from gliograde.data.cache_meta import DamagedCacheError, read_meta
+from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError, read_meta
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,65 @@ PARTIAL_MARK = ".partial-"
 def key_lock(cache_dir: Path, key: str) -> FileLock:
     """The lock a process holds while it builds (or removes) the cache ``key``."""
     return FileLock(str(cache_dir / f".{key}.lock"))
+
+
+class ReaderHold:
+    """A shared ``flock`` on a cache folder, held while this process reads the cache; released
+    by ``release`` or when the object is collected. Copies in other processes hold nothing."""
+
+    def __init__(self, fd: int | None = None):
+        self._release = weakref.finalize(self, os.close, fd) if fd is not None else None
+
+    def release(self) -> None:
+        if self._release is not None:
+            self._release()
+
+    def __reduce__(self):
+        return (ReaderHold, ())
+
+
+def hold_for_reading(directory: Path) -> ReaderHold:
+    """Take a shared lock on the cache folder ``directory`` (waiting while a removal of it
+    holds the exclusive one); works in a read-only place, since only the folder is opened.
+
+    Raises DamagedCacheError when the folder is missing, or was removed while waiting.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DamagedCacheError("damaged cache: folder missing", where=directory) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError as exc:
+            # A file system without locks: the cache is read, but clean cannot see the reader.
+            log.warning("Cannot lock %s for reading (%s): clean=true cannot see this reader", directory, exc)
+        try:
+            current = os.stat(directory)
+        except FileNotFoundError:
+            current = None
+        held = os.fstat(fd)
+        if current is None or (current.st_ino, current.st_dev) != (held.st_ino, held.st_dev):
+            raise DamagedCacheError("damaged cache: removed while it was being opened", where=directory)
+    except BaseException:
+        os.close(fd)
+        raise
+    return ReaderHold(fd)
+
+
+@contextmanager
+def unread(directory: Path) -> Iterator[bool]:
+    """Yield whether no process holds ``directory`` for reading; while True, none can start."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held by a reader, or no locks here: readers cannot be ruled out
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
 
 
 def partial_key(name: str) -> str | None:
@@ -96,20 +159,28 @@ def tree_bytes(directory: Path) -> int:
 
 @dataclass(frozen=True)
 class Removed:
-    """One folder removed from a cache directory, why, and the bytes it held."""
+    """One folder removed from a cache directory (or, ``in_use``, kept although superseded),
+    why, and the bytes it held."""
 
     path: Path
     reason: str
     bytes: int
+    in_use: bool = False
 
 
-def clean_cache_dir(cache_dir: str | Path, current_key: str, root: str | Path) -> list[Removed]:
-    """Remove abandoned partial builds and the caches of ``root`` other than ``current_key``.
+def clean_cache_dir(
+    cache_dir: str | Path, current_key: str, root: str | Path, generation: str | None = None
+) -> list[Removed]:
+    """Remove abandoned partial builds and the superseded caches of ``root``.
 
-    A cache is superseded when its meta.json records the same cohort root under another key
-    (the files or the preprocessing settings changed since). Never touched: the current
-    cache, any build in progress (its lock is held), caches of other cohorts, and folders
-    whose meta.json cannot be read (their cohort is unknown).
+    A cache of ``root`` (as its meta.json records) is superseded when it was built by another
+    cache format, or from another ``generation`` (see ``cache.cache_generation``: the files or
+    the preprocessing settings changed since); ``generation=None`` supersedes every cache of
+    ``root`` but ``current_key``. A cache of the current generation with another slab serves
+    runs of other slice strategies (a brain cache serves tumour runs) and is kept. Never
+    touched: the current cache, any build in progress (its lock is held), a cache a process is
+    reading (returned with ``in_use``), caches of other cohorts, and folders whose meta.json
+    cannot be read (their cohort is unknown).
     """
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
@@ -123,18 +194,24 @@ def clean_cache_dir(cache_dir: str | Path, current_key: str, root: str | Path) -
         if folder.name == current_key:
             continue
         try:
-            meta = read_meta(folder)
+            meta = read_meta(folder, any_format=True)
         except DamagedCacheError:
             continue
         if meta.get("cohort_root") != root or meta.get("key") != folder.name:
             continue
-        size = _remove_unless_locked(cache_dir, folder)
-        if size is not None:
-            removed.append(Removed(folder, "superseded cache", size))
+        current = meta.get("format") == CACHE_FORMAT and meta.get("generation") == generation
+        if generation is not None and current:
+            continue
+        outcome = _remove_unless_locked(cache_dir, folder)
+        if outcome is not None:
+            size, removed_now = outcome
+            reason = "superseded cache" if removed_now else "superseded cache, kept: another process reads it"
+            removed.append(Removed(folder, reason, size, in_use=not removed_now))
     return removed
 
 
-def _remove_unless_locked(cache_dir: Path, folder: Path) -> int | None:
+def _remove_unless_locked(cache_dir: Path, folder: Path) -> tuple[int, bool] | None:
+    """Remove ``folder`` unless it is being built (None) or read (its bytes, False)."""
     lock = key_lock(cache_dir, folder.name)
     try:
         lock.acquire(timeout=0)
@@ -142,8 +219,12 @@ def _remove_unless_locked(cache_dir: Path, folder: Path) -> int | None:
         return None  # a process is rebuilding this key right now
     try:
         size = tree_bytes(folder)
-        log.info("Removing superseded cache %s", folder)
-        remove_cache(folder, folder.name)
-        return size
+        with unread(folder) as free:
+            if not free:
+                log.warning("Keeping superseded cache %s: another process is reading it", folder)
+                return size, False
+            log.info("Removing superseded cache %s", folder)
+            remove_cache(folder, folder.name)
+        return size, True
     finally:
         lock.release()

@@ -19,8 +19,10 @@ from gliograde.data.cache import CachedCohort, open_or_build
 from gliograde.data.cache_box import SlabRule
 from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.cohort_tables import usable_fingerprints, write_cohort_tables
+from gliograde.data.crops import normal_length, union_box
 from gliograde.data.errors import DataError
 from gliograde.data.identity import content_duplicates
+from gliograde.data.nifti import read_header
 from gliograde.data.options import DataOptions
 from gliograde.data.slices import NEEDS_MASK, select_slices
 from gliograde.data.splits import SPLITS, split_patients
@@ -49,8 +51,9 @@ class PatientSlices:
 class PreparedCohort:
     """The cohort of ``options``: its records, cache, problems, split and selected slices."""
 
-    def __init__(self, options: DataOptions):
+    def __init__(self, options: DataOptions, check: str = "auto"):
         self.options = options
+        self.check = check  # how much of the cache's volumes.npy an open verifies (cache_meta)
         self.cohort: Cohort | None = None
         self.cached: CachedCohort | None = None
         self.skipped: list[DataError] = []
@@ -85,6 +88,7 @@ class PreparedCohort:
             first = cohort.problems[0]
             more = f" (and {len(cohort.problems) - 1} more problem(s))" if len(cohort.problems) > 1 else ""
             raise DataError(first.problem + more, first.patient, first.where)
+        self._check_context(cohort)
         if opts.slice_spec.strategy in NEEDS_MASK and opts.on_error == "raise":
             for record in cohort.patients:
                 if record.mask is None:  # fail before the long build, not after it
@@ -99,6 +103,7 @@ class PreparedCohort:
             progress=opts.progress,
             slab=slab_rule(opts),
             required=opts.modalities,
+            check=self.check,
         )
         unusable = self._mask_problems(cohort, cached)
         if unusable and opts.on_error == "raise":
@@ -109,18 +114,47 @@ class PreparedCohort:
             log.warning("Skipped %s", err)
         write_cohort_tables(self)
 
-    def _mask_problems(self, cohort: Cohort, cached: CachedCohort) -> list[DataError]:
-        """Cached patients whose mask makes them unusable: empty, or absent when the strategy needs one.
+    def _check_context(self, cohort: Cohort) -> None:
+        """Refuse a ``data.context`` wider than the volumes' depth along the plane's normal,
+        from one header and before the cache: its channels would repeat the end slices, and
+        its batches could exhaust the memory."""
+        opts = self.options
+        if opts.context == 0 or not cohort.patients:
+            return
+        record = cohort.patients[0]
+        modality = next((m for m in opts.modalities if m in record.modalities), next(iter(record.modalities)))
+        try:
+            reorient = opts.preprocess_spec.reorient
+            header = read_header(record.modalities[modality], record.patient_id, reorient)
+        except DataError:
+            return  # the build's header checks report the file
+        x, y, z = header.shape
+        plane = opts.slice_spec.plane
+        depth = normal_length((x, y, z), plane)
+        if 2 * opts.context + 1 > depth:
+            raise ConfigError(
+                f"data.context={opts.context} takes {2 * opts.context + 1} slices of each modality, "
+                f"but the volumes hold {depth} {plane} slices (patient {record.patient_id}, shape "
+                f"{header.shape}): choose data.context at most {(depth - 1) // 2}"
+            )
 
-        An empty mask is a problem whatever the strategy (a glioma cohort's mask without tumour
-        is a wrong file), so the patients that are split do not depend on the strategy.
+    def _mask_problems(self, cohort: Cohort, cached: CachedCohort) -> list[DataError]:
+        """Cached patients whose mask makes them unusable where the slice strategy needs one:
+        empty (a glioma cohort's mask without tumour is a wrong file), or absent.
+
+        A strategy that needs no mask (``brain``, ``middle``, ``range``) uses a patient with an
+        empty mask as one without a mask, with a warning.
         """
         spec = self.options.slice_spec
         records = {r.patient_id: r for r in cohort.patients}
         problems = []
+        empty = []
         for position, patient_id in enumerate(cached.patient_ids):
             record = records[patient_id]
             if cached.has_mask[position] and not cached.tumour_area["axial"][position].any():
+                if spec.strategy not in NEEDS_MASK:
+                    empty.append(f"{patient_id} ({record.mask})")
+                    continue
                 problems.append(
                     DataError(
                         "mask is empty (no tumour voxel): replace it with the patient's tumour mask, "
@@ -134,6 +168,14 @@ class PreparedCohort:
                     select_slices(patient_id, np.zeros(1), None, spec, self.mask_hint(record))
                 except DataError as err:
                     problems.append(err)
+        if empty:
+            log.warning(
+                "%d patient(s) have an empty tumour mask, used as patients without one "
+                "(data.slices.strategy=%s needs no mask): %s",
+                len(empty),
+                spec.strategy,
+                ", ".join(empty),
+            )
         return problems
 
     def mask_hint(self, record: PatientRecord) -> str:
@@ -201,6 +243,38 @@ class PreparedCohort:
         except Exception:
             self.patients, self.assignment = [], {}  # a refused selection is never used
             raise
+        self._warn_about_crop()
+
+    def _warn_about_crop(self) -> None:
+        """One warning line for a crop larger than the slice (zeros around it), and one for a
+        brain crop smaller than the brain of some patient (the brain is cut at its edges)."""
+        assert self.cached is not None
+        crop, plane = self.options.crop_spec, self.options.slice_spec.plane
+        if crop.mode == "none":
+            return
+        x, y, z = self.cached.shape
+        rows, cols = {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[plane]
+        if crop.size > rows or crop.size > cols:
+            log.warning(
+                "data.crop.size=%d is larger than the %dx%d %s slice: the square is padded with zeros "
+                "(a size of at most %d keeps it within the slice)",
+                crop.size, rows, cols, plane, min(rows, cols),
+            )
+        if crop.mode != "brain":
+            return
+        boxes = self.cached.brain_boxes_of(self.options.modalities, plane)
+        widest = (0, 0, "")
+        for patient in self.patients:
+            r0, r1, c0, c1 = (int(v) for v in union_box(boxes[patient.position]))
+            if r0 >= 0 and max(r1 - r0 + 1, c1 - c0 + 1) > max(widest[:2]):
+                widest = (r1 - r0 + 1, c1 - c0 + 1, patient.patient_id)
+        if max(widest[:2]) > crop.size:
+            log.warning(
+                "data.crop.size=%d is smaller than the brain of patient %s (%dx%d in the %s plane): "
+                "data.crop.mode=brain cuts brains at their edges; choose data.crop.size=%d or more "
+                "to keep them whole",
+                crop.size, widest[2], widest[0], widest[1], plane, max(widest[:2]),
+            )
 
     def _assign(self, patient_ids: list[str], labels: list[int | None]) -> dict[str, str]:
         """Each patient's split: ``all`` without a split (or labels, when they are optional)."""
