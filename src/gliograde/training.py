@@ -22,6 +22,7 @@ from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
 from gliograde.contract import from_datamodule
 from gliograde.contract_recorder import config_with_contract
+from gliograde.data.identity import training_records
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
 from gliograde.resume import refuse_existing_run, resumed_config
@@ -136,6 +137,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         monitor=cfg.monitor,
     )
     model.input_contract = from_datamodule(datamodule)
+    model.training_patients = training_records(datamodule.splits_table())
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from gliograde.data.errors import DataError
 
-CACHE_FORMAT = 6  # 4: modality codes and slice boxes; 5: a slab x block per patient; 6: boxes per modality
+# 4: modality codes and slice boxes; 5: a slab x block per patient; 6: boxes per modality;
+# 7: the order fingerprints
+CACHE_FORMAT = 7
 META_FILE = "meta.json"
 CHECKED_FILES = ("volumes.npy", "index.npz", "problems.csv")  # written by the build, checked on open
 HASHED_FILES = ("index.npz", "problems.csv")  # small enough to checksum on every open
