@@ -123,7 +123,9 @@ def _slices(
         images = crop(images, centres, int(crop_spec["size"]))
         if crop_rule == NO_MASK_RULE:
             rule = f"{rule}; crop {crop_rule}"
-    return PatientSlices(patient, images, chosen, rule, resampled, areas.fingerprints, areas.order_fingerprints)
+    return PatientSlices(
+        patient, images, chosen, rule, resampled, areas.fingerprints, areas.order_fingerprints
+    )
 
 
 def _cut(volume: np.ndarray, chosen: np.ndarray, channels: list[int], plane: str) -> np.ndarray:
