@@ -60,8 +60,8 @@ def test_patients_match_on_either_fingerprint():
 def test_rescaled_copies_across_splits_are_refused(tiny_cohort, tmp_path):
     for n in range(8):  # eight copies of one patient cannot all land in one split
         folder = copy_patient(tiny_cohort, PATIENT, f"BraTS20_Training_{101 + n}")
-        for modality in ("flair", "t1", "t1ce", "t2"):
-            _rescale(folder / f"{folder.name}_{modality}.nii", 2.0)
+        for modality in ("flair", "t1", "t1ce", "t2"):  # each at its own scale: no voxel is shared
+            _rescale(folder / f"{folder.name}_{modality}.nii", 2.0 + n)
     dm = make_datamodule(tiny_cohort, tmp_path / "cache")
     with pytest.raises(DataError, match=r"same flair/t1/t1ce/t2 images as BraTS20_Training_1\d\d.* splits"):
         dm.setup()

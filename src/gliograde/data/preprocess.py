@@ -200,27 +200,51 @@ def order_fingerprint(voxels: np.ndarray) -> str:
     change it either.
     """
     zyx = voxels.T
-    integral = zyx.dtype.kind in "iu" or _fits_int16(zyx)
-    low, high = (int(zyx.min()), int(zyx.max())) if integral else (0, 0)
-    if integral and high - low < _COUNTED_RANGE:  # most MR volumes: count the values, never sort
-        present = np.zeros(high - low + 1, dtype=bool)
-        for block in _blocks(zyx):
-            present |= np.bincount((block.astype(np.int64) - low).ravel(), minlength=len(present)) > 0
-        rank_of = (np.cumsum(present) - 1).astype(np.uint32)
-        ranks = (rank_of[block.astype(np.int64) - low] for block in _blocks(zyx))
-        count = int(present.sum())
-    else:
-        values = np.unique(zyx)
-        ranks = (np.searchsorted(values, block).astype(np.uint32) for block in _blocks(zyx))
-        count = len(values)
     shape = "x".join(str(n) for n in voxels.shape)
-    digest = hashlib.sha256(f"{shape};order;{count};uint32-le;".encode())
+    nonzero = zyx != 0
+    box = _bounding_box(nonzero) if nonzero.any() else (slice(0, 0),) * 3
+    del nonzero
+    inside = zyx[box]  # everything around it is zero, whose rank the box's own zeros carry
+    bounds = ",".join(f"{b.start}:{b.stop}" for b in box)
+    integral = inside.dtype.kind in "iu" or _fits_int16(inside)
+    low, high = (int(inside.min()), int(inside.max())) if integral and inside.size else (0, 0)
+    if integral and high - low < _COUNTED_RANGE:  # most MR volumes: count the values, never sort
+        direct = inside.dtype in (np.uint8, np.uint16) or inside.dtype == np.int16 and low >= 0
+        present = np.zeros(high + 1 if direct else high - low + 1, dtype=bool)
+        for block in _blocks(inside):
+            present |= np.bincount(_codes(block, low, direct), minlength=len(present)) > 0
+        count = int(np.count_nonzero(present))
+        rank_of = (np.cumsum(present) - 1).astype(_rank_dtype(count))
+        ranks = (np.take(rank_of, _codes(block, low, direct)) for block in _blocks(inside))
+    else:
+        values = np.unique(inside)
+        count = len(values)
+        ranks = (np.searchsorted(values, block).astype(_rank_dtype(count)) for block in _blocks(inside))
+    dtype = _rank_dtype(count)
+    digest = hashlib.sha256(f"{shape};order;{bounds};{count};{dtype.name}-le;".encode())
     for block in ranks:
-        digest.update(memoryview(np.ascontiguousarray(block, dtype="<u4")).cast("B"))
+        digest.update(memoryview(np.ascontiguousarray(block, dtype=dtype.newbyteorder("<"))).cast("B"))
     return digest.hexdigest()
 
 
+def _codes(block: np.ndarray, low: int, direct: bool) -> np.ndarray:
+    """A block of an integral volume, flat, as non-negative ints that keep its values' order:
+    the values themselves where they are (``direct``) unsigned 8- or 16-bit ones, else
+    ``value - low`` as int32 (values that span under 2**20)."""
+    if direct:
+        unsigned = np.uint16 if block.dtype.itemsize == 2 else np.uint8
+        return np.ascontiguousarray(block).reshape(-1).view(unsigned)
+    return np.subtract(block, low, dtype=np.int32, casting="unsafe").reshape(-1)
+
+
+def _rank_dtype(count: int) -> np.dtype:
+    """The smallest unsigned type that holds ranks ``0..count - 1``."""
+    return np.dtype(np.uint16 if count <= 1 << 16 else np.uint32)
+
+
 def _blocks(zyx: np.ndarray):
+    if not len(zyx):
+        return
     step = max(1, _FINGERPRINT_VOXELS // max(1, zyx[0].size))
     for start in range(0, len(zyx), step):
         yield zyx[start : start + step]
