@@ -149,7 +149,7 @@ def test_a_rerun_removes_its_own_abandoned_partial_build(tiny_cohort, tmp_path):
 def test_meta_records_the_cohort_root_and_format(tiny_cohort, tmp_path):
     cached = _built(tiny_cohort, tmp_path / "cache")
     meta = json.loads((cached.directory / "meta.json").read_text())
-    assert meta["format"] == CACHE_FORMAT == 7
+    assert meta["format"] == CACHE_FORMAT == 8
     assert meta["cohort_root"] == str(tiny_cohort)
     assert meta["modalities"] == ["flair", "t1", "t1ce", "t2"]
     assert meta["files"]["volumes.npy"]["bytes"] == cached.volumes_path.stat().st_size

@@ -23,6 +23,8 @@ def test_splits_csv_records_each_patients_fingerprints(tiny_cohort, tmp_path):
     dm.write_splits(tmp_path / "splits.csv")
     table = pd.read_csv(tmp_path / "splits.csv", dtype=str)
     fingerprints = [f"fingerprint_{m}" for m in ("flair", "t1", "t1ce", "t2")]
-    assert list(table.columns) == ["patient_id", "label", "split", *fingerprints]
+    orders = [f"order_fingerprint_{m}" for m in ("flair", "t1", "t1ce", "t2")]
+    assert list(table.columns) == ["patient_id", "label", "split", *fingerprints, *orders]
     assert len(table) == 24 and table["fingerprint_t1"].str.fullmatch("[0-9a-f]{64}").all()
-    assert table["fingerprint_flair"].nunique() == 24
+    assert table["order_fingerprint_t1"].str.fullmatch("[0-9a-f]{64}").all()
+    assert table["fingerprint_flair"].nunique() == 24 and table["order_fingerprint_flair"].nunique() == 24

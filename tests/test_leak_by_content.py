@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 from helpers.commands import run_python
@@ -93,3 +94,44 @@ def test_a_training_id_reused_for_other_images_is_a_collision_not_a_leak(run, tm
     [line] = [line for line in output.splitlines() if "id collisions, not leaks" in line]
     assert f"{len(shared)} patient(s) share their id with a training patient" in line
     assert sorted(shared)[0] in line
+
+
+def test_a_training_patient_rescaled_under_a_new_id_is_refused(run, tmp_path):
+    """Intensities x2 (stored as float32): other voxels, the same z-scored input to the model."""
+    root = tmp_path / "rescaled"
+    generate_cohort(root, patients=2, seed=98, shape=(40, 40, 20), lgg_fraction=0.5, compress=False)
+    trained = _training_ids(run)[0]
+    _clone(run["cohort"], trained, root, "BraTS20_Training_207", "copy")
+    for path in (root / "BraTS20_Training_207").iterdir():
+        if not path.name.endswith("_seg.nii"):
+            image = nib.load(path)
+            data = np.asarray(image.dataobj, dtype=np.float32) * 2
+            nib.save(nib.Nifti1Image(data, image.affine), path)
+    result = _evaluate(run, root, tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert f"1 of the 3 patients to evaluate (e.g. BraTS20_Training_207 (as {trained}): same " in line
+    assert "training split" in line and "Traceback" not in result.stderr
+
+
+def test_another_runs_checkpoint_is_checked_against_its_own_training_patients(run, tmp_path):
+    """run_dir=B ckpt=A/checkpoints/X.ckpt: A's training patients count, not B's."""
+    other = tmp_path / "other_run"
+    shutil.copytree(run["run"], other, ignore=shutil.ignore_patterns("checkpoints", "eval*"))
+    splits = pd.read_csv(other / "splits.csv", dtype=str)
+    splits["split"] = "test"  # B trained on none of them
+    splits.to_csv(other / "splits.csv", index=False)
+    [checkpoint] = [p for p in (run["run"] / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt"]
+    result = run_python(
+        "evaluate.py",
+        f"run_dir={other}",
+        f"ckpt={checkpoint}",
+        "split=all",
+        "bootstrap=20",
+        "gradcam_n=0",
+        f"output_dir={tmp_path / 'eval'}",
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    n_trained = len(_training_ids(run))
+    assert f"{n_trained} of the 16 patients to evaluate" in line and f"recorded in {checkpoint}" in line

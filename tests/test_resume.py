@@ -9,8 +9,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
+from helpers.cohorts import copy_patient
 from helpers.commands import run_python
 from omegaconf import OmegaConf
 
@@ -126,3 +129,44 @@ def test_a_checkpoint_from_another_directory_is_refused(trained_run, tmp_path):
         "directory (hydra.run.dir=RUN ckpt_path=RUN/checkpoints/last.ckpt)"
     ]
     assert _records(trained_run) == before
+
+
+def _checkpoints(run: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (run / "checkpoints").glob("*.ckpt")}
+
+
+def test_a_resume_on_a_cohort_that_gained_a_patient_is_refused(trained_run, tiny_cohort_master, tmp_path):
+    run, cohort = tmp_path / "run", tmp_path / "cohort"
+    shutil.copytree(trained_run, run)
+    shutil.copytree(tiny_cohort_master, cohort)  # the run's cohort, moved: its config follows it
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace(f"root: {tiny_cohort_master}\n", f"root: {cohort}\n"))
+    copy_patient(cohort, "BraTS20_Training_005", "BraTS20_Training_205")
+    image = nib.load(cohort / "BraTS20_Training_205" / "BraTS20_Training_205_flair.nii")
+    data = np.asarray(image.dataobj, dtype=np.float32) + 1  # another patient's images
+    nib.save(nib.Nifti1Image(data, image.affine), image.get_filename())
+    before, checkpoints = _records(run), _checkpoints(run)
+    last = run / "checkpoints" / "last.ckpt"
+    result = _train(f"hydra.run.dir={run}", f"ckpt_path={last}", "trainer.max_epochs=2")
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run / 'splits.csv'}: the cohort differs from the run's split: patients 1 added "
+        "(e.g. BraTS20_Training_205); a resumed run keeps its patients and split: restore the cohort as it "
+        "was, or start a new run"
+    )
+    assert "Traceback" not in result.stderr
+    assert _records(run)["splits.csv"] == before["splits.csv"] and _checkpoints(run) == checkpoints
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before, checkpoints = _records(run), _checkpoints(run)
+    last = run / "checkpoints" / "last.ckpt"
+    result = _train(f"hydra.run.dir={run}", f"ckpt_path={last}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Nothing left to train: {last} has finished its run (its 1 epoch(s) reach trainer.max_epochs=1); "
+        f"the outputs in {run} stay as they are. Raise trainer.max_epochs to train it further."
+    )
+    assert _records(run) == before and _checkpoints(run) == checkpoints

@@ -106,6 +106,22 @@ def resumed_config(cfg: DictConfig, run_dir: Path, ckpt_path: str) -> DictConfig
     return OmegaConf.create(saved)
 
 
+def nothing_left(ckpt_path: str | Path, trainer_cfg: Any) -> str | None:
+    """Why a resume from ``ckpt_path`` would train nothing under ``trainer_cfg`` (its epochs or
+    steps already reach ``trainer.max_epochs`` or ``trainer.max_steps``), or None."""
+    import torch
+
+    stored = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    progress = stored.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    epochs, steps = progress.get("processed"), stored.get("global_step")
+    max_epochs, max_steps = trainer_cfg.get("max_epochs"), trainer_cfg.get("max_steps")
+    if max_steps is not None and max_steps >= 0 and steps is not None and steps >= max_steps:
+        return f"its {steps} steps reach trainer.max_steps={max_steps}"
+    if max_epochs is not None and max_epochs >= 0 and epochs is not None and epochs >= max_epochs:
+        return f"its {epochs} epoch(s) reach trainer.max_epochs={max_epochs}"
+    return None
+
+
 def _touched_keys(cfg: DictConfig, given: dict, saved: dict) -> set[str]:
     """Leaf keys the user's own overrides set: the keys (and subtrees) named on the command
     line, and whatever the chosen config groups changed from the defaults."""

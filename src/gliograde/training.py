@@ -22,9 +22,10 @@ from gliograde.checkpoint_io import AtomicCheckpointIO
 from gliograde.config import build
 from gliograde.contract import from_datamodule
 from gliograde.contract_recorder import config_with_contract
+from gliograde.data.identity import training_records
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
-from gliograde.resume import refuse_existing_run, resumed_config
+from gliograde.resume import nothing_left, refuse_existing_run, resumed_config
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,14 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     elif lead:  # other ranks start after the lead has written the run's config
         refuse_existing_run(out)
     trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
+    done = nothing_left(ckpt_path, cfg.trainer) if ckpt_path else None
+    if done:
+        if lead:
+            print(
+                f"Nothing left to train: {ckpt_path} has finished its run ({done}); the outputs in {out} "
+                "stay as they are. Raise trainer.max_epochs to train it further."
+            )
+        return _saved_metrics(out)
     try:
         check_writable_dir(out)
     except OSError as exc:
@@ -121,6 +130,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
 
     datamodule = build(cfg.data)
+    resumed_split = bool(ckpt_path) and (out / "splits.csv").is_file()
+    if resumed_split:  # the run's own patients and split, or a refusal if the cohort changed
+        datamodule.keep_split(out / "splits.csv")
     datamodule.prepare_data()
     datamodule.setup("fit")
 
@@ -136,6 +148,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         monitor=cfg.monitor,
     )
     model.input_contract = from_datamodule(datamodule)
+    model.training_patients = training_records(datamodule.splits_table())
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
     loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]
@@ -146,7 +159,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     if lead:
         write_text(out / "config.yaml", config_with_contract(cfg, datamodule))
-        datamodule.write_splits(out / "splits.csv")
+        if not resumed_split:
+            datamodule.write_splits(out / "splits.csv")
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _numbers(trainer.callback_metrics)
@@ -175,6 +189,14 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         _log_hparams(trainer, cfg, metrics)
         print(format_results(metrics, out))
     return metrics
+
+
+def _saved_metrics(out: Path) -> dict[str, float]:
+    """A finished run's metrics.json (empty when it has none)."""
+    try:
+        return json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], datamodule) -> None:

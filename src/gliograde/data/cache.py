@@ -13,7 +13,8 @@ concurrent builders end with one:
 - ``index.npz``: the stored modalities, patient ids, their slots, the box layout (with the
   slab kind), per-slice brain and tumour areas and bounding boxes per plane over the full
   grid (the brain area counted per modality code and its boxes per modality, see
-  ``preprocess``), and each stored modality's voxel fingerprint per patient.
+  ``preprocess``), and each stored modality's two fingerprints per patient (its voxels and their
+  order: see ``identity``).
 - ``problems.csv``: patients whose images failed a check (kept out of the cache).
 - ``meta.json``: what the key was made of, the cohort root, the size of every file above, the
   sha256 of the small ones, a crc32 of each block of ``volumes.npy`` (its header, then each
@@ -104,6 +105,8 @@ class CachedCohort:
     brain_codes: dict[str, np.ndarray]  # plane -> [patient, slice, code] (see preprocess)
     tumour_area: dict[str, np.ndarray]  # plane -> [patient, slice]; zeros without a mask
     fingerprints: dict[str, tuple[str, ...]]  # modality -> voxel sha256 per patient (see preprocess)
+    # modality -> sha256 of the order of the voxel values per patient (see preprocess)
+    order_fingerprints: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # plane -> [patient, slice, modality, 4]: each stored modality's brain box per slice (-1 empty)
     brain_boxes: dict[str, np.ndarray] = field(default_factory=dict)
     # plane -> [patient, slice, 4]: the tumour's box per slice; -1 without a mask
@@ -204,6 +207,9 @@ class CachedCohort:
                     brain_codes={p: index[f"brain_codes_{p}"] for p in PLANES},
                     tumour_area={p: index[f"tumour_{p}"] for p in PLANES},
                     fingerprints={m: tuple(str(s) for s in index[f"fingerprint_{m}"]) for m in modalities},
+                    order_fingerprints={
+                        m: tuple(str(s) for s in index[f"order_fingerprint_{m}"]) for m in modalities
+                    },
                     brain_boxes={p: index[f"brain_box_{p}"] for p in PLANES},
                     tumour_boxes={p: index[f"tumour_box_{p}"] for p in PLANES},
                     problems=_read_problems(directory / "problems.csv"),
@@ -784,6 +790,9 @@ def _write_index(
     }
     for modality in stored:
         arrays[f"fingerprint_{modality}"] = np.array([areas[slot].fingerprints[modality] for slot, _ in kept])
+        arrays[f"order_fingerprint_{modality}"] = np.array(
+            [areas[slot].order_fingerprints[modality] for slot, _ in kept]
+        )
     for plane in PLANES:
         arrays[f"brain_codes_{plane}"] = np.stack([areas[slot].brain_codes[plane] for slot, _ in kept])
         arrays[f"tumour_{plane}"] = np.stack(

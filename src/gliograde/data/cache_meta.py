@@ -27,7 +27,9 @@ from gliograde.data.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 7  # 5: a slab x block per patient; 6: boxes per modality; 7: crc32 per block of volumes.npy
+# 4: modality codes and slice boxes; 5: a slab x block per patient; 6: boxes per modality;
+# 7: crc32 per block of volumes.npy; 8: the order fingerprints
+CACHE_FORMAT = 8
 META_FILE = "meta.json"
 VOLUMES_FILE = "volumes.npy"
 VERIFIED_FILE = "verified.json"  # volumes.npy's stat when every block last matched

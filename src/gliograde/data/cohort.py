@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gliograde.data.errors import DataError
+from gliograde.data.identity import shared_files
 from gliograde.data.labels import LabelTable, UnusableLabelTable, resolve_label_file
 from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec
 from gliograde.errors import ConfigError
@@ -426,6 +427,9 @@ def _scan_patient(
         return None, DataError("; ".join(issues), patient=pid, where=folder)
 
     mask = found.pop("mask", None)
+    shared = shared_files(found)
+    if shared:
+        return None, DataError(shared, patient=pid, where=folder)
     if mask is None:
         mask = _known_mask(folder, files, templates["mask"].replace("{id}", pid), aliases, found)
     return PatientRecord(patient_id=pid, folder=folder, modalities=found, mask=mask, label=None), None

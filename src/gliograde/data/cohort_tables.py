@@ -76,9 +76,11 @@ def split_table(prepared: PreparedCohort) -> list[tuple[str, str, str]]:
 
 
 def usable_fingerprints(prepared: PreparedCohort) -> pd.DataFrame:
-    """``patient_id`` and ``fingerprint_<modality>`` of every usable patient (see ``identity``)."""
+    """``patient_id``, ``fingerprint_<modality>`` and ``order_fingerprint_<modality>`` of every
+    usable patient (see ``identity``)."""
     assert prepared.cached is not None
-    table = fingerprint_table(prepared.cached.patient_ids, prepared.cached.fingerprints)
+    cached = prepared.cached
+    table = fingerprint_table(cached.patient_ids, cached.fingerprints, cached.order_fingerprints)
     return table[table["patient_id"].isin(prepared.assignment)].reset_index(drop=True)
 
 

@@ -182,6 +182,10 @@ class GliomaDataModule(pl.LightningDataModule):
         return self.prepared.assignment
 
     # ------------------------------------------------------------ preparation
+    def keep_split(self, splits_csv: str | Path) -> None:
+        """Use a resumed run's split (see ``PreparedCohort.keep_split``); before ``setup``."""
+        self.prepared.keep_split(Path(splits_csv))
+
     def prepare_data(self) -> None:
         """Generate the synthetic cohort (if configured and absent) and build the cache."""
         self.prepared.load()

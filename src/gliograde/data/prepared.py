@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,15 +22,17 @@ from gliograde.data.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.cohort_tables import usable_fingerprints, write_cohort_tables
 from gliograde.data.crops import normal_length, union_box
 from gliograde.data.errors import DataError
-from gliograde.data.identity import content_duplicates
+from gliograde.data.identity import content_duplicates, fingerprint_columns
 from gliograde.data.nifti import read_header
 from gliograde.data.options import DataOptions
 from gliograde.data.slices import NEEDS_MASK, select_slices
-from gliograde.data.splits import SPLITS, split_patients
+from gliograde.data.splits import SPLITS, read_splits, read_splits_table, split_patients
 from gliograde.data.synthetic import ensure_cohort
 from gliograde.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+ADDED = "added"  # the split of a patient missing from a resumed run's splits.csv (refused)
 
 
 def slab_rule(options: DataOptions) -> SlabRule:
@@ -59,6 +62,7 @@ class PreparedCohort:
         self.skipped: list[DataError] = []
         self.patients: list[PatientSlices] = []
         self.assignment: dict[str, str] = {}
+        self.saved_split: Path | None = None  # a resumed run's splits.csv: see keep_split
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -187,6 +191,11 @@ class PreparedCohort:
         """The class name of ``label``; empty for none (or -1, unlabelled)."""
         return "" if label is None or label < 0 else self.classes[label]
 
+    def keep_split(self, splits_csv: Path) -> None:
+        """Take the split from ``splits_csv`` (a resumed run's) instead of making one; ``select``
+        then refuses a cohort that gained, lost or changed patients since it was written."""
+        self.saved_split = Path(splits_csv)
+
     # ---------------------------------------------------------------- select
     def select(self) -> None:
         """Split the usable patients and select their slices (reads only the cache index); idempotent.
@@ -238,6 +247,8 @@ class PreparedCohort:
         self.patients = patients
         self.assignment = {p.patient_id: assignment[p.patient_id] for p in patients}
         try:
+            if self.saved_split is not None:
+                self._check_saved_split()
             self._check_split_sizes(set(assignment.values()), len(empty))
             self._refuse_shared_images()
         except Exception:
@@ -280,6 +291,9 @@ class PreparedCohort:
         """Each patient's split: ``all`` without a split (or labels, when they are optional)."""
         assert self.cohort is not None
         opts = self.options
+        if self.saved_split is not None:
+            saved = read_splits(self.saved_split)
+            return {pid: saved.get(pid, ADDED) for pid in patient_ids}
         if opts.split_spec is None:
             return dict.fromkeys(patient_ids, "all")
         if self.cohort.labelled and all(label is not None for label in labels):
@@ -306,6 +320,33 @@ class PreparedCohort:
                     "choose a data.slices setting that selects slices of every patient (e.g. a lower "
                     "data.slices.min_area), or add patients"
                 )
+
+    def _check_saved_split(self) -> None:
+        """The patients selected must be those of the saved split, with their labels and images."""
+        assert self.saved_split is not None
+        saved = read_splits_table(self.saved_split).set_index("patient_id")
+        added = sorted(p for p, where in self.assignment.items() if where == ADDED)
+        removed = sorted(set(saved.index) - set(self.assignment))
+        current = usable_fingerprints(self).set_index("patient_id")
+        labels = {p.patient_id: self.label_name(p.label) for p in self.patients}
+        columns = [c for c in fingerprint_columns(saved) if c in current.columns]
+        changed = []
+        for patient in sorted(set(saved.index) & set(self.assignment)):
+            was, now = saved.loc[patient], current.loc[patient]
+            images = any(was[c] and str(now[c]) != was[c] for c in columns)
+            if images or str(was["label"]) != labels[patient]:
+                changed.append(patient)
+        news = [
+            f"{len(names)} {what} (e.g. {names[0]})"
+            for names, what in ((added, "added"), (removed, "removed"), (changed, "changed"))
+            if names
+        ]
+        if news:
+            raise DataError(
+                f"the cohort differs from the run's split: patients {', '.join(news)}; a resumed run "
+                "keeps its patients and split: restore the cohort as it was, or start a new run",
+                where=self.saved_split,
+            )
 
     def _refuse_shared_images(self) -> None:
         """The same images under two ids in different splits would leak; in one split, warn."""

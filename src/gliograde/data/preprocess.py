@@ -1,6 +1,6 @@
 """Per-patient preprocessing: validate voxels, z-score each modality inside the brain, measure
-per-slice brain and tumour areas for slice selection, and fingerprint each modality's voxels.
-Writes into a cache slot.
+per-slice brain and tumour areas for slice selection, and fingerprint each modality's voxels
+(their values, and their order: see :func:`order_fingerprint`). Writes into a cache slot.
 
 Each modality is z-scored over its own nonzero voxels, so its normalised values do not depend
 on which other modalities are processed with it. The brain (the voxels where any modality is
@@ -56,6 +56,7 @@ class SliceAreas:
     brain: dict[str, np.ndarray]  # nonzero in any modality processed
     tumour: dict[str, np.ndarray] | None
     fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> voxels' sha256
+    order_fingerprints: dict[str, str] = field(default_factory=dict)  # modality -> their order's sha256
     brain_codes: dict[str, np.ndarray] = field(default_factory=dict)  # plane -> [slice, CODES]
     # plane -> per-slice bounding boxes of each modality's brain [n_slices, modality, 4] (see
     # data.crops; modalities in stored order), so a crop can use the brain of any subset
@@ -81,24 +82,29 @@ def preprocess_patient(
     are written and background pages are never touched. The result's ``box`` bounds the
     voxels that are nonzero in any modality.
 
-    Each modality's :func:`voxel_fingerprint` is taken from the voxels as decoded, before
-    reorientation, so it does not depend on the preprocessing settings.
+    Each modality's :func:`voxel_fingerprint` and :func:`order_fingerprint` are taken from
+    the voxels as decoded, before reorientation, so they do not depend on the preprocessing
+    settings.
 
-    Raises DataError naming the patient and file for NaN/infinite or all-zero volumes, and
-    for mask labels outside ``mask_labels``.
+    Raises DataError naming the patient and file for NaN/infinite or all-zero volumes, for
+    two modalities with the same images (by either fingerprint), and for mask labels outside
+    ``mask_labels``.
     """
     stored = stored_modalities(modalities)
     if out.shape[1] != len(stored):
         raise ValueError(f"out has {out.shape[1]} channels for the {len(stored)} modalities {stored}")
     code = np.zeros(out.shape[:1] + out.shape[2:], dtype=np.uint8)
-    fingerprints = {}
+    fingerprints: dict[str, str] = {}
+    orders: dict[str, str] = {}
     boxes: dict[str, list[np.ndarray]] = {plane: [] for plane in PLANES}
     for channel, name in enumerate(stored):
         path = modalities[name]
         decoded = read_voxels(path, patient)
         fingerprints[name] = voxel_fingerprint(decoded)
+        orders[name] = order_fingerprint(decoded)
         volume = _reoriented(decoded, path, reorient).T  # (z, y, x), C-contiguous for .nii
         nonzero = normalise_into(volume, out[:, channel], patient, path, clip_percentiles, out_is_zero)
+        _refuse_same_images(patient, name, path, fingerprints, orders)
         code |= nonzero.view(np.uint8) << np.uint8(MODALITIES.index(name))
         for plane in PLANES:
             boxes[plane].append(slice_boxes(nonzero, plane))
@@ -112,7 +118,24 @@ def preprocess_patient(
         in_tumour = seg != 0
         tumour = {p: in_tumour.sum(axis=_SUM_AXES[p], dtype=np.int32) for p in PLANES}
         tumour_boxes = {plane: slice_boxes(in_tumour, plane) for plane in PLANES}
-    return SliceAreas(areas, tumour, fingerprints, codes, brain_boxes, tumour_boxes, _box_from_areas(areas))
+    return SliceAreas(
+        areas, tumour, fingerprints, orders, codes, brain_boxes, tumour_boxes, _box_from_areas(areas)
+    )
+
+
+def _refuse_same_images(
+    patient: str, name: str, path: Path, fingerprints: Mapping[str, str], orders: Mapping[str, str]
+) -> None:
+    """Modality ``name`` must not repeat an earlier modality's images (a copied or rescaled file
+    given for two modalities would feed the model one image twice)."""
+    for other in fingerprints:
+        if other != name and (fingerprints[other] == fingerprints[name] or orders[other] == orders[name]):
+            raise DataError(
+                f"the {name} volume holds the same images as the {other} volume: each modality needs its "
+                "own image",
+                patient,
+                path,
+            )
 
 
 def _box_from_areas(areas: dict[str, np.ndarray]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -145,6 +168,8 @@ def code_counts(code: np.ndarray) -> dict[str, np.ndarray]:
 # Slices of the fingerprint loop: their converted copy (a few MB) stays small.
 _FINGERPRINT_VOXELS = 1 << 20
 _INT16 = np.iinfo(np.int16)
+# Integer volumes whose values span less than this are ranked by counting (a table this long).
+_COUNTED_RANGE = 1 << 20
 
 
 def voxel_fingerprint(voxels: np.ndarray) -> str:
@@ -164,7 +189,62 @@ def voxel_fingerprint(voxels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def order_fingerprint(voxels: np.ndarray) -> str:
+    """sha256 hex digest of a decoded 3D volume's (x, y, z) shape and the order of its values:
+    each voxel's rank among the volume's distinct values, x varying fastest.
+
+    Any strictly increasing change of the intensities that keeps zero at zero, such as a
+    rescaling by a positive factor, leaves it as it is: z-scoring (what the model sees) undoes
+    the rescaling, and rounding the z-scored values (to the cache's float16) would not, at the
+    few voxels that fall on a rounding boundary. The file's type and compression do not
+    change it either.
+    """
+    zyx = voxels.T
+    shape = "x".join(str(n) for n in voxels.shape)
+    nonzero = zyx != 0
+    box = _bounding_box(nonzero) if nonzero.any() else (slice(0, 0),) * 3
+    del nonzero
+    inside = zyx[box]  # everything around it is zero, whose rank the box's own zeros carry
+    bounds = ",".join(f"{b.start}:{b.stop}" for b in box)
+    integral = inside.dtype.kind in "iu" or _fits_int16(inside)
+    low, high = (int(inside.min()), int(inside.max())) if integral and inside.size else (0, 0)
+    if integral and high - low < _COUNTED_RANGE:  # most MR volumes: count the values, never sort
+        direct = inside.dtype in (np.uint8, np.uint16) or inside.dtype == np.int16 and low >= 0
+        present = np.zeros(high + 1 if direct else high - low + 1, dtype=bool)
+        for block in _blocks(inside):
+            present |= np.bincount(_codes(block, low, direct), minlength=len(present)) > 0
+        count = int(np.count_nonzero(present))
+        rank_of = (np.cumsum(present) - 1).astype(_rank_dtype(count))
+        ranks = (np.take(rank_of, _codes(block, low, direct)) for block in _blocks(inside))
+    else:
+        values = np.unique(inside)
+        count = len(values)
+        ranks = (np.searchsorted(values, block).astype(_rank_dtype(count)) for block in _blocks(inside))
+    dtype = _rank_dtype(count)
+    digest = hashlib.sha256(f"{shape};order;{bounds};{count};{dtype.name}-le;".encode())
+    for block in ranks:
+        digest.update(memoryview(np.ascontiguousarray(block, dtype=dtype.newbyteorder("<"))).cast("B"))
+    return digest.hexdigest()
+
+
+def _codes(block: np.ndarray, low: int, direct: bool) -> np.ndarray:
+    """A block of an integral volume, flat, as non-negative ints that keep its values' order:
+    the values themselves where they are (``direct``) unsigned 8- or 16-bit ones, else
+    ``value - low`` as int32 (values that span under 2**20)."""
+    if direct:
+        unsigned = np.uint16 if block.dtype.itemsize == 2 else np.uint8
+        return np.ascontiguousarray(block).reshape(-1).view(unsigned)
+    return np.subtract(block, low, dtype=np.int32, casting="unsafe").reshape(-1)
+
+
+def _rank_dtype(count: int) -> np.dtype:
+    """The smallest unsigned type that holds ranks ``0..count - 1``."""
+    return np.dtype(np.uint16 if count <= 1 << 16 else np.uint32)
+
+
 def _blocks(zyx: np.ndarray):
+    if not len(zyx):
+        return
     step = max(1, _FINGERPRINT_VOXELS // max(1, zyx[0].size))
     for start in range(0, len(zyx), step):
         yield zyx[start : start + step]

@@ -5,9 +5,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
+import torch
 from omegaconf import DictConfig
 
-from gliograde.data.identity import content_matches, fingerprint_columns, id_collisions
+from gliograde.data.identity import (
+    content_matches,
+    fingerprint_columns,
+    id_collisions,
+    recorded_training_patients,
+)
 from gliograde.data.splits import read_splits, read_splits_table
 from gliograde.evaluation.aggregate import AGGREGATES
 from gliograde.evaluation.errors import EvaluationError
@@ -61,16 +68,44 @@ def check_same_split(datamodule, splits_csv: Path) -> None:
         )
 
 
-def refuse_leak(datamodule, split: str, splits_csv: Path, allow: bool) -> None:
-    """Patients the model was trained on give no honest estimate: refuse unless allowed.
+def training_patients(checkpoint: Path, run: Path) -> tuple[pd.DataFrame | None, str]:
+    """The patients ``checkpoint`` was trained on and where they were read: the table the
+    checkpoint carries, else the ``splits.csv`` of the run it lies in (``RUN/checkpoints/``),
+    else ``run``'s. (None, reason) when none is known.
 
-    A patient is matched by its images (under any id or path) where the run recorded
-    fingerprints, else by id. A shared id with other images is another patient: a warning.
+    Raises EvaluationError for a checkpoint of another run that records neither.
     """
+    stored = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    recorded = recorded_training_patients(stored)
+    if recorded is not None:
+        return recorded, f"the training split recorded in {checkpoint}"
+    path = checkpoint.resolve()
+    own = path.parent.parent if path.parent.name == "checkpoints" else None
+    if own is not None and (own / "splits.csv").is_file():
+        run = own
+    elif not path.is_relative_to(run.resolve()):
+        raise EvaluationError(
+            f"ckpt={checkpoint} records no training patients and belongs to no run with a splits.csv, "
+            "so the patients it was trained on are unknown: pass a checkpoint inside its run "
+            "(RUN/checkpoints/X.ckpt)"
+        )
+    splits_csv = run / "splits.csv"
     if not splits_csv.is_file():
-        return
+        return None, f"{splits_csv} is missing"
     saved = read_splits_table(splits_csv)
-    trained = saved[saved["split"] == "train"]
+    return saved[saved["split"] == "train"], f"the training split of {splits_csv}"
+
+
+def refuse_leak(datamodule, split: str, trained: pd.DataFrame | None, allow: bool, source: str = "") -> None:
+    """Patients the model was trained on (``trained``: rows of a splits table, see
+    :func:`training_patients`) give no honest estimate: refuse unless allowed.
+
+    A patient is matched by its images (under any id or path, by either fingerprint) where
+    ``trained`` has fingerprints, else by id. A shared id with other images is another
+    patient: a warning.
+    """
+    if trained is None:
+        return
     evaluated = split_patients(datamodule, split)
     table = datamodule.fingerprint_table()
     table = table[table["patient_id"].isin(evaluated)]
@@ -89,8 +124,8 @@ def refuse_leak(datamodule, split: str, splits_csv: Path, allow: bool) -> None:
     if not leaked:
         return
     message = (
-        f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the run's "
-        "training split"
+        f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the model's "
+        f"training split ({source or 'the run'})"
     )
     if not allow:
         raise EvaluationError(

@@ -49,7 +49,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         raise EvaluationError(f"no patients in the {cfg.split} split")
     if not other_cohort and cfg.split != "all":
         checks.check_same_split(datamodule, run / "splits.csv")
-    checks.refuse_leak(datamodule, cfg.split, run / "splits.csv", bool(cfg.allow_leak))
+    trained, source = checks.training_patients(checkpoint, run)
+    checks.refuse_leak(datamodule, cfg.split, trained, bool(cfg.allow_leak), source)
     if not contract.get("image_size"):  # a contract rebuilt from an old config: check the slices
         check_tta(str(cfg.tta), *datamodule.datasets[cfg.split][0]["image"].shape[-2:])
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gliograde.data.errors import DataError
+from gliograde.data.identity import shared_files
 from gliograde.data.specs import MODALITIES
 from gliograde.errors import ConfigError
 from gliograde.tables import read_table
@@ -50,6 +51,9 @@ def from_folder(
                 folder,
             )
         found[name] = path
+    shared = shared_files(found)
+    if shared:
+        raise DataError(f"{shared} (set files.<modality>=GLOB to tell them apart)", patient, folder)
     mask = _find(folder, patient, patterns.get("mask"), naming["mask_file"], "mask")
     return PatientFiles(patient, found, mask)
 
@@ -111,6 +115,9 @@ def from_manifest(path: Path, modalities: Sequence[str] = MODALITIES) -> list[Pa
             if not row[name]:
                 raise DataError(f"row {number}: no {name} file given", patient, path)
             files[name] = _resolve(path.parent, row[name], patient)
+        shared = shared_files(files)
+        if shared:
+            raise DataError(f"row {number}: {shared}", patient, path)
         mask = _resolve(path.parent, row["mask"], patient) if row.get("mask") else None
         patients.append(PatientFiles(patient, files, mask))
     return patients

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from gliograde.data.identity import recorded_training_patients
 from gliograde.errors import GliogradeError
 from gliograde.inference.calibration import file_sha256
 from gliograde.inference.tta import average_views, views
@@ -86,6 +87,7 @@ class TorchModel:
             stored = torch.load(path, map_location="cpu", weights_only=False)
         except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
             raise ModelSourceError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
+        self.training_patients = recorded_training_patients(stored)
         run_config = path.parent.parent / "config.yaml"
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
         if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:

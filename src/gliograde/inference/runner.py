@@ -65,7 +65,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     rows = []
     for files in patients:
         rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
-    _note_training_patients(rows, training_table(model.path), contract["modalities"])
+    _note_training_patients(rows, training_table(model), contract["modalities"])
     report = {
         "model": str(model.path),
         "model_kind": model.kind,
@@ -142,14 +142,18 @@ def _grade(
         "slice_probabilities": [[float(p) for p in row] for row in probs],
         "files": {**{m: str(p) for m, p in files.modalities.items()}, "mask": str(files.mask or "")},
         "fingerprints": slices.fingerprints,
+        "order_fingerprints": slices.order_fingerprints,
         "figures": images,
     }
 
 
-def training_table(model_path: Path) -> pd.DataFrame | None:
-    """The training patients (with fingerprints) of the run a model comes from, when it is known:
-    ``RUN`` itself, ``RUN/checkpoints/X.ckpt`` or ``RUN/export``."""
-    path = Path(model_path)
+def training_table(model) -> pd.DataFrame | None:
+    """The training patients (with fingerprints) of a model, when they are known: recorded in
+    its checkpoint, else in the run it comes from (``RUN/checkpoints/X.ckpt`` or ``RUN/export``)."""
+    recorded = getattr(model, "training_patients", None)
+    if recorded is not None:
+        return recorded
+    path = Path(model.path)
     for run in (path, path.parent, path.parent.parent):
         if (run / "splits.csv").is_file() and (run / "config.yaml").is_file():
             saved = read_splits_table(run / "splits.csv")
@@ -165,7 +169,11 @@ def _note_training_patients(
     if trained is None or not fingerprint_columns(trained):
         return
     ids = [row["patient_id"] for row in rows]
-    table = fingerprint_table(ids, {m: [row["fingerprints"].get(m, "") for row in rows] for m in modalities})
+    table = fingerprint_table(
+        ids,
+        {m: [row["fingerprints"].get(m, "") for row in rows] for m in modalities},
+        {m: [row.get("order_fingerprints", {}).get(m, "") for row in rows] for m in modalities},
+    )
     matches = {match.patient_id: match for match in content_matches(table, trained)}
     for row in rows:
         match = matches.get(row["patient_id"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class PatientSlices:
     slice_rule: str
     resampled: bool
     fingerprints: dict[str, str]  # modality -> sha256 of its decoded voxels (see data.identity)
+    # modality -> sha256 of the order of its voxel values (see data.identity)
+    order_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: bool) -> PatientSlices:
@@ -121,7 +123,9 @@ def _slices(
         images = crop(images, centres, int(crop_spec["size"]))
         if crop_rule == NO_MASK_RULE:
             rule = f"{rule}; crop {crop_rule}"
-    return PatientSlices(patient, images, chosen, rule, resampled, areas.fingerprints)
+    return PatientSlices(
+        patient, images, chosen, rule, resampled, areas.fingerprints, areas.order_fingerprints
+    )
 
 
 def _cut(volume: np.ndarray, chosen: np.ndarray, channels: list[int], plane: str) -> np.ndarray:

@@ -19,6 +19,7 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
+from gliograde.data.identity import TRAINING_PATIENTS
 from gliograde.models.backbones import create_backbone
 from gliograde.models.names import DEFAULT_LOSS, DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER, OPTIMIZER_CLASSES
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
@@ -129,6 +130,9 @@ class GradeClassifier(pl.LightningModule):
         # What the model must be fed (see gliograde.contract); set by training, saved in every
         # checkpoint, weights-only ones included (Lightning calls this module's hook for those too).
         self.input_contract: dict[str, Any] | None = None
+        # The training split's ids, labels and image fingerprints (see gliograde.data.identity),
+        # saved in every checkpoint: wherever the checkpoint goes, its leaks can be found.
+        self.training_patients: list[dict[str, str]] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         weight_dtype = next(self.net.parameters()).dtype
@@ -141,6 +145,8 @@ class GradeClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.input_contract is not None:
             checkpoint["input_contract"] = self.input_contract
+        if self.training_patients is not None:
+            checkpoint[TRAINING_PATIENTS] = self.training_patients
 
     def stage_predictions(self, stage: str) -> dict[str, torch.Tensor] | None:
         """The latest patient-level outputs of ``stage`` (val or test): ``patient`` (cache
