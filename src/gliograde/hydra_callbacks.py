@@ -51,6 +51,11 @@ class SweepReport(Callback):
     """After a sweep, list its failed jobs (one line each) and exit 2 (only user errors) or 1;
     a sweep whose jobs all finished ends as before."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from gliograde.sweeps import quiet_optuna_objective_noise
+
+        quiet_optuna_objective_noise()
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from gliograde.sweeps import exit_with_report
 

@@ -138,8 +138,9 @@ def report(sweep_dir: Path) -> tuple[str, int] | None:
         return None
     total = len(job_folders(sweep_dir))
     lines = [f"job {r['job']} failed ({r['kind']}): {r['message']}" for r in failed]
+    rest = "" if len(failed) == total else "; the others ran to the end"
     lines.append(
-        f"{len(failed)} of {total} jobs failed in {sweep_dir}; the others ran to the end "
+        f"{len(failed)} of {total} jobs failed in {sweep_dir}{rest} "
         f"(python -m gliograde.summarize {sweep_dir} lists them all)"
     )
     code = USER_ERROR_EXIT if all(r["kind"] in (USER, NO_OBJECTIVE) for r in failed) else 1
@@ -162,3 +163,19 @@ def last_trial_of_failed_study(sweep_dir: Path, job_num: int, n_trials: Any) -> 
         return False
     jobs = job_folders(sweep_dir)
     return len(jobs) >= n_trials and all(read_failure(job) is not None for job in jobs)
+
+
+class _NoObjectiveNoise(logging.Filter):
+    """Drops the Optuna sweeper's lines about a trial that returned no objective: each such
+    trial has already said why in one line, and the sweeper's "Return value must be
+    float-castable. Got 'None'" reads like a bug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Got 'None'" not in record.getMessage()
+
+
+def quiet_optuna_objective_noise() -> None:
+    """Install :class:`_NoObjectiveNoise` on the Optuna sweeper's logger (once)."""
+    logger = logging.getLogger("hydra_plugins.hydra_optuna_sweeper._impl")
+    if not any(isinstance(f, _NoObjectiveNoise) for f in logger.filters):
+        logger.addFilter(_NoObjectiveNoise())
