@@ -137,30 +137,29 @@ def swept_keys(overrides: list[dict[str, str]], declared: list[str] | None = Non
     return [k for k in keys if len({o.get(k) for o in overrides}) > 1 or k in (declared or [])]
 
 
-def declared_sweep_keys(sweep_dir: Path, jobs: list[Path] | None = None) -> list[str]:
-    """The keys the sweep's command line swept (``a=1,2``, ``range(...)``) as Hydra recorded
-    them in ``multirun.yaml``, and the sweeper's search space (Optuna's ``params``) as a job's
-    ``.hydra/hydra.yaml`` records it; empty where neither is readable."""
+def declared_sweep_keys(sweep_dir: Path) -> list[str]:
+    """The keys the sweep's command line swept (``a=1,2``, ``range(...)``, the basic sweeper's
+    ``params``) as Hydra recorded them in ``multirun.yaml``; empty where it is absent or
+    unreadable. (An Optuna study writes no such record, and its search space may be fixed
+    by the command line, so its swept keys are those whose values differ.)"""
+    path = sweep_dir / "multirun.yaml"
+    if not path.is_file():
+        return []
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    keys: list[str] = []
-    records = [sweep_dir / "multirun.yaml", *(job / ".hydra" / "hydra.yaml" for job in (jobs or [])[:1])]
-    for path in records:
-        if not path.is_file():
-            continue
-        try:
-            recorded = OmegaConf.load(path)
-            params = OmegaConf.select(recorded, "hydra.sweeper.params", default=None) or {}
-            keys += [str(k) for k in params]
-            if path.name == "multirun.yaml":
-                task = [str(item) for item in OmegaConf.select(recorded, "hydra.overrides.task", default=[]) or []]
-                for override in OverridesParser.create().parse_overrides(task):
-                    if override.is_sweep_override():
-                        keys.append(override.get_key_element().lstrip("+~"))
-        except (OSError, HydraException, OmegaConfBaseException, ValueError):
-            continue
+    try:
+        recorded = OmegaConf.load(path)
+        task = [str(item) for item in OmegaConf.select(recorded, "hydra.overrides.task", default=[]) or []]
+        params = OmegaConf.select(recorded, "hydra.sweeper.params", default=None) or {}
+        fixed = {o.get_key_element().lstrip("+~") for o in OverridesParser.create().parse_overrides(task)}
+        keys = [str(k) for k in params if str(k) not in fixed]
+        for override in OverridesParser.create().parse_overrides(task):
+            if override.is_sweep_override():
+                keys.append(override.get_key_element().lstrip("+~"))
+    except (OSError, HydraException, OmegaConfBaseException, ValueError):
+        return []
     return keys
 
 
@@ -316,5 +315,4 @@ def sweep_table(
     else:
         table = table.sort_values("_rank", kind="stable")
     table = table.drop(columns="_rank").reset_index(drop=True)
-    declared = declared_sweep_keys(sweep_dir, [job.path for job in jobs])
-    return table, swept_keys(overrides, declared), monitor, mode
+    return table, swept_keys(overrides, declared_sweep_keys(sweep_dir)), monitor, mode
