@@ -21,7 +21,10 @@ from gliograde.sweeps import (
 )
 
 
-def _hydra_cfg(sweep: Path, num: int, sweeper: str = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"):
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _hydra_cfg(sweep: Path, num: int, sweeper: str = BASIC):
     """The parts of a job's HydraConfig that a sweep job reads."""
     return OmegaConf.create(
         {
@@ -138,7 +141,8 @@ def test_a_sweep_whose_first_job_fails_runs_the_rest_and_lists_the_failure(cohor
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert f"job 0 failed (user error): {empty}: no patient folders" in result.stderr
-    assert result.stderr.rstrip().splitlines()[-1].startswith(f"1 of 2 jobs failed in {sweep}; the others ran")
+    last = result.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"1 of 2 jobs failed in {sweep}; the others ran")
     assert "test/patient_auroc" in json.loads((sweep / "1" / "metrics.json").read_text())
     assert read_failure(sweep / "0")["kind"] == "user error" and not (sweep / "0" / "metrics.json").exists()
 

@@ -81,7 +81,15 @@ def _scored(
     total = len(find_jobs(sweep_dir))
     with progress(desc="scoring jobs", total=total, enabled=show_progress) as bar:
 
+        started = []
+
         def on_job(job: Any) -> None:
+            if show_progress and not started:  # the folder passed its checks: the long part starts
+                started.append(job)
+                print(
+                    f"Scoring {total} jobs in {sweep_dir} ({resamples} bootstrap resamples per split)",
+                    file=sys.stderr,
+                )
             bar.set_postfix_str(f"job {job.name}", refresh=False)
             bar.update(1)
 
@@ -144,7 +152,8 @@ def sweep_markdown(table: pd.DataFrame, swept: list[str], monitor: str, mode: st
         lines += ["", "Jobs without a result:", ""]
         for _, row in others.iterrows():
             params = ", ".join(f"{k}={_cell(row.get(k))}" for k in swept)
-            why = "finished, but logged no objective" if row["status"] == NO_OBJECTIVE_STATUS else row["error"]
+            no_objective = row["status"] == NO_OBJECTIVE_STATUS
+            why = "finished, but logged no objective" if no_objective else row["error"]
             lines.append(f"- job {row['job']} ({params}): {row['status']}: {why}")
     return "\n".join(lines)
 
@@ -188,11 +197,6 @@ def main(argv: list[str] | None = None) -> int:
             raise SummaryError(f"--level {args.level} must be in (0, 1), e.g. 0.95")
         if args.bootstrap < 0:
             raise SummaryError(f"--bootstrap {args.bootstrap} must be 0 or more")
-        jobs = find_jobs(args.sweep_dir)
-        print(
-            f"Scoring {len(jobs)} jobs in {args.sweep_dir} ({args.bootstrap} bootstrap resamples per split)",
-            file=sys.stderr,
-        )
         table, swept, monitor, mode = _scored(args.sweep_dir, args.bootstrap, args.level, show_progress=True)
         files = _sweep_files(args.sweep_dir, table, swept, monitor, mode, args.level)
         summary = None

@@ -62,7 +62,8 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
         raise SummaryError(
             f"{sweep_dir}: no such directory; pass a multirun directory (logs/train/multiruns/...)"
         )
-    folders = sorted((p for p in sweep_dir.iterdir() if _is_job_folder(p)), key=lambda p: (len(p.name), p.name))
+    folders = [p for p in sweep_dir.iterdir() if _is_job_folder(p)]
+    folders.sort(key=lambda p: (len(p.name), p.name))
     jobs = []
     for folder in folders:
         finished = (folder / "metrics.json").is_file() and (folder / "config.yaml").is_file()
@@ -74,10 +75,13 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
         elif finished:
             jobs.append(Job(folder, FINISHED))
         else:
-            jobs.append(Job(folder, UNFINISHED, "no metrics.json: killed, still running, or failed unrecorded"))
+            why = "no metrics.json: killed, still running, or failed unrecorded"
+            jobs.append(Job(folder, UNFINISHED, why))
     if not any(job.finished for job in jobs):
         failed = f" ({sum(1 for j in jobs if not j.finished)} job folders without metrics)" if jobs else ""
-        raise SummaryError(f"{sweep_dir}: no finished jobs (folders with metrics.json and config.yaml){failed}")
+        raise SummaryError(
+            f"{sweep_dir}: no finished jobs (folders with metrics.json and config.yaml){failed}"
+        )
     return jobs
 
 

@@ -49,13 +49,18 @@ def read_failure(job_dir: Path) -> dict[str, str] | None:
         record = None
     if not isinstance(record, dict):
         return {"job": job_dir.name, "kind": BUG, "message": f"{path} is unreadable"}
-    return {"job": str(record.get("job", job_dir.name)), "kind": str(record.get("kind", BUG)),
-            "message": str(record.get("message", ""))}
+    return {
+        "job": str(record.get("job", job_dir.name)),
+        "kind": str(record.get("kind", BUG)),
+        "message": str(record.get("message", "")),
+    }
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
     """The sweep's job folders (numbered, as ``hydra.sweep.subdir`` names them), in job order."""
-    folders = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()] if sweep_dir.is_dir() else []
+    if not sweep_dir.is_dir():
+        return []
+    folders = [p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()]
     return sorted(folders, key=lambda p: int(p.name))
 
 
