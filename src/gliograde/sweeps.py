@@ -21,8 +21,6 @@ from typing import Any, TypeVar
 from gliograde.atomic import write_text
 from gliograde.errors import USER_ERROR_EXIT, GliogradeError
 
-log = logging.getLogger(__name__)
-
 T = TypeVar("T")
 
 FAILED_MARKER = "failed.json"
