@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from gliograde.config import checked_main
 from gliograde.errors import exit_on_user_error
+from gliograde.sweeps import missing_objective
 
 
 @checked_main("train")
@@ -19,7 +20,10 @@ def main(cfg: DictConfig) -> float | None:
     with exit_on_user_error():
         metrics = train(cfg)
     value = metrics.get(cfg.optimized_metric)
-    return None if value is None else float(value)
+    if value is None:  # an Optuna study fails this trial and goes on (NaN would end the study)
+        missing_objective(cfg.optimized_metric)
+        return None
+    return float(value)
 
 
 if __name__ == "__main__":

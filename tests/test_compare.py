@@ -118,3 +118,15 @@ def test_refuses_different_labels_classes_and_missing_files(tmp_path, capsys):
         compare(a, other, common=True)
     code, err = _exit_code(capsys, str(a), str(tmp_path / "missing"))
     assert code == 2 and "evaluate.py run_dir=" in err
+
+
+def test_a_run_compared_with_itself_is_refused_in_one_line(tmp_path, capsys):
+    a = _trained_run(tmp_path / "a", PROBS_A)
+    (tmp_path / "link").symlink_to(a)
+    for other in (a, tmp_path / "." / "a", tmp_path / "link"):
+        code, err = _exit_code(capsys, str(a), str(other))
+        assert code == 2 and err.count("\n") == 1 and "the same predictions" in err
+    # a run and its own evaluate.py folder, given directly, are still the same predictions
+    evaluated = _evaluated_run(tmp_path / "b", PROBS_A, threshold=0.5)
+    with pytest.raises(CompareError, match="the same predictions"):
+        compare(evaluated, evaluated / "eval" / "test")

@@ -170,3 +170,34 @@ def test_stratified_bootstrap_keeps_class_counts():
 
     bootstrap_intervals(compute, len(labels), resamples=30, strata=labels)
     assert set(seen) == {1}
+
+
+def test_resample_metrics_equal_binary_metrics_on_ties_edges_and_one_class():
+    """The bootstrap's NumPy metrics are scikit-learn's and torchmetrics' to rounding."""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error
+
+    from gliograde.evaluation.metrics import BOOTSTRAPPED, resample_metrics
+
+    rng = np.random.default_rng(5)
+    cases = [
+        (np.array([1, 1, 0, 0, 1]), np.array([0.3, 0.3, 0.3, 0.7, 1.0])),  # ties, bin edges, 1.0
+        (np.array([0, 0, 0]), np.array([0.2, 0.9, 0.5])),  # one class
+        (np.array([1, 1]), np.array([0.0, 0.5])),
+        (np.array([1, 0]), np.array([0.5, 0.5])),
+    ]
+    for _ in range(40):
+        n = int(rng.integers(2, 30))
+        labels = rng.integers(0, 2, n)
+        probs = np.round(rng.random(n), int(rng.integers(1, 4)))  # rounding makes ties
+        cases.append((labels, probs))
+    edges = torch.linspace(0, 1, 11, dtype=torch.float64).numpy()
+    cases.append((np.array([1, 0, 1, 0]), edges[[3, 6, 7, 9]]))  # probabilities on the bin edges
+    for labels, probs in cases:
+        reference = binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=10)
+        assert binary_metrics(labels, probs)["ece"] == pytest.approx(float(reference), abs=1e-12)
+        for threshold in (0.5, 0.3):
+            fast = resample_metrics(labels, probs, threshold)
+            slow = binary_metrics(labels, probs, threshold)
+            for name in BOOTSTRAPPED:
+                assert fast[name] == pytest.approx(slow[name], abs=1e-12, nan_ok=True), (name, labels, probs)

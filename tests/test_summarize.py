@@ -147,3 +147,121 @@ def test_tiny_jobs_and_bad_folders(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path / "nowhere")])
     assert stop.value.code == 2 and "no such directory" in capsys.readouterr().err
+
+
+def _failed_job(sweep: Path, name: str, overrides: list[str], marker: dict | None) -> Path:
+    """A job folder as a failed (marker) or killed (no marker) job leaves it: Hydra's records only."""
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if marker is not None:
+        (job / "failed.json").write_text(json.dumps(marker))
+    return job
+
+
+def test_failed_jobs_are_listed_and_their_keys_still_count_as_swept(tmp_path, capsys):
+    sweep = tmp_path / "roots"
+    marker = {"job": "0", "kind": "user error", "message": "/data/a: no patient folders"}
+    _failed_job(sweep, "0", ["data.root=/data/a"], marker)
+    _job(sweep, "1", ["data.root=/data/b"], {"val": (PATIENTS, LABELS, [0.6] * 4 + [0.4] * 4)})
+    _failed_job(sweep, "2", ["data.root=/data/c"], None)  # killed: no metrics, no marker
+    assert main([str(sweep), "--bootstrap", "10"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.count("Scoring 3 jobs") == 1
+    lines = captured.out.splitlines()
+    assert lines[0] == "1 jobs, best val/patient_auroc first; swept: data.root"
+    assert lines[2] == "  job 0    FAILED: user error: /data/a: no patient folders  data.root=/data/a"
+    assert lines[3].startswith("  job 2    UNFINISHED: no metrics.json")
+    table = pd.read_csv(sweep / "sweep_summary.csv", dtype=str, keep_default_na=False)
+    assert table["job"].tolist() == ["1", "0", "2"]
+    assert table["status"].tolist() == ["finished", "failed", "unfinished"]
+    markdown = (sweep / "sweep_summary.md").read_text()
+    assert "| 1 | /data/b |" in markdown and "- job 0 (data.root=/data/a): failed: user error:" in markdown
+
+
+def test_a_key_the_command_line_swept_counts_when_one_job_is_left(tmp_path):
+    sweep = tmp_path / "one_left"
+    _job(sweep, "1", ["data.root=/data/b", "seed=1"], {"val": (PATIENTS, LABELS, [0.6] * 8)})
+    (sweep / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"overrides": {"task": ["data.root=/data/a,/data/b", "seed=1"]}}})
+    )
+    assert sweep_table(sweep, resamples=0)[1] == ["data.root"]
+
+
+def test_unrelated_runs_are_refused_in_one_line_before_anything_is_written(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    val = {"val": (PATIENTS, LABELS, [0.9, 0.8, 0.3, 0.2, 0.7, 0.6, 0.1, 0.05])}
+    _job(runs, "2026-11-30_10-00-00", ["data.root=/data/a", "model.optimizer.lr=0.01"], val)
+    _job(runs, "2026-11-30_11-00-00", ["data.root=/data/b"], val, fold=2)
+    with pytest.raises(SystemExit) as stop:
+        main([str(runs), "--bootstrap", "10"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "are not from one sweep (only job 2026-11-30_10-00-00 sets model.optimizer.lr)" in err
+    assert not list(runs.glob("sweep_summary*")) and not list(runs.glob(".*tmp*"))
+
+    grades = tmp_path / "grades"  # same keys, different classes: AUROCs of different questions
+    _job(grades, "0", ["seed=0"], val)
+    idh = _job(grades, "1", ["seed=1"], val)
+    text = (idh / "predictions_val.csv").read_text().replace("prob_LGG,prob_HGG", "prob_wildtype,prob_mutant")
+    (idh / "predictions_val.csv").write_text(text.replace(",LGG,", ",wildtype,").replace(",HGG,", ",mutant,"))
+    with pytest.raises(SummaryError, match=r"job 1 classifies \['wildtype', 'mutant'\] but job 0"):
+        summarize_sweep(grades, resamples=0)
+    assert not list(grades.glob("sweep_summary*"))
+
+
+def test_runs_without_hydra_records_and_with_missing_keys_are_summarized(tmp_path):
+    """Config differences as the overrides: a key one run lacks is unset there, not a TypeError."""
+    sweep = tmp_path / "plain"
+    val = {"val": (PATIENTS, LABELS, [0.6] * 8)}
+    _job(sweep, "0", None, val, fold=1, lr=0.01)
+    _job(sweep, "1", None, val, lr=0.001)
+    config = yaml.safe_load((sweep / "1" / "config.yaml").read_text())
+    del config["data"]
+    (sweep / "1" / "config.yaml").write_text(yaml.safe_dump(config))
+    table, swept, _, _ = summarize_sweep(sweep, resamples=0)
+    assert swept == ["data.fold", "model.optimizer.lr"] and len(table) == 2
+    assert (sweep / "sweep_summary.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_outputs_are_written_together_or_not_at_all(tmp_path, monkeypatch):
+    sweep = _lr_sweep(tmp_path)
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("plotting failed")
+
+    monkeypatch.setattr("gliograde.summarize.plot_png", broken_plot)
+    with pytest.raises(RuntimeError, match="plotting failed"):
+        main([str(sweep), "--bootstrap", "5"])
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2"]
+
+
+def test_points_that_share_a_value_sit_side_by_side():
+    from gliograde.sweep_plot import axis_positions, dodge
+
+    x = dodge(np.array([1e-3, 1e-3, 1e-2, 1e-1]), log=True)
+    assert x[0] < 1e-3 < x[1] and x[2:].tolist() == [1e-2, 1e-1]
+    assert np.log10(x[1]) - np.log10(x[0]) == pytest.approx(2 * 0.08)  # a fraction of the decades shown
+    positions, ticks, log = axis_positions(pd.Series(["resnet18", "resnet34", "resnet18", None]))
+    assert ticks == ["(unset)", "resnet18", "resnet34"] and not log
+    spread = dodge(positions, categorical=True)
+    assert spread[0] != spread[2] and abs(spread[0] - 1) < 0.5 and abs(spread[2] - 1) < 0.5
+    numbers, ticks, log = axis_positions(pd.Series(["1e-4", "0.01", 0.001]))
+    assert ticks is None and log and numbers.tolist() == [1e-4, 0.01, 0.001]
+    mixed, ticks, _ = axis_positions(pd.Series(["0.1", "abc", 1.5]))  # no TypeError on a mix
+    assert ticks == ["0.1", "1.5", "abc"]
+
+
+def test_bootstrap_intervals_of_a_job_take_well_under_a_second(tmp_path):
+    """1000 resamples of 12 patients took 6.5 s of CPU through scikit-learn's checks."""
+    import time
+
+    from gliograde.evaluation.intervals import patient_intervals
+
+    rng = np.random.default_rng(0)
+    labels = np.array([1] * 6 + [0] * 6)
+    probs = rng.random(12)
+    start = time.process_time()
+    result = patient_intervals(labels, probs, resamples=1000)
+    assert time.process_time() - start < 1.5
+    assert result["f1"]["ci_low"] is not None and result["ece"]["ci_method"] == "bootstrap-stratified"

@@ -38,3 +38,23 @@ def check_writable_dir(directory: str | Path) -> None:
     probe = directory / f".write-test-{os.getpid()}"
     probe.write_bytes(b"")
     probe.unlink()
+
+
+def write_files(files: dict[Path, str | bytes]) -> None:
+    """Write several files as one step: every temporary sibling first, then the renames, so a
+    failure while writing (a full disk) leaves each file as it was."""
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            temps.append((tmp, path))
+            if isinstance(content, bytes):
+                tmp.write_bytes(content)
+            else:
+                tmp.write_text(content)
+        for tmp, path in temps:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)

@@ -127,6 +127,11 @@ def compare(
     if not 0 < level < 1:
         raise CompareError(f"--level {level} must be in (0, 1), e.g. 0.95")
     a, b = load_predictions(Path(run_a), split), load_predictions(Path(run_b), split)
+    if a.source.resolve() == b.source.resolve():
+        raise CompareError(
+            f"A and B are the same predictions ({a.source}): a run compared with itself differs by "
+            "nothing; pass two different runs"
+        )
     if a.classes != b.classes:
         raise CompareError(f"the runs have different classes: {a.classes} in A, {b.classes} in B")
     if a.cohort and b.cohort and a.cohort != b.cohort:

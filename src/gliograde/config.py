@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
@@ -54,17 +55,24 @@ def checked_main(config_name: str) -> Callable[[Callable[[DictConfig], T]], Call
     """
 
     def decorator(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
-        @functools.wraps(task)
-        def checked_task(cfg: DictConfig) -> T:
+        def checked(cfg: DictConfig) -> T:
             from gliograde.quiet import quiet_known_noise
             from gliograde.schema import validate_config, warn_ineffective_overrides
 
+            with exit_on_user_error():
+                validate_config(cfg, config_name)
+            warn_ineffective_overrides(cfg, list(HydraConfig.get().overrides.task))
+            quiet_known_noise()
+            return task(cfg)
+
+        @functools.wraps(task)
+        def checked_task(cfg: DictConfig) -> T | None:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:  # one job's failure does not end the sweep
+                from gliograde.sweeps import run_sweep_job
+
+                return run_sweep_job(lambda: checked(cfg), HydraConfig.get())
             try:
-                with exit_on_user_error():
-                    validate_config(cfg, config_name)
-                warn_ineffective_overrides(cfg, list(HydraConfig.get().overrides.task))
-                quiet_known_noise()
-                return task(cfg)
+                return checked(cfg)
             except SystemExit as stop:
                 if stop.code == USER_ERROR_EXIT and config_name == "train":
                     remove_if_empty_run(Path(HydraConfig.get().runtime.output_dir))

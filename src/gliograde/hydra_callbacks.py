@@ -1,5 +1,5 @@
 """Hydra callbacks: fail in one line when the run or sweep directory cannot be written, or
-holds another run."""
+holds another run; end a sweep by listing its failed jobs."""
 
 from __future__ import annotations
 
@@ -45,3 +45,18 @@ def _check(directory: Path, key: str) -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+
+
+class SweepReport(Callback):
+    """After a sweep, list its failed jobs (one line each) and exit 2 (only user errors) or 1;
+    a sweep whose jobs all finished ends as before."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from gliograde.sweeps import quiet_optuna_objective_noise
+
+        quiet_optuna_objective_noise()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from gliograde.sweeps import exit_with_report
+
+        exit_with_report(Path(str(config.hydra.sweep.dir)))

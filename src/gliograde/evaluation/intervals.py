@@ -31,7 +31,7 @@ from scipy.optimize import brentq
 from scipy.stats import binomtest, norm
 
 from gliograde.evaluation.delong import delong_covariance
-from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals
+from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, resample_metrics
 
 MIN_PER_CLASS = 10
 PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
@@ -123,7 +123,7 @@ def patient_intervals(
     def resampled(i: np.ndarray) -> dict[str, float]:
         if on_resample is not None:
             on_resample()
-        return binary_metrics(labels[i], probs[i], threshold)
+        return resample_metrics(labels[i], probs[i], threshold)
 
     boot = bootstrap_intervals(
         resampled,

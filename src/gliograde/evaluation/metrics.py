@@ -6,7 +6,6 @@ from collections.abc import Callable
 
 import numpy as np
 import sklearn
-import torch
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
@@ -14,7 +13,6 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
-from torchmetrics.functional.classification import binary_calibration_error
 
 from gliograde.errors import ConfigError
 
@@ -41,7 +39,9 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
     are NaN rather than a misleading 0. The threshold metrics all derive from one confusion
     matrix (scikit-learn's), because the bootstrap evaluates them thousands of times and one
     call per metric costs ten times as much; a test holds them equal to scikit-learn's own
-    functions. Ranking and calibration metrics come from scikit-learn and torchmetrics.
+    functions. Ranking metrics come from scikit-learn; ECE is torchmetrics' (10 bins, L1), computed
+    in NumPy by :func:`expected_calibration_error` so that no command that only scores tables
+    imports torch.
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
@@ -68,9 +68,66 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
         "auroc": float(auroc),
         "auprc": float(auprc),
         "brier": float(brier),
-        "ece": float(
-            binary_calibration_error(torch.from_numpy(probs), torch.from_numpy(labels), n_bins=10, norm="l1")
-        ),
+        "ece": expected_calibration_error(labels, probs),
+    }
+
+
+BOOTSTRAPPED = ("f1", "mcc", "auprc", "brier", "ece")
+"""The metrics :func:`gliograde.evaluation.intervals.patient_intervals` bootstraps."""
+
+# torchmetrics' 10 bin edges to the bit: torch.linspace counts the upper half down from the end
+_ECE_EDGES = np.array([0.1 * i if i < 5 else 1.0 - 0.1 * (10 - i) for i in range(11)])
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray) -> float:
+    """torchmetrics' ``binary_calibration_error(n_bins=10, norm="l1")`` of positive-class
+    probabilities: per bin, |share of positives - mean probability|, weighted by the bin's size."""
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    bins = np.searchsorted(_ECE_EDGES, probs, side="right") - 1
+    count = np.bincount(bins, minlength=len(_ECE_EDGES)).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf = np.nan_to_num(np.bincount(bins, probs, len(_ECE_EDGES)) / count)
+        acc = np.nan_to_num(np.bincount(bins, (labels == 1).astype(float), len(_ECE_EDGES)) / count)
+    return float(np.sum(np.abs(acc - conf) * (count / len(labels))))
+
+
+def resample_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """F1, MCC, AUPRC, Brier score and ECE as :func:`binary_metrics` gives them, in NumPy alone.
+
+    A bootstrap evaluates these once per resample: scikit-learn's argument checks made each
+    call cost about 20 ms, thousands of times per split (a test holds the two functions equal).
+    """
+    labels = np.asarray(labels, dtype=int)
+    probs = np.asarray(probs, dtype=float)
+    n = len(labels)
+    if n == 0:
+        return {name: np.nan for name in BOOTSTRAPPED}
+    positive = labels == 1
+    called = probs >= threshold
+    tp = float(np.count_nonzero(called & positive))
+    fp = float(np.count_nonzero(called & ~positive))
+    fn = float(np.count_nonzero(~called & positive))
+    tn = float(n - tp - fp - fn)
+    n_pos = tp + fn
+    both = 0 < n_pos < n
+    mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    if both:
+        # average precision: sum over distinct thresholds (descending) of recall gain x precision
+        order = np.argsort(-probs, kind="mergesort")
+        ranked, hits = probs[order], positive[order].astype(float)
+        ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # last index of each tied score
+        tps = np.cumsum(hits)[ends]
+        precision = tps / (ends + 1)
+        auprc = float(np.sum(np.diff(np.r_[0.0, tps]) / n_pos * precision))
+    else:
+        auprc = np.nan
+    return {
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+        "mcc": (tp * tn - fp * fn) / mcc_den if mcc_den > 0 else (0.0 if both else np.nan),
+        "auprc": auprc,
+        "brier": float(np.mean((probs - labels) ** 2)),
+        "ece": expected_calibration_error(labels, probs),
     }
 
 
