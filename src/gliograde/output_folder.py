@@ -97,7 +97,7 @@ def check_file_target(path: str | Path, option: str) -> None:
     if not path.parent.is_dir():
         raise OutputError(f"{option}={path}: no such folder {path.parent}")
     if not writable(path.parent):
-        raise OutputError(f"{option}={path}: the folder {path.parent} cannot be written; choose another {option}")
+        raise OutputError(f"{option}={path}: the folder {path.parent} cannot be written; choose another file")
 
 
 def check_folder_target(target: str | Path, option: str = "output_dir", own: Iterable[str] = ("*",)) -> None:
@@ -114,11 +114,15 @@ def check_folder_target(target: str | Path, option: str = "output_dir", own: Ite
     except OSError as exc:
         if not is_disk_error(exc):
             raise
-        raise OutputError(f"{option}={target}: cannot write in {place} ({reason(exc)}); choose another {option}") from None
+        raise OutputError(
+            f"{option}={target}: cannot write in {place} ({reason(exc)}); choose another {option}"
+        ) from None
 
 
 @contextmanager
-def staged_folder(target: str | Path, option: str = "output_dir", own: Iterable[str] = ("*",)) -> Iterator[Path]:
+def staged_folder(
+    target: str | Path, option: str = "output_dir", own: Iterable[str] = ("*",)
+) -> Iterator[Path]:
     """Yield a temporary sibling of ``target`` to write into; rename it to ``target`` when the block
     ends, remove it (and any parent folder made for it) when the block raises.
 

@@ -92,7 +92,8 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         "nll_after": after,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    with output_errors(run / CALIBRATION_FILE, f"calibration=temperature: {run / CALIBRATION_FILE}", _STORE_ADVICE):
+    stored = run / CALIBRATION_FILE
+    with output_errors(stored, f"calibration=temperature: {stored}", _STORE_ADVICE):
         path = write_calibration(run, record)
     print(
         f"calibration=temperature: T={temperature:.4f} fitted on {len(val.patients)} validation patients "

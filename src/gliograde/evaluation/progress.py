@@ -22,7 +22,8 @@ def shown(enabled: bool, stream: IO[str] | None = None) -> bool:
 
 class LineProgress:
     """tqdm's counting interface (iterate, ``update``, ``close``, ``with``) printing a plain line
-    at most every ``every`` seconds, and a last one when the step ends after having printed one."""
+    at most every ``every`` seconds (default :data:`LINE_EVERY_S`), and the final count when the
+    step ends after having printed a line."""
 
     def __init__(
         self,
@@ -31,14 +32,15 @@ class LineProgress:
         total: int | None,
         unit: str,
         stream: IO[str],
-        every: float = LINE_EVERY_S,
+        every: float | None = None,
         clock=time.monotonic,
     ):
         self.iterable, self.desc, self.unit, self.stream = iterable, desc, unit, stream
         self.total = total if total is not None else _length(iterable)
-        self.every, self.clock = every, clock
+        self.every = LINE_EVERY_S if every is None else every
+        self.clock = clock
         self.n = 0
-        self.printed = False
+        self.printed: int | None = None  # the count last printed
         self.last = clock()
         self.closed = False
 
@@ -66,8 +68,8 @@ class LineProgress:
             self.last = now
 
     def close(self) -> None:
-        """End the step: a last line with the final count, if any line was printed."""
-        if not self.closed and self.printed:
+        """End the step: a last line with the final count, if a line was printed and it is behind."""
+        if not self.closed and self.printed is not None and self.printed != self.n:
             self._line()
         self.closed = True
 
@@ -75,7 +77,7 @@ class LineProgress:
         count = f"{self.n}/{self.total}" if self.total else str(self.n)
         unit = f" {self.unit}" if self.unit else ""
         print(f"evaluate: {self.desc} {count}{unit}", file=self.stream, flush=True)
-        self.printed = True
+        self.printed = self.n
 
 
 def progress(

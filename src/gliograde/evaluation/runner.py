@@ -80,7 +80,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     try:
         with staged_folder(out, "output_dir", REPORT_FILES) as staging:
             report = _report(
-                staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model, device
+                staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model,
+                device,
             )
         log_figures(figures, tensorboard, f"eval/{cfg.split}")  # the run's copy, once the report is whole
     finally:
