@@ -71,10 +71,10 @@ def test_a_read_only_place_is_refused_before_the_work(tmp_path, monkeypatch):
     target.parent.mkdir()
     before = tree(tmp_path)
     refused = refuse_writes(monkeypatch, target.parent)
-    with pytest.raises(OutputError, match=r"output_dir=.*ro/out: cannot write in .*ro \(Read-only file system\)"):
+    with pytest.raises(OutputError, match=r"output_dir=.*ro/out: cannot write in .*ro \(Read-only file"):
         check_folder_target(target)
     ran = False
-    with pytest.raises(OutputError, match=r"output_dir=.*ro/out: cannot write there \(Read-only file system\)"):
+    with pytest.raises(OutputError, match=r"output_dir=.*ro/out: cannot write there \(Read-only file"):
         with staged_folder(target):
             ran = True
     assert not ran and refused and tree(tmp_path) == before
@@ -102,17 +102,26 @@ def test_a_folder_holding_other_files_is_never_replaced(tmp_path):
     target.mkdir()
     (target / "metrics.json").write_text("{}")
     (target / "notes.txt").write_text("mine")
-    for check in (lambda: check_folder_target(target, own=("*.json",)), lambda: staged_folder(target, own=("*.json",)).__enter__()):
-        with pytest.raises(OutputError, match=r"holds notes.txt, which this command does not write"):
-            check()
+    (target / ".roc.tmp-123.png").write_text("killed half-way")  # not a reason to refuse
+    with pytest.raises(OutputError, match=r"holds notes.txt, which this command does not write"):
+        check_folder_target(target, own=("*.json",))
+    with pytest.raises(OutputError, match=r"holds notes.txt, which this command does not write"):
+        with staged_folder(target, own=("*.json",)):
+            pytest.fail("a foreign folder was staged for replacement")
     (tmp_path / "file").write_text("")
     with pytest.raises(OutputError, match="is a file"):
         check_folder_target(tmp_path / "file")
-    assert sorted(os.listdir(target)) == ["metrics.json", "notes.txt"] and _hidden(tmp_path) == []
+    assert sorted(os.listdir(target)) == [".roc.tmp-123.png", "metrics.json", "notes.txt"]
+    assert _hidden(tmp_path) == []
+    (target / "notes.txt").unlink()
+    with staged_folder(target, own=("*.json",)) as staging:
+        write_text(staging / "metrics.json", "{}")
+    assert os.listdir(target) == ["metrics.json"]
 
 
 def test_partial_folders_of_killed_processes_are_removed_not_those_of_live_ones(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    command = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead = subprocess.run(command, capture_output=True, text=True)
     host = socket.gethostname()
     abandoned = tmp_path / f".out.partial-{host}-{int(dead.stdout)}-abcd"
     running = tmp_path / f".out.partial-{host}-{os.getpid()}-abcd"
@@ -128,7 +137,7 @@ def test_a_full_disk_elsewhere_names_that_file_and_other_errors_keep_their_trace
     elsewhere = tmp_path / "run"
     elsewhere.mkdir()
     refuse_writes(monkeypatch, elsewhere)
-    with pytest.raises(OutputError, match=r"run/calibration.json: Read-only file system; output_dir=.* was not"):
+    with pytest.raises(OutputError, match=r"run/calibration.json: Read-only file system; output_dir=.* not"):
         with staged_folder(tmp_path / "out"):
             open(elsewhere / "calibration.json", "w")
     with pytest.raises(FileNotFoundError):
@@ -144,7 +153,8 @@ def _runs(tmp_path: Path) -> list[str]:
         folder = tmp_path / name
         folder.mkdir()
         rows = [f"P{i},{'HGG' if i < 2 else 'LGG'},{1 - p},{p}" for i, p in enumerate(probs)]
-        (folder / "predictions_test.csv").write_text("patient_id,label,prob_LGG,prob_HGG\n" + "\n".join(rows) + "\n")
+        header = "patient_id,label,prob_LGG,prob_HGG\n"
+        (folder / "predictions_test.csv").write_text(header + "\n".join(rows) + "\n")
         folders.append(str(folder))
     return folders
 
@@ -195,7 +205,8 @@ def test_compare_json_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path, mo
 
     monkeypatch.setattr("gliograde.compare.write_text", fill_then_write)
     code, err = _compare(capsys, *runs, "--json", str(out / "c.json"))
-    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and str(out / "c.json") in err
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err
+    assert f"--json={out / 'c.json'}: cannot be written" in err
     monkeypatch.undo()
     assert os.listdir(out) == []
     compare_main([*runs, "--json", str(out / "c.json")])  # with space, it writes

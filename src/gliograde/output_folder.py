@@ -23,6 +23,7 @@ from gliograde.errors import GliogradeError
 
 # Errors of the place written to, not of the program: a full disk or quota, a read-only mount, modes.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
+ATOMIC_TEMPORARY = ".*.tmp-*"  # the temporary names of gliograde.atomic and the PNG writers
 _PROBE_BYTES = 4096  # a probe with content: on a full disk an empty file can still be created
 
 
@@ -169,6 +170,8 @@ def _check_existing(target: Path, option: str, own: tuple[str, ...]) -> None:
     if not target.is_dir():
         raise OutputError(f"{option}={target} is a file; give a folder")
     for entry in sorted(target.iterdir()):
+        if fnmatch.fnmatch(entry.name, ATOMIC_TEMPORARY) and entry.is_file():
+            continue  # a file write that was killed half-way: replaced with the rest
         if entry.is_dir() or not any(fnmatch.fnmatch(entry.name, pattern) for pattern in own):
             raise OutputError(
                 f"{option}={target} holds {entry.name}, which this command does not write; its outputs "

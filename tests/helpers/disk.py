@@ -57,8 +57,9 @@ def refuse_writes(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int = err
         real = getattr(os, name)
 
         def guarded(*args, **kwargs):
-            if always and any(_under(a, folder) for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))):
-                fail(next(a for a in args[:2] if _under(a, folder)))
+            paths = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
+            if always and any(_under(a, folder) for a in paths):
+                fail(next(a for a in paths if _under(a, folder)))
             return real(*args, **kwargs)
 
         monkeypatch.setattr(os, name, guarded)
@@ -75,9 +76,7 @@ def refuse_writes(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int = err
 def tree(folder: Path) -> dict[str, tuple[int, int]]:
     """Every path under ``folder`` with its size and mtime (ns): equal before and after means
     nothing there was written, added or removed."""
-    return {
-        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
-    }
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 def modes_enforced(tmp_path: Path) -> bool:
