@@ -105,7 +105,7 @@ def check_folder_target(target: str | Path, option: str = "output_dir", own: Ite
     """Refuse, before any long work and without leaving anything behind, an output folder that
     :func:`staged_folder` could not fill: a file, a folder holding what the command does not
     write (other than ``own`` patterns), or a place that cannot be written."""
-    target = Path(target)
+    target = _absolute(target, option)
     _check_existing(target, option, tuple(own))
     place = next(folder for folder in target.absolute().parents if folder.exists())
     if not place.is_dir():
@@ -132,7 +132,7 @@ def staged_folder(
     and a probe written in it, so a read-only or full place is one :class:`OutputError` naming
     ``target`` before the work starts; a full disk met later is one too.
     """
-    target = Path(target)
+    target = _absolute(target, option)
     own = tuple(own)
     _check_existing(target, option, own)
     made = _missing_parents(target)
@@ -162,6 +162,14 @@ def staged_folder(
                     folder.rmdir()
                 except OSError:
                     break
+
+
+def _absolute(target: str | Path, option: str) -> Path:
+    """``target`` as an absolute path without ``.`` or ``..`` (``output_dir=.`` has a name then)."""
+    path = Path(os.path.abspath(target))
+    if path == path.parent:
+        raise OutputError(f"{option}={target}: a file system's root cannot be replaced; give a folder inside it")
+    return path
 
 
 def _check_existing(target: Path, option: str, own: tuple[str, ...]) -> None:
