@@ -2,7 +2,8 @@
 
 Writes slice and patient predictions, metrics with bootstrap intervals, plots and Grad-CAM
 overlays to ``RUN/eval/<split>/`` for the default options, ``RUN/eval/<split>_<options>/``
-otherwise (e.g. ``test_youden_vote``), or ``output_dir``; logs the figures to the run's TensorBoard.
+otherwise (e.g. ``test_youden_vote``), or ``output_dir``, renamed into place when complete; logs the
+figures to the run's TensorBoard unless the run is read-only.
 """
 
 from __future__ import annotations

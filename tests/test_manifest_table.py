@@ -41,3 +41,19 @@ def test_manifest_mistakes_are_one_line(tmp_path, text, problem):
         from_manifest(_manifest(tmp_path, text))
     assert problem in str(err.value) and "list.csv" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_with_on_error_skip_a_row_with_missing_files_is_listed_not_raised(tmp_path):
+    header = ",".join(["patient_id", *MODALITIES])
+    rows = [
+        "GOOD,a.nii.gz,b.nii.gz,c.nii.gz,d.nii.gz",
+        "GONE,a.nii.gz,b.nii.gz,c.nii.gz,gone.nii.gz",
+        "BARE,a.nii.gz,b.nii.gz,c.nii.gz,",
+    ]
+    path = _manifest(tmp_path, header + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match="patient GONE: .*gone.nii.gz: file not found"):
+        from_manifest(path)  # the default: the first bad row stops it
+    skipped: list[DataError] = []
+    assert [p.patient_id for p in from_manifest(path, skipped=skipped)] == ["GOOD"]
+    problems = [(e.patient, e.problem) for e in skipped]
+    assert problems == [("GONE", "file not found"), ("BARE", "row 4: no t2 file given")]

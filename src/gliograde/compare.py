@@ -22,6 +22,7 @@ from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.evaluation.delong import delong_test
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
 from gliograde.evaluation.paired import compare_calls
+from gliograde.output_folder import check_file_target, output_errors
 from gliograde.tables import read_table
 
 SPLITS = ("test", "val", "train", "all")
@@ -246,10 +247,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the result as JSON to this file")
     args = parser.parse_args(argv)
     with exit_on_user_error():
+        if args.json:
+            check_file_target(args.json, "--json")  # before the comparison
         result = compare(args.run_a, args.run_b, args.split, args.level, args.common)
     print(format_comparison(result))
     if args.json:
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
+        advice = "nothing was written: free space or choose another --json file"
+        with exit_on_user_error(), output_errors(args.json, f"--json={args.json}", advice):
+            write_text(args.json, json.dumps(result, indent=2) + "\n")
         print(f"Wrote {args.json}")
     return 0
 

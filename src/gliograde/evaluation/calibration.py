@@ -20,6 +20,7 @@ from gliograde.evaluation.metrics import binary_metrics
 from gliograde.evaluation.predict import Predictions
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, write_calibration
 from gliograde.inference.tta import average_views
+from gliograde.output_folder import output_errors, writable
 
 LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
 
@@ -91,13 +92,27 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         "nll_after": after,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    record = write_calibration(run, record)
     path = run / CALIBRATION_FILE
+    with output_errors(path, f"calibration=temperature: {path}", _STORE_ADVICE):
+        record = write_calibration(run, record)
     print(
         f"calibration=temperature: T={temperature:.4f} fitted on {len(val.patients)} validation patients "
         f"(patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
     )
     return record
+
+
+_STORE_ADVICE = "free space, evaluate a writable copy of the run, or use calibration=none"
+
+
+def check_storable(run: Path) -> None:
+    """Refuse ``calibration=temperature`` before any work when the run cannot be written: the
+    temperature is stored in ``RUN/calibration.json``, where predict.py and export find it."""
+    if not writable(run):
+        raise EvaluationError(
+            f"calibration=temperature stores its temperature in {run / CALIBRATION_FILE}, but {run} cannot "
+            "be written (read-only?); evaluate a writable copy of the run, or use calibration=none"
+        )
 
 
 def fitted_on_note(record: dict[str, Any], evaluated: list[str]) -> str | None:

@@ -55,7 +55,9 @@ def predict(
     """
     loader = datamodule.dataloader(split)
     positions, ids, slices, labels, logits, probs = [], [], [], [], [], []
-    for batch in progress(loader, desc=f"inference ({split})", total=len(loader), enabled=show_progress):
+    total = len(getattr(loader, "dataset", ())) or None
+    bar = progress(desc=f"inference ({split})", total=total, unit="slices", enabled=show_progress)
+    for batch in loader:
         images = batch["image"].to(device, non_blocking=True).float()
         outputs = [model(view).float() for view in views(images, tta)]
         stacked = torch.stack(outputs, dim=1)
@@ -65,6 +67,8 @@ def predict(
         ids.extend(batch["patient_id"])
         slices.append(batch["slice_index"].numpy())
         labels.append(batch["label"].numpy())
+        bar.update(len(batch["slice_index"]))
+    bar.close()
     position = np.concatenate(positions)
     slice_index = np.concatenate(slices)
     label = np.concatenate(labels)

@@ -15,12 +15,15 @@ from gliograde.evaluation.figures import save_png
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
+from gliograde.output_folder import is_disk_error, reason, writable
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_AGGREGATE = "mean"
 DEFAULT_CKPT = "best"
 DEFAULT_TTA = "none"
 DEFAULT_CALIBRATION = "none"
+# What an evaluation writes into its folder: an existing folder holding anything else is not replaced.
+REPORT_FILES = ("metrics.json", "report.html", "*.csv", "*.png")
 
 
 def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
@@ -58,23 +61,54 @@ def write_metrics(out: Path, report: dict[str, Any]) -> None:
     write_text(out / "metrics.json", json.dumps(report, indent=2) + "\n")
 
 
-def save_figures(figures: dict[str, Any], out: Path, tensorboard: Path, tag: str) -> list[Path]:
-    """Each figure as ``out/<name>.png`` (atomically) and in TensorBoard under ``<tag>/<name>``;
-    returns the PNG paths. Closes the figures."""
-    import matplotlib.pyplot as plt
+def save_figures(figures: dict[str, Any], out: Path) -> list[Path]:
+    """Each figure as ``out/<name>.png`` (atomically); returns the PNG paths."""
+    paths = []
+    for name, figure in figures.items():
+        save_png(figure, out / f"{name}.png")
+        paths.append(out / f"{name}.png")
+    return paths
+
+
+def tensorboard_dir(run: Path) -> Path | None:
+    """The run's TensorBoard folder to log the figures to; None, said in one line, when the run
+    (or that folder) cannot be written: a read-only run is left as it is."""
+    tensorboard = run / "tensorboard"
+    if writable(tensorboard if tensorboard.is_dir() else run):
+        return tensorboard
+    print(f"Note: {run} cannot be written (read-only?): the figures are not logged to its TensorBoard")
+    return None
+
+
+def log_figures(figures: dict[str, Any], tensorboard: Path | None, tag: str) -> None:
+    """Log the figures to TensorBoard under ``<tag>/<name>`` (nothing when ``tensorboard`` is
+    None). A full or read-only disk there leaves no partial events file, only a one-line note."""
+    if tensorboard is None or not figures:
+        return
     from torch.utils.tensorboard import SummaryWriter
 
-    paths = []
-    writer = SummaryWriter(str(tensorboard))
+    before = set(tensorboard.glob("events.out.tfevents.*"))
     try:
-        for name, figure in figures.items():
-            save_png(figure, out / f"{name}.png")
-            writer.add_figure(f"{tag}/{name}", figure, close=False)
-            plt.close(figure)
-            paths.append(out / f"{name}.png")
-    finally:
-        writer.close()
-    return paths
+        writer = SummaryWriter(str(tensorboard))
+        try:
+            for name, figure in figures.items():
+                writer.add_figure(f"{tag}/{name}", figure, close=False)
+        finally:
+            writer.close()
+    except OSError as exc:
+        if not is_disk_error(exc):
+            raise
+        for partial in set(tensorboard.glob("events.out.tfevents.*")) - before:
+            partial.unlink(missing_ok=True)
+        print(f"Note: the figures are not logged to {tensorboard} ({reason(exc)})")
+
+
+def close_figures(figures: dict[str, Any]) -> None:
+    """Free the figures' memory."""
+    import matplotlib.pyplot as plt
+
+    for figure in figures.values():
+        plt.close(figure)
 
 
 def write_html(out: Path, report: dict[str, Any], images: list[Path]) -> None:

@@ -103,6 +103,12 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
             f"<th>slice rule</th></tr>{''.join(rows)}</table>"
         ),
     ]
+    if report.get("skipped"):
+        items = "".join(
+            f"<li><code>{_e(s['patient_id'])}</code>: {_e(s['file'])}: {_e(s['problem'])}</li>"
+            for s in report["skipped"]
+        )
+        parts.append(f"<h2>Skipped patients (on_error=skip)</h2><ul>{items}</ul>")
     for row in report["patients"]:
         parts.append(f"<h3>{_e(row['patient_id'])}</h3>")
         parts.append(_figures(folder / name for name in row["figures"].values()))

@@ -17,16 +17,33 @@ from omegaconf import DictConfig
 
 from gliograde.data.errors import DataError
 from gliograde.evaluation import checks, inputs
-from gliograde.evaluation.calibration import calibrate, calibration_scores, fitted_on_note, with_temperature
+from gliograde.evaluation.calibration import (
+    calibrate,
+    calibration_scores,
+    check_storable,
+    fitted_on_note,
+    with_temperature,
+)
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.figure_set import gradcam_figures, metric_figures
 from gliograde.evaluation.predict import predict
-from gliograde.evaluation.report import format_report, report_dir, save_figures, write_html, write_metrics
+from gliograde.evaluation.report import (
+    REPORT_FILES,
+    close_figures,
+    format_report,
+    log_figures,
+    report_dir,
+    save_figures,
+    tensorboard_dir,
+    write_html,
+    write_metrics,
+)
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
 from gliograde.inference.recipe import chooses_recipe, record_recipe, threshold_source
 from gliograde.inference.tta import check_tta, check_tta_for
+from gliograde.output_folder import check_folder_target, staged_folder
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
 
@@ -36,11 +53,16 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     checks.check_options(cfg)
     run = Path(cfg.run_dir)
     run_cfg = inputs.load_run_config(run)
-    show = bool(cfg.progress)
     checkpoint = find_checkpoint(run, str(cfg.ckpt))
     contract = inputs.load_contract(checkpoint, run_cfg)
     check_tta_for(str(cfg.tta), contract)  # before any data or model work
     data_cfg, other_cohort = inputs.data_config(cfg, run_cfg, data_overrides, contract)
+    # Where it writes, tried before the data and the inference: a read-only run is never written to.
+    out = report_dir(cfg, run, data_overrides)
+    check_folder_target(out, "output_dir", REPORT_FILES)
+    if str(cfg.calibration) == "temperature":
+        check_storable(run)
+    tensorboard = tensorboard_dir(run)
     datamodule = inputs.build_datamodule(data_cfg, contract)
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
     if cfg.split != "all" and not labelled:
@@ -56,12 +78,38 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = inputs.load_model(checkpoint, contract, device)
-    classes = list(model.hparams.class_names)
-    out = report_dir(cfg, run, data_overrides)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("gradcam_*.png"):  # from an earlier evaluation with another gradcam_n
-        stale.unlink()
+    figures: dict[str, Any] = {}
+    try:
+        with staged_folder(out, "output_dir", REPORT_FILES) as staging:
+            report = _report(
+                staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model,
+                device,
+            )
+        log_figures(figures, tensorboard, f"eval/{cfg.split}")  # the run's copy, once the report is whole
+    finally:
+        close_figures(figures)
+    print(format_report(report))
+    print(f"Outputs: {out}")
+    return report
 
+
+def _report(
+    out: Path,
+    figures: dict[str, Any],
+    cfg: DictConfig,
+    run: Path,
+    run_cfg: DictConfig,
+    checkpoint: Path,
+    contract: dict[str, Any],
+    datamodule,
+    other_cohort: bool,
+    model,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Predict, score and write the whole report into ``out`` (the staged output folder); the
+    figures drawn are left in ``figures``."""
+    show = bool(cfg.progress)
+    classes = list(model.hparams.class_names)
     tta, calibration = str(cfg.tta), str(cfg.calibration)
     predictions = predict(model, datamodule, cfg.split, cfg.aggregate, device, show, tta)
     # A Youden threshold and a temperature come from the run's own validation patients, never
@@ -124,17 +172,15 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         source = threshold_source(threshold, interval, val)
         record_recipe(run, checkpoint, options, record, threshold, source, out, command)
 
-    figures = metric_figures(predictions, classes, threshold, cfg.split, uncalibrated)
+    figures.update(metric_figures(predictions, classes, threshold, cfg.split, uncalibrated))
     dataset = datamodule.datasets[cfg.split]
     figures.update(
         gradcam_figures(
             model, dataset, datamodule.modalities, predictions, threshold, int(cfg.gradcam_n), device, show
         )
     )
-    images = save_figures(figures, out, run / "tensorboard", f"eval/{cfg.split}")
+    images = save_figures(figures, out)
     write_html(out, report, images)
-    print(format_report(report))
-    print(f"Outputs: {out}")
     return report
 
 

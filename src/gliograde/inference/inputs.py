@@ -63,12 +63,22 @@ def from_root(
     naming: Mapping[str, Any],
     patterns: Mapping[str, str | None],
     modalities: Sequence[str] = MODALITIES,
+    skipped: list[DataError] | None = None,
 ) -> list[PatientFiles]:
-    """Every patient folder (a sub-folder holding NIfTI files) of ``root``, by name."""
+    """Every patient folder (a sub-folder holding NIfTI files) of ``root``, by name. With a
+    ``skipped`` list, a folder whose files cannot be found is added to it instead of raising."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _has_nifti(p))
     if not folders:
         raise DataError("no patient folder with NIfTI files inside", where=root)
-    return [from_folder(folder, naming, patterns, modalities) for folder in folders]
+    found = []
+    for folder in folders:
+        try:
+            found.append(from_folder(folder, naming, patterns, modalities))
+        except DataError as err:
+            if skipped is None:
+                raise
+            skipped.append(err)
+    return found
 
 
 def from_input(
@@ -76,18 +86,23 @@ def from_input(
     naming: Mapping[str, Any],
     patterns: Mapping[str, str | None],
     modalities: Sequence[str] = MODALITIES,
+    skipped: list[DataError] | None = None,
 ) -> list[PatientFiles]:
-    """``input=DIR``: a patient folder if it holds NIfTI files itself, else a folder of them."""
+    """``input=DIR``: a patient folder if it holds NIfTI files itself, else a folder of them
+    (``skipped``: see :func:`from_root`)."""
     if not path.is_dir():
         raise ConfigError(f"input={path}: no such folder (a patient folder, or a folder of patient folders)")
     if _has_nifti(path):
         return [from_folder(path, naming, patterns, modalities)]
-    return from_root(path, naming, patterns, modalities)
+    return from_root(path, naming, patterns, modalities, skipped)
 
 
-def from_manifest(path: Path, modalities: Sequence[str] = MODALITIES) -> list[PatientFiles]:
+def from_manifest(
+    path: Path, modalities: Sequence[str] = MODALITIES, skipped: list[DataError] | None = None
+) -> list[PatientFiles]:
     """Rows ``patient_id``, one column per modality in ``modalities`` (the model's)[, ``mask``]
-    of file paths (relative to the CSV's folder); other columns are ignored."""
+    of file paths (relative to the CSV's folder); other columns are ignored. With a ``skipped``
+    list, a row whose files are missing is added to it instead of raising."""
     wanted = _canonical(modalities)
     if not path.is_file():
         raise ConfigError(f"manifest={path}: no such file")
@@ -110,17 +125,27 @@ def from_manifest(path: Path, modalities: Sequence[str] = MODALITIES) -> list[Pa
         if patient in seen:
             raise DataError(f"row {number}: patient_id listed twice", patient, path)
         seen.add(patient)
-        files = {}
-        for name in wanted:
-            if not row[name]:
-                raise DataError(f"row {number}: no {name} file given", patient, path)
-            files[name] = _resolve(path.parent, row[name], patient)
-        shared = shared_files(files)
-        if shared:
-            raise DataError(f"row {number}: {shared}", patient, path)
-        mask = _resolve(path.parent, row["mask"], patient) if row.get("mask") else None
-        patients.append(PatientFiles(patient, files, mask))
+        try:
+            patients.append(_manifest_row(path, row, number, wanted))
+        except DataError as err:
+            if skipped is None:
+                raise
+            skipped.append(err)
     return patients
+
+
+def _manifest_row(path: Path, row: Mapping[str, str], number: int, wanted: Sequence[str]) -> PatientFiles:
+    patient = row["patient_id"]
+    files = {}
+    for name in wanted:
+        if not row[name]:
+            raise DataError(f"row {number}: no {name} file given", patient, path)
+        files[name] = _resolve(path.parent, row[name], patient)
+    shared = shared_files(files)
+    if shared:
+        raise DataError(f"row {number}: {shared}", patient, path)
+    mask = _resolve(path.parent, row["mask"], patient) if row.get("mask") else None
+    return PatientFiles(patient, files, mask)
 
 
 def _canonical(modalities: Sequence[str]) -> tuple[str, ...]:

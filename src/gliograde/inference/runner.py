@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.atomic import check_writable_dir, write_frame, write_text
+from gliograde.atomic import write_frame, write_text
+from gliograde.data.cohort_tables import skipped_table
+from gliograde.data.errors import DataError
 from gliograde.data.identity import content_matches, fingerprint_columns, fingerprint_table
 from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
@@ -26,11 +28,16 @@ from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
-from gliograde.inference.recipe import check_predict_options, resolve
+from gliograde.inference.recipe import Applied, check_predict_options, resolve
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
+from gliograde.output_folder import staged_folder
 
 log = logging.getLogger(__name__)
+
+ON_ERROR = ("raise", "skip")
+# What predict writes into its folder: an existing folder holding anything else is not replaced.
+PREDICT_FILES = ("predictions.csv", "predictions.json", "report.html", "skipped.csv", "*.png")
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -43,28 +50,53 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if applied.stale_export:
         log.warning(applied.stale_export)
     check_tta_for(applied.tta, contract)  # before any patient is decoded
+    skipped: list[DataError] | None = [] if cfg.get("on_error", "raise") == "skip" else None
     if cfg.manifest:
-        patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"])
+        patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"], skipped)
     else:
         patients = from_input(
-            Path(str(cfg.input)).expanduser(), contract["naming"], patterns, contract["modalities"]
+            Path(str(cfg.input)).expanduser(), contract["naming"], patterns, contract["modalities"], skipped
         )
+    for err in skipped or []:
+        log.warning("Skipped %s", err)
     out = (
         Path(str(cfg.output_dir))
         if cfg.output_dir
         else Path("outputs/predict") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     )
-    try:
-        check_writable_dir(out)
-    except OSError as exc:
-        raise ConfigError(f"output_dir={out}: not writable ({exc.strerror or exc})") from None
+    # Written into a hidden sibling (tried before any patient is graded), renamed to out when whole.
+    with staged_folder(out, "output_dir", PREDICT_FILES) as staging:
+        report = _predict_into(staging, model, applied, patients, skipped, cfg)
+    print(format_predictions(report))
+    print(f"Outputs: {out}")
+    return report
 
+
+def _predict_into(
+    out: Path,
+    model,
+    applied: Applied,
+    patients: list[PatientFiles],
+    skipped: list[DataError] | None,
+    cfg: DictConfig,
+) -> dict[str, Any]:
+    """Grade ``patients`` and write every output into ``out``; with ``skipped`` (on_error=skip) a
+    patient whose files are bad is listed there instead of stopping the run."""
+    contract = model.contract
     classes = list(model.classes)
     threshold, tta = applied.threshold, applied.tta
     temperature = 1.0 if applied.temperature is None else float(applied.temperature)
     rows = []
     for files in patients:
-        rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
+        try:
+            rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
+        except DataError as err:
+            if skipped is None:
+                raise
+            skipped.append(err)
+            log.warning("Skipped %s", err)
+    if not rows:
+        raise DataError(f"no patient could be graded: all {len(skipped or [])} were skipped (see above)")
     _note_training_patients(rows, training_table(model), contract["modalities"])
     report = {
         "model": str(model.path),
@@ -81,6 +113,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "input_contract": contract,
         "patients": rows,
     }
+    if skipped is not None:
+        table = skipped_table(skipped)
+        report["skipped"] = table.to_dict("records")
+        write_frame(out / "skipped.csv", table)
     table = pd.DataFrame(
         [
             [r["patient_id"], *(r["probabilities"][c] for c in classes)]
@@ -92,8 +128,6 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     write_frame(out / "predictions.csv", table)
     write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
     write_page(out / "report.html", prediction_page(report, out))
-    print(format_predictions(report))
-    print(f"Outputs: {out}")
     return report
 
 
@@ -114,6 +148,8 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     check_predict_options(cfg)
+    if cfg.get("on_error", "raise") not in ON_ERROR:
+        raise ConfigError(f"on_error={cfg.on_error!r} must be one of {list(ON_ERROR)}")
     return patterns
 
 
@@ -242,4 +278,6 @@ def format_predictions(report: dict[str, Any]) -> str:
         lines.append(
             f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]"
         )
+    if report.get("skipped"):
+        lines.append(f"Skipped {len(report['skipped'])} patient(s), listed in skipped.csv")
     return "\n".join(lines)
