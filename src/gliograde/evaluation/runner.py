@@ -41,9 +41,9 @@ from gliograde.evaluation.report import (
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
-from gliograde.inference.recipe import chooses_recipe, record_recipe, threshold_source
+from gliograde.inference.recipe import RECIPE_FILE, chooses_recipe, record_recipe, threshold_source
 from gliograde.inference.tta import check_tta, check_tta_for
-from gliograde.output_folder import check_folder_target, staged_folder
+from gliograde.output_folder import check_folder_target, staged_folder, writable
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
 
@@ -62,6 +62,12 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     check_folder_target(out, "output_dir", REPORT_FILES)
     if str(cfg.calibration) == "temperature":
         check_storable(run)
+    keeps_recipe = chooses_recipe(_recipe_options(cfg)) and not writable(run)
+    if keeps_recipe:
+        print(
+            f"Note: {run} cannot be written, so this evaluation's tta and threshold are not recorded as its "
+            f"recipe; predict.py and export keep following {run / RECIPE_FILE} as it is"
+        )
     tensorboard = tensorboard_dir(run)
     datamodule = inputs.build_datamodule(data_cfg, contract)
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
@@ -81,10 +87,12 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     try:
         with staged_folder(out, "output_dir", REPORT_FILES) as staging:
-            report = _report(
+            report, recipe = _report(
                 staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model,
                 device,
             )
+        if recipe is not None and not keeps_recipe:  # recorded once the evaluation it names is whole, under its own name
+            record_recipe(run, checkpoint, evaluation=out, **recipe)
         log_figures(figures, tensorboard, f"eval/{cfg.split}")  # the run's copy, once the report is whole
     finally:
         close_figures(figures)
@@ -105,9 +113,10 @@ def _report(
     other_cohort: bool,
     model,
     device: torch.device,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Predict, score and write the whole report into ``out`` (the staged output folder); the
-    figures drawn are left in ``figures``."""
+    figures drawn are left in ``figures``. Return the report and, when this evaluation chooses
+    how the model is applied, the arguments of its recipe (recorded once ``out`` is in place)."""
     show = bool(cfg.progress)
     classes = list(model.hparams.class_names)
     tta, calibration = str(cfg.tta), str(cfg.calibration)
@@ -166,11 +175,14 @@ def _report(
     else:
         report["note"] = "the cohort has no labels: predictions only"
     write_metrics(out, report)
-    options = {"ckpt": str(cfg.ckpt), "tta": tta, "aggregate": str(cfg.aggregate)}
-    options.update(calibration=calibration, threshold=cfg.threshold)
+    options = _recipe_options(cfg)
+    recipe = None
     if chooses_recipe(options):  # how the model is meant to be applied: predict and export follow it
         source = threshold_source(threshold, interval, val)
-        record_recipe(run, checkpoint, options, record, threshold, source, out, command)
+        recipe = {
+            "options": options, "calibration": record, "threshold": threshold,
+            "threshold_source": source, "command": command,
+        }
 
     figures.update(metric_figures(predictions, classes, threshold, cfg.split, uncalibrated))
     dataset = datamodule.datasets[cfg.split]
@@ -181,7 +193,15 @@ def _report(
     )
     images = save_figures(figures, out)
     write_html(out, report, images)
-    return report
+    return report, recipe
+
+
+def _recipe_options(cfg: DictConfig) -> dict[str, Any]:
+    """The evaluate options a recipe is made of."""
+    return {
+        "ckpt": str(cfg.ckpt), "tta": str(cfg.tta), "aggregate": str(cfg.aggregate),
+        "calibration": str(cfg.calibration), "threshold": cfg.threshold,
+    }
 
 
 def data_overrides(task_overrides: list[str]) -> list[str]:
