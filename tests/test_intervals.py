@@ -49,8 +49,11 @@ def test_five_of_five_right_is_no_longer_certain():
     assert bal["ci_low"] == pytest.approx(1 - np.hypot(1 - sens_low, 1 - spec_low) / 2)
     auc = result["auroc"]
     assert auc["value"] == 1.0 and auc["ci_method"] == "newcombe-score" and auc["ci_low"] < 0.9
-    # a percentile bootstrap cannot leave 1: its zero-width interval is flagged
-    assert result["f1"]["ci_low"] == result["f1"]["ci_high"] == 1.0 and result["f1"]["unreliable"]
+    # a percentile bootstrap cannot leave 1: its zero-width interval is no interval at all
+    f1 = result["f1"]
+    assert f1["value"] == 1.0 and f1["ci_low"] is None and f1["ci_high"] is None
+    assert f1["ci_note"].startswith("not estimable") and f1["unreliable"]
+    assert format_interval(f1) == "1.000 [not estimable]*"
     assert format_interval(acc).endswith("*") and "[0.566, 1.000]" in format_interval(acc)
 
 

@@ -34,8 +34,15 @@ METRICS = (
 )
 
 
-def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5, scores: np.ndarray | None = None
+) -> dict[str, float]:
     """Every metric in METRICS for labels in {0, 1} and positive-class probabilities.
+
+    AUROC and AUPRC rank ``scores`` when given (the log-odds of
+    :func:`gliograde.patient_scores.positive_score`, which keep apart probabilities that round
+    to the same float), else ``probs``; calls (``probs >= threshold``), the Brier score and ECE
+    use ``probs``.
 
     Metrics that a sample cannot define (AUROC with one class, PPV with no positive call)
     are NaN rather than a misleading 0. The threshold metrics all derive from one confusion
@@ -45,14 +52,15 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
+    ranking = probs if scores is None else np.asarray(scores, dtype=float)
     if len(labels) == 0:
         return {name: np.nan for name in METRICS}
     predicted = (probs >= threshold).astype(int)
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         tn, fp, fn, tp = (float(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
         both = 0 < labels.sum() < len(labels)
-        auroc = roc_auc_score(labels, probs) if both else np.nan
-        auprc = average_precision_score(labels, probs) if both else np.nan
+        auroc = roc_auc_score(labels, ranking) if both else np.nan
+        auprc = average_precision_score(labels, ranking) if both else np.nan
         brier = brier_score_loss(labels, probs, pos_label=1)
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))

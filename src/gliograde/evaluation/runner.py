@@ -22,6 +22,7 @@ from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.figure_set import gradcam_figures, metric_figures
 from gliograde.evaluation.predict import predict
 from gliograde.evaluation.report import format_report, report_dir, save_figures, write_html, write_metrics
+from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
@@ -83,6 +84,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
             "val_patients": len(record["val_patients"]),
             "val_nll_before": record["nll_before"],
             "val_nll_after": record["nll_after"],
+            "unreliable": few_per_class(val.patient_labels),  # fitted on fewer than 10 of a class
         }
         note = None if other_cohort else fitted_on_note(record, list(predictions.patients))
         if note:
@@ -100,6 +102,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         "aggregate": cfg.aggregate,
         "threshold": threshold,
         "threshold_interval": interval,
+        "threshold_unreliable": interval is not None and few_per_class(val.patient_labels),
         "tta": tta,
         "calibration": calibration_report,
         "classes": classes,
