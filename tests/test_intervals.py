@@ -173,3 +173,147 @@ def test_stratified_bootstrap_keeps_class_counts():
 
     bootstrap_intervals(compute, len(labels), resamples=30, strata=labels)
     assert set(seen) == {1}
+
+
+def test_mover_wilson_matches_a_hand_computed_case():
+    # sensitivity 8/10, Wilson [0.4902, 0.9433]; specificity 6/10, Wilson [0.3127, 0.8318]
+    # (Newcombe 1998's closed form). MOVER (Zou & Donner 2008) for the mean 0.7:
+    # low  = 0.7 - sqrt((0.8 - 0.4902)^2 + (0.6 - 0.3127)^2) / 2 = 0.4887
+    # high = 0.7 + sqrt((0.9433 - 0.8)^2 + (0.8318 - 0.6)^2) / 2 = 0.8363
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=5e-5)
+    assert wilson_interval(6, 10) == pytest.approx((0.3127, 0.8318), abs=5e-5)
+    labels = np.array([1] * 10 + [0] * 10)
+    probs = np.array([0.9] * 8 + [0.1] * 2 + [0.1] * 6 + [0.9] * 4)
+    bal = patient_intervals(labels, probs, resamples=0)["balanced_accuracy"]
+    assert bal["value"] == pytest.approx(0.7)
+    assert (bal["ci_low"], bal["ci_high"]) == pytest.approx((0.4887, 0.8363), abs=2e-4)
+    assert not bal["unreliable"] and "ci_note" not in bal
+
+
+def test_a_constant_classifier_on_100_patients_gets_no_point_intervals_and_no_star():
+    # 50 per class, every patient called HGG with probability 1: each class-stratified
+    # resample has the same Brier score, F1 and MCC, which a percentile bootstrap printed as
+    # [0.500, 0.500] and the like, starred as if a class had fewer than 10 patients.
+    labels = np.array([1] * 50 + [0] * 50)
+    probs = np.ones(100)
+    result = patient_intervals(labels, probs, resamples=50)
+    for name, value in (("brier", 0.5), ("f1", 2 / 3), ("mcc", 0.0)):
+        entry = result[name]
+        assert entry["value"] == pytest.approx(value), name
+        assert entry["ci_low"] is None and entry["ci_high"] is None, name
+        assert entry["ci_note"] == "not estimable: every bootstrap resample gives the same value"
+        assert not entry["unreliable"], name
+        assert format_interval(entry) == f"{value:.3f} [not estimable]"
+    # the proportions keep their Wilson intervals: 50 of 100 right is [0.4038, 0.5962]
+    assert (result["accuracy"]["ci_low"], result["accuracy"]["ci_high"]) == pytest.approx((0.4038, 0.5962), abs=5e-5)
+    # every score ties: AUROC 0.5 with a real interval (DeLong's variance is zero: Newcombe's)
+    auc = result["auroc"]
+    assert auc["value"] == 0.5 and auc["ci_method"] == "newcombe-score" and auc["ci_low"] < 0.5 < auc["ci_high"]
+    assert not any(e["unreliable"] for e in result.values())
+
+
+def test_the_star_counts_true_classes_not_predicted_ones():
+    rng = np.random.default_rng(1)
+    labels = np.array([1] * 50 + [0] * 50)
+    probs = np.where(np.arange(100) < 97, 0.6 + 0.4 * rng.random(100), 0.1)  # 3 called LGG
+    result = patient_intervals(labels, probs, resamples=40)
+    assert not any(e["unreliable"] for e in result.values())
+    assert result["f1"]["ci_low"] < result["f1"]["value"] < result["f1"]["ci_high"]  # a real bootstrap
+    assert "ci_note" not in result["f1"]
+
+
+def test_a_perfect_classifier_bootstrap_is_not_estimable_where_it_collapses():
+    labels = np.array([1] * 12 + [0] * 12)
+    probs = np.where(labels == 1, 0.9, 0.1)
+    result = patient_intervals(labels, probs, resamples=40)
+    for name in ("f1", "mcc", "auprc", "brier", "ece"):
+        assert result[name]["ci_low"] is None and result[name]["ci_note"].startswith("not estimable"), name
+    # Wilson: 12 of 12 right is [12 / (12 + z^2), 1]; Newcombe's AUROC interval leaves 1
+    assert result["sensitivity"]["ci_low"] == pytest.approx(12 / (12 + Z**2))
+    assert result["auroc"]["ci_low"] < 1.0 == result["auroc"]["ci_high"]
+    assert not any(e["unreliable"] for e in result.values())
+    assert patient_intervals(labels, probs, resamples=0)["f1"]["ci_note"].startswith("not computed")
+
+
+def test_few_patients_of_a_class_flag_a_fitted_threshold_or_temperature():
+    from gliograde.evaluation.intervals import UNRELIABLE_NOTE, few_per_class
+
+    assert few_per_class(np.array([1] * 20 + [0] * 9)) and not few_per_class(np.array([1] * 10 + [0] * 10))
+    assert few_per_class(np.array([1, 1, 1]))
+    assert "threshold or temperature" in UNRELIABLE_NOTE
+
+
+def _report(pred):
+    from gliograde.evaluation.scores import score
+
+    report = {
+        "n_patients": len(pred.patients),
+        "n_slices": len(pred.probs),
+        "split": "test",
+        "aggregate": "mean",
+        "threshold": 0.5,
+        "tta": "none",
+        "calibration": {"method": "none"},
+    }
+    report.update(score(pred, 0.5, ["LGG", "HGG"], 0.95, 20, 0, show_progress=False))
+    return report
+
+
+def _slice_predictions(slice_logits: list[list[float]], labels: list[int]):
+    """Predictions of patients with the given per-slice HGG - LGG logit differences."""
+    from gliograde.evaluation.predict import Predictions, from_logits
+
+    patient = np.concatenate([[i] * len(s) for i, s in enumerate(slice_logits)])
+    diffs = np.concatenate(slice_logits)
+    logits = np.stack([-diffs / 2, diffs / 2], axis=1)[:, None, :]
+    names = [f"p{i}" for i in range(len(labels))]
+    pred = Predictions(
+        patient_ids=[names[p] for p in patient],
+        slice_index=np.zeros(len(patient), dtype=int),
+        labels=np.asarray(labels)[patient],
+        probs=np.zeros((len(patient), 2)),
+        rows=np.arange(len(patient)),
+        patients=names,
+        patient_probs=np.zeros((len(labels), 2)),
+        patient_labels=np.asarray(labels),
+        slices_per_patient=np.bincount(patient),
+        slice_patient=patient,
+        logits=logits,
+    )
+    return from_logits(pred)
+
+
+def test_five_patients_print_no_zero_width_interval():
+    from gliograde.evaluation.report import format_report
+
+    # every slice right: a patient bootstrap of slices cannot move F1, MCC, accuracy...
+    pred = _slice_predictions([[4.0, 5.0, 6.0], [3.0, 7.0], [2.0, 3.0], [-4.0, -5.0], [-3.0, -6.0, -2.0]],
+                              [1, 1, 1, 0, 0])
+    report = _report(pred)
+    text = format_report(report)
+    for level in ("patient", "slice"):
+        for name, entry in report[level].items():
+            if entry["ci_low"] is not None:
+                assert entry["ci_high"] - entry["ci_low"] > 1e-9, (level, name)
+            elif entry["value"] is not None:
+                assert entry["ci_note"].startswith("not estimable"), (level, name)
+    assert report["slice"]["f1"]["ci_note"] and report["slice"]["f1"]["unreliable"]  # 2 LGG patients
+    assert "[1.000, 1.000]" not in text and "[0.000, 0.000]" not in text
+    assert "[not estimable]*" in text and "fewer than 10 patients in a class" in text
+    assert "[not estimable]: every bootstrap resample gives the same value" in text
+
+
+def test_a_large_cohort_is_not_starred_but_a_threshold_or_temperature_on_few_patients_is():
+    from gliograde.evaluation.report import format_report
+
+    rng = np.random.default_rng(3)
+    labels = [1] * 50 + [0] * 50
+    pred = _slice_predictions([list(rng.normal(1 if y else -1, 2, size=2)) for y in labels], labels)
+    report = _report(pred)
+    text = format_report(report)
+    assert "*" not in text and "fewer than" not in text
+    starred = format_report({**report, "threshold_unreliable": True})
+    assert "threshold=0.500*," in starred and "fewer than 10 patients in a class" in starred
+    calibration = {"method": "temperature", "temperature": 1.5, "unreliable": True, "patient": {}}
+    starred = format_report({**report, "calibration": calibration})
+    assert "T=1.5000*" in starred and "fewer than 10 patients in a class" in starred
