@@ -191,25 +191,36 @@ def test_mover_wilson_matches_a_hand_computed_case():
 
 
 def test_a_constant_classifier_on_100_patients_gets_no_point_intervals_and_no_star():
-    # 50 per class, every patient called HGG with probability 1: each class-stratified
-    # resample has the same Brier score, F1 and MCC, which a percentile bootstrap printed as
+    # 50 per class, every patient called HGG with probability 1. Its Brier score, F1 and MCC
+    # depend only on the class mix, which a class-stratified bootstrap held fixed: it printed
     # [0.500, 0.500] and the like, starred as if a class had fewer than 10 patients.
     labels = np.array([1] * 50 + [0] * 50)
     probs = np.ones(100)
-    result = patient_intervals(labels, probs, resamples=50)
-    for name, value in (("brier", 0.5), ("f1", 2 / 3), ("mcc", 0.0)):
-        entry = result[name]
-        assert entry["value"] == pytest.approx(value), name
-        assert entry["ci_low"] is None and entry["ci_high"] is None, name
-        assert entry["ci_note"] == "not estimable: every bootstrap resample gives the same value"
-        assert not entry["unreliable"], name
-        assert format_interval(entry) == f"{value:.3f} [not estimable]"
+    result = patient_intervals(labels, probs, resamples=200)
+    # Brier = the share of LGG patients: about 0.5 -+ 1.96 * sqrt(0.25 / 100)
+    brier = result["brier"]
+    assert brier["value"] == 0.5 and brier["ci_method"] == "bootstrap"
+    assert brier["ci_low"] == pytest.approx(0.40, abs=0.03) and brier["ci_high"] == pytest.approx(0.60, abs=0.03)
+    f1 = result["f1"]  # 2 * share / (1 + share) of the HGG share: about 0.667 -+ 0.045
+    assert f1["value"] == pytest.approx(2 / 3) and f1["ci_low"] < 0.64 and f1["ci_high"] > 0.69
+    # MCC is 0 whatever the sample: no interval, and no pretence of one
+    mcc = result["mcc"]
+    assert mcc["value"] == 0.0 and mcc["ci_low"] is None and mcc["ci_high"] is None
+    assert mcc["ci_note"] == "not estimable: every bootstrap resample gives the same value"
+    assert format_interval(mcc) == "0.000 [not estimable]"
     # the proportions keep their Wilson intervals: 50 of 100 right is [0.4038, 0.5962]
     assert (result["accuracy"]["ci_low"], result["accuracy"]["ci_high"]) == pytest.approx((0.4038, 0.5962), abs=5e-5)
     # every score ties: AUROC 0.5 with a real interval (DeLong's variance is zero: Newcombe's)
     auc = result["auroc"]
     assert auc["value"] == 0.5 and auc["ci_method"] == "newcombe-score" and auc["ci_low"] < 0.5 < auc["ci_high"]
     assert not any(e["unreliable"] for e in result.values())
+    assert "*" not in "".join(format_interval(e) for e in result.values())
+
+
+def test_a_narrow_interval_is_printed_with_the_places_that_tell_its_bounds_apart():
+    entry = {"value": 0.0002, "ci_low": 0.00011, "ci_high": 0.00042, "unreliable": False}
+    assert format_interval(entry) == "0.000 [0.0001, 0.0004]"
+    assert format_interval({**entry, "ci_low": 0.25, "ci_high": 0.75}) == "0.000 [0.250, 0.750]"
 
 
 def test_the_star_counts_true_classes_not_predicted_ones():

@@ -13,8 +13,12 @@ boundary:
   when that variance is zero (the classes are perfectly separated, or every score ties) the
   Wald interval would have no width, so Newcombe's score interval with the Hanley-McNeil
   variance is used instead (``newcombe-score``; Newcombe 2006, method 5).
-- F1, MCC, AUPRC, Brier score, ECE: a percentile bootstrap of patients resampled within each
-  class (``bootstrap-stratified``).
+- F1, MCC, AUPRC, Brier score, ECE: a percentile bootstrap of patients (``bootstrap``),
+  resampled from the whole cohort, so that the class mix varies as it would in another sample
+  (resamples that leave a metric undefined, e.g. one without a class, are left out of its
+  interval). Resampling within each class would hold the mix fixed, and these metrics of a
+  classifier that calls every patient the same depend on nothing else: every resample would
+  give the same Brier score, F1 and MCC.
 
 An interval is never a point: where a method gives no width (every bootstrap resample gives the
 same value, as for a classifier that calls every patient the same), or no bounds at all, the
@@ -139,7 +143,6 @@ def patient_intervals(
         resamples=resamples,
         level=level,
         seed=seed,
-        strata=labels,
     )
     n_pos, n_neg = tp + fn, tn + fp
     result = {}
@@ -156,7 +159,7 @@ def patient_intervals(
         elif name == "auroc":
             low, high, method = auroc_interval(labels, ranking, level)
         else:
-            low, high, method = boot[name]["ci_low"], boot[name]["ci_high"], "bootstrap-stratified"
+            low, high, method = boot[name]["ci_low"], boot[name]["ci_high"], "bootstrap"
         smallest = {"sensitivity": n_pos, "specificity": n_neg}.get(name, min(n_pos, n_neg))
         result[name] = interval_entry(value, low, high, method, smallest, resamples)
     return result
@@ -217,10 +220,20 @@ def format_interval(entry: dict[str, Any], digits: int = 3) -> str:
         return "n/a"
     text = f"{entry['value']:.{digits}f}"
     if entry.get("ci_low") is not None:
-        text += f" [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+        text += " " + bounds_text(entry["ci_low"], entry["ci_high"], digits)
     elif entry.get("ci_note"):
         text += f" [{entry['ci_note'].split(':')[0]}]"
     return text + ("*" if entry.get("unreliable") else "")
+
+
+def bounds_text(low: float, high: float, digits: int = 3) -> str:
+    """``[low, high]`` with ``digits`` decimals, or as many more as it takes for the two bounds
+    of an interval with width to read differently (``[0.0001, 0.0004]``, never ``[0.000, 0.000]``)."""
+    for places in range(digits, 16):
+        text_low, text_high = f"{low:.{places}f}", f"{high:.{places}f}"
+        if text_low != text_high:
+            break
+    return f"[{text_low}, {text_high}]"
 
 
 UNRELIABLE_NOTE = (

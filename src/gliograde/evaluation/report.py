@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from gliograde.atomic import write_text
 from gliograde.evaluation.figures import save_png
-from gliograde.evaluation.intervals import UNRELIABLE_NOTE
+from gliograde.evaluation.intervals import UNRELIABLE_NOTE, bounds_text
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
 
@@ -132,7 +132,7 @@ def _ci(entry: dict[str, Any]) -> str:
     when a class it rests on has fewer than MIN_PER_CLASS patients."""
     marker = "*" if entry.get("unreliable") and entry.get("value") is not None else ""
     if entry["ci_low"] is not None:
-        return f"[{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]{marker}"
+        return bounds_text(entry["ci_low"], entry["ci_high"]) + marker
     if entry.get("ci_note") and entry.get("value") is not None:
         return f"[{entry['ci_note'].split(':')[0]}]{marker}"
     return "n/a"

@@ -78,9 +78,8 @@ def score(
             rows = np.concatenate([members[i] for i in idx])
             return binary_metrics(pred.labels[rows], pred.probs[rows, 1], threshold, slice_scores[rows])
 
-        slices = bootstrap_intervals(
-            slice_metrics, len(labels), resamples=resamples, level=level, seed=seed, strata=labels
-        )
+        # the whole cohort is resampled, as for the patient bootstrap: the class mix varies
+        slices = bootstrap_intervals(slice_metrics, len(labels), resamples=resamples, level=level, seed=seed)
     counts = np.bincount(labels, minlength=2)
     # Slices of one patient are not independent: the patients are what the interval rests on.
     slices = {
