@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 from gliograde.atomic import write_frame, write_text
 from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
+from gliograde.patient_scores import table_scores
 from gliograde.evaluation.metrics import METRICS
 from gliograde.tables import read_table
 
@@ -93,9 +94,10 @@ def swept_keys(overrides: list[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({o.get(k) for o in overrides}) > 1]
 
 
-def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """``(classes, patients, labels, positive-class probabilities)`` of the labelled patients
-    in a ``predictions_<stage>.csv``."""
+def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, patients, labels, positive-class probabilities, scores)`` of the labelled
+    patients in a ``predictions_<stage>.csv``; scores are what AUROC ranks (the log-odds, see
+    :mod:`gliograde.patient_scores`)."""
     table = read_table(path)
     prob_columns = [str(c) for c in table.columns if str(c).startswith("prob_")]
     classes = [c[len("prob_") :] for c in prob_columns]
@@ -110,7 +112,7 @@ def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarr
         raise SummaryError(f"{path}: label {unknown[0]!r} is not one of {classes}")
     labels = np.array([classes.index(r["label"]) for r in rows], dtype=int)
     probs = np.array([float(r[prob_columns[1]]) for r in rows], dtype=float)
-    return classes, [r["patient_id"] for r in rows], labels, probs
+    return classes, [r["patient_id"] for r in rows], labels, probs, table_scores(rows, prob_columns[1])
 
 
 def _job_row(
@@ -121,8 +123,8 @@ def _job_row(
     for stage in STAGES:
         path = job / f"predictions_{stage}.csv"
         if path.is_file():
-            _, _, labels, probs = read_patient_predictions(path)
-            intervals = patient_intervals(labels, probs, level=level, resamples=resamples)
+            _, _, labels, probs, scores = read_patient_predictions(path)
+            intervals = patient_intervals(labels, probs, level=level, resamples=resamples, scores=scores)
             row[f"{stage}/patient_count"] = len(labels)
             for name, entry in intervals.items():
                 key = f"{stage}/patient_{name}"
@@ -300,23 +302,24 @@ def summarize(sweep_dir: str | Path, resamples: int = 1000, level: float = 0.95)
 
 def _pooled_out_of_fold(jobs: list[Path], resamples: int, level: float) -> dict[str, Any] | None:
     """Every fold's validation patients pooled (each patient once) into one metric set."""
-    pooled: dict[str, tuple[int, float]] = {}
+    pooled: dict[str, tuple[int, float, float]] = {}
     classes: list[str] | None = None
     for job in jobs:
         path = job / "predictions_val.csv"
         if not path.is_file():
             return None
-        classes, patients, labels, probs = read_patient_predictions(path)
-        for patient, label, prob in zip(patients, labels, probs):
+        classes, patients, labels, probs, scores = read_patient_predictions(path)
+        for patient, label, prob, score in zip(patients, labels, probs, scores):
             if patient in pooled:
                 raise SummaryError(
                     f"patient {patient} is in the validation fold of two jobs: "
                     "not a cross-validation sweep (use data.folds=K data.fold=0,...,K-1)"
                 )
-            pooled[patient] = (int(label), float(prob))
-    labels = np.array([label for label, _ in pooled.values()], dtype=int)
-    probs = np.array([p for _, p in pooled.values()], dtype=float)
-    metrics = patient_intervals(labels, probs, level=level, resamples=resamples)
+            pooled[patient] = (int(label), float(prob), float(score))
+    labels = np.array([label for label, _, _ in pooled.values()], dtype=int)
+    probs = np.array([p for _, p, _ in pooled.values()], dtype=float)
+    scores = np.array([s for _, _, s in pooled.values()], dtype=float)
+    metrics = patient_intervals(labels, probs, level=level, resamples=resamples, scores=scores)
     return {"n_patients": len(labels), "classes": classes, "metrics": metrics}
 
 
