@@ -187,11 +187,13 @@ def test_report_files_exist_and_agree(trained_run):
     # training tested the same best checkpoint on the same patients: the same numbers
     trained = json.loads((run / "metrics.json").read_text())
     for name in ("auroc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"):
-        assert trained[f"test/patient_{name}"] == pytest.approx(metrics["patient"][name]["value"], abs=1e-9), name
+        expected = metrics["patient"][name]["value"]
+        assert trained[f"test/patient_{name}"] == pytest.approx(expected, abs=1e-9), name
     by_id = {r["patient_id"]: r for r in _rows(run / "predictions_test.csv")}
     for row in patients:
-        assert float(by_id[row["patient_id"]]["prob_HGG"]) == pytest.approx(float(row["probability"]), abs=1e-6)
-        assert float(by_id[row["patient_id"]]["score"]) == pytest.approx(float(row["score"]), abs=1e-4)
+        mine = by_id[row["patient_id"]]
+        assert float(mine["prob_HGG"]) == pytest.approx(float(row["probability"]), abs=1e-6)
+        assert float(mine["score"]) == pytest.approx(float(row["score"]), abs=1e-4)
 
 
 @pytest.mark.slow

@@ -24,7 +24,13 @@ from gliograde.tables import read_table
 
 # Five patients of two slices each, every slice so sure of HGG that float32 softmax gives exactly
 # 1.0; the model still ranks them: logit differences (HGG - LGG) per patient below.
-DIFFERENCES = {"p0": (18.0, 19.0), "p1": (21.0, 22.0), "p2": (24.0, 23.0), "p3": (20.0, 20.5), "p4": (26.0, 25.0)}
+DIFFERENCES = {
+    "p0": (18.0, 19.0),
+    "p1": (21.0, 22.0),
+    "p2": (24.0, 23.0),
+    "p3": (20.0, 20.5),
+    "p4": (26.0, 25.0),
+}
 LABELS = {"p0": 0, "p1": 1, "p2": 1, "p3": 0, "p4": 1}
 
 
@@ -54,14 +60,17 @@ def test_training_and_evaluate_give_the_same_auroc_on_saturated_logits(scale):
     logits = logits * np.float32(scale)
     # training: the LightningModule's collector and metric function
     collected = PatientProbabilities()
-    collected.update(torch.from_numpy(logits), torch.from_numpy(np.repeat(labels, 2)), torch.from_numpy(patient),
-                     torch.from_numpy(index))
+    slice_labels = torch.from_numpy(np.repeat(labels, 2))
+    collected.update(torch.from_numpy(logits), slice_labels, torch.from_numpy(patient), torch.from_numpy(index))
     rows = collected.rows()
-    trained = classification_metrics(rows["probs"], rows["label"], prefix="test/patient_", scores=rows["score"])
+    trained = classification_metrics(
+        rows["probs"], rows["label"], prefix="test/patient_", scores=rows["score"]
+    )
     # evaluate.py: predictions from the same logits, then its metric suite with intervals
     pred = _predictions(patient, logits, labels)
-    evaluated = patient_intervals(pred.patient_labels, pred.patient_probs[:, 1], resamples=20,
-                                  scores=pred.patient_scores)
+    evaluated = patient_intervals(
+        pred.patient_labels, pred.patient_probs[:, 1], resamples=20, scores=pred.patient_scores
+    )
     # the model ranks p1 (21, 22), p2 (24, 23) and p4 (26, 25) above p0 (18, 19) and p3 (20, 20.5)
     assert trained["test/patient_auroc"].item() == evaluated["auroc"]["value"] == 1.0
     assert binary_metrics(labels, pred.patient_probs[:, 1], scores=pred.patient_scores)["auroc"] == 1.0
@@ -93,8 +102,13 @@ def test_the_tables_and_compare_rank_by_the_stored_score(tmp_path):
 
 
 def test_a_table_without_scores_falls_back_to_the_log_odds_of_its_probability():
-    rows = [{"probability": "0.25"}, {"probability": "1.0", "score": ""}, {"probability": "0.5", "score": "3.5"}]
-    assert table_scores(rows, "probability").tolist() == pytest.approx([np.log(1 / 3), np.finfo(float).max, 3.5])
+    rows = [
+        {"probability": "0.25"},
+        {"probability": "1.0", "score": ""},
+        {"probability": "0.5", "score": "3.5"},
+    ]
+    expected = [np.log(1 / 3), np.finfo(float).max, 3.5]
+    assert table_scores(rows, "probability").tolist() == pytest.approx(expected)
     assert probability_score(0.0) == -np.finfo(float).max
 
 
@@ -110,12 +124,16 @@ def test_views_temperature_and_aggregates_match_a_direct_computation():
     np.testing.assert_allclose(out["score"], np.log(means[:, 1] / means[:, 0]), rtol=1e-10)
     weights = np.array([0, 2.0, 1.0, 0, 0, 1.0, 3.0])  # patient 1 has no tumour: a plain mean
     weighted = patient_scores(patient, logits, "tumor_weighted", weights, 1.7)["probs"]
-    expected = [np.average(direct[:3], axis=0, weights=weights[:3]), means[1],
-                np.average(direct[5:], axis=0, weights=weights[5:])]
+    expected = [
+        np.average(direct[:3], axis=0, weights=weights[:3]),
+        means[1],
+        np.average(direct[5:], axis=0, weights=weights[5:]),
+    ]
     np.testing.assert_allclose(weighted, np.stack(expected), rtol=1e-12)
     votes = patient_scores(patient, logits, "vote", temperature=1.7)
-    shares = np.stack([np.bincount(direct[patient == p].argmax(1), minlength=2) / (patient == p).sum()
-                       for p in range(3)])
+    shares = np.stack(
+        [np.bincount(direct[patient == p].argmax(1), minlength=2) / (patient == p).sum() for p in range(3)]
+    )
     np.testing.assert_allclose(votes["probs"], shares)
     assert np.isfinite(votes["score"]).all()  # a unanimous vote is the largest finite score
 
