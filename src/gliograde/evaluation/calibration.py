@@ -13,6 +13,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from gliograde.evaluation.errors import EvaluationError
+from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.metrics import binary_metrics
 from gliograde.evaluation.predict import Predictions, from_logits
 from gliograde.inference.calibration import file_sha256, write_calibration
@@ -80,14 +81,15 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "val_patients": list(val.patients),
+        "unreliable": few_per_class(val.patient_labels),  # fewer than 10 patients of a class
         "nll_before": before,
         "nll_after": after,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     path = write_calibration(run, record)
     print(
-        f"calibration=temperature: T={temperature:.4f} fitted on {len(val.patients)} validation patients "
-        f"(patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
+        f"calibration=temperature: T={temperature:.4f}{'*' if record['unreliable'] else ''} fitted on "
+        f"{len(val.patients)} validation patients (patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
     )
     return record
 

@@ -84,7 +84,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
             "val_patients": len(record["val_patients"]),
             "val_nll_before": record["nll_before"],
             "val_nll_after": record["nll_after"],
-            "unreliable": few_per_class(val.patient_labels),  # fitted on fewer than 10 of a class
+            "unreliable": bool(record.get("unreliable")),  # fitted on fewer than 10 patients of a class
         }
         note = None if other_cohort else fitted_on_note(record, list(predictions.patients))
         if note:

@@ -63,7 +63,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     applied = usable_temperature(record, source, sha, tta, str(cfg.calibration))
     temperature = float(applied["temperature"]) if applied else 1.0
     if applied:
-        print(f"Applying the stored temperature T={temperature:.4f} from {source} (calibration=none to skip)")
+        star = "*" if applied.get("unreliable") else ""
+        print(
+            f"Applying the stored temperature T={temperature:.4f}{star} from {source} "
+            "(calibration=none to skip)"
+        )
+        if star:  # imported here: the intervals pull in scikit-learn, which predicting never needs
+            from gliograde.evaluation.intervals import UNRELIABLE_NOTE
+
+            print(UNRELIABLE_NOTE)
     rows = []
     for files in patients:
         rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
