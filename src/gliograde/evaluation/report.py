@@ -115,7 +115,7 @@ def format_report(report: dict[str, Any]) -> str:
     counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
     base = report["majority_baseline"]
     lines.append(f"patients per class: {counts}; majority-class baseline accuracy {base['accuracy']:.3f}")
-    entries = [report[level][name] for level in ("patient", "slice") for name in METRICS]
+    entries = [report[scope][name] for scope in ("patient", "slice") for name in METRICS]
     if starred or any(e.get("unreliable") and e["value"] is not None for e in entries):
         lines.append(UNRELIABLE_NOTE)
     notes = sorted({e["ci_note"] for e in entries if e.get("ci_note")})

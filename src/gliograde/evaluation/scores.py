@@ -7,7 +7,12 @@ from typing import Any
 import numpy as np
 
 from gliograde.evaluation.errors import EvaluationError
-from gliograde.evaluation.intervals import UNRELIABLE_NOTE, few_per_class, interval_entry, patient_intervals
+from gliograde.evaluation.intervals import (
+    UNRELIABLE_NOTE,
+    few_per_class,
+    interval_entry,
+    patient_intervals,
+)
 from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_interval, youden_threshold
 from gliograde.evaluation.predict import Predictions, predict
 from gliograde.evaluation.progress import progress
