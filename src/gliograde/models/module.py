@@ -210,7 +210,8 @@ class GradeClassifier(pl.LightningModule):
         values[f"{stage}/patient_count"] = torch.tensor(float(len(rows["patient"])))
         # Every rank computed the same values from the gathered states.
         dtype = torch.float32 if self.device.type == "mps" else None  # MPS has no float64
-        self.log_dict({k: v.to(self.device, dtype) for k, v in values.items()}, sync_dist=True)
+        values = {k: v.to(self.device, dtype) for k, v in values.items()}
+        self.log_dict(values, sync_dist=True)
         keep = ("patient", "probs", "label", "score")
         self.patient_outputs[stage] = {k: rows[k].cpu() for k in keep if k in rows}
         return values
