@@ -107,9 +107,9 @@ def test_a_table_without_scores_falls_back_to_the_log_odds_of_its_probability():
         {"probability": "1.0", "score": ""},
         {"probability": "0.5", "score": "3.5"},
     ]
-    expected = [np.log(1 / 3), np.finfo(float).max, 3.5]
+    expected = [np.log(1 / 3), 1e300, 3.5]
     assert table_scores(rows, "probability").tolist() == pytest.approx(expected)
-    assert probability_score(0.0) == -np.finfo(float).max
+    assert probability_score(0.0) == -1e300
 
 
 def test_views_temperature_and_aggregates_match_a_direct_computation():
@@ -135,7 +135,7 @@ def test_views_temperature_and_aggregates_match_a_direct_computation():
         [np.bincount(direct[patient == p].argmax(1), minlength=2) / (patient == p).sum() for p in range(3)]
     )
     np.testing.assert_allclose(votes["probs"], shares)
-    assert np.isfinite(votes["score"]).all()  # a unanimous vote is the largest finite score
+    assert np.isfinite(votes["score"]).all()  # a unanimous vote is a finite score
 
 
 def test_calibration_recomputes_from_the_logits_in_the_shared_way():

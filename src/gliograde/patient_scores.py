@@ -19,7 +19,9 @@ import numpy as np
 from gliograde.errors import ConfigError
 
 AGGREGATES = ("mean", "vote", "tumor_weighted")
-_LARGEST = float(np.finfo(np.float64).max)
+# A certain call's score (+-inf): finite, and far enough from the float limit that differences of
+# two scores (as scikit-learn's ROC takes them) do not overflow.
+_LARGEST = 1e300
 
 
 def slice_log_probs(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -85,7 +87,7 @@ def _group_logsumexp(values: np.ndarray, group: np.ndarray, n_groups: int) -> np
 
 def positive_score(log_probs: np.ndarray) -> np.ndarray:
     """The ranking score of class 1 from two-class log-probabilities ``[N, 2]``: the log-odds
-    ``log p1 - log p0`` (a certain vote, ``+-inf``, becomes the largest finite float)."""
+    ``log p1 - log p0`` (a certain vote, ``+-inf``, becomes ``+-1e300``)."""
     log_probs = np.asarray(log_probs, dtype=np.float64)
     score = log_probs[:, 1] - log_probs[:, 0]
     return np.clip(score, -_LARGEST, _LARGEST)
