@@ -330,3 +330,13 @@ def test_a_large_cohort_is_not_starred_but_a_threshold_or_temperature_on_few_pat
     calibration = {"method": "temperature", "temperature": 1.5, "unreliable": True, "patient": {}}
     starred = format_report({**report, "calibration": calibration})
     assert "T=1.5000*" in starred and "fewer than 10 patients in a class" in starred
+
+
+def test_the_model_card_prints_intervals_as_evaluate_does():
+    from gliograde.model_card import _interval_cell
+
+    note = "not estimable: every bootstrap resample gives the same value"
+    assert _interval_cell({"value": 0.0, "ci_low": None, "ci_high": None, "ci_note": note}) == note
+    narrow = {"value": 0.0002, "ci_low": 0.00011, "ci_high": 0.00042, "unreliable": True}
+    assert _interval_cell(narrow) == "[0.0001, 0.0004]*"
+    assert _interval_cell({"value": 0.9, "ci_low": None, "ci_high": None}) == "n/a"  # training's point values
