@@ -340,3 +340,26 @@ def test_the_model_card_prints_intervals_as_evaluate_does():
     narrow = {"value": 0.0002, "ci_low": 0.00011, "ci_high": 0.00042, "unreliable": True}
     assert _interval_cell(narrow) == "[0.0001, 0.0004]*"
     assert _interval_cell({"value": 0.9, "ci_low": None, "ci_high": None}) == "n/a"  # training's point values
+
+
+def test_delong_matches_the_midrank_formula_of_sun_and_xu_with_ties():
+    # Sun & Xu (2014), IEEE Signal Process. Lett. 21:1389: V10_i = (R_i - R^pos_i) / n and
+    # V01_j = 1 - (R_j - R^neg_j) / m from midranks over all, positive-only and negative-only scores
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    labels = np.array([1] * 13 + [0] * 9)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: ties within and across classes
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    m, n = len(pos), len(neg)
+    ranks = rankdata(np.concatenate([pos, neg]))
+    v10 = (ranks[:m] - rankdata(pos)) / n
+    v01 = 1 - (ranks[m:] - rankdata(neg)) / m
+    auc = v10.mean()
+    var = np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n
+    aucs, cov = delong_covariance(labels, scores)
+    assert aucs[0] == pytest.approx(auc) == pytest.approx(roc_auc_score(labels, scores))
+    assert cov[0, 0] == pytest.approx(var)
+    low, high, method = auroc_interval(labels, scores)
+    assert method == "delong"
+    assert (low, high) == pytest.approx((max(0, auc - Z * np.sqrt(var)), min(1, auc + Z * np.sqrt(var))))
