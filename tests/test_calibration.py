@@ -232,3 +232,34 @@ def test_hard_votes_cannot_be_calibrated(tmp_path):
     assert result.returncode == 2
     assert "calibration=temperature cannot change hard votes" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("per_class, starred", [(4, True), (10, False)])
+def test_a_temperature_fitted_on_few_patients_of_a_class_is_starred(tmp_path, capsys, per_class, starred):
+    from gliograde.evaluation.calibration import calibrate
+    from gliograde.evaluation.predict import Predictions, from_logits
+
+    logits, slice_patient, _ = _synthetic(2.0, 2 * per_class, 2, seed=1)
+    labels = np.array([0, 1] * per_class)
+    names = [f"p{i}" for i in range(2 * per_class)]
+    val = from_logits(
+        Predictions(
+            patient_ids=[names[p] for p in slice_patient],
+            slice_index=np.zeros(len(slice_patient), dtype=int),
+            labels=labels[slice_patient],
+            probs=np.zeros((len(slice_patient), 2)),
+            rows=np.arange(len(slice_patient)),
+            patients=names,
+            patient_probs=np.zeros((len(names), 2)),
+            patient_labels=labels,
+            slices_per_patient=np.full(len(names), 2),
+            slice_patient=slice_patient,
+            logits=logits,
+        )
+    )
+    checkpoint = tmp_path / "epoch_000.ckpt"
+    checkpoint.write_bytes(b"weights")
+    record = calibrate(tmp_path, checkpoint, val, "none")
+    assert record["unreliable"] is starred
+    assert json.loads((tmp_path / "calibration.json").read_text())["unreliable"] is starred
+    assert (f"T={record['temperature']:.4f}*" in capsys.readouterr().out) is starred

@@ -184,6 +184,16 @@ def test_report_files_exist_and_agree(trained_run):
         assert (out / f"{name}.png").stat().st_size > 1000
     assert list(out.glob("gradcam_*.png"))
     assert "auroc" in result.stdout and "[95% CI]" in result.stdout
+    # training tested the same best checkpoint on the same patients: the same numbers
+    trained = json.loads((run / "metrics.json").read_text())
+    for name in ("auroc", "accuracy", "balanced_accuracy", "sensitivity", "specificity"):
+        expected = metrics["patient"][name]["value"]
+        assert trained[f"test/patient_{name}"] == pytest.approx(expected, abs=1e-9), name
+    by_id = {r["patient_id"]: r for r in _rows(run / "predictions_test.csv")}
+    for row in patients:
+        mine = by_id[row["patient_id"]]
+        assert float(mine["prob_HGG"]) == pytest.approx(float(row["probability"]), abs=1e-6)
+        assert float(mine["score"]) == pytest.approx(float(row["score"]), abs=1e-4)
 
 
 @pytest.mark.slow
@@ -198,9 +208,11 @@ def test_youden_threshold_comes_from_the_val_split(trained_run, tmp_path):
     )
     test = _evaluate(f"run_dir={run}", "threshold=youden", f"output_dir={tmp_path / 'test'}", "gradcam_n=0")
     assert test.returncode == 0, test.stderr[-3000:]
-    assert json.loads((tmp_path / "test" / "metrics.json").read_text())["threshold"] == pytest.approx(
-        expected, abs=1e-5
-    )
+    report = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    assert report["threshold"] == pytest.approx(expected, abs=1e-5)
+    # chosen on 8 validation patients (4 per class): starred like an interval on so few
+    assert report["threshold_unreliable"] is True
+    assert f"threshold={report['threshold']:.3f}*" in test.stdout and "fewer than 10 patients" in test.stdout
 
 
 @pytest.mark.slow

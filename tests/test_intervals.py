@@ -49,8 +49,11 @@ def test_five_of_five_right_is_no_longer_certain():
     assert bal["ci_low"] == pytest.approx(1 - np.hypot(1 - sens_low, 1 - spec_low) / 2)
     auc = result["auroc"]
     assert auc["value"] == 1.0 and auc["ci_method"] == "newcombe-score" and auc["ci_low"] < 0.9
-    # a percentile bootstrap cannot leave 1: its zero-width interval is flagged
-    assert result["f1"]["ci_low"] == result["f1"]["ci_high"] == 1.0 and result["f1"]["unreliable"]
+    # a percentile bootstrap cannot leave 1: its zero-width interval is no interval at all
+    f1 = result["f1"]
+    assert f1["value"] == 1.0 and f1["ci_low"] is None and f1["ci_high"] is None
+    assert f1["ci_note"].startswith("not estimable") and f1["unreliable"]
+    assert format_interval(f1) == "1.000 [not estimable]*"
     assert format_interval(acc).endswith("*") and "[0.566, 1.000]" in format_interval(acc)
 
 
@@ -201,3 +204,193 @@ def test_resample_metrics_equal_binary_metrics_on_ties_edges_and_one_class():
             slow = binary_metrics(labels, probs, threshold)
             for name in BOOTSTRAPPED:
                 assert fast[name] == pytest.approx(slow[name], abs=1e-12, nan_ok=True), (name, labels, probs)
+
+
+def test_mover_wilson_matches_a_hand_computed_case():
+    # sensitivity 8/10, Wilson [0.4902, 0.9433]; specificity 6/10, Wilson [0.3127, 0.8318]
+    # (Newcombe 1998's closed form). MOVER (Zou & Donner 2008) for the mean 0.7:
+    # low  = 0.7 - sqrt((0.8 - 0.4902)^2 + (0.6 - 0.3127)^2) / 2 = 0.4887
+    # high = 0.7 + sqrt((0.9433 - 0.8)^2 + (0.8318 - 0.6)^2) / 2 = 0.8363
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=5e-5)
+    assert wilson_interval(6, 10) == pytest.approx((0.3127, 0.8318), abs=5e-5)
+    labels = np.array([1] * 10 + [0] * 10)
+    probs = np.array([0.9] * 8 + [0.1] * 2 + [0.1] * 6 + [0.9] * 4)
+    bal = patient_intervals(labels, probs, resamples=0)["balanced_accuracy"]
+    assert bal["value"] == pytest.approx(0.7)
+    assert (bal["ci_low"], bal["ci_high"]) == pytest.approx((0.4887, 0.8363), abs=2e-4)
+    assert not bal["unreliable"] and "ci_note" not in bal
+
+
+def test_a_constant_classifier_on_100_patients_gets_no_point_intervals_and_no_star():
+    # 50 per class, every patient called HGG with probability 1. Its Brier score, F1 and MCC
+    # depend only on the class mix, which a class-stratified bootstrap held fixed: it printed
+    # [0.500, 0.500] and the like, starred as if a class had fewer than 10 patients.
+    labels = np.array([1] * 50 + [0] * 50)
+    probs = np.ones(100)
+    result = patient_intervals(labels, probs, resamples=200)
+    # Brier = the share of LGG patients: about 0.5 -+ 1.96 * sqrt(0.25 / 100)
+    brier = result["brier"]
+    assert brier["value"] == 0.5 and brier["ci_method"] == "bootstrap"
+    assert (brier["ci_low"], brier["ci_high"]) == pytest.approx((0.40, 0.60), abs=0.03)
+    f1 = result["f1"]  # 2 * share / (1 + share) of the HGG share: about 0.667 -+ 0.045
+    assert f1["value"] == pytest.approx(2 / 3) and f1["ci_low"] < 0.64 and f1["ci_high"] > 0.69
+    # MCC is 0 whatever the sample: no interval, and no pretence of one
+    mcc = result["mcc"]
+    assert mcc["value"] == 0.0 and mcc["ci_low"] is None and mcc["ci_high"] is None
+    assert mcc["ci_note"] == "not estimable: every bootstrap resample gives the same value"
+    assert format_interval(mcc) == "0.000 [not estimable]"
+    # the proportions keep their Wilson intervals: 50 of 100 right is [0.4038, 0.5962]
+    accuracy = result["accuracy"]
+    assert (accuracy["ci_low"], accuracy["ci_high"]) == pytest.approx((0.4038, 0.5962), abs=5e-5)
+    # every score ties: AUROC 0.5 with a real interval (DeLong's variance is zero: Newcombe's)
+    auc = result["auroc"]
+    assert auc["value"] == 0.5 and auc["ci_method"] == "newcombe-score"
+    assert auc["ci_low"] < 0.5 < auc["ci_high"]
+    assert not any(e["unreliable"] for e in result.values())
+    assert "*" not in "".join(format_interval(e) for e in result.values())
+
+
+def test_a_narrow_interval_is_printed_with_the_places_that_tell_its_bounds_apart():
+    entry = {"value": 0.0002, "ci_low": 0.00011, "ci_high": 0.00042, "unreliable": False}
+    assert format_interval(entry) == "0.000 [0.0001, 0.0004]"
+    assert format_interval({**entry, "ci_low": 0.25, "ci_high": 0.75}) == "0.000 [0.250, 0.750]"
+
+
+def test_the_star_counts_true_classes_not_predicted_ones():
+    rng = np.random.default_rng(1)
+    labels = np.array([1] * 50 + [0] * 50)
+    probs = np.where(np.arange(100) < 97, 0.6 + 0.4 * rng.random(100), 0.1)  # 3 called LGG
+    result = patient_intervals(labels, probs, resamples=40)
+    assert not any(e["unreliable"] for e in result.values())
+    assert result["f1"]["ci_low"] < result["f1"]["value"] < result["f1"]["ci_high"]  # a real bootstrap
+    assert "ci_note" not in result["f1"]
+
+
+def test_a_perfect_classifier_bootstrap_is_not_estimable_where_it_collapses():
+    labels = np.array([1] * 12 + [0] * 12)
+    probs = np.where(labels == 1, 0.9, 0.1)
+    result = patient_intervals(labels, probs, resamples=40)
+    for name in ("f1", "mcc", "auprc", "brier", "ece"):
+        assert result[name]["ci_low"] is None and result[name]["ci_note"].startswith("not estimable"), name
+    # Wilson: 12 of 12 right is [12 / (12 + z^2), 1]; Newcombe's AUROC interval leaves 1
+    assert result["sensitivity"]["ci_low"] == pytest.approx(12 / (12 + Z**2))
+    assert result["auroc"]["ci_low"] < 1.0 == result["auroc"]["ci_high"]
+    assert not any(e["unreliable"] for e in result.values())
+    assert patient_intervals(labels, probs, resamples=0)["f1"]["ci_note"].startswith("not computed")
+
+
+def test_few_patients_of_a_class_flag_a_fitted_threshold_or_temperature():
+    from gliograde.evaluation.intervals import UNRELIABLE_NOTE, few_per_class
+
+    assert few_per_class(np.array([1] * 20 + [0] * 9)) and not few_per_class(np.array([1] * 10 + [0] * 10))
+    assert few_per_class(np.array([1, 1, 1]))
+    assert "threshold or temperature" in UNRELIABLE_NOTE
+
+
+def _report(pred):
+    from gliograde.evaluation.scores import score
+
+    report = {
+        "n_patients": len(pred.patients),
+        "n_slices": len(pred.probs),
+        "split": "test",
+        "aggregate": "mean",
+        "threshold": 0.5,
+        "tta": "none",
+        "calibration": {"method": "none"},
+    }
+    report.update(score(pred, 0.5, ["LGG", "HGG"], 0.95, 20, 0, show_progress=False))
+    return report
+
+
+def _slice_predictions(slice_logits: list[list[float]], labels: list[int]):
+    """Predictions of patients with the given per-slice HGG - LGG logit differences."""
+    from gliograde.evaluation.predict import Predictions, from_logits
+
+    patient = np.concatenate([[i] * len(s) for i, s in enumerate(slice_logits)])
+    diffs = np.concatenate(slice_logits)
+    logits = np.stack([-diffs / 2, diffs / 2], axis=1)[:, None, :]
+    names = [f"p{i}" for i in range(len(labels))]
+    pred = Predictions(
+        patient_ids=[names[p] for p in patient],
+        slice_index=np.zeros(len(patient), dtype=int),
+        labels=np.asarray(labels)[patient],
+        probs=np.zeros((len(patient), 2)),
+        rows=np.arange(len(patient)),
+        patients=names,
+        patient_probs=np.zeros((len(labels), 2)),
+        patient_labels=np.asarray(labels),
+        slices_per_patient=np.bincount(patient),
+        slice_patient=patient,
+        logits=logits,
+    )
+    return from_logits(pred)
+
+
+def test_five_patients_print_no_zero_width_interval():
+    from gliograde.evaluation.report import format_report
+
+    # every slice right: a patient bootstrap of slices cannot move F1, MCC, accuracy...
+    slices = [[4.0, 5.0, 6.0], [3.0, 7.0], [2.0, 3.0], [-4.0, -5.0], [-3.0, -6.0, -2.0]]
+    pred = _slice_predictions(slices, [1, 1, 1, 0, 0])
+    report = _report(pred)
+    text = format_report(report)
+    for level in ("patient", "slice"):
+        for name, entry in report[level].items():
+            if entry["ci_low"] is not None:
+                assert entry["ci_high"] - entry["ci_low"] > 1e-9, (level, name)
+            elif entry["value"] is not None:
+                assert entry["ci_note"].startswith("not estimable"), (level, name)
+    assert report["slice"]["f1"]["ci_note"] and report["slice"]["f1"]["unreliable"]  # 2 LGG patients
+    assert "[1.000, 1.000]" not in text and "[0.000, 0.000]" not in text
+    assert "[not estimable]*" in text and "fewer than 10 patients in a class" in text
+    assert "[not estimable]: every bootstrap resample gives the same value" in text
+
+
+def test_a_large_cohort_is_not_starred_but_a_threshold_or_temperature_on_few_patients_is():
+    from gliograde.evaluation.report import format_report
+
+    rng = np.random.default_rng(3)
+    labels = [1] * 50 + [0] * 50
+    pred = _slice_predictions([list(rng.normal(1 if y else -1, 2, size=2)) for y in labels], labels)
+    report = _report(pred)
+    text = format_report(report)
+    assert "*" not in text and "fewer than" not in text
+    starred = format_report({**report, "threshold_unreliable": True})
+    assert "threshold=0.500*," in starred and "fewer than 10 patients in a class" in starred
+    calibration = {"method": "temperature", "temperature": 1.5, "unreliable": True, "patient": {}}
+    starred = format_report({**report, "calibration": calibration})
+    assert "T=1.5000*" in starred and "fewer than 10 patients in a class" in starred
+
+
+def test_the_model_card_prints_intervals_as_evaluate_does():
+    from gliograde.model_card import _interval_cell
+
+    note = "not estimable: every bootstrap resample gives the same value"
+    assert _interval_cell({"value": 0.0, "ci_low": None, "ci_high": None, "ci_note": note}) == note
+    narrow = {"value": 0.0002, "ci_low": 0.00011, "ci_high": 0.00042, "unreliable": True}
+    assert _interval_cell(narrow) == "[0.0001, 0.0004]*"
+    assert _interval_cell({"value": 0.9, "ci_low": None, "ci_high": None}) == "n/a"  # training's point values
+
+
+def test_delong_matches_the_midrank_formula_of_sun_and_xu_with_ties():
+    # Sun & Xu (2014), IEEE Signal Process. Lett. 21:1389: V10_i = (R_i - R^pos_i) / n and
+    # V01_j = 1 - (R_j - R^neg_j) / m from midranks over all, positive-only and negative-only scores
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(7)
+    labels = np.array([1] * 13 + [0] * 9)
+    scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounded: ties within and across classes
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    m, n = len(pos), len(neg)
+    ranks = rankdata(np.concatenate([pos, neg]))
+    v10 = (ranks[:m] - rankdata(pos)) / n
+    v01 = 1 - (ranks[m:] - rankdata(neg)) / m
+    auc = v10.mean()
+    var = np.var(v10, ddof=1) / m + np.var(v01, ddof=1) / n
+    aucs, cov = delong_covariance(labels, scores)
+    assert aucs[0] == pytest.approx(auc) == pytest.approx(roc_auc_score(labels, scores))
+    assert cov[0, 0] == pytest.approx(var)
+    low, high, method = auroc_interval(labels, scores)
+    assert method == "delong"
+    assert (low, high) == pytest.approx((max(0, auc - Z * np.sqrt(var)), min(1, auc + Z * np.sqrt(var))))

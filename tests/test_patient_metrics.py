@@ -16,18 +16,23 @@ def _probs(p1):
     return torch.stack([1 - p1, p1], dim=1)
 
 
+def _logits(p1):
+    """Logits whose softmax is ``_probs(p1)``."""
+    return _probs(p1).double().log()
+
+
 def test_patient_probability_is_the_mean_over_its_slices_counted_once():
     metric = PatientProbabilities()
     # patient 7: slices 0 and 1; patient 3: slice 5. The last row repeats (7, 1), as a
     # DistributedSampler's padding would, and must not count twice.
-    metric.update(_probs([0.2, 0.6]), torch.tensor([1, 1]), torch.tensor([7, 7]), torch.tensor([0, 1]))
-    metric.update(_probs([0.9, 0.6]), torch.tensor([0, 1]), torch.tensor([3, 7]), torch.tensor([5, 1]))
+    metric.update(_logits([0.2, 0.6]), torch.tensor([1, 1]), torch.tensor([7, 7]), torch.tensor([0, 1]))
+    metric.update(_logits([0.9, 0.6]), torch.tensor([0, 1]), torch.tensor([3, 7]), torch.tensor([5, 1]))
     rows = metric.compute()
     patients, probs, labels = rows["patient"], rows["probs"], rows["label"]
     assert len(rows["slice_probs"]) == 3 and rows["slice_label"].tolist() == [0, 1, 1]
     assert patients.tolist() == [3, 7]
-    assert torch.allclose(probs[:, 1], torch.tensor([0.9, 0.4]))
-    assert torch.allclose(probs.sum(1), torch.ones(2))
+    assert torch.allclose(probs[:, 1], torch.tensor([0.9, 0.4], dtype=torch.float64))
+    assert torch.allclose(probs.sum(1), torch.ones(2, dtype=torch.float64))
     assert labels.tolist() == [0, 1]
 
 
@@ -70,7 +75,7 @@ def test_warmup_then_cosine_schedule():
 
 def test_one_patient_keeps_its_row_dimension_and_undefined_metrics_are_nan():
     metric = PatientProbabilities()
-    metric.update(_probs([0.8]), torch.tensor([1]), torch.tensor([4]), torch.tensor([9]))
+    metric.update(_logits([0.8]), torch.tensor([1]), torch.tensor([4]), torch.tensor([9]))
     rows = metric.rows()
     assert rows["patient"].tolist() == [4] and rows["label"].tolist() == [1]
     assert rows["probs"].shape == (1, 2) and rows["slice_probs"].shape == (1, 2)

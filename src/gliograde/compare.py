@@ -23,6 +23,7 @@ from gliograde.evaluation.delong import delong_test
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
 from gliograde.evaluation.paired import compare_calls
 from gliograde.output_folder import check_file_target, output_errors
+from gliograde.patient_scores import table_scores
 from gliograde.tables import read_table
 
 SPLITS = ("test", "val", "train", "all")
@@ -42,6 +43,7 @@ class RunPredictions:
     threshold: float
     labels: dict[str, str]  # patient -> class name
     probs: dict[str, float]  # patient -> probability of classes[1]
+    scores: dict[str, float]  # patient -> log-odds of classes[1]: what AUROC ranks
     predicted: dict[str, str]  # patient -> class name
     split: str | None = None  # as evaluate.py recorded it, where known
     cohort: str | None = None  # the patient folder evaluate.py read, where known
@@ -96,6 +98,7 @@ def _read_evaluated(path: Path) -> RunPredictions:
         threshold=float(report["threshold"]),
         labels={r["patient_id"]: r["label"] for r in rows},
         probs={r["patient_id"]: float(r["probability"]) for r in rows},
+        scores=dict(zip((r["patient_id"] for r in rows), table_scores(rows, "probability"))),
         predicted={r["patient_id"]: r["prediction"] for r in rows},
         split=report.get("split"),
         cohort=report.get("cohort"),
@@ -115,6 +118,7 @@ def _read_trained(path: Path) -> RunPredictions:
         threshold=0.5,
         labels={r["patient_id"]: r["label"] for r in rows},
         probs=probs,
+        scores=dict(zip((r["patient_id"] for r in rows), table_scores(rows, prob_columns[1]))),
         predicted={p: classes[int(v >= 0.5)] for p, v in probs.items()},
     )
 
@@ -156,15 +160,17 @@ def compare(
     labels = np.array([classes.index(a.labels[p]) for p in patients])
     probs_a = np.array([a.probs[p] for p in patients])
     probs_b = np.array([b.probs[p] for p in patients])
+    scores_a = np.array([a.scores[p] for p in patients])
+    scores_b = np.array([b.scores[p] for p in patients])
     calls_a = np.array([classes.index(a.predicted[p]) for p in patients])
     calls_b = np.array([classes.index(b.predicted[p]) for p in patients])
-    differences = {"auroc": delong_test(labels, probs_a, probs_b, level)}
+    differences = {"auroc": delong_test(labels, scores_a, scores_b, level)}
     differences.update(compare_calls(labels, calls_a, calls_b, level))
     # each run's own figures, called as that run calls them (its threshold); the shown metrics
     # have closed-form intervals, so no bootstrap is drawn
     runs = {}
-    for key, run, probs in (("a", a, probs_a), ("b", b, probs_b)):
-        figures = patient_intervals(labels, probs, run.threshold, level, resamples=0)
+    for key, run, probs, scores in (("a", a, probs_a, scores_a), ("b", b, probs_b, scores_b)):
+        figures = patient_intervals(labels, probs, run.threshold, level, resamples=0, scores=scores)
         runs[key] = {name: figures[name] for name in SHOWN}
     return {
         # an evaluate.py folder given directly knows its split; --split chose the others

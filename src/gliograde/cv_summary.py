@@ -79,23 +79,24 @@ def summarize(sweep_dir: str | Path, resamples: int = 1000, level: float = 0.95)
 
 def _pooled_out_of_fold(jobs: list[Path], resamples: int, level: float) -> dict[str, Any] | None:
     """Every fold's validation patients pooled (each patient once) into one metric set."""
-    pooled: dict[str, tuple[int, float]] = {}
+    pooled: dict[str, tuple[int, float, float]] = {}
     classes: list[str] | None = None
     for job in jobs:
         path = job / "predictions_val.csv"
         if not path.is_file():
             return None
-        classes, patients, labels, probs = read_patient_predictions(path)
-        for patient, label, prob in zip(patients, labels, probs):
+        classes, patients, labels, probs, scores = read_patient_predictions(path)
+        for patient, label, prob, score in zip(patients, labels, probs, scores):
             if patient in pooled:
                 raise SummaryError(
                     f"patient {patient} is in the validation fold of two jobs: "
                     "not a cross-validation sweep (use data.folds=K data.fold=0,...,K-1)"
                 )
-            pooled[patient] = (int(label), float(prob))
-    labels = np.array([label for label, _ in pooled.values()], dtype=int)
-    probs = np.array([p for _, p in pooled.values()], dtype=float)
-    metrics = patient_intervals(labels, probs, level=level, resamples=resamples)
+            pooled[patient] = (int(label), float(prob), float(score))
+    labels = np.array([label for label, _, _ in pooled.values()], dtype=int)
+    probs = np.array([p for _, p, _ in pooled.values()], dtype=float)
+    scores = np.array([s for _, _, s in pooled.values()], dtype=float)
+    metrics = patient_intervals(labels, probs, level=level, resamples=resamples, scores=scores)
     return {"n_patients": len(labels), "classes": classes, "metrics": metrics}
 
 

@@ -176,6 +176,18 @@ def _metrics(run: Path | None) -> dict[str, Any]:
     return out
 
 
+def _interval_cell(entry: dict[str, Any]) -> str:
+    """An interval as evaluate.py prints it: never a point, ``*`` on fewer than 10 of a class."""
+    from gliograde.evaluation.intervals import bounds_text  # scikit-learn: only when writing a card
+
+    star = "*" if entry.get("unreliable") and entry.get("value") is not None else ""
+    if entry.get("ci_low") is not None:
+        return bounds_text(entry["ci_low"], entry["ci_high"]) + star
+    if entry.get("ci_note") and entry.get("value") is not None:
+        return entry["ci_note"] + star
+    return "n/a"
+
+
 def _threshold(run: Path | None) -> dict[str, Any]:
     evaluated = None if run is None else run / "eval" / "test" / "metrics.json"
     if evaluated is not None and evaluated.is_file():
@@ -256,7 +268,7 @@ def render_markdown(card: dict[str, Any]) -> str:
             "|---|---|---|",
         ]
         for name, m in entry["patient"].items():
-            ci = "n/a" if m.get("ci_low") is None else f"[{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
+            ci = _interval_cell(m)
             value = "n/a" if m.get("value") is None else f"{m['value']:.3f}"
             lines.append(f"| {name} | {value} | {ci} |")
         lines.append("")

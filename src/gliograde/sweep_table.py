@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from gliograde.errors import GliogradeError
 from gliograde.evaluation.intervals import patient_intervals
 from gliograde.evaluation.metrics import METRICS
+from gliograde.patient_scores import table_scores
 from gliograde.sweeps import FAILED_MARKER, NO_OBJECTIVE, read_failure
 from gliograde.tables import read_table
 
@@ -193,9 +194,10 @@ def check_one_sweep(sweep_dir: Path, jobs: list[Job], overrides: list[dict[str, 
 
 
 # ------------------------------------------------------------------------------ metrics
-def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """``(classes, patients, labels, positive-class probabilities)`` of the labelled patients
-    in a ``predictions_<stage>.csv``."""
+def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """``(classes, patients, labels, positive-class probabilities, scores)`` of the labelled
+    patients in a ``predictions_<stage>.csv``; scores are what AUROC ranks (the log-odds, see
+    :mod:`gliograde.patient_scores`)."""
     table = read_table(path)
     prob_columns = [str(c) for c in table.columns if str(c).startswith("prob_")]
     classes = [c[len("prob_") :] for c in prob_columns]
@@ -211,9 +213,10 @@ def read_patient_predictions(path: Path) -> tuple[list[str], list[str], np.ndarr
     labels = np.array([classes.index(r["label"]) for r in rows], dtype=int)
     try:
         probs = np.array([float(r[prob_columns[1]]) for r in rows], dtype=float)
+        scores = table_scores(rows, prob_columns[1])
     except ValueError:
-        raise SummaryError(f"{path}: column {prob_columns[1]} holds a value that is not a number") from None
-    return classes, [r["patient_id"] for r in rows], labels, probs
+        raise SummaryError(f"{path}: column {prob_columns[1]} or score holds a value that is not a number") from None
+    return classes, [r["patient_id"] for r in rows], labels, probs, scores
 
 
 def _read_metrics(job: Path) -> dict[str, Any]:
@@ -248,9 +251,9 @@ def job_row(
     for stage in STAGES:
         path = job.path / f"predictions_{stage}.csv"
         if path.is_file():
-            classes, _, labels, probs = read_patient_predictions(path)
+            classes, _, labels, probs, scores = read_patient_predictions(path)
             _same_classes(classes, job.name, classes_seen)
-            intervals = patient_intervals(labels, probs, level=level, resamples=resamples)
+            intervals = patient_intervals(labels, probs, level=level, resamples=resamples, scores=scores)
             row[f"{stage}/patient_count"] = len(labels)
             for name, entry in intervals.items():
                 key = f"{stage}/patient_{name}"

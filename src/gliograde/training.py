@@ -200,16 +200,15 @@ def _saved_metrics(out: Path) -> dict[str, float]:
 
 
 def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], datamodule) -> None:
-    """patient_id, label and class probabilities of one stage's patients."""
+    """patient_id, label and class probabilities of one stage's patients, and with two classes
+    their ``score``: the log-odds that ranks them, as in evaluate.py's patient_predictions.csv."""
     classes = list(datamodule.classes)
-    rows = []
-    for position, label, probs in zip(
-        outputs["patient"].tolist(), outputs["label"].tolist(), outputs["probs"].tolist()
-    ):
-        name = classes[label] if label >= 0 else ""
-        rows.append([datamodule.cached.patient_ids[position], name, *probs])
-    columns = ["patient_id", "label", *(f"prob_{c}" for c in classes)]
-    write_frame(path, pd.DataFrame(rows, columns=columns))
+    frame = pd.DataFrame(outputs["probs"].double().numpy(), columns=[f"prob_{c}" for c in classes])
+    frame.insert(0, "patient_id", [datamodule.cached.patient_ids[p] for p in outputs["patient"].tolist()])
+    frame.insert(1, "label", [classes[y] if y >= 0 else "" for y in outputs["label"].tolist()])
+    if "score" in outputs:
+        frame["score"] = outputs["score"].double().numpy()
+    write_frame(path, frame)
 
 
 def _numbers(values: dict[str, Any]) -> dict[str, float]:

@@ -1,36 +1,22 @@
-"""Slice probabilities to one probability per patient."""
+"""Slice probabilities to one probability per patient (see :mod:`gliograde.patient_scores`)."""
 
 from __future__ import annotations
 
 import numpy as np
-from gliograde.errors import ConfigError
 
-AGGREGATES = ("mean", "vote", "tumor_weighted")
+from gliograde.patient_scores import AGGREGATES, patient_log_probs
+
+__all__ = ["AGGREGATES", "aggregate"]
 
 
 def aggregate(
     patient: np.ndarray, probs: np.ndarray, method: str = "mean", weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(patients [P], probabilities [P, K], slices per patient [P]), patients ascending.
-
-    ``mean`` averages slice probabilities (soft voting); ``vote`` gives each class the share
-    of slices whose most likely class it is (hard majority); ``tumor_weighted`` averages with
-    ``weights`` (tumour voxels in the slice), falling back to the mean for a patient whose
-    slices carry no weight.
-    """
-    if method not in AGGREGATES:
-        raise ConfigError(f"aggregate={method!r} must be one of {list(AGGREGATES)}")
-    patients, inverse, counts = np.unique(patient, return_inverse=True, return_counts=True)
-    if method == "vote":
-        values = np.eye(probs.shape[1])[probs.argmax(axis=1)]
-        w = np.ones(len(probs))
-    else:
-        values = probs
-        w = np.ones(len(probs)) if method == "mean" else np.asarray(weights, dtype=float)
-        if method == "tumor_weighted":
-            totals = np.bincount(inverse, weights=w, minlength=len(patients))
-            w = np.where(totals[inverse] > 0, w, 1.0)  # no tumour seen: plain mean
-    sums = np.zeros((len(patients), probs.shape[1]))
-    np.add.at(sums, inverse, values * w[:, None])
-    totals = np.bincount(inverse, weights=w, minlength=len(patients))
-    return patients, sums / totals[:, None], counts
+    """(patients [P], probabilities [P, K], slices per patient [P]), patients ascending: the
+    patient aggregate of slice probabilities, as :func:`gliograde.patient_scores.patient_log_probs`
+    computes it from log-probabilities. Where logits are at hand, use
+    :func:`gliograde.patient_scores.patient_scores` instead, which never rounds them to 0 or 1."""
+    with np.errstate(divide="ignore"):
+        log_probs = np.log(np.asarray(probs, dtype=np.float64))
+    patients, aggregated, counts = patient_log_probs(patient, log_probs, method, weights)
+    return patients, np.exp(aggregated), counts

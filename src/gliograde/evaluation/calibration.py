@@ -5,22 +5,20 @@ the run's validation patients so that their patient probabilities (the report's 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from scipy.optimize import minimize_scalar
 
-from gliograde.evaluation.aggregate import aggregate
 from gliograde.evaluation.errors import EvaluationError
+from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.metrics import binary_metrics
-from gliograde.evaluation.predict import Predictions
+from gliograde.evaluation.predict import Predictions, from_logits
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, write_calibration
-from gliograde.inference.tta import average_views
 from gliograde.output_folder import output_errors, writable
+from gliograde.patient_scores import patient_scores
 
 LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
 
@@ -35,10 +33,8 @@ def patient_nll(
 ) -> float:
     """Mean negative log-likelihood of the patients' labels under temperature ``temperature``;
     ``logits`` is ``[N, V, K]`` (slices, TTA views, classes)."""
-    probs = average_views(np.asarray(logits, dtype=np.float64), temperature)
-    _, patient_probs, _ = aggregate(slice_patient, probs, method, weights)
-    chosen = patient_probs[np.arange(len(patient_labels)), patient_labels]
-    return float(-np.log(np.clip(chosen, 1e-12, None)).mean())
+    log_probs = patient_scores(slice_patient, logits, method, weights, temperature)["log_probs"]
+    return float(-log_probs[np.arange(len(patient_labels)), patient_labels].mean())
 
 
 def fit_temperature(
@@ -62,9 +58,7 @@ def fit_temperature(
 
 def with_temperature(pred: Predictions, temperature: float) -> Predictions:
     """``pred`` with slice and patient probabilities recomputed from its logits at ``temperature``."""
-    probs = average_views(torch.from_numpy(pred.logits), temperature).numpy()
-    _, patient_probs, _ = aggregate(pred.slice_patient, probs, pred.method, pred.weights)
-    return replace(pred, probs=probs, patient_probs=patient_probs, temperature=float(temperature))
+    return from_logits(pred, temperature)
 
 
 def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[str, Any]:
@@ -88,6 +82,7 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         "checkpoint": str(checkpoint),
         "checkpoint_sha256": file_sha256(checkpoint),
         "val_patients": list(val.patients),
+        "unreliable": few_per_class(val.patient_labels),  # fewer than 10 patients of a class
         "nll_before": before,
         "nll_after": after,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -96,8 +91,8 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
     with output_errors(path, f"calibration=temperature: {path}", _STORE_ADVICE):
         record = write_calibration(run, record)
     print(
-        f"calibration=temperature: T={temperature:.4f} fitted on {len(val.patients)} validation patients "
-        f"(patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
+        f"calibration=temperature: T={temperature:.4f}{'*' if record['unreliable'] else ''} fitted on "
+        f"{len(val.patients)} validation patients (patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
     )
     return record
 

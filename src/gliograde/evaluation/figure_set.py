@@ -38,7 +38,8 @@ def metric_figures(
         "probability_strip": plots.strip_figure(labels, positive, classes, threshold),
     }
     if 0 < labels.sum() < len(labels):
-        figures["roc"] = plots.roc_figure(labels, positive, "ROC (patients)")
+        # ranked by the log-odds, as the AUROC in metrics.json: saturated probabilities would tie
+        figures["roc"] = plots.roc_figure(labels, pred.patient_scores, "ROC (patients)")
     return figures
 
 

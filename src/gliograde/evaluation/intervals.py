@@ -13,12 +13,19 @@ boundary:
   when that variance is zero (the classes are perfectly separated, or every score ties) the
   Wald interval would have no width, so Newcombe's score interval with the Hanley-McNeil
   variance is used instead (``newcombe-score``; Newcombe 2006, method 5).
-- F1, MCC, AUPRC, Brier score, ECE: a percentile bootstrap of patients resampled within each
-  class (``bootstrap-stratified``); its interval is flagged whenever it has no width.
+- F1, MCC, AUPRC, Brier score, ECE: a percentile bootstrap of patients (``bootstrap``),
+  resampled from the whole cohort, so that the class mix varies as it would in another sample
+  (resamples that leave a metric undefined, e.g. one without a class, are left out of its
+  interval). Resampling within each class would hold the mix fixed, and these metrics of a
+  classifier that calls every patient the same depend on nothing else: every resample would
+  give the same Brier score, F1 and MCC.
 
-Every entry carries ``unreliable: true`` when a class it depends on has fewer than
-:data:`MIN_PER_CLASS` patients (sensitivity: the positives; specificity: the negatives; the
-rest: the smaller class).
+An interval is never a point: where a method gives no width (every bootstrap resample gives the
+same value, as for a classifier that calls every patient the same), or no bounds at all, the
+bounds are None and ``ci_note`` says why (``not estimable: ...``). Every entry carries
+``unreliable: true`` when a class it depends on has fewer than :data:`MIN_PER_CLASS` patients
+(sensitivity: the positives; specificity: the negatives; the rest: the smaller class), and only
+then: that is what the ``*`` of :data:`UNRELIABLE_NOTE` says.
 """
 
 from __future__ import annotations
@@ -98,16 +105,21 @@ def patient_intervals(
     resamples: int = 1000,
     seed: int = 0,
     on_resample: Callable[[], object] | None = None,
+    scores: np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``{metric: {value, ci_low, ci_high, ci_method, unreliable}}`` for every metric in METRICS.
+    """``{metric: {value, ci_low, ci_high, ci_method, unreliable[, ci_note]}}`` for every metric
+    in METRICS.
 
-    ``labels`` in {0, 1} and positive-class ``probs``, one per patient. Undefined values (and
-    their intervals) are None, so the result is valid JSON as it is. ``on_resample`` is
-    called once per bootstrap resample (to show progress).
+    ``labels`` in {0, 1} and positive-class ``probs``, one per patient; ``scores`` (the
+    patients' log-odds, :func:`gliograde.patient_scores.positive_score`) are what AUROC and
+    AUPRC rank when given. Undefined values (and their intervals) are None, so the result is
+    valid JSON as it is; an interval that cannot be estimated has None bounds and a ``ci_note``.
+    ``on_resample`` is called once per bootstrap resample (to show progress).
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
-    point = binary_metrics(labels, probs, threshold)
+    ranking = probs if scores is None else np.asarray(scores, dtype=float)
+    point = binary_metrics(labels, probs, threshold, scores)
     called = probs >= threshold
     tp = int((called & (labels == 1)).sum())
     fn = int((~called & (labels == 1)).sum())
@@ -123,7 +135,7 @@ def patient_intervals(
     def resampled(i: np.ndarray) -> dict[str, float]:
         if on_resample is not None:
             on_resample()
-        return resample_metrics(labels[i], probs[i], threshold)
+        return resample_metrics(labels[i], probs[i], threshold, None if scores is None else ranking[i])
 
     boot = bootstrap_intervals(
         resampled,
@@ -131,7 +143,6 @@ def patient_intervals(
         resamples=resamples,
         level=level,
         seed=seed,
-        strata=labels,
     )
     n_pos, n_neg = tp + fn, tn + fp
     result = {}
@@ -146,21 +157,56 @@ def patient_intervals(
             )
             method = "mover-wilson"
         elif name == "auroc":
-            low, high, method = auroc_interval(labels, probs, level)
+            low, high, method = auroc_interval(labels, ranking, level)
         else:
-            low, high, method = boot[name]["ci_low"], boot[name]["ci_high"], "bootstrap-stratified"
-        low, high = _finite(low), _finite(high)
-        defined = np.isfinite(value)
+            low, high, method = boot[name]["ci_low"], boot[name]["ci_high"], "bootstrap"
         smallest = {"sensitivity": n_pos, "specificity": n_neg}.get(name, min(n_pos, n_neg))
-        no_width = method == "bootstrap-stratified" and low is not None and low == high
-        result[name] = {
-            "value": float(value) if defined else None,
-            "ci_low": low if defined else None,
-            "ci_high": high if defined else None,
-            "ci_method": method,
-            "unreliable": bool(smallest < MIN_PER_CLASS or no_width),
-        }
+        result[name] = interval_entry(value, low, high, method, smallest, resamples)
     return result
+
+
+def interval_entry(
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    method: str,
+    smallest_class: int,
+    resamples: int | None = None,
+) -> dict[str, Any]:
+    """One metric's ``{value, ci_low, ci_high, ci_method, unreliable[, ci_note]}``.
+
+    A zero-width interval is not an interval: its bounds become None with ``ci_note`` saying
+    that it is not estimable, as do missing bounds of a defined value. ``unreliable`` is
+    ``smallest_class < MIN_PER_CLASS`` (the patients of the class the metric depends on).
+    """
+    value, low, high = _finite(value), _finite(low), _finite(high)
+    entry: dict[str, Any] = {"value": value, "ci_low": None, "ci_high": None, "ci_method": method}
+    bootstrap = method.startswith("bootstrap")
+    if value is None:
+        pass
+    elif low is None or high is None:
+        if bootstrap and not resamples:
+            entry["ci_note"] = "not computed: no bootstrap resamples were asked for"
+        elif bootstrap:
+            entry["ci_note"] = "not estimable: no bootstrap resample defines this metric"
+        else:
+            entry["ci_note"] = f"not estimable: the {method} interval is undefined here"
+    elif np.isclose(low, high, rtol=1e-9, atol=1e-12):
+        entry["ci_note"] = (
+            "not estimable: every bootstrap resample gives the same value" if bootstrap
+            else f"not estimable: the {method} interval has no width here"
+        )
+    else:
+        entry["ci_low"], entry["ci_high"] = low, high
+    entry["unreliable"] = bool(smallest_class < MIN_PER_CLASS)
+    return entry
+
+
+def few_per_class(labels: np.ndarray) -> bool:
+    """Whether a class among ``labels`` (in {0, 1}) has fewer than :data:`MIN_PER_CLASS`
+    patients: a threshold or temperature fitted on them carries the ``*`` of an interval."""
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=2)
+    return bool(counts.min() < MIN_PER_CLASS)
 
 
 def _finite(value: float | None) -> float | None:
@@ -168,13 +214,29 @@ def _finite(value: float | None) -> float | None:
 
 
 def format_interval(entry: dict[str, Any], digits: int = 3) -> str:
-    """``0.800 [0.490, 0.943]``, with ``*`` appended when the interval is flagged unreliable."""
+    """``0.800 [0.490, 0.943]`` or ``0.667 [not estimable]``, with ``*`` appended when the
+    interval is flagged unreliable."""
     if entry.get("value") is None:
         return "n/a"
     text = f"{entry['value']:.{digits}f}"
     if entry.get("ci_low") is not None:
-        text += f" [{entry['ci_low']:.{digits}f}, {entry['ci_high']:.{digits}f}]"
+        text += " " + bounds_text(entry["ci_low"], entry["ci_high"], digits)
+    elif entry.get("ci_note"):
+        text += f" [{entry['ci_note'].split(':')[0]}]"
     return text + ("*" if entry.get("unreliable") else "")
 
 
-UNRELIABLE_NOTE = f"* fewer than {MIN_PER_CLASS} patients in a class: the interval is unreliable"
+def bounds_text(low: float, high: float, digits: int = 3) -> str:
+    """``[low, high]`` with ``digits`` decimals, or as many more as it takes for the two bounds
+    of an interval with width to read differently (``[0.0001, 0.0004]``, never ``[0.000, 0.000]``)."""
+    for places in range(digits, 16):
+        text_low, text_high = f"{low:.{places}f}", f"{high:.{places}f}"
+        if text_low != text_high:
+            break
+    return f"[{text_low}, {text_high}]"
+
+
+UNRELIABLE_NOTE = (
+    f"* fewer than {MIN_PER_CLASS} patients in a class: the interval (or the threshold or temperature "
+    "fitted on them) is unreliable"
+)

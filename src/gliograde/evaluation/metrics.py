@@ -32,8 +32,15 @@ METRICS = (
 )
 
 
-def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def binary_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5, scores: np.ndarray | None = None
+) -> dict[str, float]:
     """Every metric in METRICS for labels in {0, 1} and positive-class probabilities.
+
+    AUROC and AUPRC rank ``scores`` when given (the log-odds of
+    :func:`gliograde.patient_scores.positive_score`, which keep apart probabilities that round
+    to the same float), else ``probs``; calls (``probs >= threshold``), the Brier score and ECE
+    use ``probs``.
 
     Metrics that a sample cannot define (AUROC with one class, PPV with no positive call)
     are NaN rather than a misleading 0. The threshold metrics all derive from one confusion
@@ -45,14 +52,15 @@ def binary_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
+    ranking = probs if scores is None else np.asarray(scores, dtype=float)
     if len(labels) == 0:
         return {name: np.nan for name in METRICS}
     predicted = (probs >= threshold).astype(int)
     with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
         tn, fp, fn, tp = (float(v) for v in confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
         both = 0 < labels.sum() < len(labels)
-        auroc = roc_auc_score(labels, probs) if both else np.nan
-        auprc = average_precision_score(labels, probs) if both else np.nan
+        auroc = roc_auc_score(labels, ranking) if both else np.nan
+        auprc = average_precision_score(labels, ranking) if both else np.nan
         brier = brier_score_loss(labels, probs, pos_label=1)
     sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
@@ -92,14 +100,18 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.sum(np.abs(acc - conf) * (count / len(labels))))
 
 
-def resample_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """F1, MCC, AUPRC, Brier score and ECE as :func:`binary_metrics` gives them, in NumPy alone.
+def resample_metrics(
+    labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5, scores: np.ndarray | None = None
+) -> dict[str, float]:
+    """F1, MCC, AUPRC, Brier score and ECE as :func:`binary_metrics` gives them, in NumPy alone
+    (AUPRC ranks ``scores`` when given, as there).
 
     A bootstrap evaluates these once per resample: scikit-learn's argument checks made each
     call cost about 20 ms, thousands of times per split (a test holds the two functions equal).
     """
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=float)
+    ranking = probs if scores is None else np.asarray(scores, dtype=float)
     n = len(labels)
     if n == 0:
         return {name: np.nan for name in BOOTSTRAPPED}
@@ -114,8 +126,8 @@ def resample_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0
     mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
     if both:
         # average precision: sum over distinct thresholds (descending) of recall gain x precision
-        order = np.argsort(-probs, kind="mergesort")
-        ranked, hits = probs[order], positive[order].astype(float)
+        order = np.argsort(-ranking, kind="mergesort")
+        ranked, hits = ranking[order], positive[order].astype(float)
         ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # last index of each tied score
         tps = np.cumsum(hits)[ends]
         precision = tps / (ends + 1)

@@ -23,7 +23,8 @@ __all__ = [
 
 
 def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:
-    """ROC curve of the positive-class probability, with its AUC."""
+    """ROC curve of a positive-class score (the probability or any monotone function of it, such
+    as its log-odds), with its AUC."""
     fpr, tpr, _ = roc_curve(labels, probs)
     auc = roc_auc_score(labels, probs)
     figure, ax = plt.subplots(figsize=(3.6, 3.4))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from gliograde.atomic import write_text
 from gliograde.evaluation.figures import save_png
-from gliograde.evaluation.intervals import UNRELIABLE_NOTE
+from gliograde.evaluation.intervals import UNRELIABLE_NOTE, bounds_text
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
 from gliograde.output_folder import is_disk_error, reason, writable
@@ -118,20 +118,26 @@ def write_html(out: Path, report: dict[str, Any], images: list[Path]) -> None:
 
 def format_report(report: dict[str, Any]) -> str:
     """A readable table of metrics.json."""
+    starred = bool(report.get("threshold_unreliable"))
     lines = [
         f"Evaluated {report['n_patients']} patients ({report['n_slices']} slices), split={report['split']}, "
-        f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}, tta={report['tta']}"
+        f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}"
+        f"{'*' if starred else ''}, tta={report['tta']}"
     ]
     calibration = report["calibration"]
     if calibration["method"] == "temperature":
         temperature = calibration["temperature"]
-        lines.append(f"calibration=temperature: T={temperature:.4f} (fitted on the val patients)")
+        star = "*" if calibration.get("unreliable") else ""
+        starred |= bool(star)
+        lines.append(f"calibration=temperature: T={temperature:.4f}{star} (fitted on the val patients)")
         if calibration.get("note"):
             lines.append(f"Note: {calibration['note']}")
         for name, entry in calibration.get("patient", {}).items():
             lines.append(f"  patient {name}: {_fmt(entry['before'])} before, {_fmt(entry['after'])} after")
     if "patient" not in report:
         lines.append(report.get("note", ""))
+        if starred:
+            lines.append(UNRELIABLE_NOTE)
         return "\n".join(lines)
     level = int(round(report["ci_level"] * 100))
     lines.append(
@@ -139,15 +145,15 @@ def format_report(report: dict[str, Any]) -> str:
     )
     for name in METRICS:
         p, s = report["patient"][name], report["slice"][name]
-        marker = "*" if p.get("unreliable") else ""
-        lines.append(
-            f"{name:<18} {_fmt(p['value']):>8} {_ci(p) + marker:>17}  {_fmt(s['value']):>8} {_ci(s):>16}"
-        )
+        lines.append(f"{name:<18} {_fmt(p['value']):>8} {_ci(p):>17}  {_fmt(s['value']):>8} {_ci(s):>17}")
     counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
     base = report["majority_baseline"]
     lines.append(f"patients per class: {counts}; majority-class baseline accuracy {base['accuracy']:.3f}")
-    if any(report["patient"][name].get("unreliable") for name in METRICS):
+    entries = [report[scope][name] for scope in ("patient", "slice") for name in METRICS]
+    if starred or any(e.get("unreliable") and e["value"] is not None for e in entries):
         lines.append(UNRELIABLE_NOTE)
+    notes = sorted({e["ci_note"] for e in entries if e.get("ci_note")})
+    lines += [f"[{note.split(':')[0]}]: {note.split(':', 1)[1].strip()}" for note in notes if ":" in note]
     return "\n".join(lines)
 
 
@@ -155,7 +161,12 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _ci(entry: dict[str, float | None]) -> str:
-    if entry["ci_low"] is None:
-        return "n/a"
-    return f"[{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
+def _ci(entry: dict[str, Any]) -> str:
+    """``[low, high]``, ``[not estimable]`` (see the notes under the table) or ``n/a``; ``*``
+    when a class it rests on has fewer than MIN_PER_CLASS patients."""
+    marker = "*" if entry.get("unreliable") and entry.get("value") is not None else ""
+    if entry["ci_low"] is not None:
+        return bounds_text(entry["ci_low"], entry["ci_high"]) + marker
+    if entry.get("ci_note") and entry.get("value") is not None:
+        return f"[{entry['ci_note'].split(':')[0]}]{marker}"
+    return "n/a"

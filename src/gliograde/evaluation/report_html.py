@@ -45,6 +45,10 @@ def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
             "<tr><th>metric</th><th>patient</th><th>CI low</th><th>CI high</th>"
             "<th>slice</th><th>CI low</th><th>CI high</th></tr>" + "".join(rows) + "</table>"
         )
+        entries = [report[scope][name] for scope in ("patient", "slice") for name in report["patient"]]
+        # an interval without bounds (n/a above) says why
+        for note in sorted({e["ci_note"] for e in entries if e.get("ci_note") and e["value"] is not None}):
+            parts.append(f'<p class="note">Interval n/a: {_e(note)}</p>')
         counts = ", ".join(
             f"{_e(k)}: {_number(v, f'class_counts.{k}', 'span')}" for k, v in report["class_counts"].items()
         )

@@ -38,6 +38,7 @@ from gliograde.evaluation.report import (
     write_html,
     write_metrics,
 )
+from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
@@ -142,6 +143,7 @@ def _report(
             "val_patients": len(record["val_patients"]),
             "val_nll_before": record["nll_before"],
             "val_nll_after": record["nll_after"],
+            "unreliable": bool(record.get("unreliable")),  # fitted on fewer than 10 patients of a class
         }
         note = None if other_cohort else fitted_on_note(record, list(predictions.patients))
         if note:
@@ -160,6 +162,7 @@ def _report(
         "aggregate": cfg.aggregate,
         "threshold": threshold,
         "threshold_interval": interval,
+        "threshold_unreliable": interval is not None and few_per_class(val.patient_labels),
         "tta": tta,
         "calibration": calibration_report,
         "classes": classes,

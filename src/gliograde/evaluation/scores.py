@@ -7,7 +7,12 @@ from typing import Any
 import numpy as np
 
 from gliograde.evaluation.errors import EvaluationError
-from gliograde.evaluation.intervals import patient_intervals
+from gliograde.evaluation.intervals import (
+    UNRELIABLE_NOTE,
+    few_per_class,
+    interval_entry,
+    patient_intervals,
+)
 from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_interval, youden_threshold
 from gliograde.evaluation.predict import Predictions, predict
 from gliograde.evaluation.progress import progress
@@ -24,10 +29,13 @@ def choose_threshold(threshold: str | float, val: Predictions | None) -> tuple[f
     low, high = youden_interval(val.patient_labels, val.patient_probs[:, 1])
     chosen = youden_threshold(val.patient_labels, val.patient_probs[:, 1])
     calibrated = f" (calibrated, T={val.temperature:.4f})" if val.temperature != 1.0 else ""
+    star = "*" if few_per_class(val.patient_labels) else ""
     print(
-        f"threshold=youden: {chosen:.3f}, the middle of ({low:.3f}, {high:.3f}], where every threshold "
+        f"threshold=youden: {chosen:.3f}{star}, the middle of ({low:.3f}, {high:.3f}], where every threshold "
         f"gives the best sensitivity + specificity on the {len(val.patients)} validation patients{calibrated}"
     )
+    if star:
+        print(UNRELIABLE_NOTE)
     return chosen, [low, high]
 
 
@@ -64,19 +72,27 @@ def score(
             resamples=resamples,
             seed=seed,
             on_resample=bar.update,
+            scores=pred.patient_scores,
         )
         # Slice metrics resample patients too: slices of one patient are not independent.
         members = [np.flatnonzero(pred.slice_patient == i) for i in range(len(labels))]
+        slice_scores = pred.slice_scores
 
         def slice_metrics(idx: np.ndarray) -> dict[str, float]:
             bar.update()
             rows = np.concatenate([members[i] for i in idx])
-            return binary_metrics(pred.labels[rows], pred.probs[rows, 1], threshold)
+            return binary_metrics(pred.labels[rows], pred.probs[rows, 1], threshold, slice_scores[rows])
 
-        slices = bootstrap_intervals(
-            slice_metrics, len(labels), resamples=resamples, level=level, seed=seed, strata=labels
-        )
+        # the whole cohort is resampled, as for the patient bootstrap: the class mix varies
+        slices = bootstrap_intervals(slice_metrics, len(labels), resamples=resamples, level=level, seed=seed)
     counts = np.bincount(labels, minlength=2)
+    # Slices of one patient are not independent: the patients are what the interval rests on.
+    slices = {
+        name: interval_entry(
+            e["value"], e["ci_low"], e["ci_high"], "bootstrap-patients", int(counts.min()), resamples
+        )
+        for name, e in slices.items()
+    }
     majority = int(np.argmax(counts))
     baseline = binary_metrics(labels, np.full(len(labels), float(majority)), 0.5)
     return {

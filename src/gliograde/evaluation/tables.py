@@ -34,7 +34,9 @@ def slice_frame(pred: Predictions, plane: str, classes: list[str]) -> pd.DataFra
 
 
 def patient_frame(pred: Predictions, classes: list[str], threshold: float) -> pd.DataFrame:
-    """One row per patient: patient_id, label, probability (of the last class), prediction, n_slices."""
+    """One row per patient: patient_id, label, probability (of the last class), prediction,
+    n_slices and score (the log-odds of probability, which ranks patients whose probabilities
+    round to the same number: see :mod:`gliograde.patient_scores`)."""
     positive = pred.patient_probs[:, 1].astype(float)
     return pd.DataFrame(
         {
@@ -43,6 +45,7 @@ def patient_frame(pred: Predictions, classes: list[str], threshold: float) -> pd
             "probability": positive,
             "prediction": [classes[int(p >= threshold)] for p in positive],
             "n_slices": pred.slices_per_patient.astype(int),
+            "score": pred.patient_scores,
         }
     )
 

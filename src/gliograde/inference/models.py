@@ -12,7 +12,8 @@ import numpy as np
 from gliograde.data.identity import recorded_training_patients
 from gliograde.errors import GliogradeError
 from gliograde.inference.calibration import file_sha256
-from gliograde.inference.tta import average_views, views
+from gliograde.inference.tta import views
+from gliograde.patient_scores import slice_log_probs
 from gliograde.sealed import read_sealed
 
 ONNX_FILE = "model.onnx"
@@ -104,20 +105,27 @@ class TorchModel:
         check_model(self.contract, int(hparams["in_channels"]), self.classes)
         self.cam_layer = cam_layer(self.model, hparams["backbone"])
 
-    def probabilities(
+    def log_probabilities(
         self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
     ) -> np.ndarray:
-        """Softmax outputs ``[N, K]`` of float16 slices ``[N, C, H, W]`` (computed in float32),
-        averaged over the TTA views of each slice, at ``temperature``."""
+        """Class log-probabilities ``[N, K]`` (float64) of float16 slices ``[N, C, H, W]``: the log
+        of the TTA views' mean of ``softmax(logits / temperature)``, computed from the logits as
+        every command computes them (:func:`gliograde.patient_scores.slice_log_probs`)."""
         import torch
 
-        probs = []
+        logits = []
         with torch.inference_mode():
             for start in range(0, len(images), batch_size):
                 batch = torch.from_numpy(images[start : start + batch_size]).to(self.device).float()
                 stacked = torch.stack([self.model(view).float() for view in views(batch, tta)], dim=1)
-                probs.append(average_views(stacked, temperature).cpu().numpy())
-        return np.concatenate(probs)
+                logits.append(stacked.cpu().numpy())
+        return slice_log_probs(np.concatenate(logits), temperature)
+
+    def probabilities(
+        self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
+    ) -> np.ndarray:
+        """Class probabilities ``[N, K]``: the exp of :meth:`log_probabilities`."""
+        return np.exp(self.log_probabilities(images, batch_size, tta, temperature))
 
     def grad_cam(self, image: np.ndarray, target: int) -> np.ndarray:
         """Grad-CAM heat map ``[H, W]`` of one slice for class ``target``."""
@@ -159,19 +167,22 @@ class OnnxModel:
         self.outputs = [output.name for output in self.session.get_outputs()]
         self.card = card
 
-    def probabilities(
+    def log_probabilities(
         self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
     ) -> np.ndarray:
-        """Class probabilities ``[N, K]``, averaged over the TTA views, at ``temperature``."""
+        """Class log-probabilities ``[N, K]`` (float64), from the exported logits, averaged over
+        the TTA views at ``temperature``, as :class:`TorchModel` computes them."""
         out = []
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].astype(np.float32)
-            if tta == "none" and temperature == 1.0:
-                out.append(self.session.run(["probabilities"], {self.input_name: batch})[0])
-                continue
-            stacked = np.stack([self._logits(view) for view in views(batch, tta)], axis=1)
-            out.append(average_views(stacked, temperature).astype(np.float32))
-        return np.concatenate(out)
+            out.append(np.stack([self._logits(view) for view in views(batch, tta)], axis=1))
+        return slice_log_probs(np.concatenate(out), temperature)
+
+    def probabilities(
+        self, images: np.ndarray, batch_size: int, tta: str = "none", temperature: float = 1.0
+    ) -> np.ndarray:
+        """Class probabilities ``[N, K]``: the exp of :meth:`log_probabilities`."""
+        return np.exp(self.log_probabilities(images, batch_size, tta, temperature))
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         if "logits" in self.outputs:

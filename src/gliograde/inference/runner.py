@@ -27,11 +27,13 @@ from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
+from gliograde.inference.calibration import PREDICT_AGGREGATE
 from gliograde.inference.models import open_model
 from gliograde.inference.recipe import Applied, check_predict_options, resolve
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
 from gliograde.output_folder import staged_folder
+from gliograde.patient_scores import patient_log_probs
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +159,11 @@ def _grade(
     model, files: PatientFiles, contract, cfg, classes, threshold, out: Path, tta: str, temperature: float
 ) -> dict[str, Any]:
     slices = load_patient(files, contract, bool(cfg.resample))
-    probs = model.probabilities(slices.images, int(cfg.batch_size), tta, temperature)
-    mean = probs.mean(axis=0)
+    log_probs = model.log_probabilities(slices.images, int(cfg.batch_size), tta, temperature)
+    probs = np.exp(log_probs)
+    # the patient's probability as training and evaluate.py compute it: its slices' mean
+    one_patient = np.zeros(len(log_probs), dtype=int)
+    mean = np.exp(patient_log_probs(one_patient, log_probs, PREDICT_AGGREGATE)[1][0])
     predicted = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
     name = _safe(files.patient_id)
     figures = {f"{name}_slices": _curve(slices, probs, classes, threshold)}

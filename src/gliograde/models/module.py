@@ -172,7 +172,7 @@ class GradeClassifier(pl.LightningModule):
         )
         if f"{stage}_patients" in self.patient_probs:
             self.patient_probs[f"{stage}_patients"].update(
-                probs, labels, batch["patient"], batch["slice_index"]
+                logits.detach(), labels, batch["patient"], batch["slice_index"]
             )
         return loss
 
@@ -205,12 +205,21 @@ class GradeClassifier(pl.LightningModule):
         collected.reset()
         if len(rows["patient"]) == 0:
             return {}
-        values = classification_metrics(rows["slice_probs"], rows["slice_label"], prefix=f"{stage}/")
-        values.update(classification_metrics(rows["probs"], rows["label"], prefix=f"{stage}/patient_"))
+        values = classification_metrics(
+            rows["slice_probs"], rows["slice_label"], prefix=f"{stage}/", scores=rows.get("slice_score")
+        )
+        values.update(
+            classification_metrics(
+                rows["probs"], rows["label"], prefix=f"{stage}/patient_", scores=rows.get("score")
+            )
+        )
         values[f"{stage}/patient_count"] = torch.tensor(float(len(rows["patient"])))
         # Every rank computed the same values from the gathered states.
-        self.log_dict({k: v.to(self.device) for k, v in values.items()}, sync_dist=True)
-        self.patient_outputs[stage] = {k: rows[k].cpu() for k in ("patient", "probs", "label")}
+        dtype = torch.float32 if self.device.type == "mps" else None  # MPS has no float64
+        values = {k: v.to(self.device, dtype) for k, v in values.items()}
+        self.log_dict(values, sync_dist=True)
+        keep = ("patient", "probs", "label", "score")
+        self.patient_outputs[stage] = {k: rows[k].cpu() for k in keep if k in rows}
         return values
 
     def on_train_epoch_end(self) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_f1_score,
-    binary_recall,
-    binary_specificity,
     multiclass_accuracy,
     multiclass_auroc,
     multiclass_f1_score,
@@ -16,9 +13,16 @@ from torchmetrics.functional.classification import (
     multiclass_specificity,
 )
 
+from gliograde.evaluation.metrics import binary_metrics
+from gliograde.patient_scores import patient_scores
+
+BINARY = ("accuracy", "balanced_accuracy", "auroc", "f1", "sensitivity", "specificity")
+
 
 class PatientProbabilities(Metric):
-    """Collects slice probabilities and reduces them to one mean probability per patient.
+    """Collects slice logits and reduces them to one probability per patient, the mean of its
+    slice probabilities, as :func:`gliograde.patient_scores.patient_scores` computes it for
+    every command (float64, from logits: confident slices never round to a tie).
 
     States are concatenated across processes on ``compute``; duplicate (patient, slice)
     pairs (a DistributedSampler pads its last batch by repeating samples) count once.
@@ -30,42 +34,44 @@ class PatientProbabilities(Metric):
         super().__init__(**kwargs)
         self.add_state("patient", default=[], dist_reduce_fx="cat")
         self.add_state("slice_index", default=[], dist_reduce_fx="cat")
-        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("logits", default=[], dist_reduce_fx="cat")
         self.add_state("label", default=[], dist_reduce_fx="cat")
 
     def update(
-        self, probs: torch.Tensor, label: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor
+        self, logits: torch.Tensor, label: torch.Tensor, patient: torch.Tensor, slice_index: torch.Tensor
     ) -> None:
-        self.probs.append(probs.detach().float())
+        self.logits.append(logits.detach().float())
         self.label.append(label.detach())
         self.patient.append(patient.detach())
         self.slice_index.append(slice_index.detach())
 
     def compute(self) -> dict[str, torch.Tensor]:
         """Each (patient, slice) once: ``slice_probs`` [N, K], ``slice_label`` [N]; and per
-        patient, sorted: ``patient`` [P], mean ``probs`` [P, K], ``label`` [P]."""
-        patient, slice_index, probs, label = (
-            _cat(s) for s in (self.patient, self.slice_index, self.probs, self.label)
+        patient, sorted: ``patient`` [P], mean ``probs`` [P, K] (float64), ``label`` [P]. With
+        two classes also the ranking scores ``score`` [P] and ``slice_score`` [N] (log-odds)."""
+        patient, slice_index, logits, label = (
+            _cat(s) for s in (self.patient, self.slice_index, self.logits, self.label)
         )
         if patient.numel() == 0:
-            empty = {"patient": patient, "probs": probs, "label": label}
-            return {**empty, "slice_probs": probs, "slice_label": label}
+            empty = {"patient": patient, "probs": logits, "label": label}
+            return {**empty, "slice_probs": logits, "slice_label": label}
         first = _first_occurrence(torch.stack([patient, slice_index], dim=1))
-        patient, probs, label = patient[first], probs[first], label[first]
-        patients, inverse = torch.unique(patient, return_inverse=True)
-        sums = torch.zeros(len(patients), probs.shape[1], device=probs.device).index_add_(0, inverse, probs)
-        counts = torch.bincount(inverse, minlength=len(patients)).unsqueeze(1)
-        labels = torch.zeros(len(patients), dtype=label.dtype, device=label.device).scatter_(
-            0, inverse, label
-        )
-        return {
+        patient, logits, label = patient[first].cpu(), logits[first].cpu(), label[first].cpu()
+        scores = patient_scores(patient.numpy(), logits.double().numpy())
+        patients = torch.from_numpy(scores["patients"])
+        inverse = torch.from_numpy(np.searchsorted(scores["patients"], patient.numpy()))
+        labels = torch.zeros(len(patients), dtype=label.dtype).scatter_(0, inverse, label)
+        out = {
             "patient": patients,
-            "probs": sums / counts,
+            "probs": torch.from_numpy(scores["probs"]),
             "label": labels,
-            "slice_probs": probs,
+            "slice_probs": torch.from_numpy(np.exp(scores["slice_log_probs"])),
             "slice_label": label,
         }
-
+        if "score" in scores:
+            out["score"] = torch.from_numpy(scores["score"])
+            out["slice_score"] = torch.from_numpy(scores["slice_score"])
+        return out
 
     def rows(self) -> dict[str, torch.Tensor]:
         """:meth:`compute` with every row tensor 1-D or 2-D, whatever the number of rows.
@@ -97,36 +103,31 @@ def _first_occurrence(rows: torch.Tensor) -> torch.Tensor:
     return first.scatter_reduce_(0, inverse, positions, reduce="amin")
 
 
-def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, prefix: str) -> dict[str, torch.Tensor]:
+def classification_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, prefix: str, scores: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Accuracy, balanced accuracy, AUROC, F1, sensitivity and specificity of ``probs`` [N, K].
 
     With two classes, class 1 is positive (HGG in the BraTS presets): sensitivity is its
-    recall, specificity the recall of class 0. With more, macro averages over classes.
+    recall, specificity the recall of class 0, and the values are evaluate.py's own
+    (:func:`gliograde.evaluation.metrics.binary_metrics`, calls at ``p >= 0.5``, AUROC ranking
+    ``scores`` when given), float64. A rate over an absent class is NaN. With more classes,
+    macro averages over classes.
     """
     num_classes = probs.shape[1]
     labels = labels.long()
     if num_classes == 2:
-        # A rate over a class that is absent is undefined (NaN), as in evaluate.py's report.
-        nan = torch.tensor(float("nan"))
-        has_pos, has_neg = bool((labels == 1).any()), bool((labels == 0).any())
-        positive = probs[:, 1]
-        sensitivity = binary_recall(positive, labels) if has_pos else nan
-        specificity = binary_specificity(positive, labels) if has_neg else nan
-        values = {
-            "accuracy": multiclass_accuracy(probs, labels, num_classes, average="micro"),
-            "balanced_accuracy": (sensitivity + specificity) / 2,
-            "auroc": binary_auroc(positive, labels) if has_pos and has_neg else nan,
-            "f1": binary_f1_score(positive, labels),
-            "sensitivity": sensitivity,
-            "specificity": specificity,
-        }
-    else:
-        values = {
-            "accuracy": multiclass_accuracy(probs, labels, num_classes, average="micro"),
-            "balanced_accuracy": multiclass_recall(probs, labels, num_classes, average="macro"),
-            "auroc": multiclass_auroc(probs, labels, num_classes, average="macro"),
-            "f1": multiclass_f1_score(probs, labels, num_classes, average="macro"),
-            "sensitivity": multiclass_recall(probs, labels, num_classes, average="macro"),
-            "specificity": multiclass_specificity(probs, labels, num_classes, average="macro"),
-        }
+        ranking = None if scores is None else scores.detach().cpu().double().numpy()
+        values = binary_metrics(
+            labels.cpu().numpy(), probs[:, 1].detach().cpu().double().numpy(), 0.5, ranking
+        )
+        return {f"{prefix}{name}": torch.tensor(values[name], dtype=torch.float64) for name in BINARY}
+    values = {
+        "accuracy": multiclass_accuracy(probs, labels, num_classes, average="micro"),
+        "balanced_accuracy": multiclass_recall(probs, labels, num_classes, average="macro"),
+        "auroc": multiclass_auroc(probs, labels, num_classes, average="macro"),
+        "f1": multiclass_f1_score(probs, labels, num_classes, average="macro"),
+        "sensitivity": multiclass_recall(probs, labels, num_classes, average="macro"),
+        "specificity": multiclass_specificity(probs, labels, num_classes, average="macro"),
+    }
     return {f"{prefix}{name}": value.float() for name, value in values.items()}
