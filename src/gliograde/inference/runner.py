@@ -27,9 +27,8 @@ from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
-from gliograde.inference.calibration import PREDICT_AGGREGATE
 from gliograde.inference.models import open_model
-from gliograde.inference.recipe import Applied, check_predict_options, resolve
+from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
 from gliograde.output_folder import staged_folder
