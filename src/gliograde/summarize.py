@@ -79,7 +79,7 @@ def _scored(
     sweep_dir: Path, resamples: int, level: float, show_progress: bool
 ) -> tuple[pd.DataFrame, list[str], str, str]:
     total = len(find_jobs(sweep_dir))
-    with progress(desc="scoring jobs", total=total, enabled=show_progress) as bar:
+    with progress(desc="scoring jobs", total=total, enabled=show_progress, command="summarize") as bar:
 
         started = []
 

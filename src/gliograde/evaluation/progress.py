@@ -34,8 +34,11 @@ class LineProgress:
         stream: IO[str],
         every: float | None = None,
         clock=time.monotonic,
+        command: str = "evaluate",
     ):
         self.iterable, self.desc, self.unit, self.stream = iterable, desc, unit, stream
+        self.command = command
+        self.postfix = ""
         self.total = total if total is not None else _length(iterable)
         self.every = LINE_EVERY_S if every is None else every
         self.clock = clock
@@ -67,6 +70,10 @@ class LineProgress:
             self._line()
             self.last = now
 
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        """What is being worked on now, shown at the end of the next line (as tqdm's postfix)."""
+        self.postfix = text
+
     def close(self) -> None:
         """End the step: a last line with the final count, if a line was printed and it is behind."""
         if not self.closed and self.printed is not None and self.printed != self.n:
@@ -76,7 +83,8 @@ class LineProgress:
     def _line(self) -> None:
         count = f"{self.n}/{self.total}" if self.total else str(self.n)
         unit = f" {self.unit}" if self.unit else ""
-        print(f"evaluate: {self.desc} {count}{unit}", file=self.stream, flush=True)
+        postfix = f" ({self.postfix})" if self.postfix else ""
+        print(f"{self.command}: {self.desc} {count}{unit}{postfix}", file=self.stream, flush=True)
         self.printed = self.n
 
 
@@ -88,12 +96,13 @@ def progress(
     unit: str = "",
     enabled: bool = True,
     stream: IO[str] | None = None,
+    command: str = "evaluate",
 ) -> tqdm | LineProgress:
     """A tqdm bar on ``stream`` (stderr) when :func:`shown`, plain lines when it is not a terminal,
-    nothing when not ``enabled``; it closes when exhausted."""
+    nothing when not ``enabled``; it closes when exhausted. Plain lines start with ``command``."""
     stream = sys.stderr if stream is None else stream
     if enabled and not shown(enabled, stream):
-        return LineProgress(iterable, desc, total, unit, stream)
+        return LineProgress(iterable, desc, total, unit, stream, command=command)
     return tqdm(
         iterable,
         desc=desc,
