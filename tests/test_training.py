@@ -374,3 +374,22 @@ def test_a_fast_dev_run_says_what_it_wrote_and_where(tmp_path):
     assert "3 batches of each stage" in format_results(metrics, tmp_path, fast_dev_run=3)
     plain = format_results(metrics, tmp_path).splitlines()
     assert plain[1] == "Patient-level test metrics:" and plain[-1] == f"Run directory: {tmp_path}"
+
+
+def test_the_article_shortened_for_a_cpu_keeps_its_setup():
+    cfg = compose_config("train", ["experiment=article", "debug=limit", "paths.output_dir=/tmp"])
+    assert cfg.model.stem_stride == 1 and cfg.data.slices.strategy == "tumor_all" and cfg.data.batch_size == 32
+    limits = ("max_epochs", "limit_train_batches", "limit_val_batches", "limit_test_batches")
+    assert [cfg.trainer[key] for key in limits] == [2, 4, 2, 2]
+
+
+@pytest.mark.slow
+def test_the_article_shortened_for_a_cpu_runs(small_cohort, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    data = [a for a in _data_args(small_cohort, cache_dir) if not a.startswith(("data.slices", "data.batch"))]
+    result = _train(*data, "experiment=article", "debug=limit", "trainer=cpu", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert OmegaConf.load(run / "config.yaml").model.stem_stride == 1
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert last["global_step"] == 2 * 4  # two epochs of four batches
+    assert "test/patient_auroc" in json.loads((run / "metrics.json").read_text())
