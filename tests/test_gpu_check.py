@@ -13,6 +13,8 @@ import pytest
 from helpers.commands import REPO
 from helpers.configs import compose_config
 
+from gliograde import gpu_check
+from gliograde.config import check_command_line
 from gliograde.gpu_check import NoGPUError, gpu_refusal, no_gpu_here, refuse_gpu_request_without_gpu
 
 
@@ -88,15 +90,39 @@ def test_what_asks_for_a_gpu(options, refused):
 
 def test_the_command_line_check_reads_the_composed_trainer(tmp_path, on_linux):
     empty = _machine(tmp_path / "cpu_only")
-    gpu = compose_config("train", ["trainer=gpu"]).trainer
+    gpu = compose_config("train", ["trainer=gpu"], hydra_node=True)
     no_gpu = r"^trainer.accelerator=gpu, .*\(no GPU device or driver on this machine\)"
     with pytest.raises(NoGPUError, match=no_gpu):
-        refuse_gpu_request_without_gpu(gpu, empty)
-    refuse_gpu_request_without_gpu(compose_config("train", ["trainer=cpu"]).trainer, empty)
-    refuse_gpu_request_without_gpu(gpu, _machine(tmp_path / "gpu", "dev/nvidia0"))
+        refuse_gpu_request_without_gpu(gpu, root=empty)
+    refuse_gpu_request_without_gpu(compose_config("train", ["trainer=cpu"], hydra_node=True), root=empty)
+    refuse_gpu_request_without_gpu(gpu, root=_machine(tmp_path / "gpu", "dev/nvidia0"))
     # a value that cannot be resolved yet is left to the check after torch is imported
-    unresolved = compose_config("train", ["trainer.gpus=${oc.env:GLIOGRADE_UNSET_VARIABLE}"]).trainer
-    refuse_gpu_request_without_gpu(unresolved, empty)
+    unresolved = compose_config("train", ["trainer.gpus=${oc.env:GLIOGRADE_UNSET_VARIABLE}"], hydra_node=True)
+    refuse_gpu_request_without_gpu(unresolved, root=empty)
+
+
+def test_sweeps_sent_to_a_cluster_are_left_to_their_jobs(tmp_path, on_linux):
+    empty = _machine(tmp_path)
+    slurm = compose_config("train", ["trainer=gpu", "hydra/launcher=slurm"], hydra_node=True)
+    refuse_gpu_request_without_gpu(slurm, multirun=True, root=empty)  # the jobs run on GPU nodes
+    with pytest.raises(NoGPUError):
+        refuse_gpu_request_without_gpu(slurm, multirun=False, root=empty)  # a single run runs here
+    parallel = compose_config("train", ["trainer=gpu", "hydra/launcher=parallel"], hydra_node=True)
+    with pytest.raises(NoGPUError):
+        refuse_gpu_request_without_gpu(parallel, multirun=True, root=empty)
+
+
+def test_check_command_line_refuses_only_what_would_run_here(monkeypatch):
+    monkeypatch.setattr(gpu_check, "no_gpu_here", lambda root=None: True)
+    with pytest.raises(NoGPUError, match="^trainer.gpus=1 asks for a GPU"):
+        check_command_line("train", ["trainer.gpus=1"])
+    with pytest.raises(NoGPUError, match="^trainer.strategy=ddp with trainer.devices=4"):
+        check_command_line("train", ["-m", "trainer=ddp", "trainer.devices=4", "model=resnet18,resnet34"])
+    check_command_line("train", ["-m", "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4"])
+    check_command_line("train", ["--cfg", "job", "trainer.gpus=1"])  # prints the config, runs nothing
+    check_command_line("train", ["trainer=cpu"])
+    monkeypatch.setattr(gpu_check, "no_gpu_here", lambda root=None: False)
+    check_command_line("train", ["trainer.gpus=1"])  # torch decides, in the job
 
 
 @pytest.mark.slow  # a real command line

@@ -109,8 +109,8 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
         # a sweep's are made here, before any job starts.
         for cfg in list(_sweep_configs(name, plain, sweeps)) or [base]:
             validate_config(cfg, name, deep=bool(sweeps))
-            if name == "train":  # before torch is imported: a second, not half a minute
-                refuse_gpu_request_without_gpu(cfg.trainer)
+            if name == "train" and not args.cfg:  # before torch is imported: a second, not half a minute
+                refuse_gpu_request_without_gpu(cfg, multirun=bool(args.multirun or mode.endswith("MULTIRUN")))
 
 
 def _sweep_configs(name: str, plain: list[str], sweeps: list[Override]):

@@ -25,6 +25,12 @@ _GPU_TRACES = (
 # PCI vendors whose display controllers CUDA or ROCm can drive: NVIDIA, AMD (ATI) graphics.
 _GPU_VENDORS = ("0x10de", "0x1002")
 _DISPLAY_CLASS = "0x03"
+# Hydra launchers that run a sweep's jobs on this machine (a single run always runs here).
+_LOCAL_LAUNCHERS = (
+    "hydra._internal.core_plugins.basic_launcher.BasicLauncher",
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+)
 
 
 class NoGPUError(GliogradeError):
@@ -86,14 +92,17 @@ def gpu_refusal(trainer: Mapping[str, Any], gpu_count: int, why: str) -> str | N
     return None
 
 
-def refuse_gpu_request_without_gpu(trainer: DictConfig, root: Path = Path("/")) -> None:
-    """Raise :class:`NoGPUError` when the composed ``trainer`` node asks for a GPU and
-    :func:`no_gpu_here`; torch-free, for the command-line check before any heavy import.
-    A value that cannot be resolved yet is left to the late check."""
+def refuse_gpu_request_without_gpu(cfg: DictConfig, multirun: bool = False, root: Path = Path("/")) -> None:
+    """Raise :class:`NoGPUError` when the composed ``cfg`` (with its ``hydra`` node) asks for a
+    GPU for jobs that run on this machine, and :func:`no_gpu_here`. Torch-free, for the
+    command-line check before any heavy import. Sweeps sent elsewhere (SLURM) and values that
+    cannot be resolved yet are left to the check in each job."""
+    if multirun and OmegaConf.select(cfg, "hydra.launcher._target_", default=None) not in _LOCAL_LAUNCHERS:
+        return
     if not no_gpu_here(root):
         return
     options = {
-        key: OmegaConf.select(trainer, key, throw_on_resolution_failure=False)
+        key: OmegaConf.select(cfg, f"trainer.{key}", throw_on_resolution_failure=False)
         for key in ("gpus", "accelerator", "strategy", "devices")
     }
     reason = gpu_refusal(options, 0, "no GPU device or driver on this machine")
