@@ -1,6 +1,7 @@
 # gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests,
 # `make bench` measures the data path and the training loop (a few minutes, CPU);
-# `make bench-gpu` training throughput on one GPU (a few minutes; a tiny CPU check without one).
+# `make bench-gpu` training throughput on one GPU (a few minutes; a tiny CPU check without one);
+# `make mlflow-ui` MLflow's UI over logs/mlflow (installs the full mlflow package once).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
