@@ -1,12 +1,16 @@
 # gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests,
 # `make bench` measures the data path and the training loop (a few minutes, CPU);
-# `make bench-gpu` training throughput on one GPU (a few minutes; a tiny CPU check without one).
+# `make bench-gpu` training throughput on one GPU (a few minutes; a tiny CPU check without one);
+# `make mlflow-ui` MLflow's UI over logs/mlflow (installs the full mlflow package once).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TRACKING := $(VENV)/.tracking
+MLFLOW_STORE ?= logs/mlflow
+MLFLOW_PORT ?= 5000
 
-.PHONY: install train test test-fast bench bench-gpu prepare tensorboard clean
+.PHONY: install train test test-fast bench bench-gpu prepare tensorboard mlflow-ui clean
 
 install: $(STAMP)
 
@@ -37,6 +41,16 @@ prepare: install
 
 tensorboard: install
 	$(BIN)/tensorboard --logdir logs
+
+# the full mlflow package (its UI server), once: the default install has only mlflow-skinny
+$(TRACKING): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,tracking]'
+	touch $(TRACKING)
+
+# MLflow's UI over logger=mlflow's local store, at http://127.0.0.1:$(MLFLOW_PORT)
+mlflow-ui: $(TRACKING)
+	mkdir -p $(MLFLOW_STORE)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE)/mlflow.db --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf data/cache logs outputs multirun

@@ -12,6 +12,7 @@ from helpers.commands import run_python
 from helpers.configs import compose_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from gliograde import gpu_check
 from gliograde.config import CONF_DIR, check_command_line
 from gliograde.data.datamodule import GliomaDataModule
 from gliograde.errors import ConfigError
@@ -132,8 +133,14 @@ def test_the_data_schema_is_the_datamodules_arguments_and_the_presets_keys():
     assert fields == set(compose_config("train", ["data=brats2020"]).data.keys())
 
 
+@pytest.fixture
+def gpu_machine(monkeypatch):
+    """The command-line check as on a machine with GPUs (it refuses GPU options on one without)."""
+    monkeypatch.setattr(gpu_check, "no_gpu_here", lambda root=None: False)
+
+
 @pytest.mark.parametrize("group, option", GROUP_OPTIONS)
-def test_every_group_option_composes_and_validates(group, option, tmp_path):
+def test_every_group_option_composes_and_validates(group, option, tmp_path, gpu_machine):
     overrides = [f"{group}={option}"]
     if group == "data" and option != "synthetic":
         overrides.append(f"data.root={tmp_path}")
@@ -155,7 +162,7 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path):
         ("prepare", ["data=brats2021", "data.root=/tmp/cohort"]),
     ],
 )
-def test_documented_command_lines_pass(name, argv):
+def test_documented_command_lines_pass(name, argv, gpu_machine):
     check_command_line(name, argv)
 
 

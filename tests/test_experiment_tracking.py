@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import subprocess
 
 import pytest
-from helpers.commands import run_python
+from helpers.commands import REPO, run_python
+from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
 from gliograde import tracking
@@ -67,3 +70,23 @@ def test_mlflow_logger_without_mlflow_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setattr(tracking, "_MLFLOW_AVAILABLE", False)
     with pytest.raises(ConfigError, match="logger=mlflow needs MLflow: pip install mlflow-skinny"):
         tracking.LocalMLFlowLogger(store=tmp_path / "mlflow")
+
+
+def test_make_mlflow_ui_installs_the_full_package_and_serves_the_loggers_store(tmp_path):
+    venv = tmp_path / "venv"
+    dry = subprocess.run(
+        ["make", "-n", "mlflow-ui", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert f"{venv}/bin/pip install --quiet -e '.[dev,tracking]'" in lines
+    store = compose_config("train", ["logger=mlflow"]).logger.mlflow.store
+    command = f"mlflow ui --backend-store-uri sqlite:///{store}/mlflow.db --port 5000"
+    assert lines[-1] == f"{venv}/bin/{command}"
+    assert f"make mlflow-ui          # {command}" in (REPO / "README.md").read_text()
+    # the UI reads only a store of its own release: the extra and the logging package agree
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    (skinny,) = [d for d in project["dependencies"] if d.startswith("mlflow-skinny")]
+    (full,) = [d for d in project["optional-dependencies"]["tracking"] if re.match(r"mlflow\b", d)]
+    assert full.removeprefix("mlflow") == skinny.removeprefix("mlflow-skinny")

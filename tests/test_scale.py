@@ -117,6 +117,11 @@ def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
         f"hydra.run.dir={run}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # one rank speaks: each line of the project's once, and no table of Lightning's
+    for line in ("Seed set to 42", "sync_batchnorm needs GPUs", "Validating and testing the best checkpoint"):
+        assert result.stdout.count(line) == 1, line
+    assert result.stdout.count("Patient-level test metrics:") == 1 and "DataLoader 0" not in result.stdout
+    assert "smaller than the logging interval" not in result.stderr
     metrics = _metrics(run)
     splits = _splits(run)
     assert metrics["test/patient_count"] == sum(s == "test" for s in splits.values()) == 9

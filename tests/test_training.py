@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 from gliograde.config import CONF_DIR, build
 from gliograde.data.datamodule import GliomaDataModule
 from gliograde.data.synthetic import generate_cohort
-from gliograde.training import NoGPUError, trainer_options
+from gliograde.gpu_check import no_gpu_here
+from gliograde.training import NoGPUError, format_results, log_interval, trainer_options
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
@@ -108,6 +109,9 @@ def test_gpus_maps_to_accelerator_and_devices(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(NoGPUError, match="no GPU is available.*trainer=cpu"):
         trainer_options(cfg)
+    cuda = compose_config("train", ["trainer.accelerator=cuda", "paths.output_dir=/tmp"]).trainer
+    with pytest.raises(NoGPUError, match=r"^trainer.accelerator=cuda, but no GPU is available \(torch"):
+        trainer_options(cuda)
 
 
 def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
@@ -129,6 +133,8 @@ def test_ddp_without_a_gpu_needs_an_explicit_cpu_accelerator(monkeypatch):
 def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
+    # refused by the command-line check where no GPU is in sight, by the trainer's otherwise
+    why = "no GPU device or driver on this machine" if no_gpu_here() else "torch.cuda.is_available() is False"
     cache = tmp_path / "cache"
     result = _train(
         "trainer=ddp",
@@ -141,8 +147,7 @@ def test_ddp_on_a_cpu_machine_exits_before_any_data_work(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: trainer.strategy=ddp with trainer.devices=4 asks for GPUs, but no GPU is available "
-        "(torch.cuda.is_available() is False). Add trainer.accelerator=cpu for CPU processes, or run on "
-        "the CPU with trainer=cpu."
+        f"({why}). Add trainer.accelerator=cpu for CPU processes, or run on the CPU with trainer=cpu."
     ]
     assert not (tmp_path / "synthetic").exists() and not cache.exists()
     assert not (tmp_path / "run" / "config.yaml").exists()
@@ -172,7 +177,10 @@ def test_fast_dev_run_through_hydra(small_cohort, cache_dir, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert "test/patient_auroc" in metrics and "val/patient_auroc" in metrics
     assert (run / "splits.csv").exists() and (run / "config.yaml").exists()
-    assert f"Run directory: {run}" in result.stdout
+    assert not (run / "checkpoints").exists() and not (run / "tensorboard").exists()
+    *_, what, where = result.stdout.strip().splitlines()
+    assert what.startswith("fast_dev_run ran one batch of each stage and wrote no checkpoint")
+    assert where.startswith(f"Run directory: {run} (holds config.yaml, metrics.json, predictions_test.csv")
 
 
 def _events(run: Path) -> dict[str, set[str]]:
@@ -225,6 +233,9 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert "Patient-level test metrics:" in result.stdout
     for noise in ("Tip: For seamless", "already configured with model summary", "LeafSpec"):
         assert noise not in result.stdout + result.stderr  # handled, so not shown
+    # the project's summary alone: no table of Lightning's, no warning about the logging interval
+    assert "DataLoader 0" not in result.stdout and "Test metric" not in result.stdout
+    assert "smaller than the logging interval" not in result.stderr
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1  # the best, by val/patient_auroc
     assert all(isinstance(v, float) for v in metrics.values())  # a flat mapping of numbers
@@ -241,6 +252,12 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert len(steps) == 6 and steps == sorted(set(steps)) and steps[0] > 0
     assert len(scalars["test/patient_auroc"]) == 1 and scalars["test/patient_auroc"][0].step > 0
     assert {"final/val/patient_auroc", "final/test/patient_auroc"} <= hparams_metrics
+    # 7 batches an epoch: the loss and the learning rate get a point at every step
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    steps = last["global_step"]
+    assert steps == 6 * 7
+    (lr_tag,) = [tag for tag in scalars if tag.startswith("lr-")]
+    assert len(scalars["train/loss_step"]) == len(scalars[lr_tag]) == steps
     assert scalars["final/test/patient_auroc"][0].value == pytest.approx(metrics["test/patient_auroc"])
     # a checkpoint alone rebuilds the model
     from gliograde.models.module import GradeClassifier
@@ -330,3 +347,49 @@ def test_a_missing_checkpoint_to_resume_is_one_line_before_any_data_work(tmp_pat
     assert result.stderr.strip().splitlines() == [
         f"error: ckpt_path={tmp_path / 'nope.ckpt'}: no such checkpoint file (resume from RUN/checkpoints/last.ckpt)"
     ]
+
+
+@pytest.mark.parametrize(
+    "batches, interval", [(1, 1), (7, 1), (19, 1), (20, 2), (55, 5), (99, 9), (100, 10), (5000, 10)]
+)
+def test_training_curves_get_a_point_every_step_in_short_epochs(batches, interval):
+    assert log_interval(batches) == interval
+    assert batches // log_interval(batches) >= min(batches, 10)  # never fewer than 10 points an epoch
+
+
+def test_the_default_trainer_leaves_the_logging_interval_to_the_run():
+    assert compose_config("train", ["paths.output_dir=/tmp"]).trainer.log_every_n_steps is None
+
+
+def test_a_fast_dev_run_says_what_it_wrote_and_where(tmp_path):
+    for name in ("config.yaml", "splits.csv", "metrics.json"):
+        (tmp_path / name).write_text("")
+    (tmp_path / ".hydra").mkdir()
+    metrics = {"test/patient_auroc": 0.75, "val/patient_auroc": 0.5}
+    lines = format_results(metrics, tmp_path, fast_dev_run=True).splitlines()
+    assert lines[1] == "Patient-level test metrics of one batch (a check of the setup, not a result):"
+    assert lines[2].split() == ["test/patient_auroc", "0.7500"]
+    assert lines[-2].startswith("fast_dev_run ran one batch of each stage and wrote no checkpoint")
+    assert lines[-1] == f"Run directory: {tmp_path} (holds config.yaml, metrics.json, splits.csv)"
+    assert "3 batches of each stage" in format_results(metrics, tmp_path, fast_dev_run=3)
+    plain = format_results(metrics, tmp_path).splitlines()
+    assert plain[1] == "Patient-level test metrics:" and plain[-1] == f"Run directory: {tmp_path}"
+
+
+def test_the_article_shortened_for_a_cpu_keeps_its_setup():
+    cfg = compose_config("train", ["experiment=article", "debug=limit", "paths.output_dir=/tmp"])
+    assert cfg.model.stem_stride == 1 and cfg.data.slices.strategy == "tumor_all" and cfg.data.batch_size == 32
+    limits = ("max_epochs", "limit_train_batches", "limit_val_batches", "limit_test_batches")
+    assert [cfg.trainer[key] for key in limits] == [2, 4, 2, 2]
+
+
+@pytest.mark.slow
+def test_the_article_shortened_for_a_cpu_runs(small_cohort, cache_dir, tmp_path):
+    run = tmp_path / "run"
+    data = [a for a in _data_args(small_cohort, cache_dir) if not a.startswith(("data.slices", "data.batch"))]
+    result = _train(*data, "experiment=article", "debug=limit", "trainer=cpu", f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert OmegaConf.load(run / "config.yaml").model.stem_stride == 1
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    assert last["global_step"] == 2 * 4  # two epochs of four batches
+    assert "test/patient_auroc" in json.loads((run / "metrics.json").read_text())

@@ -101,6 +101,7 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
     overrides = [_parse(item) for item in args.overrides]
     if args.config_path or args.config_dir or args.config_name not in (None, config_name):
         return  # another config: Hydra reports on it itself
+    from gliograde.gpu_check import refuse_gpu_request_without_gpu
     from gliograde.schema import validate_config
 
     name = config_name
@@ -116,6 +117,8 @@ def check_command_line(config_name: str, argv: Sequence[str]) -> None:
         # a sweep's are made here, before any job starts.
         for cfg in list(_sweep_configs(name, plain, sweeps)) or [base]:
             validate_config(cfg, name, deep=bool(sweeps))
+            if name == "train" and not args.cfg:  # before torch is imported: a second, not half a minute
+                refuse_gpu_request_without_gpu(cfg, multirun=bool(args.multirun or mode.endswith("MULTIRUN")))
 
 
 def _sweep_configs(name: str, plain: list[str], sweeps: list[Override]):

@@ -25,6 +25,7 @@ from gliograde.contract_recorder import config_with_contract
 from gliograde.data.identity import training_records
 from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
+from gliograde.gpu_check import NoGPUError, gpu_refusal
 from gliograde.resume import nothing_left, refuse_existing_run, resumed_config
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,6 @@ log = logging.getLogger(__name__)
 
 # Set by Lightning's DDP launcher in the launching process.
 _LAUNCHER_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
-
-
-class NoGPUError(GliogradeError):
-    """A GPU was asked for on a machine without one."""
 
 
 class RunDirectoryError(GliogradeError):
@@ -52,35 +49,19 @@ def trainer_options(cfg: DictConfig) -> dict[str, Any]:
     assert isinstance(options, dict)
     options.pop("_target_", None)
     gpus = options.pop("gpus", None)
+    why = "torch.cuda.is_available() is False"
+    refusal = gpu_refusal({**options, "gpus": gpus}, torch.cuda.device_count(), why)
+    if refusal:
+        raise NoGPUError(refusal)
     if gpus not in (None, 0, "0"):
-        available = torch.cuda.device_count()
-        if available == 0:
-            raise NoGPUError(
-                f"trainer.gpus={gpus} asks for a GPU, but no GPU is available "
-                "(torch.cuda.is_available() is False). Run on the CPU with trainer=cpu "
-                "(or drop trainer.gpus)."
-            )
         options["accelerator"] = "gpu"
         options["devices"] = gpus
-    elif options.get("accelerator") == "gpu" and torch.cuda.device_count() == 0:
-        raise NoGPUError(
-            "trainer.accelerator=gpu, but no GPU is available (torch.cuda.is_available() is False). "
-            "Run on the CPU with trainer=cpu."
-        )
-    strategy = str(options.get("strategy") or "")
-    no_gpu = torch.cuda.device_count() == 0
-    if strategy.startswith("ddp") and options.get("accelerator") in (None, "auto") and no_gpu:
-        # "auto" would fall back to one CPU process per device, which nobody wants by accident.
-        raise NoGPUError(
-            f"trainer.strategy={strategy} with trainer.devices={options.get('devices')} asks for GPUs, "
-            "but no GPU is available (torch.cuda.is_available() is False). "
-            "Add trainer.accelerator=cpu for CPU processes, or run on the CPU with trainer=cpu."
-        )
     on_cpu = options.get("accelerator") == "cpu" or (
         options.get("accelerator") in (None, "auto") and torch.cuda.device_count() == 0
     )
     if options.get("sync_batchnorm") and on_cpu:
-        log.info("trainer.sync_batchnorm needs GPUs; batch norm stays per process on the CPU")
+        if rank_zero_only.rank == 0:
+            log.info("trainer.sync_batchnorm needs GPUs; batch norm stays per process on the CPU")
         options["sync_batchnorm"] = False
     return options
 
@@ -127,7 +108,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         check_writable_dir(out)
     except OSError as exc:
         raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
-    pl.seed_everything(cfg.seed, workers=True)
+    pl.seed_everything(cfg.seed, workers=True, verbose=lead)
 
     datamodule = build(cfg.data)
     resumed_split = bool(ckpt_path) and (out / "splits.csv").is_file()
@@ -156,6 +137,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trainer = pl.Trainer(
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
+    if trainer_kwargs.get("log_every_n_steps") is None:
+        trainer.log_every_n_steps = log_interval(_train_batches(trainer, datamodule))
 
     if lead:
         write_text(out / "config.yaml", config_with_contract(cfg, datamodule))
@@ -165,7 +148,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _numbers(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
+    if best and lead:
         log.info("Validating and testing the best checkpoint: %s", best)
     # The best model's validation predictions: the out-of-fold predictions of cross-validation.
     # Not logged: its values would add a second point at the last step of every val/* curve;
@@ -179,7 +162,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         trainer.loggers = loggers
     metrics.update(_numbers(trainer.callback_metrics))
     if cfg.get("test", True):
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False)
+        # verbose=False: the summary below replaces Lightning's table of every test metric
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=False, verbose=False)
         metrics.update(_numbers(trainer.callback_metrics))
 
     if trainer.is_global_zero:
@@ -187,7 +171,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             _write_patient_predictions(out / f"predictions_{stage}.csv", outputs, datamodule)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _log_hparams(trainer, cfg, metrics)
-        print(format_results(metrics, out))
+        print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run))
     return metrics
 
 
@@ -251,11 +235,41 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
         logger.finalize("success")
 
 
-def format_results(metrics: dict[str, Any], out: Path) -> str:
-    """The patient-level test metrics and where the run lives."""
+def log_interval(train_batches: int) -> int:
+    """Steps between the points of the training curves (loss, learning rate) when
+    ``trainer.log_every_n_steps`` is null: every step in epochs of fewer than 20 batches, else
+    at least ten points an epoch, and every 10 steps from 100 batches on."""
+    return max(1, min(10, train_batches // 10))
+
+
+def _train_batches(trainer: pl.Trainer, datamodule) -> int:
+    """Training batches per epoch on each process, as ``limit_train_batches`` cuts them."""
+    rows = math.ceil(len(datamodule.datasets["train"]) / trainer.world_size)
+    batches = math.ceil(rows / datamodule.batch_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        return min(batches, limit)
+    return int(batches * limit) if limit is not None else batches
+
+
+def format_results(metrics: dict[str, Any], out: Path, fast_dev_run: int | bool = False) -> str:
+    """The patient-level test metrics and where the run lives; after a ``fast_dev_run``, what
+    it did and what the run directory holds."""
     rows = [(k, v) for k, v in sorted(metrics.items()) if k.startswith("test/patient_")]
     width = max((len(k) for k, _ in rows), default=0)
-    lines = ["", "Patient-level test metrics:"]
+    batches = "one batch" if int(fast_dev_run) == 1 else f"{int(fast_dev_run)} batches"
+    title = "Patient-level test metrics:"
+    if fast_dev_run:
+        title = f"Patient-level test metrics of {batches} (a check of the setup, not a result):"
+    lines = ["", title]
     lines += [f"  {k:<{width}}  {v:.4f}" for k, v in rows] or ["  (no test metrics)"]
-    lines.append(f"Run directory: {out}")
+    if not fast_dev_run:
+        lines.append(f"Run directory: {out}")
+        return "\n".join(lines)
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    lines.append(
+        f"fast_dev_run ran {batches} of each stage and wrote no checkpoint and no TensorBoard, CSV "
+        "or MLflow logs: evaluate.py, export and resuming need a run without debug=fast."
+    )
+    lines.append(f"Run directory: {out} (holds {', '.join(written)})")
     return "\n".join(lines)
