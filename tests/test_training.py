@@ -240,7 +240,9 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert len(list((run / "checkpoints").glob("epoch_*.ckpt"))) == 1  # the best, by val/patient_auroc
     assert all(isinstance(v, float) for v in metrics.values())  # a flat mapping of numbers
     splits = (run / "splits.csv").read_text().splitlines()
-    fingerprints = ",".join(f"fingerprint_{m}" for m in ("flair", "t1", "t1ce", "t2"))
+    modalities = ("flair", "t1", "t1ce", "t2")
+    kinds = ("fingerprint", "order_fingerprint")
+    fingerprints = ",".join(f"{kind}_{m}" for kind in kinds for m in modalities)
     assert splits[0] == f"patient_id,label,split,{fingerprints}" and len(splits) == 41
     tags = _events(run)
     assert {"val/patient_auroc", "test/patient_auroc", "train/loss_step"} <= tags["scalars"]
