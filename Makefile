@@ -23,12 +23,15 @@ $(STAMP): pyproject.toml
 train: install
 	$(BIN)/python train.py experiment=quickstart
 
+# TEST_JOBS pytest-xdist processes (default 2: both cores of the reference machine; 0 runs in one process)
+TEST_JOBS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 # unit tests only: everything but the end-to-end runs marked slow
 test-fast: install
-	$(BIN)/python -m pytest -q -m 'not slow'
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) -m 'not slow'
 
 bench: install
 	$(BIN)/python -m benchmarks.bench --out logs/bench/bench.json
