@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 
@@ -74,8 +75,11 @@ def test_mlflow_logger_without_mlflow_is_one_line(monkeypatch, tmp_path):
 
 def test_make_mlflow_ui_installs_the_full_package_and_serves_the_loggers_store(tmp_path):
     venv = tmp_path / "venv"
+    # under `make test` the parent make's MAKEFLAGS/MAKELEVEL would add "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     dry = subprocess.run(
-        ["make", "-n", "mlflow-ui", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True, timeout=60
+        ["make", "--no-print-directory", "-n", "mlflow-ui", f"VENV={venv}"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env=env,
     )
     assert dry.returncode == 0, dry.stderr
     lines = dry.stdout.splitlines()
