@@ -22,7 +22,7 @@ from helpers.runs import tiny_run
 
 import gliograde.data.cache as cache_module
 import gliograde.data.cache_meta as cache_meta
-from gliograde.data.cache import CachedCohort, current_generation, current_key
+from gliograde.data.cache import CachedCohort, current_cache
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.cache_clean import clean_cache_dir, hold_for_reading
 from gliograde.data.cache_meta import DamagedCacheError, read_meta, verify_cache
@@ -227,7 +227,7 @@ def _current(root: Path, cache_dir: Path, strategy: dict) -> tuple[str, str]:
     records = discover_cohort(root, options.layout, options.label_spec, True, options.modalities).patients
     labels = options.layout.mask_labels
     args = (records, cache_dir, options.preprocess_spec, labels, slab_rule(options), options.modalities)
-    return current_key(*args), current_generation(*args)
+    return current_cache(*args)
 
 
 def test_clean_keeps_the_caches_of_the_current_files_whatever_their_slab(small_cohort, tmp_path):

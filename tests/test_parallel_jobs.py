@@ -6,6 +6,7 @@ import json
 
 import pytest
 from helpers.commands import run_python
+from helpers.runs import debug_sweep_args
 from omegaconf import OmegaConf
 
 from gliograde.data.synthetic import generate_cohort
@@ -17,22 +18,14 @@ def test_two_concurrent_jobs_finish_with_their_own_metrics_and_build_the_cache_o
     cohort, cache, sweep = tmp_path / "cohort", tmp_path / "cache", tmp_path / "sweep"
     generate_cohort(cohort, patients=16, seed=11, shape=(40, 40, 20), lgg_fraction=0.5)
     result = run_python(
-        "train.py",
-        "-m",
-        "hydra/launcher=parallel",
-        "hydra.launcher.n_jobs=2",
-        "data=brats2020",
-        f"data.root={cohort}",
-        f"data.cache_dir={cache}",  # empty: both jobs start by wanting to build it
-        "data.slices.k=3",
-        "data.progress=false",
-        "data.preprocess.workers=1",
-        "data.split.train=0.5",
-        "data.split.val=0.25",
-        "data.split.test=0.25",
-        "debug=fast",
-        "model.optimizer.lr=0.001,0.0003",
-        f"hydra.sweep.dir={sweep}",
+        *debug_sweep_args(
+            cache,  # empty: both jobs start by wanting to build it
+            sweep,
+            f"data.root={cohort}",
+            "hydra/launcher=parallel",
+            "hydra.launcher.n_jobs=2",
+            "model.optimizer.lr=0.001,0.0003",
+        )
     )
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))

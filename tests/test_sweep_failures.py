@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from helpers.commands import run_python
+from helpers.runs import debug_sweep_args
 from omegaconf import OmegaConf
 
 from gliograde.data.synthetic import generate_cohort
@@ -112,31 +113,12 @@ def cohort(tmp_path_factory) -> Path:
     return root
 
 
-def _sweep_args(cohort: Path, cache: Path, sweep: Path, *overrides: str) -> list[str]:
-    return [
-        "train.py",
-        "-m",
-        "data=brats2020",
-        f"data.cache_dir={cache}",
-        "data.slices.k=3",
-        "data.progress=false",
-        "data.preprocess.workers=1",
-        "data.split.train=0.5",
-        "data.split.val=0.25",
-        "data.split.test=0.25",
-        "debug=fast",
-        "callbacks.progress_bar.refresh_rate=0",
-        f"hydra.sweep.dir={sweep}",
-        *overrides,
-    ]
-
-
 @pytest.mark.slow
 def test_a_sweep_whose_first_job_fails_runs_the_rest_and_lists_the_failure(cohort, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     sweep = tmp_path / "sweep"
-    args = _sweep_args(cohort, tmp_path / "cache", sweep, f"data.root={empty},{cohort}")
+    args = debug_sweep_args(tmp_path / "cache", sweep, f"data.root={empty},{cohort}")
     result = run_python(*args)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -158,8 +140,7 @@ def test_optuna_trials_without_an_objective_fail_and_the_study_goes_on(cohort, t
     """An objective that was never logged (a validation split of one class leaves
     val/patient_auroc undefined) fails its trial; no trial counts, and no traceback."""
     sweep = tmp_path / "study"
-    args = _sweep_args(
-        cohort,
+    args = debug_sweep_args(
         tmp_path / "cache",
         sweep,
         f"data.root={cohort}",

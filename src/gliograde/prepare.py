@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gliograde.config import build, checked_main
-from gliograde.data.cache import cohort_root, current_generation, current_key
+from gliograde.data.cache import cohort_root, current_cache
 from gliograde.data.cache_clean import Removed, clean_cache_dir
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.cohort_tables import summary
@@ -81,7 +81,7 @@ def clean(cfg: DictConfig) -> tuple[Path, list[Removed]]:
     slab = slab_rule(options)
     labels = options.layout.mask_labels
     args = (cohort.patients, options.cache_dir, options.preprocess_spec, labels, slab, options.modalities)
-    key, generation = current_key(*args), current_generation(*args)
+    key, generation = current_cache(*args)
     removed = clean_cache_dir(options.cache_dir, key, cohort_root(cohort.patients), generation)
     return options.cache_dir / key, removed
 

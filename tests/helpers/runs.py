@@ -33,6 +33,27 @@ def tiny_train_args(paths: dict[str, Path], *overrides: str) -> list[str]:
     ]
 
 
+def debug_sweep_args(cache: Path, sweep: Path, *overrides: str) -> list[str]:
+    """``train.py -m`` and its arguments for a sweep of ``debug=fast`` jobs on a BraTS-layout
+    cohort (set ``data.root`` in ``overrides``), cache at ``cache``, jobs under ``sweep``."""
+    return [
+        "train.py",
+        "-m",
+        "data=brats2020",
+        f"data.cache_dir={cache}",
+        "data.slices.k=3",
+        "data.progress=false",
+        "data.preprocess.workers=1",
+        "data.split.train=0.5",
+        "data.split.val=0.25",
+        "data.split.test=0.25",
+        "debug=fast",
+        "callbacks.progress_bar.refresh_rate=0",
+        f"hydra.sweep.dir={sweep}",
+        *overrides,
+    ]
+
+
 def tiny_run(tmp_path_factory) -> dict[str, Path]:
     """Cohort (16 patients of 40x40x20, half LGG), cache and run directory of a one-epoch ResNet18."""
     base = tmp_path_factory.getbasetemp() / "tiny_run"

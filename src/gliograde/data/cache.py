@@ -350,37 +350,30 @@ def open_or_build(
     return _checked(CachedCohort.load(final, check), on_error)
 
 
-def current_key(
+def current_cache(
     patients: list[PatientRecord],
     cache_dir: str | Path,
     spec: PreprocessSpec,
     mask_labels: tuple[int, ...],
     slab: SlabRule = SlabRule(),
     required: Sequence[str] | None = None,
-) -> str:
-    """The key of the cache ``open_or_build`` would read: its own, or a covering one that
-    exists in its place."""
+) -> tuple[str, str]:
+    """The key of the cache ``open_or_build`` would read (its own, or a covering one that exists
+    in its place) and its generation (see ``cache_generation``)."""
     patients = without_broken_optional(patients, cache_dir, spec, mask_labels, BOX_MARGIN, slab, required)
+    generation = cache_generation(patients, spec, mask_labels)
     key = cache_key(patients, spec, mask_labels, BOX_MARGIN, slab)
     if not (Path(cache_dir) / key).is_dir():
         for rule in slab.covering():
             other = cache_key(patients, spec, mask_labels, BOX_MARGIN, rule)
             if (Path(cache_dir) / other).is_dir():
-                return other
-    return key
+                return other, generation
+    return key, generation
 
 
-def current_generation(
-    patients: list[PatientRecord],
-    cache_dir: str | Path,
-    spec: PreprocessSpec,
-    mask_labels: tuple[int, ...],
-    slab: SlabRule = SlabRule(),
-    required: Sequence[str] | None = None,
-) -> str:
-    """The generation (see ``cache_generation``) of the cache ``open_or_build`` would read."""
-    patients = without_broken_optional(patients, cache_dir, spec, mask_labels, BOX_MARGIN, slab, required)
-    return cache_generation(patients, spec, mask_labels)
+def current_key(*args, **kwargs) -> str:
+    """The key of :func:`current_cache` (same arguments)."""
+    return current_cache(*args, **kwargs)[0]
 
 
 def without_broken_optional(
