@@ -24,7 +24,7 @@ from gliograde.inference.models import TorchModel, find_checkpoint
 from gliograde.inference.runner import predict
 from gliograde.sealed import write_sealed
 from gliograde.inference.stream import load_patient
-from gliograde.inference.tta import average_views
+from gliograde.patient_scores import slice_log_probs
 
 
 def _synthetic(temperature: float, patients: int, slices: int, seed: int = 0):
@@ -32,7 +32,7 @@ def _synthetic(temperature: float, patients: int, slices: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, size=(patients * slices, 1, 2))
     slice_patient = np.repeat(np.arange(patients), slices)
-    probs = average_views(logits, temperature)
+    probs = np.exp(slice_log_probs(logits, temperature))
     patient_probs = probs.reshape(patients, slices, 2).mean(axis=1)[:, 1]
     labels = (rng.random(patients) < patient_probs).astype(int)
     return logits, slice_patient, labels
@@ -189,8 +189,12 @@ def test_a_recipe_of_another_checkpoint_is_refused_then_refitted(run, tmp_path):
     write_sealed(path, {**stored, "checkpoint_sha256": "0" * 64})
     try:
         ckpt = find_checkpoint(run["run"])
-        with pytest.raises(RecipeError, match=r"contradicts .*recipe.json, which is the recipe of checkpoints/"):
+        with pytest.raises(RecipeError, match=r"changed since .*recipe.json was recorded for it; re-run evaluate"):
             _predict(run, tmp_path / "b", f"ckpt={ckpt}")
+        # the run itself is not exported without its recipe either
+        refused = run_python("-m", "gliograde.export", str(run["run"]), "--output", str(tmp_path / "none"))
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "changed since" in refused.stderr and not (tmp_path / "none").exists()
         exported = run_python("-m", "gliograde.export", str(ckpt), "--output", str(tmp_path / "export"))
         assert exported.returncode == 0, exported.stderr[-3000:]
         assert "Not exporting" in exported.stdout
@@ -236,7 +240,7 @@ def test_hard_votes_cannot_be_calibrated(tmp_path):
 
 @pytest.mark.parametrize("per_class, starred", [(4, True), (10, False)])
 def test_a_temperature_fitted_on_few_patients_of_a_class_is_starred(tmp_path, capsys, per_class, starred):
-    from gliograde.evaluation.calibration import calibrate
+    from gliograde.evaluation.calibration import calibrate, store_calibration
     from gliograde.evaluation.predict import Predictions, from_logits
 
     logits, slice_patient, _ = _synthetic(2.0, 2 * per_class, 2, seed=1)
@@ -259,7 +263,30 @@ def test_a_temperature_fitted_on_few_patients_of_a_class_is_starred(tmp_path, ca
     )
     checkpoint = tmp_path / "epoch_000.ckpt"
     checkpoint.write_bytes(b"weights")
-    record = calibrate(tmp_path, checkpoint, val, "none")
+    record = store_calibration(tmp_path, calibrate(checkpoint, val, "none"))
     assert record["unreliable"] is starred
     assert json.loads((tmp_path / "calibration.json").read_text())["unreliable"] is starred
     assert (f"T={record['temperature']:.4f}*" in capsys.readouterr().out) is starred
+
+
+@pytest.mark.slow
+def test_a_temperature_of_another_aggregate_is_used_but_neither_stored_nor_the_recipe(run, tmp_path):
+    """predict.py averages slices: a temperature fitted with aggregate=tumor_weighted must not
+    replace the one the recipe names (nor leave a calibration.json without a recipe)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run["run"], copy)
+    records = {name: (copy / name).read_bytes() for name in ("calibration.json", "recipe.json")}
+    result = run_python(
+        "evaluate.py",
+        f"run_dir={copy}",
+        "bootstrap=10",
+        "gradcam_n=0",
+        "aggregate=tumor_weighted",
+        "calibration=temperature",
+        f"output_dir={tmp_path / 'weighted'}",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Note: with aggregate=tumor_weighted this evaluation's tta, threshold and temperature" in result.stdout
+    assert {name: (copy / name).read_bytes() for name in records} == records
+    metrics = json.loads((tmp_path / "weighted" / "metrics.json").read_text())
+    assert metrics["calibration"]["method"] == "temperature" and metrics["calibration"]["file"] is None

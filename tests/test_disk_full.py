@@ -16,7 +16,6 @@ from helpers.configs import compose_config
 from helpers.disk import refuse_writes, tree
 from helpers.runs import tiny_run
 
-from gliograde.data.errors import DataError
 from gliograde.evaluation import progress as progress_module
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.runner import evaluate

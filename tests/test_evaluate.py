@@ -15,8 +15,8 @@ import pytest
 from helpers.commands import run_python
 
 from gliograde.data.synthetic import generate_cohort
-from gliograde.evaluation.aggregate import aggregate
 from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_interval, youden_threshold
+from gliograde.patient_scores import patient_log_probs
 
 
 # ----------------------------------------------------------------------------- unit
@@ -86,6 +86,12 @@ def test_intervals_contain_the_value_and_shrink_with_more_patients():
             assert result[name]["ci_low"] <= result[name]["value"] <= result[name]["ci_high"]
         width = lambda r: r[name]["ci_high"] - r[name]["ci_low"]  # noqa: E731
         assert width(large) < width(small) / 2
+
+
+def aggregate(patient, probs, method, weights=None):
+    """Patient probabilities of slice probabilities, by the aggregate every command uses."""
+    ids, log_probs, counts = patient_log_probs(patient, np.log(probs), method, weights)
+    return ids, np.exp(log_probs), counts
 
 
 def test_aggregation_methods():

@@ -190,20 +190,19 @@ def test_the_model_card_says_its_figures_are_uncalibrated_when_it_carries_a_temp
     }
     card = build_card(model, checkpoint, run, record, onnx_max_abs_diff=0.0)
     assert card["calibration"] == record
+    # without a recipe predict.py calls at 0.5, whatever threshold an evaluation chose (0.4 here)
     assert card["decision_threshold"] == {
-        "value": 0.4,
-        "source": str(run / "eval" / "test" / "metrics.json"),
-        "tta": "none",
-        "calibration": "none",
+        "value": 0.5,
+        "source": "no recipe: predict.py calls the more probable class (0.5)",
     }
     assert card["metrics"]["test"]["tta"] == "none" and card["metrics"]["test"]["calibration"] == "none"
     note = card["calibration_note"]
-    assert note.startswith("the decision threshold and test metrics come from probabilities without this")
+    assert note.startswith("the test metrics come from probabilities without this")
     assert "evaluate.py calibration=temperature tta=flip" in note
     markdown = render_markdown(card)
     assert f"- Note: {note}" in markdown
     assert "### test (" in markdown and "; tta=none, calibration=none)" in markdown
-    assert "calibration=none)" in markdown.split("- Decision threshold: 0.4 (")[1].splitlines()[0]
+    assert "- Decision threshold: 0.5 (no recipe: predict.py calls the more probable class (0.5))" in markdown
 
     # without a temperature there is nothing to warn about
     assert build_card(model, checkpoint, run, None, onnx_max_abs_diff=0.0)["calibration_note"] is None

@@ -163,18 +163,6 @@ def test_unreliable_flag_follows_the_class_counts():
     assert result["auroc"]["ci_method"] == "delong"
 
 
-def test_stratified_bootstrap_keeps_class_counts():
-    labels = np.array([1, 0, 0, 0, 0, 0])
-    seen = []
-
-    def compute(idx):
-        seen.append(int(labels[idx].sum()))
-        return {"x": 0.0}
-
-    bootstrap_intervals(compute, len(labels), resamples=30, strata=labels)
-    assert set(seen) == {1}
-
-
 def test_resample_metrics_equal_binary_metrics_on_ties_edges_and_one_class():
     """The bootstrap's NumPy metrics are scikit-learn's and torchmetrics' to rounding."""
     import torch

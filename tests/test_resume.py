@@ -170,3 +170,28 @@ def test_resuming_a_finished_run_says_there_is_nothing_left_to_train(trained_run
         f"the outputs in {run} stay as they are. Raise trainer.max_epochs to train it further."
     )
     assert _records(run) == before and _checkpoints(run) == checkpoints
+
+
+def test_a_resume_without_its_splits_is_refused_not_split_afresh(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "splits.csv").unlink()
+    last = run / "checkpoints" / "last.ckpt"
+    result = _train(f"hydra.run.dir={run}", f"ckpt_path={last}", "trainer.max_epochs=2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {run / 'splits.csv'}: missing, so the split {last} was trained on is unknown; "
+        "restore it, or start a new run instead of resuming"
+    )
+    assert not (run / "splits.csv").exists()
+
+
+def test_a_run_killed_before_its_test_resumes_to_test(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "metrics.json").unlink()  # fitted, then killed while testing
+    last = run / "checkpoints" / "last.ckpt"
+    result = _train(f"hydra.run.dir={run}", f"ckpt_path={last}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing left to train" not in result.stdout
+    assert "test/patient_auroc" in json.loads((run / "metrics.json").read_text())

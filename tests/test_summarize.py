@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from helpers.commands import run_python
+from helpers.disk import refuse_writes
 
 from gliograde.summarize import SummaryError, main, summarize_sweep, sweep_table
 
@@ -265,3 +267,31 @@ def test_bootstrap_intervals_of_a_job_take_well_under_a_second(tmp_path):
     result = patient_intervals(labels, probs, resamples=1000)
     assert time.process_time() - start < 1.5
     assert result["f1"]["ci_low"] is not None and result["ece"]["ci_method"] == "bootstrap"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_a_full_or_read_only_sweep_folder_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys, code):
+    sweep = _lr_sweep(tmp_path)
+    refused = refuse_writes(monkeypatch, sweep, code)
+    with pytest.raises(SystemExit) as stop:
+        main([str(sweep), "--bootstrap", "5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert refused  # the writes did reach the refusing place
+    monkeypatch.undo()
+    assert sorted(p.name for p in sweep.iterdir()) == ["0", "1", "2"]
+
+
+def test_an_interval_that_cannot_be_estimated_says_why_in_the_table(tmp_path):
+    """A job that calls every patient HGG: its MCC is 0 in every resample, so the table says
+    "not estimable" instead of leaving the bounds blank as if none had been computed."""
+    sweep = tmp_path / "constant"
+    _job(sweep, "0", ["seed=0"], {"val": (PATIENTS, LABELS, [0.9] * 8)})
+    _job(sweep, "1", ["seed=1"], {"val": (PATIENTS, LABELS, [0.9, 0.8, 0.3, 0.2, 0.7, 0.6, 0.1, 0.05])})
+    table, _, _, _ = summarize_sweep(sweep, resamples=50)
+    rows = {str(row["job"]): row for _, row in table.iterrows()}
+    assert rows["0"]["val/patient_mcc_ci_note"].startswith("not estimable")
+    assert pd.isna(rows["0"]["val/patient_mcc_ci_low"])
+    assert pd.isna(rows["1"]["val/patient_mcc_ci_note"]) and not pd.isna(rows["1"]["val/patient_mcc_ci_low"])
+    written = pd.read_csv(sweep / "sweep_summary.csv")
+    assert written["val/patient_mcc_ci_note"].notna().sum() == 1

@@ -14,7 +14,14 @@ from omegaconf import OmegaConf
 
 from gliograde.atomic import write_files
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
-from gliograde.sweep_table import SummaryError, job_dirs, job_overrides, read_patient_predictions, swept_keys
+from gliograde.sweep_table import (
+    SummaryError,
+    declared_sweep_keys,
+    job_dirs,
+    job_overrides,
+    read_patient_predictions,
+    swept_keys,
+)
 
 FOLD_KEY = "data.fold"
 
@@ -26,7 +33,8 @@ def _fold(job: Path) -> Any:
 def is_cross_validation(sweep_dir: str | Path) -> bool:
     """True when the finished jobs differ by ``data.fold`` only, and each names its fold."""
     jobs = job_dirs(Path(sweep_dir))
-    return swept_keys(job_overrides(jobs)) in ([FOLD_KEY], []) and all(_fold(j) is not None for j in jobs)
+    swept = swept_keys(job_overrides(jobs), declared_sweep_keys(Path(sweep_dir)))
+    return swept in ([FOLD_KEY], []) and all(_fold(j) is not None for j in jobs)
 
 
 def cv_summary(

@@ -64,6 +64,13 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
     target = Path(output) if output else (run or checkpoint.parent) / "export"
     model = TorchModel(checkpoint)
     checkpoint_sha = file_sha256(checkpoint)
+    if source.is_dir() and recipe and checkpoint_sha != recipe["checkpoint_sha256"]:
+        # the recipe's own checkpoint, rewritten since: never a silent export without the recipe
+        raise RecipeError(
+            f"{checkpoint}: changed since {run / RECIPE_FILE} was recorded for it; re-run the evaluate.py "
+            f"command of the recipe ({recipe.get('command')}), or export the file itself: "
+            f"python -m gliograde.export {checkpoint}"
+        )
     recipe = _recipe(run, recipe, checkpoint_sha)
     calibration = _calibration(run, recipe)
     stale = export_staleness(target, run) if run is not None else None

@@ -89,7 +89,7 @@ def build_card(
         "metrics": _metrics(run),
         "commands": _commands(run),
     }
-    card["decision_threshold"] = _threshold(run) if recipe is None else _recipe_threshold(run, recipe)
+    card["decision_threshold"] = _default_threshold() if recipe is None else _recipe_threshold(run, recipe)
     card["recipe"] = recipe
     card["calibration"] = calibration
     card["calibration_note"] = _calibration_note(calibration, card["decision_threshold"], card["metrics"])
@@ -188,12 +188,9 @@ def _interval_cell(entry: dict[str, Any]) -> str:
     return "n/a"
 
 
-def _threshold(run: Path | None) -> dict[str, Any]:
-    evaluated = None if run is None else run / "eval" / "test" / "metrics.json"
-    if evaluated is not None and evaluated.is_file():
-        report = json.loads(evaluated.read_text())
-        return {"value": report["threshold"], "source": str(evaluated), **_conditions(report)}
-    return {"value": 0.5, "source": "default: the more probable class"}
+def _default_threshold() -> dict[str, Any]:
+    """Without a recipe predict.py calls at 0.5, so the card says that, whatever an evaluation found."""
+    return {"value": 0.5, "source": "no recipe: predict.py calls the more probable class (0.5)"}
 
 
 def _recipe_threshold(run: Path | None, recipe: dict[str, Any]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from gliograde.data.specs import (
     SyntheticSpec,
 )
 from gliograde.errors import ConfigError
-from gliograde.evaluation.aggregate import AGGREGATES
+from gliograde.patient_scores import AGGREGATES
 from gliograde.inference.tta import TTA_MODES
 from gliograde.models.names import BACKBONES, OPTIMIZER_CLASSES
 

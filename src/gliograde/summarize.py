@@ -27,6 +27,7 @@ from gliograde.cv_summary import FOLD_KEY, cv_summary, format_summary, is_cross_
 from gliograde.errors import exit_on_user_error
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval
 from gliograde.evaluation.progress import progress
+from gliograde.output_folder import output_errors, writable
 from gliograde.sweep_plot import plot_png
 from gliograde.sweep_table import (
     DEFAULT_MONITOR,
@@ -117,6 +118,7 @@ def _entry(row: pd.Series, key: str) -> dict[str, Any]:
         "ci_low": get(f"{key}_ci_low"),
         "ci_high": get(f"{key}_ci_high"),
         "unreliable": bool(get(f"{key}_unreliable")),
+        "ci_note": get(f"{key}_ci_note"),
     }
 
 
@@ -197,13 +199,16 @@ def main(argv: list[str] | None = None) -> int:
             raise SummaryError(f"--level {args.level} must be in (0, 1), e.g. 0.95")
         if args.bootstrap < 0:
             raise SummaryError(f"--bootstrap {args.bootstrap} must be 0 or more")
+        if args.sweep_dir.is_dir() and not writable(args.sweep_dir):  # before the scoring, not after
+            raise SummaryError(f"{args.sweep_dir}: cannot be written, so its summary cannot be stored there")
         table, swept, monitor, mode = _scored(args.sweep_dir, args.bootstrap, args.level, show_progress=True)
         files = _sweep_files(args.sweep_dir, table, swept, monitor, mode, args.level)
         summary = None
         if is_cross_validation(args.sweep_dir):
             summary, cv_files = cv_summary(args.sweep_dir, args.bootstrap, args.level)
             files.update(cv_files)
-    write_files(files)
+        with output_errors(args.sweep_dir, f"the summary in {args.sweep_dir}", "free space and run it again"):
+            write_files(files)
     print(format_sweep(table, swept, monitor))
     if summary is not None:
         print(format_summary(summary))

@@ -260,6 +260,7 @@ def job_row(
                 row[key] = entry["value"]
                 row[f"{key}_ci_low"], row[f"{key}_ci_high"] = entry["ci_low"], entry["ci_high"]
                 row[f"{key}_unreliable"] = entry["unreliable"]
+                row[f"{key}_ci_note"] = entry.get("ci_note")  # why an interval has no bounds
         else:  # point values only, as training logged them
             for name in METRICS:
                 row[f"{stage}/patient_{name}"] = metrics.get(f"{stage}/patient_{name}")

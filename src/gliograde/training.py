@@ -96,7 +96,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     elif lead:  # other ranks start after the lead has written the run's config
         refuse_existing_run(out)
     trainer_kwargs = trainer_options(cfg.trainer)  # before any data work: fail fast
-    done = nothing_left(ckpt_path, cfg.trainer) if ckpt_path else None
+    # A run killed after fitting but before its test has no metrics.json: it resumes to test.
+    finished = ckpt_path and (out / "metrics.json").is_file()
+    done = nothing_left(ckpt_path, cfg.trainer) if finished else None
     if done:
         if lead:
             print(
@@ -111,8 +113,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True, verbose=lead)
 
     datamodule = build(cfg.data)
-    resumed_split = bool(ckpt_path) and (out / "splits.csv").is_file()
-    if resumed_split:  # the run's own patients and split, or a refusal if the cohort changed
+    if ckpt_path:  # the run's own patients and split, or a refusal if the cohort changed
+        if not (out / "splits.csv").is_file():
+            raise RunDirectoryError(
+                f"{out / 'splits.csv'}: missing, so the split {ckpt_path} was trained on is unknown; "
+                "restore it, or start a new run instead of resuming"
+            )
         datamodule.keep_split(out / "splits.csv")
     datamodule.prepare_data()
     datamodule.setup("fit")
@@ -142,7 +148,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     if lead:
         write_text(out / "config.yaml", config_with_contract(cfg, datamodule))
-        if not resumed_split:
+        if not ckpt_path:
             datamodule.write_splits(out / "splits.csv")
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

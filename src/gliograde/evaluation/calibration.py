@@ -61,10 +61,10 @@ def with_temperature(pred: Predictions, temperature: float) -> Predictions:
     return from_logits(pred, temperature)
 
 
-def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[str, Any]:
-    """Fit the temperature on ``val`` (the run's validation patients), store it in
-    ``RUN/calibration.json`` and return the record. ``aggregate=vote`` is refused earlier, by
-    :func:`gliograde.evaluation.checks.check_options`."""
+def calibrate(checkpoint: Path, val: Predictions, tta: str) -> dict[str, Any]:
+    """Fit the temperature on ``val`` (the run's validation patients) and return its record, to be
+    stored by :func:`store_calibration` once the evaluation is whole. ``aggregate=vote`` is refused
+    earlier, by :func:`gliograde.evaluation.checks.check_options`."""
     if not val.has_labels or not 0 < val.patient_labels.sum() < len(val.patient_labels):
         raise EvaluationError(
             "calibration=temperature needs labelled validation patients of both classes; use calibration=none"
@@ -87,13 +87,20 @@ def calibrate(run: Path, checkpoint: Path, val: Predictions, tta: str) -> dict[s
         "nll_after": after,
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    print(
+        f"calibration=temperature: T={temperature:.4f}{'*' if record['unreliable'] else ''} fitted on "
+        f"{len(val.patients)} validation patients (patient NLL {before:.4f} -> {after:.4f})"
+    )
+    return record
+
+
+def store_calibration(run: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write ``record`` (sealed) to ``RUN/calibration.json``, where the recipe's temperature is
+    read back; return the sealed record."""
     path = run / CALIBRATION_FILE
     with output_errors(path, f"calibration=temperature: {path}", _STORE_ADVICE):
         record = write_calibration(run, record)
-    print(
-        f"calibration=temperature: T={temperature:.4f}{'*' if record['unreliable'] else ''} fitted on "
-        f"{len(val.patients)} validation patients (patient NLL {before:.4f} -> {after:.4f}), stored in {path}"
-    )
+    print(f"calibration=temperature: T={record['temperature']:.4f} stored in {path}")
     return record
 
 

@@ -16,7 +16,7 @@ from gliograde.data.identity import (
     recorded_training_patients,
 )
 from gliograde.data.splits import read_splits, read_splits_table
-from gliograde.evaluation.aggregate import AGGREGATES
+from gliograde.patient_scores import AGGREGATES
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.inference.tta import TTA_MODES
 

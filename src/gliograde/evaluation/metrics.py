@@ -153,28 +153,21 @@ def bootstrap_intervals(
     resamples: int = 1000,
     level: float = 0.95,
     seed: int = 0,
-    strata: np.ndarray | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{metric: {value, ci_low, ci_high}}`` by resampling patients with replacement.
 
     ``compute(indices)`` returns the metrics for the patients at ``indices`` (a resample may
     repeat patients); the point value uses every patient once. Resamples where a metric is
-    undefined are left out of that metric's interval. With ``strata`` (one value per patient,
-    e.g. the labels) each stratum is resampled on its own, so every resample keeps the class
-    counts and class-dependent metrics stay defined. A percentile interval cannot leave the
+    undefined are left out of that metric's interval. A percentile interval cannot leave the
     observed range: on small cohorts prefer :func:`gliograde.evaluation.intervals.patient_intervals`.
     """
     point = compute(np.arange(n_patients))
     rng = np.random.default_rng(seed)
     draws = {name: [] for name in point}
-    if strata is None:
-        groups = [np.arange(n_patients)]
-    else:
-        groups = [np.flatnonzero(strata == s) for s in np.unique(strata)]
     for _ in range(resamples):
         if n_patients == 0:
             break
-        values = compute(np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups]))
+        values = compute(rng.integers(0, n_patients, n_patients))
         for name, value in values.items():
             if np.isfinite(value):
                 draws[name].append(value)

@@ -22,6 +22,7 @@ from gliograde.evaluation.calibration import (
     calibration_scores,
     check_storable,
     fitted_on_note,
+    store_calibration,
     with_temperature,
 )
 from gliograde.evaluation.errors import EvaluationError
@@ -42,7 +43,13 @@ from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
 from gliograde.inference.models import find_checkpoint
-from gliograde.inference.recipe import RECIPE_FILE, chooses_recipe, record_recipe, threshold_source
+from gliograde.inference.recipe import (
+    PREDICT_AGGREGATE,
+    RECIPE_FILE,
+    chooses_recipe,
+    record_recipe,
+    threshold_source,
+)
 from gliograde.inference.tta import check_tta, check_tta_for
 from gliograde.output_folder import check_folder_target, staged_folder, writable
 
@@ -61,9 +68,16 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     # Where it writes, tried before the data and the inference: a read-only run is never written to.
     out = report_dir(cfg, run, data_overrides)
     check_folder_target(out, "output_dir", REPORT_FILES)
-    if str(cfg.calibration) == "temperature":
+    options = _recipe_options(cfg)
+    if not chooses_recipe(options) and chooses_recipe({**options, "aggregate": PREDICT_AGGREGATE}):
+        print(
+            f"Note: with aggregate={cfg.aggregate} this evaluation's tta, threshold and temperature are "
+            f"neither stored nor recorded as the run's recipe (predict.py averages a patient's slices: "
+            f"aggregate={PREDICT_AGGREGATE}); its own metrics use them"
+        )
+    elif str(cfg.calibration) == "temperature":
         check_storable(run)
-    keeps_recipe = chooses_recipe(_recipe_options(cfg)) and not writable(run)
+    keeps_recipe = chooses_recipe(options) and not writable(run)
     if keeps_recipe:
         print(
             f"Note: {run} cannot be written, so this evaluation's tta and threshold are not recorded as its "
@@ -92,7 +106,10 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
                 staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model,
                 device,
             )
-        if recipe is not None and not keeps_recipe:  # recorded once the evaluation it names is whole, under its own name
+        # The temperature and the recipe are stored together, once the evaluation they name is whole.
+        if recipe is not None and not keeps_recipe:
+            if recipe["calibration"] is not None:
+                recipe["calibration"] = store_calibration(run, recipe["calibration"])
             record_recipe(run, checkpoint, evaluation=out, **recipe)
         log_figures(figures, tensorboard, f"eval/{cfg.split}")  # the run's copy, once the report is whole
     finally:
@@ -132,14 +149,14 @@ def _report(
     uncalibrated = record = None
     calibration_report: dict[str, Any] = {"method": "none"}
     if calibration == "temperature":
-        record = calibrate(run, checkpoint, val, tta)
+        record = calibrate(checkpoint, val, tta)
         uncalibrated = predictions
         predictions = with_temperature(predictions, record["temperature"])
         val = with_temperature(val, record["temperature"])
         calibration_report = {
             "method": "temperature",
             "temperature": record["temperature"],
-            "file": str(run / "calibration.json"),
+            "file": str(run / "calibration.json") if str(cfg.aggregate) == PREDICT_AGGREGATE else None,
             "val_patients": len(record["val_patients"]),
             "val_nll_before": record["nll_before"],
             "val_nll_after": record["nll_after"],

@@ -12,7 +12,6 @@ so an export older than the run's recipe is named stale wherever the run can be 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from typing import Any
 from gliograde.errors import ConfigError
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256
 from gliograde.inference.tta import TTA_MODES
-from gliograde.sealed import SealError, read_sealed, write_sealed
+from gliograde.sealed import read_sealed, write_sealed
 
 RECIPE_FILE = "recipe.json"
 RECIPE_MODES = ("auto", "none")
@@ -316,6 +315,11 @@ def model_recipe(model) -> tuple[dict[str, Any] | None, str]:
             "or threshold=... records one)"
         )
     if file_sha256(model.path) != recipe["checkpoint_sha256"]:
+        if model.path.resolve() == recipe_checkpoint(run, recipe).resolve():
+            raise RecipeError(
+                f"{model.path}: changed since {run / RECIPE_FILE} was recorded for it; {_rewrite(run)}, "
+                "or pass recipe=none"
+            )
         raise RecipeError(
             f"ckpt={model.path} contradicts {run / RECIPE_FILE}, which is the recipe of "
             f"{recipe['checkpoint']} "

@@ -67,14 +67,3 @@ def _view(images: Any, flip: bool, turns: int) -> Any:
     out = np.flip(images, axis=-1) if flip else images
     out = np.rot90(out, turns, axes=(-2, -1)) if turns else out
     return np.ascontiguousarray(out)
-
-
-def average_views(logits: Any, temperature: float = 1.0) -> Any:
-    """Class probabilities ``[N, K]`` from per-view logits ``[N, V, K]``: the mean over views of
-    ``softmax(logits / temperature)``. Calibration scales each view's logits, then TTA averages."""
-    if hasattr(logits, "softmax"):  # torch: the same float32 softmax as the model's own outputs
-        scaled = logits if temperature == 1.0 else logits / temperature
-        return scaled.softmax(dim=-1).mean(dim=1)
-    from scipy.special import softmax
-
-    return softmax(logits / temperature, axis=-1).mean(axis=1)
