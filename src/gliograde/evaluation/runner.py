@@ -7,6 +7,7 @@ Each step lives in its own module: ``inputs`` (run config, contract, data, model
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from gliograde.atomic import write_files
 from gliograde.data.errors import DataError
 from gliograde.evaluation import checks, inputs
 from gliograde.evaluation.calibration import (
@@ -42,6 +44,7 @@ from gliograde.evaluation.report import (
 from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
 from gliograde.evaluation.tables import write_predictions
+from gliograde.inference.calibration import CALIBRATION_FILE
 from gliograde.inference.models import find_checkpoint
 from gliograde.inference.recipe import (
     PREDICT_AGGREGATE,
@@ -106,17 +109,34 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
                 staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model,
                 device,
             )
-        # The temperature and the recipe are stored together, once the evaluation they name is whole.
-        if recipe is not None and not keeps_recipe:
-            if recipe["calibration"] is not None:
-                recipe["calibration"] = store_calibration(run, recipe["calibration"])
-            record_recipe(run, checkpoint, evaluation=out, **recipe)
+            # Stored with the report, once it is whole: a failure leaves neither (nor the folder).
+            if recipe is not None and not keeps_recipe:
+                _store_recipe(run, checkpoint, out, recipe)
         log_figures(figures, tensorboard, f"eval/{cfg.split}")  # the run's copy, once the report is whole
     finally:
         close_figures(figures)
     print(format_report(report))
     print(f"Outputs: {out}")
     return report
+
+
+def _store_recipe(run: Path, checkpoint: Path, out: Path, recipe: dict[str, Any]) -> None:
+    """Store the evaluation's temperature (if any) and record its recipe, the two together: when
+    the recipe cannot be written, the run's earlier ``calibration.json`` is put back."""
+    stored = run / CALIBRATION_FILE
+    previous = stored.read_bytes() if stored.is_file() else None
+    try:
+        if recipe["calibration"] is not None:
+            recipe["calibration"] = store_calibration(run, recipe["calibration"])
+        record_recipe(run, checkpoint, evaluation=out, **recipe)
+    except BaseException:
+        if recipe["calibration"] is not None:
+            with contextlib.suppress(OSError):
+                if previous is None:
+                    stored.unlink(missing_ok=True)
+                else:
+                    write_files({stored: previous})
+        raise
 
 
 def _report(
