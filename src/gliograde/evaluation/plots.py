@@ -101,6 +101,24 @@ def gradcam_figure(
     return figure
 
 
+def outline_figure(
+    image: np.ndarray, outline: np.ndarray, modalities: tuple[str, ...], title: str
+) -> plt.Figure:
+    """One slice: each modality in grey with the predicted tumour's outline drawn over it."""
+    channels = image.shape[0]
+    figure, axes = plt.subplots(1, channels, figsize=(2.6 * channels, 2.9), squeeze=False)
+    for c in range(channels):
+        ax = axes[0][c]
+        ax.imshow(image[c], cmap="gray")
+        if outline.any():
+            ax.contour(outline.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.2)
+        ax.set_title(modalities[c])
+        ax.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
 def slice_curve_figure(
     slice_index: np.ndarray, probs: np.ndarray, classes: list[str], threshold: float, title: str
 ) -> plt.Figure:
