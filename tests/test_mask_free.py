@@ -3,9 +3,15 @@ only when asked (mask_free=brain), each patient's rule recorded; masks=hidden; t
 
 from __future__ import annotations
 
+import csv
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
+from helpers.commands import run_python
 from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
@@ -131,3 +137,95 @@ def test_hidden_masks_build_their_own_cache_and_a_tumour_can_be_supplied(tiny_co
     assert set(supplied.slice_rules.values()) == {"predicted mask"}
     chosen = {p.patient_id: p.slices.tolist() for p in masked.patients}
     assert {p.patient_id: p.slices.tolist() for p in supplied.patients} == chosen
+
+
+# ------------------------------------------------------------- evaluate, end to end
+@pytest.fixture(scope="module")
+def run_copy(tmp_path_factory):
+    """The shared tiny run (tumour top-4 slices), copied so that its eval folders are this module's."""
+    from helpers.runs import tiny_run
+
+    shared = tiny_run(tmp_path_factory)
+    copy = tmp_path_factory.mktemp("maskfree") / "run"
+    ignore = shutil.ignore_patterns("eval", "export", "tensorboard", "calibration.json", "recipe.json")
+    shutil.copytree(shared["run"], copy, ignore=ignore)
+    with open(copy / "splits.csv", newline="") as fh:
+        test = sorted(r["patient_id"] for r in csv.DictReader(fh) if r["split"] == "test")
+    return {**shared, "run": copy, "test": test}
+
+
+def _test_cohort(run_copy, folder: Path, without: int) -> Path:
+    """The run's test patients in a cohort of their own, the first ``without`` of them with no mask."""
+    for pid in run_copy["test"]:
+        shutil.copytree(run_copy["cohort"] / pid, folder / pid)
+    shutil.copy(run_copy["cohort"] / "name_mapping.csv", folder / "name_mapping.csv")
+    for pid in run_copy["test"][:without]:
+        _without_mask(folder, pid)
+    return folder
+
+
+def _evaluate_in_process(run: Path, *overrides: str) -> dict:
+    from gliograde.evaluation.runner import data_overrides, evaluate
+
+    cfg = compose_config("evaluate", [f"run_dir={run}", "bootstrap=10", "gradcam_n=0", *overrides])
+    return evaluate(cfg, data_overrides(list(overrides)))
+
+
+@pytest.mark.slow
+def test_evaluate_refuses_a_cohort_without_masks_before_its_cache(run_copy, tmp_path):
+    cohort = _test_cohort(run_copy, tmp_path / "cohort", without=4)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    result = run_python(
+        "evaluate.py", f"run_dir={run_copy['run']}", f"data.root={cohort}", f"data.cache_dir={cache}",
+        "split=all", f"output_dir={out}",
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    first = run_copy["test"][0]
+    assert line.startswith(f"error: patient {first} (and 3 more) has no tumour mask")
+    assert "segmenter=RUN" in line and "mask_free=brain" in line
+    assert not out.exists() and not cache.exists()  # refused from the file names alone
+
+
+@pytest.mark.slow
+def test_evaluate_grades_by_the_brain_rule_only_when_asked_and_says_so(run_copy, tmp_path, capsys):
+    cohort = _test_cohort(run_copy, tmp_path / "cohort", without=1)
+    first = run_copy["test"][0]
+    data = [f"data.root={cohort}", f"data.cache_dir={tmp_path / 'cache'}", "split=all"]
+    with pytest.raises(MissingMaskError, match=f"^patient {first} has no tumour mask.*segmenter=RUN.*mask_free=brain"):
+        _evaluate_in_process(run_copy["run"], *data, f"output_dir={tmp_path / 'refused'}")
+    assert not (tmp_path / "refused").exists()
+    with pytest.raises(MissingMaskError, match="tumor_weighted.*mask_free=brain does not help"):
+        _evaluate_in_process(run_copy["run"], *data, "aggregate=tumor_weighted", "mask_free=brain")
+
+    out = tmp_path / "out"
+    report = _evaluate_in_process(run_copy["run"], *data, f"output_dir={out}", "mask_free=brain")
+    with open(out / "patient_predictions.csv", newline="") as fh:
+        rows = {r["patient_id"]: r for r in csv.DictReader(fh)}
+    assert {p: r["slice_rule"] for p, r in rows.items()} == {p: "brain" if p == first else "mask" for p in rows}
+    assert int(rows[first]["n_slices"]) > 4 and {int(r["n_slices"]) for p, r in rows.items() if p != first} == {4}
+    note = "1 patient(s) graded by the brain rule without a tumour mask: the model was trained on tumour slices"
+    assert report["mask_free_note"] == note and report["slice_rules"][first] == "brain"
+    assert json.loads((out / "metrics.json").read_text())["mask_free_note"] == note
+    assert note in (out / "report.html").read_text() and note in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_hidden_masks_measure_the_cost_of_not_having_them(run_copy, capsys):
+    from gliograde.compare import main as compare
+
+    run = run_copy["run"]
+    with pytest.raises(MissingMaskError, match="and 15 more"):  # the whole cohort now lacks masks
+        _evaluate_in_process(run, "masks=hidden")
+    hidden = _evaluate_in_process(run, "masks=hidden", "mask_free=brain")
+    masked = _evaluate_in_process(run)
+    out = run / "eval" / "test_masks-hidden_brain"
+    with open(out / "patient_predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert sorted(r["patient_id"] for r in rows) == run_copy["test"]
+    assert {r["slice_rule"] for r in rows} == {"brain"} and hidden["masks"] == "hidden"
+    assert set(masked["slice_rules"].values()) == {"mask"}
+    capsys.readouterr()
+    assert compare([str(run / "eval" / "test"), str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "auroc" in printed and "DeLong" in printed and "McNemar" in printed
