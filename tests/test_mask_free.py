@@ -229,3 +229,50 @@ def test_hidden_masks_measure_the_cost_of_not_having_them(run_copy, capsys):
     assert compare([str(run / "eval" / "test"), str(out)]) == 0
     printed = capsys.readouterr().out
     assert "auroc" in printed and "DeLong" in printed and "McNemar" in printed
+
+
+def test_predict_stream_takes_a_supplied_tumour_or_the_mask_free_rule(tiny_cohort, monkeypatch):
+    from gliograde.contract import from_config
+    from gliograde.inference import stream
+    from gliograde.inference.inputs import PatientFiles
+
+    data = OmegaConf.to_container(compose_config("train", ["data=brats2020", "data.slices.k=4"]).data)
+    contract = from_config({**data, "root": str(tiny_cohort)})
+    pid = "BraTS20_Training_004"
+    modalities = {m: patient_file(tiny_cohort, pid, m) for m in ("flair", "t1", "t1ce", "t2")}
+    seen = []
+    real = stream.preprocess_patient
+    monkeypatch.setattr(stream, "preprocess_patient", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    masked = stream.load_patient(PatientFiles(pid, modalities, patient_file(tiny_cohort, pid, "seg")), contract, False)
+    assert masked.slice_rule == "mask" and len(masked.slice_index) == 4
+    truth = seen[-1]
+    bare = PatientFiles(pid, modalities, None)
+    calls = []
+
+    def source(patient, volume, areas):
+        calls.append((patient, volume.shape, areas.tumour))
+        return truth.tumour, truth.tumour_boxes
+
+    supplied = stream.load_patient(bare, contract, False, tumour_source=source)
+    assert calls and calls[0][0] == pid and calls[0][2] is None  # after preprocessing, without a mask
+    assert supplied.slice_rule == "predicted mask"
+    assert np.array_equal(supplied.slice_index, masked.slice_index) and np.array_equal(supplied.images, masked.images)
+    brain = stream.load_patient(bare, contract, False, mask_free="brain")
+    assert brain.slice_rule == "brain" and len(brain.slice_index) > 4
+    with pytest.raises(DataError, match="no tumour mask"):
+        stream.load_patient(bare, contract, False)
+
+
+def test_evaluate_judges_by_the_slices_it_selects(tmp_path):
+    from gliograde.evaluation.inputs import refuse_missing_masks as refuse_at_evaluate
+
+    root = tmp_path / "cohort"
+    (root / "BraTS20_Training_001").mkdir(parents=True)
+    for m in ("flair", "t1", "t1ce", "t2"):
+        (root / "BraTS20_Training_001" / f"BraTS20_Training_001_{m}.nii").write_bytes(b"")
+    data = compose_config("train", ["data=brats2020", f"data.root={root}"]).data
+    cfg = OmegaConf.create({"aggregate": "mean", "mask_free": None, "masks": "use"})
+    with pytest.raises(MissingMaskError, match="patient BraTS20_Training_001 has no tumour mask"):
+        refuse_at_evaluate(cfg, data, TUMOUR_SLICES)
+    data.slices.strategy = "brain"  # data.slices.strategy=brain on the command line: chosen knowingly
+    assert refuse_at_evaluate(cfg, data, TUMOUR_SLICES) == ["BraTS20_Training_001"]

@@ -75,8 +75,15 @@ def refuse_missing_masks(cfg: DictConfig, data_cfg: DictConfig, contract: dict[s
         quiet.setLevel(level)
     hidden = str(cfg.get("masks", "use")) == "hidden"
     missing = [p.patient_id for p in cohort.patients if hidden or p.mask is None]
-    mask_free.refuse_missing_masks(missing, contract, cfg.get("mask_free"), str(cfg.aggregate))
+    chosen = with_slices(contract, str(data_cfg.slices.strategy))
+    mask_free.refuse_missing_masks(missing, chosen, cfg.get("mask_free"), str(cfg.aggregate))
     return missing
+
+
+def with_slices(contract: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """The contract with the slice strategy this evaluation selects by (``data.slices`` may be
+    overridden: it does not change what the model sees of a slice)."""
+    return {**contract, "slices": {**contract["slices"], "strategy": strategy}}
 
 
 def build_datamodule(

@@ -215,7 +215,7 @@ def _report(
         "mask_free": cfg.get("mask_free"),
         "slice_rules": rules,
     }
-    note = mask_free_note(rules, contract)
+    note = mask_free_note(rules, inputs.with_slices(contract, datamodule.slice_spec.strategy))
     if note:
         report["mask_free_note"] = note
     if datamodule.crop_rules:  # how each patient's crops were placed (no mask: the brain's centre)
