@@ -83,7 +83,8 @@ def test_predict_refuses_flip_rot_before_decoding_a_patient(sagittal_run, tmp_pa
     def options(tta: str, *more: str):
         return compose_config(
             "predict",
-            [f"ckpt={sagittal_run}", f"input={patient}", f"output_dir={tmp_path / 'out'}", f"tta={tta}", *more],
+            [f"ckpt={sagittal_run}", f"input={patient}", f"output_dir={tmp_path / 'out'}", f"tta={tta}"]
+            + list(more),
         )
 
     with pytest.raises(ConfigError, match="tta=flip_rot .* 20x40: use tta=flip or tta=none"):

@@ -106,7 +106,8 @@ def test_without_a_mask_the_model_is_refused_unless_the_mask_free_rule_is_asked(
     for name, source in (("P1", test_patients[0]), ("P2", test_patients[1])):
         (root / name).mkdir(parents=True)
         for suffix in (*MODALITIES, "seg"):
-            shutil.copy(run["cohort"] / source / f"{source}_{suffix}.nii", root / name / f"{name}_{suffix}.nii")
+            target = root / name / f"{name}_{suffix}.nii"
+            shutil.copy(run["cohort"] / source / f"{source}_{suffix}.nii", target)
     (root / "P1" / "P1_seg.nii").unlink()  # one patient folder without its mask
     refused = run_python("predict.py", f"ckpt={run['run']}", f"input={root}", f"output_dir={tmp_path / 'r'}")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
@@ -132,7 +133,9 @@ def test_without_a_mask_the_model_is_refused_unless_the_mask_free_rule_is_asked(
     assert report["patients"][0]["n_slices"] > 4  # the brain's slices, not the tumour's top 4
     with open(out / "predictions.csv", newline="") as fh:
         assert {r["patient_id"]: r["slice_rule"] for r in csv.DictReader(fh)} == rules
-    note = "1 patient(s) graded by the brain rule without a tumour mask: the model was trained on tumour slices"
+    note = (
+        "1 patient(s) graded by the brain rule without a tumour mask: the model was trained on tumour slices"
+    )
     assert json.loads((out / "predictions.json").read_text())["mask_free_note"] == note
     assert note in (out / "report.html").read_text()
     with pytest.raises(ConfigError, match="mask_free='tumor_all'"):

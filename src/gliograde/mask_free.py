@@ -61,9 +61,9 @@ def check_masks(value: Any) -> str:
     return str(value)
 
 
-def _who(missing: Sequence[str]) -> str:
+def _who(missing: Sequence[str], hidden: bool) -> str:
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    return f"patient {missing[0]}{more} has no tumour mask"
+    return f"patient {missing[0]}{more} has no tumour mask{' (masks=hidden)' if hidden else ''}"
 
 
 def refuse_missing_masks(
@@ -71,9 +71,11 @@ def refuse_missing_masks(
     contract: Mapping[str, Any],
     mask_free: str | None,
     aggregate: str | None = None,
+    hidden: bool = False,
 ) -> None:
-    """Refuse, in one line, patients without a mask (``missing``, ids) that the model's contract
-    or ``aggregate=tumor_weighted`` cannot grade; nothing when none is missing."""
+    """Refuse, in one line, patients without a mask (``missing``, ids; ``hidden``: by
+    ``masks=hidden``) that the model's contract or ``aggregate=tumor_weighted`` cannot grade;
+    nothing when none is missing."""
     if not missing:
         return
     if aggregate == "tumor_weighted":
@@ -82,14 +84,15 @@ def refuse_missing_masks(
             if mask_free
             else ""
         )
+        who = _who(missing, hidden)
         raise MissingMaskError(
-            f"aggregate=tumor_weighted weighs each slice by its tumour area, but {_who(missing)}: give a "
+            f"aggregate=tumor_weighted weighs each slice by its tumour area, but {who}: give a "
             f"trained segmenter (segmenter=RUN, a run of task=segment) to predict its mask, or use "
             f"aggregate=mean{given}"
         )
     if mask_free is None and needs_mask(contract):
         raise MissingMaskError(
-            f"{_who(missing)}, and the model needs one for {what_needs_it(contract)}: {WAYS_OUT}"
+            f"{_who(missing, hidden)}, and the model needs one for {what_needs_it(contract)}: {WAYS_OUT}"
         )
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gliograde import mask_free
 from gliograde.config import build
 from gliograde.contract import check_grid, check_model, enforce, read_checkpoint_contract
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
-from gliograde import mask_free
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.models.module import GradeClassifier
 from gliograde.schema import validate_data_config
@@ -76,7 +76,7 @@ def refuse_missing_masks(cfg: DictConfig, data_cfg: DictConfig, contract: dict[s
     hidden = str(cfg.get("masks", "use")) == "hidden"
     missing = [p.patient_id for p in cohort.patients if hidden or p.mask is None]
     chosen = with_slices(contract, str(data_cfg.slices.strategy))
-    mask_free.refuse_missing_masks(missing, chosen, cfg.get("mask_free"), str(cfg.aggregate))
+    mask_free.refuse_missing_masks(missing, chosen, cfg.get("mask_free"), str(cfg.aggregate), hidden)
     return missing
 
 

@@ -33,7 +33,8 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
     order: ``ckpt-<name>`` (not the best checkpoint), the threshold (``youden`` or ``t<value>``),
     the aggregate (``vote``, ``tumor_weighted``), the test-time augmentation (``flip``,
     ``flip_rot``), the calibration (``temperature``), ``masks-hidden``, the ``mask_free`` rule
-    (``brain``...) and ``data-<hash>`` of the ``data.*`` overrides. So ``threshold=youden aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
+    (``brain``...) and ``data-<hash>`` of the ``data.*`` overrides. So ``threshold=youden
+    aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
     """
     if cfg.output_dir:
         return Path(cfg.output_dir)

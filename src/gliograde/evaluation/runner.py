@@ -89,9 +89,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
             f"recipe; predict.py and export keep following {run / RECIPE_FILE} as it is"
         )
     tensorboard = tensorboard_dir(run)
-    datamodule = inputs.build_datamodule(
-        data_cfg, contract, mask_free=cfg.get("mask_free"), hide_masks=str(cfg.get("masks", "use")) == "hidden"
-    )
+    hide_masks = str(cfg.get("masks", "use")) == "hidden"
+    datamodule = inputs.build_datamodule(data_cfg, contract, cfg.get("mask_free"), hide_masks)
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
     if cfg.split != "all" and not labelled:
         raise EvaluationError(f"the cohort has no labels, so it has no {cfg.split} split: use split=all")
