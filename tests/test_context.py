@@ -168,7 +168,7 @@ def test_train_evaluate_predict_with_tumour_crops_and_context(run, tmp_path):
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     row = json.loads((tmp_path / "p" / "predictions.json").read_text())["patients"][0]
     assert row["probabilities"]["HGG"] == pytest.approx(float(reference[patient]["probability"]), abs=1e-5)
-    assert row["n_slices"] == int(reference[patient]["n_slices"]) and row["slice_rule"] == "tumor_topk"
+    assert row["n_slices"] == int(reference[patient]["n_slices"]) and row["slice_rule"] == "mask"
     assert (tmp_path / "p" / f"{patient}_gradcam.png").stat().st_size > 1000
 
     no_mask = tmp_path / "P1"
@@ -177,9 +177,16 @@ def test_train_evaluate_predict_with_tumour_crops_and_context(run, tmp_path):
     for path in no_mask.iterdir():
         path.rename(no_mask / path.name.replace(patient, "P1"))
     out = tmp_path / "q"
-    alone = run_python("predict.py", f"ckpt={run['run']}", f"input={no_mask}", f"output_dir={out}", "gradcam=false")
+    refused = run_python("predict.py", f"ckpt={run['run']}", f"input={no_mask}", f"output_dir={out}")
+    assert refused.returncode == 2 and "patient P1 has no tumour mask" in refused.stderr
+    assert "mask_free=brain" in refused.stderr and not out.exists()
+    alone = run_python(
+        "predict.py", f"ckpt={run['run']}", f"input={no_mask}", f"output_dir={out}", "gradcam=false",
+        "mask_free=brain",
+    )
     assert alone.returncode == 0, alone.stderr[-3000:]
-    assert "crop tumor (no mask: brain centre)" in (out / "predictions.csv").read_text()
+    assert "graded by the brain rule without a tumour mask" in (out / "predictions.json").read_text()
+    assert ",brain\n" in (out / "predictions.csv").read_text()
 
 
 @pytest.mark.slow

@@ -258,13 +258,15 @@ def test_cohort_without_labels_or_masks_gets_predictions_only(trained_run, tmp_p
         f"data.cache_dir={trained_run['cache']}",
         "split=all",
         f"output_dir={out}",
+        "mask_free=brain",  # the model chose tumour slices: grading by the brain rule is asked for
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "no tumour masks" in result.stdout and "strategy=brain" in result.stdout
+    assert "5 patient(s) graded by the brain rule without a tumour mask" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_patients"] == 5 and "patient" not in metrics and "predictions only" in metrics["note"]
     rows = _rows(out / "patient_predictions.csv")
     assert len(rows) == 5 and all(r["label"] == "" and r["prediction"] in ("LGG", "HGG") for r in rows)
+    assert {r["slice_rule"] for r in rows} == {"brain"}
     assert list(out.glob("gradcam_all_*.png"))
 
 

@@ -80,17 +80,19 @@ def test_predict_refuses_flip_rot_before_decoding_a_patient(sagittal_run, tmp_pa
     model = TorchModel(sagittal_run / "checkpoints" / "epoch_0.ckpt")
     patient = _junk_patient(tmp_path / "in", model.contract["naming"])
 
-    def options(tta: str):
+    def options(tta: str, *more: str):
         return compose_config(
             "predict",
-            [f"ckpt={sagittal_run}", f"input={patient}", f"output_dir={tmp_path / 'out'}", f"tta={tta}"],
+            [f"ckpt={sagittal_run}", f"input={patient}", f"output_dir={tmp_path / 'out'}", f"tta={tta}"]
+            + list(more),
         )
 
     with pytest.raises(ConfigError, match="tta=flip_rot .* 20x40: use tta=flip or tta=none"):
         predict(options("flip_rot"))
-    # the same patient with tta=flip gets as far as decoding, which would have failed first
+    # the same patient (without a mask: graded by the brain rule) with tta=flip gets as far as
+    # decoding, which would have failed first
     with pytest.raises(DataError, match="P001"):
-        predict(options("flip"))
+        predict(options("flip", "mask_free=brain"))
 
 
 def test_evaluate_refuses_flip_rot_before_reading_the_cohort(sagittal_run):

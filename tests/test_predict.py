@@ -17,7 +17,7 @@ from helpers.configs import compose_config
 from helpers.runs import tiny_run
 
 from gliograde.data.errors import DataError
-from gliograde.errors import ConfigError
+from gliograde.errors import ConfigError, GliogradeError
 from gliograde.inference.runner import predict
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -78,7 +78,7 @@ def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_pa
     assert [p["patient_id"] for p in by_root["patients"]] == ["case_0", "case_1"]
     for other in (by_root["patients"][0], by_manifest["patients"][0]):
         assert other["probabilities"] == one["probabilities"]
-        assert other["slice_index"] == one["slice_index"] and other["slice_rule"] == "tumor_topk"
+        assert other["slice_index"] == one["slice_index"] and other["slice_rule"] == "mask"
 
     evaluated = run_python(
         "evaluate.py",
@@ -94,24 +94,52 @@ def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_pa
     assert one["n_slices"] == int(reference[first]["n_slices"])
     with open(tmp_path / "a" / "predictions.csv", newline="") as fh:
         row = next(csv.DictReader(fh))
-    assert row["prediction"] == reference[first]["prediction"] and row["slice_rule"] == "tumor_topk"
+    assert row["prediction"] == reference[first]["prediction"] and row["slice_rule"] == "mask"
     assert set(row) == {"patient_id", "prob_LGG", "prob_HGG", "prediction", "n_slices", "slice_rule"}
     for name in (f"{first}_slices.png", f"{first}_gradcam.png"):
         assert (tmp_path / "a" / name).stat().st_size > 1000
 
 
 @pytest.mark.slow
-def test_without_a_mask_the_mask_free_rule_is_used_and_said(run, test_patients, tmp_path):
-    patient = tmp_path / "P1"
-    patient.mkdir()
-    for m in MODALITIES:
-        shutil.copy(run["cohort"] / test_patients[0] / f"{test_patients[0]}_{m}.nii", patient / f"P1_{m}.nii")
+def test_without_a_mask_the_model_is_refused_unless_the_mask_free_rule_is_asked(run, test_patients, tmp_path):
+    root = tmp_path / "root"
+    for name, source in (("P1", test_patients[0]), ("P2", test_patients[1])):
+        (root / name).mkdir(parents=True)
+        for suffix in (*MODALITIES, "seg"):
+            target = root / name / f"{name}_{suffix}.nii"
+            shutil.copy(run["cohort"] / source / f"{source}_{suffix}.nii", target)
+    (root / "P1" / "P1_seg.nii").unlink()  # one patient folder without its mask
+    refused = run_python("predict.py", f"ckpt={run['run']}", f"input={root}", f"output_dir={tmp_path / 'r'}")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: patient P1 has no tumour mask") and "tumor_topk" in line
+    assert "segmenter=RUN" in line and "mask_free=brain" in line
+    assert not (tmp_path / "r").exists()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a patient was decoded before the refusal")
+
+    with pytest.MonkeyPatch.context() as patch:  # refused from the file list alone
+        patch.setattr("gliograde.inference.runner.load_patient", refuse)
+        with pytest.raises(GliogradeError, match="patient P1 has no tumour mask"):
+            _predict_in_process(f"ckpt={run['run']}", f"input={root}", f"output_dir={tmp_path / 'r'}")
+
+    out = tmp_path / "o"
     report = _predict_in_process(
-        f"ckpt={run['run']}", f"input={patient}", f"output_dir={tmp_path / 'o'}", "gradcam=false"
+        f"ckpt={run['run']}", f"input={root}", f"output_dir={out}", "gradcam=false", "mask_free=brain"
     )
-    row = report["patients"][0]
-    assert row["slice_rule"].startswith("brain (no mask") and row["n_slices"] > 4
-    assert "brain (no mask" in (tmp_path / "o" / "predictions.csv").read_text()
+    rules = {row["patient_id"]: row["slice_rule"] for row in report["patients"]}
+    assert rules == {"P1": "brain", "P2": "mask"}
+    assert report["patients"][0]["n_slices"] > 4  # the brain's slices, not the tumour's top 4
+    with open(out / "predictions.csv", newline="") as fh:
+        assert {r["patient_id"]: r["slice_rule"] for r in csv.DictReader(fh)} == rules
+    note = (
+        "1 patient(s) graded by the brain rule without a tumour mask: the model was trained on tumour slices"
+    )
+    assert json.loads((out / "predictions.json").read_text())["mask_free_note"] == note
+    assert note in (out / "report.html").read_text()
+    with pytest.raises(ConfigError, match="mask_free='tumor_all'"):
+        _predict_in_process(f"ckpt={run['run']}", f"input={root}", "mask_free=tumor_all")
 
 
 def _copy_patient(run, patient: str, target: Path) -> Path:

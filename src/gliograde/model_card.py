@@ -238,7 +238,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"- Output: {card['output']}; patient call: {card['patient_aggregation']}",
         (
             f"- Plane: {contract['plane']}; slice rule: {_rule(contract['slices'])}; "
-            f"without a mask: {contract['mask_free_strategy']}"
+            f"without a mask: {_without_mask(contract)}"
         ),
         f"- Image size: {contract['image_size']}; grid: {contract['grid']}",
         f"- Preprocessing: {contract['preprocess']}",
@@ -323,3 +323,12 @@ def _rule(slices: dict[str, Any]) -> str:
         "range": f"z {slices['z_min']}..{slices['z_max']}",
     }.get(strategy, "")
     return f"{strategy} ({detail})"
+
+
+def _without_mask(contract: dict) -> str:
+    """What evaluate and predict do with a patient without a tumour mask (gliograde.mask_free)."""
+    from gliograde.mask_free import needs_mask
+
+    if not needs_mask(contract):
+        return "graded alike (the slice rule needs no mask)"
+    return "refused unless mask_free=brain|middle|range (its slice rule) or segmenter=RUN is given"

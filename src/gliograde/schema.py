@@ -193,7 +193,8 @@ class EvaluateSchema:
     tta: Literal[TTA_MODES]  # type: ignore[valid-type]
     calibration: Literal["none", "temperature"]
     allow_leak: bool
-    mask_free_strategy: Literal[_MASK_FREE]  # type: ignore[valid-type]
+    mask_free: Literal[_MASK_FREE] | None  # type: ignore[valid-type]
+    masks: Literal["use", "hidden"]
     bootstrap: NonNegative
     ci_level: Annotated[float, Range(0, 1, open_low=True, open_high=True)]
     gradcam_n: NonNegative

@@ -181,6 +181,11 @@ class GliomaDataModule(pl.LightningDataModule):
     def assignment(self) -> dict[str, str]:
         return self.prepared.assignment
 
+    @property
+    def slice_rules(self) -> dict[str, str]:
+        """Each selected patient's slice rule (``mask``, a mask-free strategy...; see ``mask_free``)."""
+        return {p.patient_id: p.rule for p in self.prepared.patients}
+
     # ------------------------------------------------------------ preparation
     def keep_split(self, splits_csv: str | Path) -> None:
         """Use a resumed run's split (see ``PreparedCohort.keep_split``); before ``setup``."""

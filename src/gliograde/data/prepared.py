@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from gliograde.data.slices import NEEDS_MASK, select_slices
 from gliograde.data.splits import SPLITS, read_splits, read_splits_table, split_patients
 from gliograde.data.synthetic import ensure_cohort
 from gliograde.errors import ConfigError
+from gliograde.mask_free import slice_rule
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,18 @@ class PatientSlices:
     position: int  # index into the cache's patient list
     label: int  # -1: unlabelled
     slices: np.ndarray
+    rule: str = ""  # how its slices were chosen: "mask", a mask-free strategy, ... (mask_free.slice_rule)
+
+
+@dataclass(frozen=True)
+class Tumour:
+    """One patient's tumour where no mask file gives it (e.g. a predicted mask): per plane, the
+    tumour voxels of each slice ``[n_slices]`` and the tumour's box in each slice ``[n_slices, 4]``
+    (-1 where empty, see ``data.crops``). Slice selection, crop centres and ``tumor_weighted``
+    all read it once ``PreparedCohort.apply_tumours`` wrote it into the cache's index."""
+
+    areas: Mapping[str, np.ndarray]
+    boxes: Mapping[str, np.ndarray]
 
 
 class PreparedCohort:
@@ -63,6 +77,14 @@ class PreparedCohort:
         self.patients: list[PatientSlices] = []
         self.assignment: dict[str, str] = {}
         self.saved_split: Path | None = None  # a resumed run's splits.csv: see keep_split
+        # Patients without a tumour mask where data.slices or data.crop needs one (evaluate,
+        # predict): ``mask_free`` is the slice strategy they get (None: each is a problem, as in
+        # training); ``hide_masks`` drops every mask file right after discovery (masks=hidden);
+        # ``tumours_to_come`` lets load() pass them when apply_tumours will give them a tumour.
+        self.mask_free: str | None = None
+        self.hide_masks = False
+        self.tumours_to_come = False
+        self.supplied: set[str] = set()  # patients whose tumour apply_tumours gave
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -88,12 +110,14 @@ class PreparedCohort:
         cohort = discover_cohort(
             opts.root, opts.layout, opts.label_spec, opts.require_labels, opts.modalities
         )
+        if self.hide_masks:
+            cohort = without_masks(cohort)
         if cohort.problems and opts.on_error == "raise":
             first = cohort.problems[0]
             more = f" (and {len(cohort.problems) - 1} more problem(s))" if len(cohort.problems) > 1 else ""
             raise DataError(first.problem + more, first.patient, first.where)
         self._check_context(cohort)
-        if opts.slice_spec.strategy in NEEDS_MASK and opts.on_error == "raise":
+        if opts.slice_spec.strategy in NEEDS_MASK and opts.on_error == "raise" and not self.masks_optional:
             for record in cohort.patients:
                 if record.mask is None:  # fail before the long build, not after it
                     hint = self.mask_hint(record)
@@ -167,7 +191,7 @@ class PreparedCohort:
                         record.mask,
                     )
                 )
-            elif spec.strategy in NEEDS_MASK and not cached.has_mask[position]:
+            elif spec.strategy in NEEDS_MASK and not cached.has_mask[position] and not self.masks_optional:
                 try:
                     select_slices(patient_id, np.zeros(1), None, spec, self.mask_hint(record))
                 except DataError as err:
@@ -181,6 +205,26 @@ class PreparedCohort:
                 ", ".join(empty),
             )
         return problems
+
+    @property
+    def masks_optional(self) -> bool:
+        """Whether a patient without a mask is usable where the slice strategy needs one."""
+        return self.mask_free is not None or self.tumours_to_come
+
+    def apply_tumours(self, tumours: Mapping[str, Tumour]) -> None:
+        """Give patients without a mask file their tumour (e.g. a predicted mask), after ``load``
+        and before ``select``: the one place slice selection, crop centres and ``tumor_weighted``
+        read a tumour from. Their ``slice_rule`` is ``predicted mask``."""
+        assert self.cached is not None and not self.patients, "apply_tumours goes between load and select"
+        cached = self.cached
+        positions = {pid: i for i, pid in enumerate(cached.patient_ids)}
+        for patient_id, tumour in tumours.items():
+            position = positions[patient_id]
+            for plane, areas in tumour.areas.items():
+                cached.tumour_area[plane][position] = areas
+                cached.tumour_boxes[plane][position] = tumour.boxes[plane]
+            cached.has_mask[position] = True
+            self.supplied.add(patient_id)
 
     def mask_hint(self, record: PatientRecord) -> str:
         """Where the patient's mask was expected, for messages."""
@@ -220,18 +264,24 @@ class PreparedCohort:
 
         plane = opts.slice_spec.plane
         brain_areas = cached.brain_area_of(opts.modalities, plane)  # the run's modalities' brain
+        needs = opts.slice_spec.strategy in NEEDS_MASK or opts.crop_spec.mode == "tumor"
         patients: list[PatientSlices] = []
         empty: list[str] = []
         for position, patient_id in usable:
             record = records[patient_id]
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
+            has_tumour = tumour is not None and bool(tumour.any())
+            rule, strategy = slice_rule(
+                opts.slice_spec.strategy, needs, has_tumour, self.mask_free, patient_id in self.supplied
+            )
+            spec = dataclasses.replace(opts.slice_spec, strategy=strategy)
             brain = brain_areas[position]
-            chosen = select_slices(patient_id, brain, tumour, opts.slice_spec, self.mask_hint(record))
+            chosen = select_slices(patient_id, brain, tumour, spec, self.mask_hint(record))
             if chosen.size == 0:
                 empty.append(f"{patient_id} ({assignment[patient_id]})")
                 continue
             label = -1 if record.label is None else record.label
-            patients.append(PatientSlices(patient_id, position, label, chosen))
+            patients.append(PatientSlices(patient_id, position, label, chosen, rule))
         if empty:
             log.warning(
                 "%d patient(s) have no slice selected by data.slices.strategy=%s and are left out: %s",
@@ -380,3 +430,10 @@ class PreparedCohort:
             "range": f"z_min={spec.z_min}, z_max={spec.z_max}",
         }.get(spec.strategy, "")
         return f"{{strategy={spec.strategy}, {detail}, plane={spec.plane}}}"
+
+
+def without_masks(cohort: Cohort) -> Cohort:
+    """``cohort`` with no patient's mask file: as if none had been found, so no mask is read,
+    and the cache's key (which covers every file) differs from the cache made with the masks."""
+    patients = [dataclasses.replace(record, mask=None) for record in cohort.patients]
+    return dataclasses.replace(cohort, patients=patients)

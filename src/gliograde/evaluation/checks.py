@@ -19,6 +19,7 @@ from gliograde.data.splits import read_splits, read_splits_table
 from gliograde.patient_scores import AGGREGATES
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.inference.tta import TTA_MODES
+from gliograde.mask_free import check_mask_free, check_masks
 
 SPLITS = ("test", "val", "train", "all")
 CALIBRATIONS = ("none", "temperature")
@@ -48,6 +49,8 @@ def check_options(cfg: DictConfig) -> None:
             value = float("nan")
         if not 0 < value < 1:
             raise EvaluationError(f"threshold={cfg.threshold} must be a probability in (0, 1), or youden")
+    check_mask_free(cfg.get("mask_free"))
+    check_masks(cfg.get("masks", "use"))
 
 
 def split_patients(datamodule, split: str) -> set[str]:

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from gliograde import mask_free
 from gliograde.config import build
 from gliograde.contract import check_grid, check_model, enforce, read_checkpoint_contract
 from gliograde.data.cohort import discover_cohort
-from gliograde.data.slices import NEEDS_MASK
 from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.models.module import GradeClassifier
@@ -50,7 +50,6 @@ def data_config(
     other_cohort = Path(str(data_cfg.root)).resolve() != Path(str(run_cfg.data.root)).resolve()
     data_cfg.require_labels = False
     data_cfg.synthetic = None  # evaluate what is there; never generate
-    use_mask_free_strategy(data_cfg, cfg.mask_free_strategy)
     if cfg.batch_size:
         data_cfg.batch_size = cfg.batch_size
     if cfg.split == "all":
@@ -59,10 +58,11 @@ def data_config(
     return data_cfg, other_cohort
 
 
-def use_mask_free_strategy(data_cfg: DictConfig, fallback: str) -> None:
-    """A cohort without masks cannot use a tumour-based slice strategy: switch and say so."""
-    if data_cfg.slices.strategy not in NEEDS_MASK:
-        return
+def refuse_missing_masks(cfg: DictConfig, data_cfg: DictConfig, contract: dict[str, Any]) -> list[str]:
+    """The cohort's patients without a tumour mask (none with ``masks=hidden``: all), from its
+    discovery alone (file names, before any cache work); refused in one line where the model's
+    contract or ``aggregate=tumor_weighted`` needs a mask and neither ``mask_free`` nor a segmenter
+    gives one (see :mod:`gliograde.mask_free`)."""
     layout = from_mapping(LayoutSpec, OmegaConf.to_container(data_cfg.layout), "data.layout")
     labels = from_mapping(LabelSpec, OmegaConf.to_container(data_cfg.labels), "data.labels")
     quiet = logging.getLogger("gliograde.data")
@@ -73,17 +73,33 @@ def use_mask_free_strategy(data_cfg: DictConfig, fallback: str) -> None:
         cohort = discover_cohort(data_cfg.root, layout, labels, require_labels=False, modalities=modalities)
     finally:
         quiet.setLevel(level)
-    if cohort.patients and all(p.mask is None for p in cohort.patients):
-        print(
-            f"The cohort has no tumour masks, so slices are chosen by data.slices.strategy={fallback} "
-            f"instead of the run's {data_cfg.slices.strategy}."
-        )
-        data_cfg.slices.strategy = fallback
+    hidden = str(cfg.get("masks", "use")) == "hidden"
+    missing = [p.patient_id for p in cohort.patients if hidden or p.mask is None]
+    chosen = with_slices(contract, str(data_cfg.slices.strategy))
+    mask_free.refuse_missing_masks(missing, chosen, cfg.get("mask_free"), str(cfg.aggregate), hidden)
+    return missing
 
 
-def build_datamodule(data_cfg: DictConfig, contract: dict[str, Any] | None = None):
-    """Prepare and set up the datamodule of ``data_cfg``; its cache grid must fit the contract."""
+def with_slices(contract: dict[str, Any], strategy: str) -> dict[str, Any]:
+    """The contract with the slice strategy this evaluation selects by (``data.slices`` may be
+    overridden: it does not change what the model sees of a slice)."""
+    return {**contract, "slices": {**contract["slices"], "strategy": strategy}}
+
+
+def build_datamodule(
+    data_cfg: DictConfig,
+    contract: dict[str, Any] | None = None,
+    mask_free: str | None = None,
+    hide_masks: bool = False,
+):
+    """Prepare and set up the datamodule of ``data_cfg``; its cache grid must fit the contract.
+
+    ``mask_free`` is the slice strategy of a patient without a tumour mask where the contract
+    needs one; ``hide_masks`` evaluates the cohort as if it had no masks (``masks=hidden``).
+    """
     datamodule = build(data_cfg)
+    datamodule.prepared.mask_free = mask_free
+    datamodule.prepared.hide_masks = hide_masks
     datamodule.prepare_data()
     if contract is not None:
         check_grid(contract, datamodule.cached.shape, str(datamodule.cohort.root))

@@ -32,8 +32,9 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
     The default options give ``<split>`` (e.g. ``test``); each other choice adds a part, in this
     order: ``ckpt-<name>`` (not the best checkpoint), the threshold (``youden`` or ``t<value>``),
     the aggregate (``vote``, ``tumor_weighted``), the test-time augmentation (``flip``,
-    ``flip_rot``), the calibration (``temperature``) and ``data-<hash>`` of the ``data.*``
-    overrides. So ``threshold=youden aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
+    ``flip_rot``), the calibration (``temperature``), ``masks-hidden``, the ``mask_free`` rule
+    (``brain``...) and ``data-<hash>`` of the ``data.*`` overrides. So ``threshold=youden
+    aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
     """
     if cfg.output_dir:
         return Path(cfg.output_dir)
@@ -50,6 +51,10 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
         parts.append(str(cfg.tta))
     if str(cfg.calibration) != DEFAULT_CALIBRATION:
         parts.append(str(cfg.calibration))
+    if str(cfg.get("masks", "use")) != "use":
+        parts.append(f"masks-{cfg.masks}")
+    if cfg.get("mask_free"):
+        parts.append(str(cfg.mask_free))
     if data_overrides:
         digest = hashlib.sha1("\n".join(sorted(data_overrides)).encode()).hexdigest()[:8]
         parts.append(f"data-{digest}")
@@ -124,6 +129,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}"
         f"{'*' if starred else ''}, tta={report['tta']}"
     ]
+    if report.get("mask_free_note"):
+        lines.append(f"Note: {report['mask_free_note']}")
     calibration = report["calibration"]
     if calibration["method"] == "temperature":
         temperature = calibration["temperature"]

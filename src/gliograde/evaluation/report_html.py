@@ -29,6 +29,7 @@ def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
         f"tta={report.get('tta', 'none')}"
     )
     parts = [f"<p>{_e(head)}</p>", f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code></p>"]
+    parts.append(_mask_free_note(report))
     if "patient" in report:
         level = round(report["ci_level"] * 100)
         rows = []
@@ -107,6 +108,7 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
             f"<th>slice rule</th></tr>{''.join(rows)}</table>"
         ),
     ]
+    parts.append(_mask_free_note(report))
     if report.get("skipped"):
         items = "".join(
             f"<li><code>{_e(s['patient_id'])}</code>: {_e(s['file'])}: {_e(s['problem'])}</li>"
@@ -117,6 +119,13 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
         parts.append(f"<h3>{_e(row['patient_id'])}</h3>")
         parts.append(_figures(folder / name for name in row["figures"].values()))
     return _page("Predictions", parts, report["input_contract"])
+
+
+def _mask_free_note(report: Mapping[str, Any]) -> str:
+    """The note on patients graded without a tumour mask (see gliograde.mask_free); empty if none."""
+    if not report.get("mask_free_note"):
+        return ""
+    return f'<p class="note" data-key="mask_free_note">Note: {_e(report["mask_free_note"])}</p>'
 
 
 def _prediction_calibration(calibration: Mapping[str, Any]) -> str:

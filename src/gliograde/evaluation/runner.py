@@ -54,6 +54,7 @@ from gliograde.inference.recipe import (
     threshold_source,
 )
 from gliograde.inference.tta import check_tta, check_tta_for
+from gliograde.mask_free import mask_free_note
 from gliograde.output_folder import check_folder_target, staged_folder, writable
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
@@ -68,6 +69,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     contract = inputs.load_contract(checkpoint, run_cfg)
     check_tta_for(str(cfg.tta), contract)  # before any data or model work
     data_cfg, other_cohort = inputs.data_config(cfg, run_cfg, data_overrides, contract)
+    inputs.refuse_missing_masks(cfg, data_cfg, contract)  # from the file names, before the cache
     # Where it writes, tried before the data and the inference: a read-only run is never written to.
     out = report_dir(cfg, run, data_overrides)
     check_folder_target(out, "output_dir", REPORT_FILES)
@@ -87,7 +89,8 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
             f"recipe; predict.py and export keep following {run / RECIPE_FILE} as it is"
         )
     tensorboard = tensorboard_dir(run)
-    datamodule = inputs.build_datamodule(data_cfg, contract)
+    hide_masks = str(cfg.get("masks", "use")) == "hidden"
+    datamodule = inputs.build_datamodule(data_cfg, contract, cfg.get("mask_free"), hide_masks)
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
     if cfg.split != "all" and not labelled:
         raise EvaluationError(f"the cohort has no labels, so it has no {cfg.split} split: use split=all")
@@ -189,7 +192,8 @@ def _report(
             calibration_report["patient"] = calibration_scores(uncalibrated, predictions)
     threshold, interval = choose_threshold(cfg.threshold, val)
     command = shlex.join(["python", "evaluate.py", *sys.argv[1:]])
-    write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold)
+    rules = {p: datamodule.slice_rules[p] for p in predictions.patients}
+    write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold, rules)
     report: dict[str, Any] = {
         "run_dir": str(run),
         "command": command,
@@ -206,7 +210,13 @@ def _report(
         "input_contract": contract,
         "n_patients": len(predictions.patients),
         "n_slices": len(predictions.probs),
+        "masks": str(cfg.get("masks", "use")),
+        "mask_free": cfg.get("mask_free"),
+        "slice_rules": rules,
     }
+    note = mask_free_note(rules, inputs.with_slices(contract, datamodule.slice_spec.strategy))
+    if note:
+        report["mask_free_note"] = note
     if datamodule.crop_rules:  # how each patient's crops were placed (no mask: the brain's centre)
         report["crop_rules"] = {p: datamodule.crop_rules[p] for p in predictions.patients}
     if predictions.has_labels:

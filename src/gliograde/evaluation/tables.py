@@ -33,12 +33,15 @@ def slice_frame(pred: Predictions, plane: str, classes: list[str]) -> pd.DataFra
     return frame
 
 
-def patient_frame(pred: Predictions, classes: list[str], threshold: float) -> pd.DataFrame:
+def patient_frame(
+    pred: Predictions, classes: list[str], threshold: float, rules: dict[str, str] | None = None
+) -> pd.DataFrame:
     """One row per patient: patient_id, label, probability (of the last class), prediction,
     n_slices and score (the log-odds of probability, which ranks patients whose probabilities
-    round to the same number: see :mod:`gliograde.patient_scores`)."""
+    round to the same number: see :mod:`gliograde.patient_scores`), and with ``rules`` its
+    slice_rule (``mask``, or the mask-free rule it was graded by: see :mod:`gliograde.mask_free`)."""
     positive = pred.patient_probs[:, 1].astype(float)
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "patient_id": pred.patients,
             "label": [_label(classes, y) for y in pred.patient_labels],
@@ -48,12 +51,23 @@ def patient_frame(pred: Predictions, classes: list[str], threshold: float) -> pd
             "score": pred.patient_scores,
         }
     )
+    if rules is not None:
+        frame["slice_rule"] = [rules[p] for p in pred.patients]
+    return frame
 
 
-def write_predictions(out: Path, pred: Predictions, plane: str, classes: list[str], threshold: float) -> None:
-    """``slice_predictions.csv`` and ``patient_predictions.csv`` in ``out``."""
+def write_predictions(
+    out: Path,
+    pred: Predictions,
+    plane: str,
+    classes: list[str],
+    threshold: float,
+    rules: dict[str, str] | None = None,
+) -> None:
+    """``slice_predictions.csv`` and ``patient_predictions.csv`` (with ``rules``, each patient's
+    ``slice_rule``) in ``out``."""
     write_frame(out / SLICE_TABLE, slice_frame(pred, plane, classes))
-    write_frame(out / PATIENT_TABLE, patient_frame(pred, classes, threshold))
+    write_frame(out / PATIENT_TABLE, patient_frame(pred, classes, threshold, rules))
 
 
 def predictions_table(

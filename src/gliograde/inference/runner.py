@@ -31,6 +31,7 @@ from gliograde.inference.models import open_model
 from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
+from gliograde.mask_free import check_mask_free, mask_free_note, refuse_missing_masks
 from gliograde.output_folder import staged_folder
 from gliograde.patient_scores import patient_log_probs
 
@@ -60,6 +61,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     for err in skipped or []:
         log.warning("Skipped %s", err)
+    # from the files listed, before any patient is decoded
+    refuse_missing_masks([f.patient_id for f in patients if f.mask is None], contract, cfg.get("mask_free"))
     out = (
         Path(str(cfg.output_dir))
         if cfg.output_dir
@@ -112,8 +115,12 @@ def _predict_into(
         "recipe": applied.report(),
         "classes": classes,
         "input_contract": contract,
+        "mask_free": cfg.get("mask_free"),
         "patients": rows,
     }
+    note = mask_free_note({r["patient_id"]: r["slice_rule"] for r in rows}, contract)
+    if note:
+        report["mask_free_note"] = note
     if skipped is not None:
         table = skipped_table(skipped)
         report["skipped"] = table.to_dict("records")
@@ -149,6 +156,7 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     check_predict_options(cfg)
+    check_mask_free(cfg.get("mask_free"))
     if cfg.get("on_error", "raise") not in ON_ERROR:
         raise ConfigError(f"on_error={cfg.on_error!r} must be one of {list(ON_ERROR)}")
     return patterns
@@ -157,7 +165,7 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
 def _grade(
     model, files: PatientFiles, contract, cfg, classes, threshold, out: Path, tta: str, temperature: float
 ) -> dict[str, Any]:
-    slices = load_patient(files, contract, bool(cfg.resample))
+    slices = load_patient(files, contract, bool(cfg.resample), cfg.get("mask_free"))
     log_probs = model.log_probabilities(slices.images, int(cfg.batch_size), tta, temperature)
     probs = np.exp(log_probs)
     # the patient's probability as training and evaluate.py compute it: its slices' mean
@@ -282,6 +290,8 @@ def format_predictions(report: dict[str, Any]) -> str:
         lines.append(
             f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]"
         )
+    if report.get("mask_free_note"):
+        lines.append(f"Note: {report['mask_free_note']}")
     if report.get("skipped"):
         lines.append(f"Skipped {len(report['skipped'])} patient(s), listed in skipped.csv")
     return "\n".join(lines)

@@ -6,7 +6,7 @@ the same header checks, ``preprocess_patient`` into float16 (the cache's roundin
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,6 @@ import numpy as np
 
 from gliograde.contract import NO_CROP, grid_mismatch, grid_of
 from gliograde.data.crops import (
-    NO_MASK_RULE,
     context_slices,
     crop,
     crop_centres,
@@ -25,12 +24,21 @@ from gliograde.data.crops import (
 )
 from gliograde.data.errors import DataError
 from gliograde.data.nifti import check_same_grid, read_header
-from gliograde.data.preprocess import preprocess_patient, stored_modalities
-from gliograde.data.slices import NEEDS_MASK, select_slices
+from gliograde.data.preprocess import SliceAreas, preprocess_patient, stored_modalities
+from gliograde.data.slices import select_slices
 from gliograde.data.specs import SliceSpec
 from gliograde.inference.inputs import PatientFiles
+from gliograde.mask_free import needs_mask, slice_rule
 
 CACHE_DTYPE = np.float16
+
+# A patient's tumour where no mask file gives one (e.g. a segmenter's predicted mask), from its
+# id, its preprocessed volume ``[z, modality, y, x]`` (float16, ``stored_modalities`` order) and
+# its areas: per plane, the tumour voxels of each slice and the tumour's box in each slice (as
+# ``SliceAreas.tumour`` / ``tumour_boxes``), or None when it has none to give.
+TumourSource = Callable[
+    [str, np.ndarray, SliceAreas], "tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None"
+]
 
 
 @dataclass
@@ -48,8 +56,18 @@ class PatientSlices:
     order_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
-def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: bool) -> PatientSlices:
-    """Check, (optionally) resample, normalise and slice one patient as the contract says."""
+def load_patient(
+    files: PatientFiles,
+    contract: Mapping[str, Any],
+    resample: bool,
+    mask_free: str | None = None,
+    tumour_source: TumourSource | None = None,
+) -> PatientSlices:
+    """Check, (optionally) resample, normalise and slice one patient as the contract says.
+
+    A patient without a mask file gets its tumour from ``tumour_source`` if given; otherwise,
+    where the contract needs a mask, the slice strategy ``mask_free`` (see ``gliograde.mask_free``).
+    """
     reorient = contract["preprocess"]["reorient"]
     patient = files.patient_id
     missing = [m for m in contract["modalities"] if m not in files.modalities]
@@ -72,17 +90,22 @@ def load_patient(files: PatientFiles, contract: Mapping[str, Any], resample: boo
         )
     if not wrong:
         check_same_grid(headers, patient)
-        return _slices(patient, paths, contract, resampled=False)
+        return _slices(patient, paths, contract, False, mask_free, tumour_source)
     with tempfile.TemporaryDirectory(prefix="gliograde-resample-") as tmp:
         moved = {
             name: _resample(path, Path(tmp) / f"{name}.nii", contract, order=0 if name == "mask" else 1)
             for name, path in paths.items()
         }
-        return _slices(patient, moved, contract, resampled=True)
+        return _slices(patient, moved, contract, True, mask_free, tumour_source)
 
 
 def _slices(
-    patient: str, paths: Mapping[str, Path], contract: Mapping[str, Any], resampled: bool
+    patient: str,
+    paths: Mapping[str, Path],
+    contract: Mapping[str, Any],
+    resampled: bool,
+    mask_free: str | None = None,
+    tumour_source: TumourSource | None = None,
 ) -> PatientSlices:
     reorient = contract["preprocess"]["reorient"]
     stored = stored_modalities(contract["modalities"])
@@ -99,13 +122,18 @@ def _slices(
         reorient=reorient,
         out_is_zero=True,
     )
+    predicted = False
+    if areas.tumour is None and tumour_source is not None:  # the seam for a predicted mask
+        supplied = tumour_source(patient, volume, areas)
+        if supplied is not None:
+            areas = replace(areas, tumour=supplied[0], tumour_boxes=supplied[1])
+            predicted = True
     spec = SliceSpec(**contract["slices"])
-    rule = spec.strategy
-    if spec.strategy in NEEDS_MASK and areas.tumour is None:
-        spec = replace(spec, strategy=contract["mask_free_strategy"])
-        rule = f"{spec.strategy} (no mask; the model's rule is {rule})"
     plane = spec.plane
     tumour = None if areas.tumour is None else areas.tumour[plane]
+    has_tumour = tumour is not None and bool(tumour.any())
+    rule, strategy = slice_rule(spec.strategy, needs_mask(contract), has_tumour, mask_free, predicted)
+    spec = replace(spec, strategy=strategy)
     chosen = select_slices(patient, areas.brain[plane], tumour, spec)
     if chosen.size == 0:
         raise DataError(f"no slice selected by the slice rule {rule}", patient, paths[stored[0]])
@@ -117,12 +145,8 @@ def _slices(
     crop_spec = contract.get("crop") or NO_CROP
     if crop_spec["mode"] != "none":
         tumour_boxes = None if areas.tumour_boxes is None else areas.tumour_boxes[plane]
-        centres, crop_rule = crop_centres(
-            crop_spec["mode"], chosen, tumour_boxes, areas.brain_boxes[plane], channels
-        )
+        centres, _ = crop_centres(crop_spec["mode"], chosen, tumour_boxes, areas.brain_boxes[plane], channels)
         images = crop(images, centres, int(crop_spec["size"]))
-        if crop_rule == NO_MASK_RULE:
-            rule = f"{rule}; crop {crop_rule}"
     return PatientSlices(
         patient, images, chosen, rule, resampled, areas.fingerprints, areas.order_fingerprints
     )
