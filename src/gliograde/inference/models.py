@@ -77,7 +77,7 @@ class TorchModel:
         import torch
         from omegaconf import OmegaConf
 
-        from gliograde.contract import check_model, read_checkpoint_contract
+        from gliograde.contract import check_model, read_checkpoint_contract, refuse_kind
         from gliograde.models.backbones import cam_layer
 
         self.path = path
@@ -91,10 +91,14 @@ class TorchModel:
         self.training_patients = recorded_training_patients(stored)
         run_config = path.parent.parent / "config.yaml"
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
+        source = str(self.run or path)
         if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:
             self.contract = OmegaConf.to_container(run_cfg.input_contract, resolve=True)
+            refuse_kind(self.contract, "classifier", source)
         else:
-            self.contract = read_checkpoint_contract(stored, None if run_cfg is None else run_cfg.data)
+            self.contract = read_checkpoint_contract(
+                stored, None if run_cfg is None else run_cfg.data, source=source
+            )
         try:
             self.model = load_network(stored).to(self.device)
         except ModelSourceError as err:
