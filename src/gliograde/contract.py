@@ -57,10 +57,18 @@ def refuse_kind(contract: Mapping[str, Any], expected: str, source: str) -> None
     if kind == expected:
         return
     if kind == "segmenter":
-        how = f"pass it as segmenter={source} and a classifier as ckpt="
+        how = f"pass it as segmenter={source if _named(source) else 'RUN'} and a classifier as ckpt="
     else:
         how = "pass a classifier run as ckpt= and a segmenter run (task=segment) as segmenter="
     raise ContractError(f"{source} is a {kind} run (task={KINDS.get(kind, kind)}), not a {expected}; {how}")
+
+
+def _named(source: str) -> bool:
+    """Whether ``source`` is a path the user gave, not a description such as ``this checkpoint``."""
+    return source != UNNAMED
+
+
+UNNAMED = "the checkpoint"
 
 
 def _slices_dict(spec: Any) -> dict[str, Any]:
@@ -322,7 +330,7 @@ def read_checkpoint_contract(
     checkpoint: Mapping[str, Any],
     fallback_data_cfg: Mapping[str, Any] | None,
     expected: str = "classifier",
-    source: str = "this checkpoint",
+    source: str = UNNAMED,
 ):
     """The contract stored in a loaded checkpoint dict, else one rebuilt from the run's config
     (a classifier's: segmenters always carry theirs); refused unless its model is ``expected``."""

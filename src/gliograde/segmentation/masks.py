@@ -107,7 +107,7 @@ def open_or_build_masks(prepared: Any) -> MaskStore:
     directory = store_directory(cached.directory)
     if _current(directory, meta):
         return MaskStore(directory, layout)
-    if not os.access(directory.parent, os.W_OK):
+    if not _is_writable(directory.parent):
         why = "stale" if directory.exists() else "missing"
         raise MaskStoreError(
             f"{directory}: the tumour mask store is {why} and {directory.parent} is read-only; "
@@ -116,6 +116,10 @@ def open_or_build_masks(prepared: Any) -> MaskStore:
     log.info("Building the tumour mask store %s (%d patients)", directory, len(patients))
     _build(directory, layout, mask_labels, reorient, patients, meta)
     return MaskStore(directory, layout)
+
+
+def _is_writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK)
 
 
 def _meta(
