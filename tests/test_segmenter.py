@@ -215,7 +215,9 @@ def test_segment_returns_a_bool_mask_on_the_grid_and_skips_slices_without_brain(
     volume[5, 0, 5:10, 5:10] = 1.0  # flair only: no brain for a t1ce model
     mask = _segmenter(["t1ce"], 20.0).segment(volume, stored)
     assert mask.shape == (7, 24, 40) and mask.dtype == bool
-    assert mask[2:5].all() and not mask[[0, 1, 5, 6]].any()
+    assert not mask[[0, 1, 5, 6]].any()
+    # The network sees the brain's box, widened by 16 and grown to a multiple of 16: x 0-31 here.
+    assert mask[2:5, :, :32].all() and not mask[2:5, :, 32:].any()
     assert not _segmenter(["t1ce"], -20.0).segment(volume.astype(np.float32), stored).any()
     with pytest.raises(SegmenterError, match="t2"):
         _segmenter(["t2"], 1.0).segment(volume[:, :3], stored[:3])
