@@ -99,7 +99,7 @@ def test_a_changed_mask_file_or_a_stale_store_is_rebuilt(tiny_cohort, tmp_path):
     store = open_or_build_masks(changed.prepared)
     assert json.loads(meta_path.read_text())["masks"][patient]["size"] == path.stat().st_size
     assert np.array_equal(store.volume(slot), grown.T != 0)
-    leftovers = [p.name for p in store.directory.parent.iterdir() if p.name.startswith(".masks")]
+    leftovers = [p.name for p in store.directory.parent.iterdir() if p.name.startswith(".masks") and p.is_dir()]
     assert leftovers == []
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 
 from gliograde.data.cache_box import BoxLayout
 from gliograde.data.nifti import read_voxels
@@ -113,8 +114,11 @@ def open_or_build_masks(prepared: Any) -> MaskStore:
             f"{directory}: the tumour mask store is {why} and {directory.parent} is read-only; "
             "train once where the cache directory can be written, or point data.cache_dir at a writable place"
         )
-    log.info("Building the tumour mask store %s (%d patients)", directory, len(patients))
-    _build(directory, layout, mask_labels, reorient, patients, meta)
+    # One builder at a time (parallel sweep jobs, DDP ranks): the others wait, then find it current.
+    with FileLock(str(directory.parent / f".{directory.name}.lock")):
+        if not _current(directory, meta):
+            log.info("Building the tumour mask store %s (%d patients)", directory, len(patients))
+            _build(directory, layout, mask_labels, reorient, patients, meta)
     return MaskStore(directory, layout)
 
 
