@@ -69,7 +69,9 @@ def test_the_mask_store_is_built_once_and_aligned_with_the_cache_rows(tiny_cohor
     batch = dataset.batch(list(range(len(dataset))))
     assert batch["mask"].shape == (len(batch["patient_id"]), 1, 40, 40) and batch["mask"].dtype == torch.uint8
     for b, (patient, z) in enumerate(zip(batch["patient_id"], batch["slice_index"].tolist())):
-        assert np.array_equal(batch["mask"][b, 0].numpy().astype(bool), _nifti_tumour(tiny_cohort, patient)[z])
+        assert np.array_equal(
+            batch["mask"][b, 0].numpy().astype(bool), _nifti_tumour(tiny_cohort, patient)[z]
+        )
     # Slices with and without tumour are both trained on.
     tumour_slices = batch["mask"].flatten(1).any(dim=1)
     assert tumour_slices.any() and not tumour_slices.all()
@@ -99,7 +101,9 @@ def test_a_changed_mask_file_or_a_stale_store_is_rebuilt(tiny_cohort, tmp_path):
     store = open_or_build_masks(changed.prepared)
     assert json.loads(meta_path.read_text())["masks"][patient]["size"] == path.stat().st_size
     assert np.array_equal(store.volume(slot), grown.T != 0)
-    leftovers = [p.name for p in store.directory.parent.iterdir() if p.name.startswith(".masks") and p.is_dir()]
+    leftovers = [
+        p.name for p in store.directory.parent.iterdir() if p.name.startswith(".masks") and p.is_dir()
+    ]
     assert leftovers == []
 
 
@@ -117,7 +121,12 @@ def test_a_missing_store_in_a_read_only_cache_dir_is_refused_in_one_line(tiny_co
     finally:
         os.chmod(directory.parent, 0o755)
     message = str(err.value)
-    assert "\n" not in message and str(directory) in message and "read-only" in message and "data.cache_dir" in message
+    assert (
+        "\n" not in message
+        and str(directory) in message
+        and "read-only" in message
+        and "data.cache_dir" in message
+    )
 
 
 def test_a_patient_without_a_mask_is_refused_before_the_cache_is_built(tiny_cohort, tmp_path):
@@ -234,7 +243,10 @@ def test_tumour_measures_are_the_caches_areas_and_boxes():
     assert measures.areas["sagittal"].sum() == 9
     for plane in ("axial", "coronal", "sagittal"):
         assert np.array_equal(measures.boxes[plane], slice_boxes(mask, plane))
-    assert measures.boxes["axial"][1].tolist() == [2, 3, 3, 6] and measures.boxes["axial"][0].tolist() == [-1] * 4
+    assert (
+        measures.boxes["axial"][1].tolist() == [2, 3, 3, 6]
+        and measures.boxes["axial"][0].tolist() == [-1] * 4
+    )
 
 
 def test_tumour_measures_of_a_stored_mask_equal_the_caches(tiny_cohort, tmp_path):
@@ -279,9 +291,18 @@ def test_check_compatible_names_the_difference():
     cases = [
         (_contract(modalities=["flair", "t2"]), "['t2']"),
         (_contract(grid={"shape": [48, 40, 20], "spacing": [1.0, 1.0, 1.0], "orientation": "LPS"}), "shape"),
-        (_contract(grid={"shape": [40, 40, 20], "spacing": [1.0, 1.0, 2.0], "orientation": "LPS"}), "spacing"),
-        (_contract(grid={"shape": [40, 40, 20], "spacing": [1.0, 1.0, 1.0], "orientation": "RAS"}), "orientation"),
-        (_contract(preprocess={**_contract()["preprocess"], "clip_percentiles": [0.5, 99.5]}), "clip_percentiles"),
+        (
+            _contract(grid={"shape": [40, 40, 20], "spacing": [1.0, 1.0, 2.0], "orientation": "LPS"}),
+            "spacing",
+        ),
+        (
+            _contract(grid={"shape": [40, 40, 20], "spacing": [1.0, 1.0, 1.0], "orientation": "RAS"}),
+            "orientation",
+        ),
+        (
+            _contract(preprocess={**_contract()["preprocess"], "clip_percentiles": [0.5, 99.5]}),
+            "clip_percentiles",
+        ),
         (_contract(preprocess={**_contract()["preprocess"], "reorient": "RAS"}), "reorient"),
     ]
     for segmenter, difference in cases:
@@ -304,13 +325,20 @@ def test_open_segmenter_refuses_missing_classifier_and_damaged_checkpoints(tmp_p
     contract = _contract()
     good = tmp_path / "good.ckpt"
     torch.save(
-        {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams), "input_contract": contract}, good
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "input_contract": contract,
+        },
+        good,
     )
     opened = open_segmenter(good, device="cpu")
     assert opened.contract == contract and opened.test_dice is None and opened.threshold == 0.5
 
     classifier = tmp_path / "classifier.ckpt"
-    torch.save({"state_dict": {}, "hyper_parameters": {}, "input_contract": _contract("classifier")}, classifier)
+    torch.save(
+        {"state_dict": {}, "hyper_parameters": {}, "input_contract": _contract("classifier")}, classifier
+    )
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     for source, expected in [

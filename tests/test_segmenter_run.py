@@ -29,8 +29,12 @@ def seg_run(tmp_path_factory):
     """A segmenter trained for 5 epochs on 12 patients of 40x40x20 (about 40 s on 2 cores)."""
     base = tmp_path_factory.mktemp("seg_run")
     paths = {"cohort": base / "cohort", "cache": base / "cache", "run": base / "run"}
-    generate_cohort(paths["cohort"], patients=12, seed=7, shape=(40, 40, 20), lgg_fraction=0.5, compress=False)
-    result = run_python(*tiny_train_args(paths, *SEGMENT, "trainer.max_epochs=5", f"hydra.run.dir={paths['run']}"))
+    generate_cohort(
+        paths["cohort"], patients=12, seed=7, shape=(40, 40, 20), lgg_fraction=0.5, compress=False
+    )
+    result = run_python(
+        *tiny_train_args(paths, *SEGMENT, "trainer.max_epochs=5", f"hydra.run.dir={paths['run']}")
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     paths["stdout"] = result.stdout
     return paths
@@ -77,7 +81,11 @@ def test_the_trained_segmenter_finds_the_tumours_of_its_test_patients(seg_run):
     datamodule.prepare_data()
     datamodule.setup()
     cached = datamodule.cached
-    tests = [line.split(",")[0] for line in (seg_run["run"] / "splits.csv").read_text().splitlines() if ",test" in line]
+    tests = [
+        line.split(",")[0]
+        for line in (seg_run["run"] / "splits.csv").read_text().splitlines()
+        if ",test" in line
+    ]
     scores = []
     for patient in tests:
         position = cached.position(patient)
@@ -91,12 +99,20 @@ def test_the_trained_segmenter_finds_the_tumours_of_its_test_patients(seg_run):
 
 
 @pytest.mark.parametrize(
-    "command", [("evaluate.py", "run_dir={run}"), ("predict.py", "ckpt={run}", "input={cohort}"), ("-m", "gliograde.export", "{run}")]
+    "command",
+    [
+        ("evaluate.py", "run_dir={run}"),
+        ("predict.py", "ckpt={run}", "input={cohort}"),
+        ("-m", "gliograde.export", "{run}"),
+    ],
 )
 def test_classifier_commands_refuse_a_segmenter_run_in_one_line(seg_run, command):
     argv = [part.format(run=seg_run["run"], cohort=seg_run["cohort"]) for part in command]
     line = _one_line_exit_2(run_python(*argv))
-    assert f"{seg_run['run']} is a segmenter run (task=segment)" in line and f"segmenter={seg_run['run']}" in line
+    assert (
+        f"{seg_run['run']} is a segmenter run (task=segment)" in line
+        and f"segmenter={seg_run['run']}" in line
+    )
 
 
 def test_task_segment_on_a_cohort_without_masks_is_refused_before_the_cache(seg_run, tmp_path):
@@ -105,9 +121,13 @@ def test_task_segment_on_a_cohort_without_masks_is_refused_before_the_cache(seg_
     for mask in cohort.glob("*/*_seg.nii"):
         mask.unlink()
     paths = {"cohort": cohort, "cache": tmp_path / "cache"}
-    line = _one_line_exit_2(run_python(*tiny_train_args(paths, *SEGMENT, f"hydra.run.dir={tmp_path / 'run'}")))
+    line = _one_line_exit_2(
+        run_python(*tiny_train_args(paths, *SEGMENT, f"hydra.run.dir={tmp_path / 'run'}"))
+    )
     assert "BraTS20_Training_001" in line and "BraTS20_Training_001_seg" in line and "no tumour mask" in line
-    assert not (tmp_path / "cache").exists() or not any(p.name != ".lock" for p in (tmp_path / "cache").iterdir())
+    assert not (tmp_path / "cache").exists() or not any(
+        p.name != ".lock" for p in (tmp_path / "cache").iterdir()
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -124,8 +144,12 @@ def test_segmenting_one_full_size_patient_on_the_cpu_is_quick():
     """The default network (model=unet) on one 240x240x155 patient: the figure the README quotes."""
     torch.set_num_threads(2)
     network = PaddedUNet(4, (8, 16, 32, 64, 128, 8)).eval()
-    segmenter = Segmenter(path=None, contract={"kind": "segmenter", "modalities": ["flair", "t1ce", "t1", "t2"]},
-                          test_dice=None, network=network)
+    segmenter = Segmenter(
+        path=None,
+        contract={"kind": "segmenter", "modalities": ["flair", "t1ce", "t1", "t2"]},
+        test_dice=None,
+        network=network,
+    )
     rng = np.random.default_rng(0)
     volume = np.zeros((155, 4, 240, 240), dtype=np.float16)
     volume[13:143, :, 30:210, 45:195] = rng.standard_normal((130, 4, 180, 150)).astype(np.float16)

@@ -285,9 +285,13 @@ def _check_task(cfg: DictConfig) -> None:
     target = OmegaConf.select(cfg, "model._target_", default=None)
     model = OmegaConf.select(cfg, "model.backbone", default=None) or "unet"
     if task == "segment" and target != SEGMENTER_TARGET:
-        raise ConfigError(f"model={model} is a classifier, but task=segment trains a segmenter: use model=unet")
+        raise ConfigError(
+            f"model={model} is a classifier, but task=segment trains a segmenter: use model=unet"
+        )
     if task != "segment" and target == SEGMENTER_TARGET:
-        raise ConfigError(f"model={model} is a segmenter, but task={task} trains a classifier: add task=segment")
+        raise ConfigError(
+            f"model={model} is a segmenter, but task={task} trains a classifier: add task=segment"
+        )
     if task == "segment":
         for key, wanted in (("data.crop.mode", "none"), ("data.slices.plane", "axial")):
             value = OmegaConf.select(cfg, key, default=wanted)

@@ -11,8 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from gliograde.data.cohort import discover_cohort
-from gliograde.data.dataset import SliceDataset, cast
 from gliograde.data.datamodule import GliomaDataModule
+from gliograde.data.dataset import SliceDataset, cast
 from gliograde.data.prepared import PatientSlices
 from gliograde.data.synthetic import ensure_cohort
 from gliograde.errors import ConfigError
@@ -87,7 +87,9 @@ class SegmentationDataModule(GliomaDataModule):
         opts = self.options
         if opts.synthetic is not None:
             ensure_cohort(opts.root, dataclasses.asdict(opts.synthetic), progress=opts.progress)
-        cohort = discover_cohort(opts.root, opts.layout, opts.label_spec, opts.require_labels, opts.modalities)
+        cohort = discover_cohort(
+            opts.root, opts.layout, opts.label_spec, opts.require_labels, opts.modalities
+        )
         for record in cohort.patients:
             if record.mask is None:
                 expected = record.folder / opts.layout.mask_file.format(id=record.patient_id)

@@ -114,7 +114,9 @@ def open_segmenter(source: str | Path, device: Any = None) -> Segmenter:
     try:
         stored = torch.load(path, map_location="cpu", weights_only=False)
     except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
-        raise SegmenterError(f"{path}: unreadable checkpoint ({type(exc).__name__}): truncated or damaged") from None
+        raise SegmenterError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}): truncated or damaged"
+        ) from None
     if not isinstance(stored, dict) or "state_dict" not in stored or "hyper_parameters" not in stored:
         raise SegmenterError(f"{path}: not a gliograde training checkpoint (no hyper_parameters/state_dict)")
     contract = stored.get("input_contract") or {}
@@ -132,7 +134,11 @@ def open_segmenter(source: str | Path, device: Any = None) -> Segmenter:
         network.load_state_dict(weights)
     except RuntimeError:
         raise SegmenterError(f"{path}: its weights do not fit its network (damaged checkpoint)") from None
-    target = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    target = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     network = network.to(target).eval()
     return Segmenter(path, dict(contract), _test_dice(run), network=network, device=target)
 
@@ -164,7 +170,9 @@ def check_compatible(segmenter: Mapping, classifier: Mapping, source: str) -> No
     ours, theirs = segmenter.get("grid"), classifier.get("grid")
     if (ours is None) != (theirs is None):
         unknown = "segmenter's" if ours is None else "classifier's"
-        raise SegmenterError(f"{source}: the {unknown} input grid is not recorded, so the two grids cannot be compared")
+        raise SegmenterError(
+            f"{source}: the {unknown} input grid is not recorded, so the two grids cannot be compared"
+        )
     if ours is not None:
         why = grid_mismatch(classifier, ours)
         if why:

@@ -127,12 +127,21 @@ def _is_writable(directory: Path) -> bool:
 
 
 def _meta(
-    key: str, layout: BoxLayout, mask_labels: list[int], reorient: str | None, patients: list[tuple[str, int, Path]]
+    key: str,
+    layout: BoxLayout,
+    mask_labels: list[int],
+    reorient: str | None,
+    patients: list[tuple[str, int, Path]],
 ) -> dict[str, Any]:
     files = {}
     for patient, slot, path in patients:
         stat = path.stat()
-        files[patient] = {"slot": slot, "path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        files[patient] = {
+            "slot": slot,
+            "path": str(path.resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
     return {
         "format": STORE_FORMAT,
         "cache_key": key,
@@ -171,7 +180,9 @@ def _build(
     staging.mkdir()
     try:
         (by, bx) = layout.block
-        rows = np.lib.format.open_memmap(staging / MASKS_FILE, mode="w+", dtype=np.uint8, shape=(layout.rows, by, bx))
+        rows = np.lib.format.open_memmap(
+            staging / MASKS_FILE, mode="w+", dtype=np.uint8, shape=(layout.rows, by, bx)
+        )
         first = layout.first_row
         for patient, slot, path in patients:
             seg = read_voxels(path, patient, reorient).T  # (z, y, x), as preprocessing reads it
@@ -179,7 +190,9 @@ def _build(
             stored = layout.crop(slot, tumour[:, None])[:, 0]
             lost = int(tumour.sum()) - int(stored.sum())
             if lost:
-                log.warning("%s: %d tumour voxels lie outside the cached brain box and are left out", patient, lost)
+                log.warning(
+                    "%s: %d tumour voxels lie outside the cached brain box and are left out", patient, lost
+                )
             rows[first[slot] : first[slot] + layout.depth[slot]] = stored
         rows.flush()
         del rows

@@ -72,7 +72,7 @@ class TumourSegmenter(pl.LightningModule):
 
     def stage_predictions(self, stage: str) -> None:
         """No class predictions: a segmenter has no confusion matrix of grades."""
-        return None
+        return
 
     # ----------------------------------------------------------------- steps
     def _shared_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
