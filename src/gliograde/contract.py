@@ -64,7 +64,7 @@ def refuse_kind(contract: Mapping[str, Any], expected: str, source: str) -> None
 
 
 def _named(source: str) -> bool:
-    """Whether ``source`` is a path the user gave, not a description such as ``this checkpoint``."""
+    """Whether ``source`` is a path the user gave, not the stand-in ``UNNAMED``."""
     return source != UNNAMED
 
 
