@@ -21,7 +21,7 @@ from gliograde.schema import DataSchema, validate_config, validate_data_config
 GROUPS = ("data", "model", "trainer")
 GROUP_OPTIONS = [
     (group, p.stem)
-    for group in ("data", "model", "trainer", "callbacks", "logger", "experiment", "debug", "hparams_search")
+    for group in ("task", "data", "model", "trainer", "callbacks", "logger", "experiment", "debug", "hparams_search")
     for p in sorted((CONF_DIR / group).glob("*.yaml"))
 ]
 
@@ -144,6 +144,8 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path, gpu_
     overrides = [f"{group}={option}"]
     if group == "data" and option != "synthetic":
         overrides.append(f"data.root={tmp_path}")
+    if (group, option) == ("model", "unet"):
+        overrides.append("task=segment")  # the segmenter trains only as task=segment
     multirun = ["-m"] if group == "hparams_search" else []
     check_command_line("train", [*multirun, *overrides])
 
@@ -158,6 +160,7 @@ def test_every_group_option_composes_and_validates(group, option, tmp_path, gpu_
         ("train", ["--cfg", "job", "experiment=strong", "data=brats2020", "data.root=/data/brats2020"]),
         ("train", ["trainer.gpus=1", "ckpt_path=RUN/checkpoints/last.ckpt", 'data.root="/tmp/Résumé"']),
         ("train", ["--help"]),
+        ("train", ["-m", "task=segment", "model.optimizer.lr=0.001,0.003", "trainer.max_epochs=3"]),
         ("evaluate", ["run_dir=R", "threshold=youden", "data.root=OTHER", "split=all"]),
         ("prepare", ["data=brats2021", "data.root=/tmp/cohort"]),
     ],
@@ -171,6 +174,7 @@ def test_documented_command_lines_pass(name, argv, gpu_machine):
     [
         (["data.nonexistent=1"], "data.nonexistent=1: unknown key; data has _target_, augment,"),
         (["model=resnet999"], "model=resnet999: no such model config; choose one of convnext_tiny,"),
+        (["task=foo"], "task=foo: no such task config; choose one of classify, segment"),
         (["data.root=/tmp/Résumé"], "quote the value for Hydra, e.g. 'data.root=\"/tmp/Résumé\"'"),
         (["model=resnet18,resnet34"], "--multirun"),
         (["-m", "model=resnet18,resnet999"], "model=resnet999: no such model config"),

@@ -25,7 +25,7 @@ from gliograde.training import NoGPUError, format_results, log_interval, trainer
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-    for group in ("data", "model", "trainer", "callbacks", "logger", "experiment", "debug", "hparams_search")
+    for group in ("task", "data", "model", "trainer", "callbacks", "logger", "experiment", "debug", "hparams_search")
 }
 
 
@@ -75,11 +75,14 @@ def test_every_config_composes_and_instantiates(group, option, tmp_path):
         overrides.append(f"logger.mlflow.store={tmp_path / 'mlflow'}")  # not the checkout's logs/
     if (group, option) == ("trainer", "ddp") and not torch.cuda.is_available():
         overrides.append("trainer.accelerator=cpu")  # refused on a machine without GPUs otherwise
+    if (group, option) == ("model", "unet"):
+        overrides.append("task=segment")  # the segmenter trains only as task=segment
     cfg = compose_config("train", overrides)
     OmegaConf.resolve(cfg)
     datamodule = build(cfg.data)
     assert isinstance(datamodule, GliomaDataModule)
-    model = build(cfg.model, in_channels=datamodule.num_channels, num_classes=2)
+    classes = {} if cfg.task == "segment" else {"num_classes": 2}
+    model = build(cfg.model, in_channels=datamodule.num_channels, **classes)
     assert isinstance(model, pl.LightningModule)
     for node in (cfg.get("callbacks") or {}).values():
         if node is not None:

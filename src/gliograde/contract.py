@@ -11,7 +11,10 @@ A contract is a plain dict (it travels in checkpoints, config.yaml and model car
   voxel spacing and orientation the model saw (``None`` for runs recorded from config only);
 - ``preprocess``: normalisation, clipping, reorientation, mask labels and the cache dtype;
 - ``naming``: the training cohort's file templates (defaults for finding a patient's files);
-- ``version``: the gliograde version that trained the model.
+- ``version``: the gliograde version that trained the model;
+- ``kind``: ``classifier`` (grades; a contract without ``kind`` is one) or ``segmenter``
+  (whole-tumour masks, ``task=segment``), whose ``target`` names what it segments (``name``,
+  and the mask ``labels`` it covers) and whose ``classes`` are ``background`` and ``tumour``.
 """
 
 from __future__ import annotations
@@ -35,8 +38,37 @@ _SPACING_TOLERANCE = 1e-3
 NO_CROP = {"mode": "none", "size": 128}  # what contracts recorded before crops existed
 
 
+KINDS = {"classifier": "classify", "segmenter": "segment"}  # contract kind -> training task
+SEGMENTER_CLASSES = ["background", "tumour"]
+
+
 class ContractError(ConfigError):
     """A setting contradicts what the model was trained on."""
+
+
+def kind_of(contract: Mapping[str, Any]) -> str:
+    """``classifier`` or ``segmenter``; contracts recorded before segmenters are classifiers."""
+    return str(contract.get("kind") or "classifier")
+
+
+def refuse_kind(contract: Mapping[str, Any], expected: str, source: str) -> None:
+    """Raise ContractError (one line naming ``source``) unless the contract's model is ``expected``."""
+    kind = kind_of(contract)
+    if kind == expected:
+        return
+    if kind == "segmenter":
+        how = f"pass it as segmenter={source if _named(source) else 'RUN'} and a classifier as ckpt="
+    else:
+        how = "pass a classifier run as ckpt= and a segmenter run (task=segment) as segmenter="
+    raise ContractError(f"{source} is a {kind} run (task={KINDS.get(kind, kind)}), not a {expected}; {how}")
+
+
+def _named(source: str) -> bool:
+    """Whether ``source`` is a path the user gave, not the stand-in ``UNNAMED``."""
+    return source != UNNAMED
+
+
+UNNAMED = "the checkpoint"
 
 
 def _slices_dict(spec: Any) -> dict[str, Any]:
@@ -87,8 +119,9 @@ def image_size(volume_shape: list[int] | tuple[int, ...], plane: str) -> list[in
     return {"axial": [y, x], "coronal": [z, x], "sagittal": [z, y]}[plane]
 
 
-def from_datamodule(datamodule: Any) -> dict[str, Any]:
-    """The contract of a set-up ``GliomaDataModule`` (its cohort's grid read from one header)."""
+def from_datamodule(datamodule: Any, kind: str = "classifier") -> dict[str, Any]:
+    """The contract of a set-up ``GliomaDataModule`` (its cohort's grid read from one header)
+    for a model of ``kind`` (``classifier`` or ``segmenter``)."""
     from gliograde.data.nifti import read_header
 
     reorient = datamodule.preprocess_spec.reorient
@@ -111,6 +144,7 @@ def from_datamodule(datamodule: Any) -> dict[str, Any]:
             "mask_file": datamodule.layout.mask_file,
         },
         grid=grid,
+        kind=kind,
     )
 
 
@@ -138,7 +172,17 @@ def from_config(data_cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _assemble(
-    modalities, classes, slices, crop, context, preprocess, mask_labels, naming, grid, version=__version__
+    modalities,
+    classes,
+    slices,
+    crop,
+    context,
+    preprocess,
+    mask_labels,
+    naming,
+    grid,
+    version=__version__,
+    kind="classifier",
 ):
     slices = _slices_dict(slices)
     crop = {"mode": str(crop.mode), "size": int(crop.size)}
@@ -164,7 +208,14 @@ def _assemble(
         },
         "naming": _plain(naming),
         "version": version,
+        "kind": kind,
+        **(_segmenter_target(mask_labels) if kind == "segmenter" else {}),
     }
+
+
+def _segmenter_target(mask_labels: Any) -> dict[str, Any]:
+    labels = sorted(int(v) for v in _plain(mask_labels) if int(v) != 0)
+    return {"classes": list(SEGMENTER_CLASSES), "target": {"name": "whole tumour", "labels": labels}}
 
 
 def check_model(contract: Mapping[str, Any], in_channels: int, class_names: list[str]) -> None:
@@ -275,10 +326,17 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def read_checkpoint_contract(checkpoint: Mapping[str, Any], fallback_data_cfg: Mapping[str, Any] | None):
-    """The contract stored in a loaded checkpoint dict, else one rebuilt from the run's config."""
+def read_checkpoint_contract(
+    checkpoint: Mapping[str, Any],
+    fallback_data_cfg: Mapping[str, Any] | None,
+    expected: str = "classifier",
+    source: str = UNNAMED,
+):
+    """The contract stored in a loaded checkpoint dict, else one rebuilt from the run's config
+    (a classifier's: segmenters always carry theirs); refused unless its model is ``expected``."""
     contract = checkpoint.get("input_contract")
     if contract is not None:
+        refuse_kind(contract, expected, source)
         return dict(contract)
     if fallback_data_cfg is None:
         raise ContractError(

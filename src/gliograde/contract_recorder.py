@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.contract import from_datamodule
+from gliograde.contract import KINDS, from_datamodule
 
 
 def config_with_contract(cfg: DictConfig, datamodule: Any) -> str:
@@ -16,5 +16,7 @@ def config_with_contract(cfg: DictConfig, datamodule: Any) -> str:
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain.pop("input_contract", None)
-    block = OmegaConf.to_yaml(OmegaConf.create({"input_contract": from_datamodule(datamodule)}))
+    task = str(plain.get("task") or "classify")
+    kind = next(k for k, t in KINDS.items() if t == task)
+    block = OmegaConf.to_yaml(OmegaConf.create({"input_contract": from_datamodule(datamodule, kind)}))
     return OmegaConf.to_yaml(OmegaConf.create(plain)) + block

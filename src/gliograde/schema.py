@@ -147,6 +147,30 @@ class ModelSchema:
     channels_last: bool
 
 
+@dataclass(frozen=True)
+class SegmenterLossSchema:
+    """``model.loss`` of the segmenter: the weights of MONAI's DiceCELoss."""
+
+    lambda_dice: Annotated[float, Range(0)]
+    lambda_ce: Annotated[float, Range(0)]
+
+
+@dataclass(frozen=True)
+class SegmenterModelSchema:
+    """Every key of ``model=unet``, the segmenter of ``task=segment``."""
+
+    _target_: str
+    features: tuple[AtLeast1, AtLeast1, AtLeast1, AtLeast1, AtLeast1, AtLeast1]
+    dropout: Annotated[float, Range(0, 1, open_high=True)]
+    optimizer: OptimizerSchema
+    scheduler: SchedulerSchema
+    loss: SegmenterLossSchema
+
+
+SEGMENTER_TARGET = "gliograde.segmentation.module.TumourSegmenter"
+TASKS = ("classify", "segment")
+
+
 # -------------------------------------------------------------------------- trainer
 _SET_BY_CODE = {"self", "logger", "callbacks", "plugins", "return"}
 
@@ -172,6 +196,7 @@ class TrainSchema:
     """Top-level keys of ``train.yaml`` besides the groups."""
 
     task_name: str
+    task: Literal[TASKS]  # type: ignore[valid-type]
     seed: int
     monitor: str
     monitor_mode: Literal["min", "max"]
@@ -248,10 +273,33 @@ def validate_config(cfg: DictConfig, config_name: str, deep: bool = True) -> Non
     else:
         validate_data_config(cfg.data, deep)
     if config_name == "train":
+        _check_task(cfg)
         validate_model_config(cfg.model)
         _check_test_split(cfg)
         if deep:
             validate_trainer_config(cfg.trainer)
+
+
+def _check_task(cfg: DictConfig) -> None:
+    """The model must be the task's kind, and a segmenter reads whole axial slices."""
+    task = cfg.get("task", "classify")
+    target = OmegaConf.select(cfg, "model._target_", default=None)
+    model = OmegaConf.select(cfg, "model.backbone", default=None) or "unet"
+    if task == "segment" and target != SEGMENTER_TARGET:
+        raise ConfigError(
+            f"model={model} is a classifier, but task=segment trains a segmenter: use model=unet"
+        )
+    if task != "segment" and target == SEGMENTER_TARGET:
+        raise ConfigError(
+            f"model={model} is a segmenter, but task={task} trains a classifier: add task=segment"
+        )
+    if task == "segment":
+        for key, wanted in (("data.crop.mode", "none"), ("data.slices.plane", "axial")):
+            value = OmegaConf.select(cfg, key, default=wanted)
+            if value != wanted:
+                raise ConfigError(
+                    f"{key}={value} is not available with task=segment (whole axial slices): set {key}={wanted}"
+                )
 
 
 def _check_test_split(cfg: DictConfig) -> None:
@@ -278,8 +326,10 @@ def validate_data_config(node: DictConfig, deep: bool = True) -> None:
 
 
 def validate_model_config(node: DictConfig) -> None:
-    """Check a ``model`` node."""
-    check(_container(node, "model"), ModelSchema, "model")
+    """Check a ``model`` node (a classifier's, or the segmenter's)."""
+    values = _container(node, "model")
+    schema = SegmenterModelSchema if values.get("_target_") == SEGMENTER_TARGET else ModelSchema
+    check(values, schema, "model")
 
 
 def validate_trainer_config(node: DictConfig) -> None:

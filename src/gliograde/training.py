@@ -112,7 +112,15 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         raise RunDirectoryError(f"{out}: run directory is not writable ({exc.strerror or exc})") from None
     pl.seed_everything(cfg.seed, workers=True, verbose=lead)
 
-    datamodule = build(cfg.data)
+    segment = cfg.get("task", "classify") == "segment"
+    if segment:  # the same data config, served with each slice's tumour mask
+        from gliograde.segmentation.datamodule import SegmentationDataModule
+
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        data.pop("_target_", None)
+        datamodule = SegmentationDataModule(**data)
+    else:
+        datamodule = build(cfg.data)
     if ckpt_path:  # the run's own patients and split, or a refusal if the cohort changed
         if not (out / "splits.csv").is_file():
             raise RunDirectoryError(
@@ -123,18 +131,21 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     datamodule.prepare_data()
     datamodule.setup("fit")
 
-    class_weights = None
-    if cfg.model.get("loss", {}).get("class_weighted"):
-        class_weights = datamodule.class_weights.tolist()
-    model = build(
-        cfg.model,
-        in_channels=datamodule.num_channels,
-        num_classes=len(datamodule.classes),
-        class_names=list(datamodule.classes),
-        class_weights=class_weights,
-        monitor=cfg.monitor,
-    )
-    model.input_contract = from_datamodule(datamodule)
+    if segment:
+        model = build(cfg.model, in_channels=datamodule.num_channels, monitor=cfg.monitor)
+    else:
+        class_weights = None
+        if cfg.model.get("loss", {}).get("class_weighted"):
+            class_weights = datamodule.class_weights.tolist()
+        model = build(
+            cfg.model,
+            in_channels=datamodule.num_channels,
+            num_classes=len(datamodule.classes),
+            class_names=list(datamodule.classes),
+            class_weights=class_weights,
+            monitor=cfg.monitor,
+        )
+    model.input_contract = from_datamodule(datamodule, "segmenter" if segment else "classifier")
     model.training_patients = training_records(datamodule.splits_table())
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
@@ -174,7 +185,10 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_global_zero:
         for stage, outputs in model.patient_outputs.items():
-            _write_patient_predictions(out / f"predictions_{stage}.csv", outputs, datamodule)
+            if segment:
+                _write_patient_dice(out / f"dice_{stage}.csv", outputs, datamodule)
+            else:
+                _write_patient_predictions(out / f"predictions_{stage}.csv", outputs, datamodule)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _log_hparams(trainer, cfg, metrics)
         print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run))
@@ -201,6 +215,21 @@ def _write_patient_predictions(path: Path, outputs: dict[str, torch.Tensor], dat
     write_frame(path, frame)
 
 
+def _write_patient_dice(path: Path, outputs: dict[str, torch.Tensor], datamodule) -> None:
+    """patient_id, 3D Dice and its voxel counts (TP, FP, FN) of one stage's patients."""
+    counts = outputs["counts"].numpy()
+    frame = pd.DataFrame(
+        {
+            "patient_id": [datamodule.cached.patient_ids[p] for p in outputs["patient"].tolist()],
+            "dice": outputs["dice"].double().numpy(),
+            "true_positive": counts[:, 0],
+            "false_positive": counts[:, 1],
+            "false_negative": counts[:, 2],
+        }
+    )
+    write_frame(path, frame)
+
+
 def _numbers(values: dict[str, Any]) -> dict[str, float]:
     """Finite scalar metrics as floats (JSON has no NaN; an undefined metric is left out)."""
     flat = {}
@@ -216,7 +245,7 @@ def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) 
     """Hyperparameters with the final metrics (the best checkpoint's validation and test) in
     every logger, so TensorBoard's HPARAMS tab and MLflow compare runs side by side."""
     params = {
-        "model": cfg.model.backbone,
+        "model": cfg.model.get("backbone") or "unet",
         "modalities": ",".join(cfg.data.modalities),
         "slices": cfg.data.slices.strategy,
         "plane": cfg.data.slices.plane,

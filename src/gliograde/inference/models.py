@@ -24,9 +24,15 @@ class ModelSourceError(GliogradeError, ValueError):
     """The checkpoint, run directory or export folder cannot be used."""
 
 
-def find_checkpoint(run: Path, which: str = "best") -> Path:
+def find_checkpoint(run: Path, which: str = "best", kind: str = "classifier") -> Path:
     """``best``: the run's one monitored checkpoint (``epoch_*.ckpt``, kept with save_top_k=1),
-    looked up in the run directory itself so that a copied run uses its own files."""
+    looked up in the run directory itself so that a copied run uses its own files. A run whose
+    config.yaml trained another ``kind`` of model (``task=segment``: a segmenter) is refused."""
+    from gliograde.contract import refuse_kind
+
+    found = _run_kind(run)
+    if found is not None:
+        refuse_kind({"kind": found}, kind, str(run))
     folder = run / "checkpoints"
     if which == "last":
         path = folder / "last.ckpt"
@@ -43,6 +49,20 @@ def find_checkpoint(run: Path, which: str = "best") -> Path:
     if not path.is_file():
         raise ModelSourceError(f"{path}: checkpoint not found (ckpt=best|last|PATH)")
     return path
+
+
+def _run_kind(run: Path) -> str | None:
+    """``segmenter`` for a run trained with ``task=segment``, ``classifier`` for any other run,
+    None without a readable config.yaml."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # no readable config: the checkpoint's contract decides
+    if not isinstance(config, dict):
+        return None
+    return "segmenter" if config.get("task") == "segment" else "classifier"
 
 
 def load_network(stored: dict[str, Any]):
@@ -77,7 +97,7 @@ class TorchModel:
         import torch
         from omegaconf import OmegaConf
 
-        from gliograde.contract import check_model, read_checkpoint_contract
+        from gliograde.contract import check_model, read_checkpoint_contract, refuse_kind
         from gliograde.models.backbones import cam_layer
 
         self.path = path
@@ -91,10 +111,14 @@ class TorchModel:
         self.training_patients = recorded_training_patients(stored)
         run_config = path.parent.parent / "config.yaml"
         run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
+        source = str(self.run or path)
         if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:
             self.contract = OmegaConf.to_container(run_cfg.input_contract, resolve=True)
+            refuse_kind(self.contract, "classifier", source)
         else:
-            self.contract = read_checkpoint_contract(stored, None if run_cfg is None else run_cfg.data)
+            self.contract = read_checkpoint_contract(
+                stored, None if run_cfg is None else run_cfg.data, source=source
+            )
         try:
             self.model = load_network(stored).to(self.device)
         except ModelSourceError as err:

@@ -1,0 +1,188 @@
+"""A trained segmenter, opened for use: whole-tumour masks of whole patients, without Lightning."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gliograde.contract import ContractError, grid_mismatch, kind_of
+from gliograde.data.crops import context_slices, stack_context
+from gliograde.errors import GliogradeError
+from gliograde.segmentation.network import DIVISOR, PaddedUNet
+
+BATCH_SLICES = 16  # axial slices per forward pass
+WINDOW_MARGIN = 16  # voxels of background kept around the brain's box: the UNet's context at its edge
+
+
+class SegmenterError(GliogradeError):
+    """The segmenter cannot be opened or used as asked."""
+
+
+@dataclass
+class Segmenter:
+    """A segmenter checkpoint's network in eval mode, with its contract and its run's test Dice."""
+
+    path: Path
+    contract: dict
+    test_dice: float | None
+    threshold: float = 0.5
+    network: torch.nn.Module | None = field(default=None, repr=False)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"), repr=False)
+
+    def segment(self, volume: np.ndarray, stored: Sequence[str]) -> np.ndarray:
+        """volume: one patient [z, C, y, x] on the full grid as the cache holds it (float16 or
+        float32, z-scored; channels = `stored`, in MODALITIES order); returns a bool whole-tumour
+        mask [z, y, x] on the same grid. Axial slices in batches; slices without brain are skipped
+        (all False)."""
+        if self.network is None:
+            raise SegmenterError(f"{self.path}: no network loaded; open it with open_segmenter")
+        volume = np.asarray(volume)
+        if volume.ndim != 4 or volume.shape[1] != len(stored):
+            raise SegmenterError(
+                f"a volume to segment is [z, C, y, x] with one channel per stored modality {list(stored)}; "
+                f"got shape {list(volume.shape)}"
+            )
+        modalities = list(self.contract["modalities"])
+        missing = [m for m in modalities if m not in stored]
+        if missing:
+            raise SegmenterError(
+                f"{self.path}: the segmenter needs modalities {modalities}; {missing} not among {list(stored)}"
+            )
+        inputs = volume[:, [list(stored).index(m) for m in modalities]]  # [z, M, y, x]
+        depth = inputs.shape[0]
+        # Brain, as everywhere: voxels nonzero in any of the model's own modalities.
+        brain = np.flatnonzero(inputs.reshape(depth, -1).any(axis=1))
+        context = int(self.contract.get("context", 0))
+        mask = np.zeros((depth, *inputs.shape[2:]), dtype=bool)
+        if len(brain) == 0:
+            return mask
+        rows_y, cols_x = _brain_window(inputs[brain].any(axis=(0, 1)))
+        inputs = inputs[:, :, rows_y, cols_x]
+        with torch.inference_mode():
+            for start in range(0, len(brain), BATCH_SLICES):
+                picked = brain[start : start + BATCH_SLICES]
+                rows = context_slices(picked, context, depth).ravel() if context else picked
+                images = stack_context(inputs[rows], context)
+                batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
+                probs = self.network(batch).float().sigmoid()[:, 0]
+                mask[picked, rows_y, cols_x] = (probs > self.threshold).cpu().numpy()
+        return mask
+
+
+def _brain_window(brain: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of the [y, x] plane the network sees: the brain's box widened by
+    ``WINDOW_MARGIN`` and grown to a multiple of 16 (no padding inside the UNet), clipped to the
+    grid. Beyond it is background, so the network's time goes to the brain (about half of a
+    240x240 BraTS slice)."""
+    window = []
+    for axis, size in enumerate(brain.shape):
+        inside = np.flatnonzero(brain.any(axis=1 - axis))
+        low = max(int(inside[0]) - WINDOW_MARGIN, 0)
+        high = min(int(inside[-1]) + 1 + WINDOW_MARGIN, size)
+        length = min(-(-(high - low) // DIVISOR) * DIVISOR, size)
+        low = max(min(low, size - length), 0)
+        window.append(slice(low, low + length))
+    return window[0], window[1]
+
+
+def open_segmenter(source: str | Path, device: Any = None) -> Segmenter:
+    """A segmenter run directory (its best checkpoint, as find_checkpoint does for classifiers),
+    or a .ckpt file. One-line SegmenterError for: missing path, a classifier run/checkpoint
+    ("... is a classifier (task=classify) ..."), a damaged/truncated checkpoint."""
+    from gliograde.inference.models import ModelSourceError, find_checkpoint
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        try:
+            path = find_checkpoint(path, kind="segmenter")
+        except ModelSourceError as err:
+            raise SegmenterError(f"segmenter={source}: {err}") from None
+        except ContractError:
+            raise SegmenterError(
+                f"{source} is a classifier (task=classify), not a segmenter: pass a run trained with "
+                "task=segment as segmenter=, and a classifier as ckpt="
+            ) from None
+    elif not path.is_file():
+        raise SegmenterError(f"segmenter={source}: no such run directory or checkpoint file")
+    try:
+        stored = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as exc:
+        raise SegmenterError(
+            f"{path}: unreadable checkpoint ({type(exc).__name__}): truncated or damaged"
+        ) from None
+    if not isinstance(stored, dict) or "state_dict" not in stored or "hyper_parameters" not in stored:
+        raise SegmenterError(f"{path}: not a gliograde training checkpoint (no hyper_parameters/state_dict)")
+    contract = stored.get("input_contract") or {}
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    if kind_of(contract) != "segmenter":
+        where = run if run is not None else path
+        raise SegmenterError(
+            f"{where} is a classifier (task=classify), not a segmenter: pass a run trained with "
+            "task=segment as segmenter=, and a classifier as ckpt="
+        )
+    hparams = stored["hyper_parameters"]
+    network = PaddedUNet(int(hparams["in_channels"]), hparams["features"], float(hparams.get("dropout", 0.0)))
+    weights = {k[len("net.") :]: v for k, v in stored["state_dict"].items() if k.startswith("net.")}
+    try:
+        network.load_state_dict(weights)
+    except RuntimeError:
+        raise SegmenterError(f"{path}: its weights do not fit its network (damaged checkpoint)") from None
+    target = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    network = network.to(target).eval()
+    return Segmenter(path, dict(contract), _test_dice(run), network=network, device=target)
+
+
+def _test_dice(run: Path | None) -> float | None:
+    """``test/patient_dice`` of the run's metrics.json, None when unknown."""
+    if run is None:
+        return None
+    try:
+        value = json.loads((run / "metrics.json").read_text()).get("test/patient_dice")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def check_compatible(segmenter: Mapping, classifier: Mapping, source: str) -> None:
+    """Refuse (SegmenterError, one line naming source and the difference) a segmenter whose
+    contract does not fit a classifier's: its modalities must be among the classifier's; grid
+    (shape, spacing, orientation), preprocess (normalisation, reorient, clip_percentiles, cache
+    dtype) must be equal."""
+    if kind_of(segmenter) != "segmenter":
+        raise SegmenterError(f"{source} is a {kind_of(segmenter)} (task=classify), not a segmenter")
+    extra = [m for m in segmenter["modalities"] if m not in classifier["modalities"]]
+    if extra:
+        raise SegmenterError(
+            f"{source}: the segmenter reads modalities {list(segmenter['modalities'])}, but {extra} "
+            f"are not among the classifier's {list(classifier['modalities'])}"
+        )
+    ours, theirs = segmenter.get("grid"), classifier.get("grid")
+    if (ours is None) != (theirs is None):
+        unknown = "segmenter's" if ours is None else "classifier's"
+        raise SegmenterError(
+            f"{source}: the {unknown} input grid is not recorded, so the two grids cannot be compared"
+        )
+    if ours is not None:
+        why = grid_mismatch(classifier, ours)
+        if why:
+            raise SegmenterError(f"{source}: the segmenter's grid has {why} (the classifier's)")
+    for key in ("normalisation", "reorient", "clip_percentiles", "cache_dtype"):
+        mine, other = segmenter["preprocess"].get(key), classifier["preprocess"].get(key)
+        if mine != other:
+            raise SegmenterError(
+                f"{source}: the segmenter was trained with preprocess {key}={mine}, the classifier with {other}"
+            )
+
+
+__all__ = ["Segmenter", "SegmenterError", "check_compatible", "open_segmenter"]
