@@ -64,6 +64,7 @@ class Range:
 
 AtLeast1 = Annotated[int, Range(1)]
 NonNegative = Annotated[int, Range(0)]
+NonNegativeFloat = Annotated[float, Range(0)]
 Fraction = Annotated[float, Range(0, 1)]
 
 
@@ -220,6 +221,8 @@ class EvaluateSchema:
     allow_leak: bool
     mask_free: Literal[_MASK_FREE] | None  # type: ignore[valid-type]
     masks: Literal["use", "hidden"]
+    segmenter: str | None
+    min_tumour_ml: NonNegativeFloat
     bootstrap: NonNegative
     ci_level: Annotated[float, Range(0, 1, open_low=True, open_high=True)]
     gradcam_n: NonNegative

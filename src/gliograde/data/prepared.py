@@ -85,6 +85,8 @@ class PreparedCohort:
         self.hide_masks = False
         self.tumours_to_come = False
         self.supplied: set[str] = set()  # patients whose tumour apply_tumours gave
+        # patient -> why it is not graded (a segmenter found no tumour): split as usual, then left out
+        self.ungraded: dict[str, str] = {}
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -268,6 +270,8 @@ class PreparedCohort:
         patients: list[PatientSlices] = []
         empty: list[str] = []
         for position, patient_id in usable:
+            if patient_id in self.ungraded:
+                continue
             record = records[patient_id]
             tumour = cached.tumour_area[plane][position] if cached.has_mask[position] else None
             has_tumour = tumour is not None and bool(tumour.any())
@@ -299,7 +303,8 @@ class PreparedCohort:
         try:
             if self.saved_split is not None:
                 self._check_saved_split()
-            self._check_split_sizes(set(assignment.values()), len(empty))
+            graded = {split for pid, split in assignment.items() if pid not in self.ungraded}
+            self._check_split_sizes(graded, len(empty))
             self._refuse_shared_images()
         except Exception:
             self.patients, self.assignment = [], {}  # a refused selection is never used

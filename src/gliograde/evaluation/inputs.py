@@ -15,6 +15,8 @@ from gliograde.contract import check_grid, check_model, enforce, read_checkpoint
 from gliograde.data.cohort import discover_cohort
 from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
 from gliograde.evaluation.errors import EvaluationError
+from gliograde.evaluation.predicted_masks import supply_tumours
+from gliograde.segmentation.predicted import MIN_TUMOUR_ML
 from gliograde.models.module import GradeClassifier
 from gliograde.schema import validate_data_config
 
@@ -75,6 +77,8 @@ def refuse_missing_masks(cfg: DictConfig, data_cfg: DictConfig, contract: dict[s
         quiet.setLevel(level)
     hidden = str(cfg.get("masks", "use")) == "hidden"
     missing = [p.patient_id for p in cohort.patients if hidden or p.mask is None]
+    if cfg.get("segmenter"):
+        return missing  # the segmenter gives each of them a mask
     chosen = with_slices(contract, str(data_cfg.slices.strategy))
     mask_free.refuse_missing_masks(missing, chosen, cfg.get("mask_free"), str(cfg.aggregate), hidden)
     return missing
@@ -91,18 +95,31 @@ def build_datamodule(
     contract: dict[str, Any] | None = None,
     mask_free: str | None = None,
     hide_masks: bool = False,
+    segmenter: Any = None,
+    show: bool = True,
+    min_tumour_ml: float = MIN_TUMOUR_ML,
+    segment_only: set[str] | None = None,
 ):
     """Prepare and set up the datamodule of ``data_cfg``; its cache grid must fit the contract.
 
     ``mask_free`` is the slice strategy of a patient without a tumour mask where the contract
-    needs one; ``hide_masks`` evaluates the cohort as if it had no masks (``masks=hidden``).
+    needs one; ``hide_masks`` evaluates the cohort as if it had no masks (``masks=hidden``);
+    ``segmenter`` gives every patient without a mask the mask it predicts (the datamodule's
+    ``supplied`` says what it gave), before slices are selected.
     """
     datamodule = build(data_cfg)
     datamodule.prepared.mask_free = mask_free
     datamodule.prepared.hide_masks = hide_masks
+    datamodule.prepared.tumours_to_come = segmenter is not None
     datamodule.prepare_data()
     if contract is not None:
         check_grid(contract, datamodule.cached.shape, str(datamodule.cohort.root))
+    datamodule.supplied = None
+    if segmenter is not None:
+        assert contract is not None
+        datamodule.supplied = supply_tumours(
+            datamodule.prepared, segmenter, contract, show, min_tumour_ml, segment_only
+        )
     datamodule.setup()
     return datamodule
 

@@ -16,6 +16,7 @@ from gliograde.evaluation.intervals import UNRELIABLE_NOTE, bounds_text
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
 from gliograde.output_folder import is_disk_error, reason, writable
+from gliograde.segmentation.predicted import segmenter_note
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_AGGREGATE = "mean"
@@ -32,7 +33,7 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
     The default options give ``<split>`` (e.g. ``test``); each other choice adds a part, in this
     order: ``ckpt-<name>`` (not the best checkpoint), the threshold (``youden`` or ``t<value>``),
     the aggregate (``vote``, ``tumor_weighted``), the test-time augmentation (``flip``,
-    ``flip_rot``), the calibration (``temperature``), ``masks-hidden``, the ``mask_free`` rule
+    ``flip_rot``), the calibration (``temperature``), ``masks-hidden``, ``segmenter``, the ``mask_free`` rule
     (``brain``...) and ``data-<hash>`` of the ``data.*`` overrides. So ``threshold=youden
     aggregate=vote`` writes ``RUN/eval/test_youden_vote/``.
     """
@@ -53,6 +54,8 @@ def report_dir(cfg: DictConfig, run: Path, data_overrides: list[str]) -> Path:
         parts.append(str(cfg.calibration))
     if str(cfg.get("masks", "use")) != "use":
         parts.append(f"masks-{cfg.masks}")
+    if cfg.get("segmenter"):
+        parts.append("segmenter")
     if cfg.get("mask_free"):
         parts.append(str(cfg.mask_free))
     if data_overrides:
@@ -131,6 +134,8 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if report.get("mask_free_note"):
         lines.append(f"Note: {report['mask_free_note']}")
+    if segmenter_note(report.get("segmenter")):
+        lines.append(f"Note: {segmenter_note(report.get('segmenter'))}")
     calibration = report["calibration"]
     if calibration["method"] == "temperature":
         temperature = calibration["temperature"]

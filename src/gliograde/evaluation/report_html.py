@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gliograde.atomic import write_text
+from gliograde.segmentation.predicted import segmenter_note
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -122,10 +123,15 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
 
 
 def _mask_free_note(report: Mapping[str, Any]) -> str:
-    """The note on patients graded without a tumour mask (see gliograde.mask_free); empty if none."""
-    if not report.get("mask_free_note"):
-        return ""
-    return f'<p class="note" data-key="mask_free_note">Note: {_e(report["mask_free_note"])}</p>'
+    """The notes on patients graded without a tumour mask (see gliograde.mask_free) and on the
+    segmenter's masks; empty if none."""
+    notes = []
+    if report.get("mask_free_note"):
+        notes.append(f'<p class="note" data-key="mask_free_note">Note: {_e(report["mask_free_note"])}</p>')
+    seg = segmenter_note(report.get("segmenter"))
+    if seg:
+        notes.append(f'<p class="note" data-key="segmenter">Note: {_e(seg)}</p>')
+    return "".join(notes)
 
 
 def _prediction_calibration(calibration: Mapping[str, Any]) -> str:

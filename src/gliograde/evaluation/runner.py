@@ -30,6 +30,9 @@ from gliograde.evaluation.calibration import (
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.figure_set import gradcam_figures, metric_figures
 from gliograde.evaluation.predict import predict
+from gliograde.data.splits import read_splits
+from gliograde.evaluation.predicted_masks import segmenter_report, tumour_volumes
+from gliograde.segmentation.predicted import MIN_TUMOUR_ML
 from gliograde.evaluation.report import (
     REPORT_FILES,
     close_figures,
@@ -69,6 +72,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     contract = inputs.load_contract(checkpoint, run_cfg)
     check_tta_for(str(cfg.tta), contract)  # before any data or model work
     data_cfg, other_cohort = inputs.data_config(cfg, run_cfg, data_overrides, contract)
+    segmenter = _open_segmenter(cfg, contract)  # before any data work
     inputs.refuse_missing_masks(cfg, data_cfg, contract)  # from the file names, before the cache
     # Where it writes, tried before the data and the inference: a read-only run is never written to.
     out = report_dir(cfg, run, data_overrides)
@@ -90,7 +94,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         )
     tensorboard = tensorboard_dir(run)
     hide_masks = str(cfg.get("masks", "use")) == "hidden"
-    datamodule = inputs.build_datamodule(data_cfg, contract, cfg.get("mask_free"), hide_masks)
+    datamodule = inputs.build_datamodule(
+        data_cfg, contract, cfg.get("mask_free"), hide_masks, segmenter, bool(cfg.progress),
+        float(cfg.get("min_tumour_ml", MIN_TUMOUR_ML)),
+        _evaluated_patients(cfg, run, other_cohort) if segmenter is not None else None,
+    )
     labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
     if cfg.split != "all" and not labelled:
         raise EvaluationError(f"the cohort has no labels, so it has no {cfg.split} split: use split=all")
@@ -121,6 +129,28 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     print(format_report(report))
     print(f"Outputs: {out}")
     return report
+
+
+def _open_segmenter(cfg: DictConfig, contract: dict[str, Any]):
+    """``segmenter=``'s segmenter, checked against the classifier's contract; None without one."""
+    if not cfg.get("segmenter"):
+        return None
+    from gliograde.segmentation.inference import check_compatible, open_segmenter
+
+    segmenter = open_segmenter(str(cfg.segmenter))
+    check_compatible(segmenter.contract, contract, f"segmenter={cfg.segmenter}")
+    return segmenter
+
+
+def _evaluated_patients(cfg: DictConfig, run: Path, other_cohort: bool) -> set[str] | None:
+    """The patients of the run's own cohort this evaluation grades (its split, and the val split
+    a Youden threshold or a temperature is fitted on); None: every patient (another cohort, all)."""
+    if other_cohort or cfg.split == "all" or not (run / "splits.csv").is_file():
+        return None
+    wanted = {str(cfg.split)}
+    if str(cfg.threshold) == "youden" or str(cfg.calibration) == "temperature":
+        wanted.add("val")
+    return {patient for patient, split in read_splits(run / "splits.csv").items() if split in wanted}
 
 
 def _store_recipe(run: Path, checkpoint: Path, out: Path, recipe: dict[str, Any]) -> None:
@@ -193,7 +223,12 @@ def _report(
     threshold, interval = choose_threshold(cfg.threshold, val)
     command = shlex.join(["python", "evaluate.py", *sys.argv[1:]])
     rules = {p: datamodule.slice_rules[p] for p in predictions.patients}
-    write_predictions(out, predictions, datamodule.slice_spec.plane, classes, threshold, rules)
+    supplied = getattr(datamodule, "supplied", None)
+    volumes = tumour_volumes(datamodule.prepared, contract, supplied)
+    write_predictions(
+        out, predictions, datamodule.slice_spec.plane, classes, threshold, rules,
+        {p: volumes.get(p) for p in predictions.patients},
+    )
     report: dict[str, Any] = {
         "run_dir": str(run),
         "command": command,
@@ -214,6 +249,8 @@ def _report(
         "mask_free": cfg.get("mask_free"),
         "slice_rules": rules,
     }
+    if supplied is not None:
+        report["segmenter"] = segmenter_report(cfg.segmenter, supplied, float(cfg.min_tumour_ml))
     note = mask_free_note(rules, inputs.with_slices(contract, datamodule.slice_spec.strategy))
     if note:
         report["mask_free_note"] = note

@@ -34,7 +34,11 @@ def slice_frame(pred: Predictions, plane: str, classes: list[str]) -> pd.DataFra
 
 
 def patient_frame(
-    pred: Predictions, classes: list[str], threshold: float, rules: dict[str, str] | None = None
+    pred: Predictions,
+    classes: list[str],
+    threshold: float,
+    rules: dict[str, str] | None = None,
+    tumour_ml: dict[str, float | None] | None = None,
 ) -> pd.DataFrame:
     """One row per patient: patient_id, label, probability (of the last class), prediction,
     n_slices and score (the log-odds of probability, which ranks patients whose probabilities
@@ -53,6 +57,8 @@ def patient_frame(
     )
     if rules is not None:
         frame["slice_rule"] = [rules[p] for p in pred.patients]
+    if tumour_ml is not None:  # the mask's volume, or the segmenter's prediction (empty: unknown)
+        frame["tumour_ml"] = [tumour_ml.get(p) for p in pred.patients]
     return frame
 
 
@@ -63,11 +69,12 @@ def write_predictions(
     classes: list[str],
     threshold: float,
     rules: dict[str, str] | None = None,
+    tumour_ml: dict[str, float | None] | None = None,
 ) -> None:
     """``slice_predictions.csv`` and ``patient_predictions.csv`` (with ``rules``, each patient's
     ``slice_rule``) in ``out``."""
     write_frame(out / SLICE_TABLE, slice_frame(pred, plane, classes))
-    write_frame(out / PATIENT_TABLE, patient_frame(pred, classes, threshold, rules))
+    write_frame(out / PATIENT_TABLE, patient_frame(pred, classes, threshold, rules, tumour_ml))
 
 
 def predictions_table(

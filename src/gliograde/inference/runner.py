@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,13 @@ from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
+from gliograde.inference.predicted_tumours import NO_TUMOUR_RULE, NoTumourFound, TumourPredictor
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
 from gliograde.mask_free import check_mask_free, mask_free_note, refuse_missing_masks
 from gliograde.output_folder import staged_folder
 from gliograde.patient_scores import patient_log_probs
+from gliograde.segmentation.predicted import grid_spacing, mask_ml, segmenter_note
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if applied.stale_export:
         log.warning(applied.stale_export)
     check_tta_for(applied.tta, contract)  # before any patient is decoded
+    predictor = _tumour_predictor(cfg, model)
     skipped: list[DataError] | None = [] if cfg.get("on_error", "raise") == "skip" else None
     if cfg.manifest:
         patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"], skipped)
@@ -62,7 +66,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     for err in skipped or []:
         log.warning("Skipped %s", err)
     # from the files listed, before any patient is decoded
-    refuse_missing_masks([f.patient_id for f in patients if f.mask is None], contract, cfg.get("mask_free"))
+    if predictor is None:  # a segmenter gives each patient without a mask file the mask it predicts
+        refuse_missing_masks([f.patient_id for f in patients if f.mask is None], contract, cfg.get("mask_free"))
     out = (
         Path(str(cfg.output_dir))
         if cfg.output_dir
@@ -70,7 +75,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     # Written into a hidden sibling (tried before any patient is graded), renamed to out when whole.
     with staged_folder(out, "output_dir", PREDICT_FILES) as staging:
-        report = _predict_into(staging, model, applied, patients, skipped, cfg)
+        report = _predict_into(staging, model, applied, patients, skipped, cfg, predictor)
     print(format_predictions(report))
     print(f"Outputs: {out}")
     return report
@@ -83,6 +88,7 @@ def _predict_into(
     patients: list[PatientFiles],
     skipped: list[DataError] | None,
     cfg: DictConfig,
+    predictor: TumourPredictor | None = None,
 ) -> dict[str, Any]:
     """Grade ``patients`` and write every output into ``out``; with ``skipped`` (on_error=skip) a
     patient whose files are bad is listed there instead of stopping the run."""
@@ -93,7 +99,9 @@ def _predict_into(
     rows = []
     for files in patients:
         try:
-            rows.append(_grade(model, files, contract, cfg, classes, threshold, out, tta, temperature))
+            rows.append(
+                _grade(model, files, contract, cfg, classes, threshold, out, tta, temperature, predictor)
+            )
         except DataError as err:
             if skipped is None:
                 raise
@@ -118,6 +126,8 @@ def _predict_into(
         "mask_free": cfg.get("mask_free"),
         "patients": rows,
     }
+    if predictor is not None:
+        report["segmenter"] = predictor.report()
     note = mask_free_note({r["patient_id"]: r["slice_rule"] for r in rows}, contract)
     if note:
         report["mask_free_note"] = note
@@ -128,10 +138,12 @@ def _predict_into(
     table = pd.DataFrame(
         [
             [r["patient_id"], *(r["probabilities"][c] for c in classes)]
-            + [r["prediction"], r["n_slices"], r["slice_rule"]]
+            + [r["prediction"], r["n_slices"], r["slice_rule"], r["tumour_ml"]]
             for r in rows
         ],
-        columns=["patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule"],
+        columns=[
+            "patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule", "tumour_ml"
+        ],
     )
     write_frame(out / "predictions.csv", table)
     write_text(out / "predictions.json", json.dumps(report, indent=2) + "\n")
@@ -157,34 +169,101 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     check_predict_options(cfg)
     check_mask_free(cfg.get("mask_free"))
+    if not float(cfg.get("min_tumour_ml", 0)) >= 0:
+        raise ConfigError(f"min_tumour_ml={cfg.min_tumour_ml} must be a volume in mL, 0 or more")
+    if cfg.get("save_masks") and not cfg.get("segmenter") and not _bundles_segmenter(str(cfg.ckpt)):
+        raise ConfigError(
+            "save_masks=true writes the masks a segmenter predicts: give segmenter=RUN (a run of task=segment)"
+        )
     if cfg.get("on_error", "raise") not in ON_ERROR:
         raise ConfigError(f"on_error={cfg.on_error!r} must be one of {list(ON_ERROR)}")
     return patterns
 
 
+def _tumour_predictor(cfg: DictConfig, model) -> TumourPredictor | None:
+    """The segmenter of ``segmenter=`` (or the one an export bundles), checked against the model's
+    contract before any patient is decoded; None without one."""
+    from gliograde.segmentation.inference import check_compatible, open_segmenter
+
+    source = cfg.get("segmenter")
+    if source:
+        segmenter = open_segmenter(str(source))
+    else:
+        segmenter = _bundled(model)
+        source = None if segmenter is None else f"{Path(model.path).parent} (bundled)"
+    if segmenter is None:
+        return None
+    check_compatible(segmenter.contract, model.contract, f"segmenter={source}")
+    print(f"Segmenter: {source} (patients without a mask get the tumour mask it predicts)")
+    return TumourPredictor(segmenter, model.contract, str(source), float(cfg.min_tumour_ml))
+
+
+def _bundled(model):
+    """The segmenter an export folder bundles with its classifier, if any."""
+    if getattr(model, "kind", None) != "onnx":
+        return None
+    try:
+        from gliograde.segmentation.onnx_segmenter import bundled_segmenter
+    except ImportError:
+        return None
+    return bundled_segmenter(Path(model.path).parent)
+
+
+def _bundles_segmenter(ckpt: str) -> bool:
+    """Whether ``ckpt=`` names an export folder whose card bundles a segmenter (cheap check)."""
+    card = Path(ckpt).expanduser() / "model_card.json"
+    if not card.is_file():
+        return False
+    try:
+        return bool(json.loads(card.read_text()).get("segmenter"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _grade(
-    model, files: PatientFiles, contract, cfg, classes, threshold, out: Path, tta: str, temperature: float
+    model,
+    files: PatientFiles,
+    contract,
+    cfg,
+    classes,
+    threshold,
+    out: Path,
+    tta: str,
+    temperature: float,
+    predictor: TumourPredictor | None = None,
 ) -> dict[str, Any]:
-    slices = load_patient(files, contract, bool(cfg.resample), cfg.get("mask_free"))
+    try:
+        slices = load_patient(files, contract, bool(cfg.resample), cfg.get("mask_free"), predictor)
+    except NoTumourFound as none:
+        return _no_tumour_row(files, none, classes, predictor, out, bool(cfg.get("save_masks")))
+    spacing = grid_spacing(contract)
+    predicted = predictor.take(files.patient_id) if predictor is not None else None
     log_probs = model.log_probabilities(slices.images, int(cfg.batch_size), tta, temperature)
     probs = np.exp(log_probs)
     # the patient's probability as training and evaluate.py compute it: its slices' mean
     one_patient = np.zeros(len(log_probs), dtype=int)
     mean = np.exp(patient_log_probs(one_patient, log_probs, PREDICT_AGGREGATE)[1][0])
-    predicted = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
+    call = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
     name = _safe(files.patient_id)
     figures = {f"{name}_slices": _curve(slices, probs, classes, threshold)}
     if model.grad_cam is not None and cfg.gradcam:
-        figures[f"{name}_gradcam"] = _gradcam(model, slices, probs, predicted, classes, contract, mean)
+        figures[f"{name}_gradcam"] = _gradcam(model, slices, probs, call, classes, contract, mean)
+    if predicted is not None:
+        figures[f"{name}_outline"] = _outline(slices, probs, call, classes, contract, predicted.mask)
     images = {}
     for stem, figure in figures.items():
         images[stem.rsplit("_", 1)[1]] = _save(figure, out / f"{stem}.png")
+    mask_file = None
+    if predicted is not None and cfg.get("save_masks"):
+        mask_file = predictor.save_mask(predicted, files, out)
     return {
         "patient_id": files.patient_id,
         "probabilities": {c: float(p) for c, p in zip(classes, mean)},
-        "prediction": classes[predicted],
+        "prediction": classes[call],
         "n_slices": len(slices.slice_index),
         "slice_rule": slices.slice_rule,
+        "tumour_ml": None if slices.tumour_voxels is None else mask_ml(slices.tumour_voxels, spacing),
+        "predicted_mask": mask_file,
         "resampled": slices.resampled,
         "slice_index": [int(i) for i in slices.slice_index],
         "slice_probabilities": [[float(p) for p in row] for row in probs],
@@ -243,6 +322,61 @@ def _curve(slices, probs, classes, threshold):
     return plots.slice_curve_figure(slices.slice_index, probs, classes, threshold, title)
 
 
+def _no_tumour_row(
+    files: PatientFiles,
+    none: NoTumourFound,
+    classes: list[str],
+    predictor: TumourPredictor,
+    out: Path,
+    save_masks: bool,
+) -> dict[str, Any]:
+    """The row of a patient in whom the segmenter found no tumour: reported, not graded."""
+    predicted = predictor.take(files.patient_id)
+    mask_file = predictor.save_mask(predicted, files, out) if save_masks and predicted is not None else None
+    log.warning("Patient %s: %s", files.patient_id, none.predicted.not_found())
+    return {
+        "patient_id": files.patient_id,
+        "probabilities": dict.fromkeys(classes),
+        "prediction": NO_TUMOUR_RULE,
+        "n_slices": 0,
+        "slice_rule": NO_TUMOUR_RULE,
+        "tumour_ml": none.predicted.ml,
+        "predicted_mask": mask_file,
+        "note": none.predicted.not_found(),
+        "resampled": None,
+        "slice_index": [],
+        "slice_probabilities": [],
+        "files": {**{m: str(p) for m, p in files.modalities.items()}, "mask": ""},
+        "fingerprints": none.areas.fingerprints,
+        "order_fingerprints": none.areas.order_fingerprints,
+        "figures": {},
+    }
+
+
+def _outline(slices, probs, call, classes, contract, mask: np.ndarray):
+    """The predicted tumour's outline on the patient's most decisive slice (as Grad-CAM's)."""
+    from gliograde.data.crops import centre_channels, crop
+    from gliograde.evaluation import plots
+    from gliograde.inference.stream import _cut
+
+    best = int(np.argmax(probs[:, call]))
+    index = int(slices.slice_index[best])
+    outline = _cut(mask[:, None], np.array([index]), [0], slices_plane(contract))
+    if slices.centres is not None:
+        outline = crop(outline, slices.centres[best : best + 1], int(contract["crop"]["size"]))
+    modalities = tuple(contract["modalities"])
+    image = slices.images[best].astype(np.float32)[centre_channels(len(modalities), int(contract.get("context", 0)))]
+    title = (
+        f"{slices.patient_id} slice {index}: the segmenter's tumour outline; predicted {classes[call]} "
+        f"(slice p={probs[best, call]:.2f})"
+    )
+    return plots.outline_figure(image, outline[0, 0], modalities, title)
+
+
+def slices_plane(contract: Mapping[str, Any]) -> str:
+    return str(contract["slices"]["plane"])
+
+
 def _gradcam(model, slices, probs, predicted, classes, contract, mean):
     from gliograde.data.crops import centre_channels
     from gliograde.evaluation import plots
@@ -286,12 +420,17 @@ def format_predictions(report: dict[str, Any]) -> str:
         f"temperature {report['calibration'].get('temperature', 1.0):g})"
     ]
     for row in report["patients"]:
+        if row["slice_rule"] == NO_TUMOUR_RULE:
+            lines.append(f"  {row['patient_id']}: not graded: {row['note']}")
+            continue
         probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)
         lines.append(
             f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]"
         )
     if report.get("mask_free_note"):
         lines.append(f"Note: {report['mask_free_note']}")
+    if segmenter_note(report.get("segmenter")):
+        lines.append(f"Note: {segmenter_note(report.get('segmenter'))}")
     if report.get("skipped"):
         lines.append(f"Skipped {len(report['skipped'])} patient(s), listed in skipped.csv")
     return "\n".join(lines)

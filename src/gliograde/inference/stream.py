@@ -54,6 +54,8 @@ class PatientSlices:
     fingerprints: dict[str, str]  # modality -> sha256 of its decoded voxels (see data.identity)
     # modality -> sha256 of the order of its voxel values (see data.identity)
     order_fingerprints: dict[str, str] = field(default_factory=dict)
+    centres: np.ndarray | None = None  # [N, 2] crop centres of the slices, None without a crop
+    tumour_voxels: int | None = None  # the mask's (given or predicted) whole-tumour voxels
 
 
 def load_patient(
@@ -147,8 +149,11 @@ def _slices(
         tumour_boxes = None if areas.tumour_boxes is None else areas.tumour_boxes[plane]
         centres, _ = crop_centres(crop_spec["mode"], chosen, tumour_boxes, areas.brain_boxes[plane], channels)
         images = crop(images, centres, int(crop_spec["size"]))
+    else:
+        centres = None
+    voxels = None if areas.tumour is None else int(areas.tumour["axial"].sum())
     return PatientSlices(
-        patient, images, chosen, rule, resampled, areas.fingerprints, areas.order_fingerprints
+        patient, images, chosen, rule, resampled, areas.fingerprints, areas.order_fingerprints, centres, voxels
     )
 
 
@@ -165,14 +170,10 @@ def _raw_shape(path: Path) -> tuple[int, ...]:
     return tuple(int(s) for s in nib.load(str(path)).shape[:3])
 
 
-def _resample(path: Path, target: Path, contract: Mapping[str, Any], order: int) -> Path:
-    """``path`` resampled onto the model's grid (centred on the volume), written to ``target``."""
-    from nibabel.processing import resample_from_to
-
+def model_grid_affine(image: nib.Nifti1Image, contract: Mapping[str, Any]) -> np.ndarray:
+    """The affine of the model's grid (its shape, spacing and orientation) centred on ``image``:
+    where ``resample=true`` puts a scan whose grid is not the model's."""
     grid = contract["grid"]
-    image = nib.load(str(path))
-    if len(image.shape) == 4:
-        image = image.slicer[..., 0]
     shape = np.array(grid["shape"])
     ornt = nib.orientations.axcodes2ornt(tuple(grid["orientation"]))
     affine = np.eye(4)
@@ -181,6 +182,18 @@ def _resample(path: Path, target: Path, contract: Mapping[str, Any], order: int)
         affine[int(world), axis] = sign * grid["spacing"][axis]
     centre = image.affine @ np.append((np.array(image.shape[:3]) - 1) / 2, 1)
     affine[:3, 3] = centre[:3] - affine[:3, :3] @ ((shape - 1) / 2)
+    return affine
+
+
+def _resample(path: Path, target: Path, contract: Mapping[str, Any], order: int) -> Path:
+    """``path`` resampled onto the model's grid (centred on the volume), written to ``target``."""
+    from nibabel.processing import resample_from_to
+
+    image = nib.load(str(path))
+    if len(image.shape) == 4:
+        image = image.slicer[..., 0]
+    shape = np.array(contract["grid"]["shape"])
+    affine = model_grid_affine(image, contract)
     moved = resample_from_to(
         image, (tuple(int(s) for s in shape), affine), order=order, mode="constant", cval=0
     )

@@ -1,0 +1,188 @@
+"""A classifier of tumour slices grades patients without a mask through a segmenter: evaluate.py
+and predict.py take ``segmenter=``, choose the classifier's own slices from the predicted mask,
+say so per patient with the predicted volume, and report a patient without a tumour ungraded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from helpers.commands import run_python
+from helpers.configs import compose_config
+from helpers.runs import tiny_segmenter_run
+
+pytestmark = pytest.mark.slow
+
+# The tiny cohort's tumours are about 0.3 mL (40x40x20 voxels of 1 mm): below the default floor.
+TINY = "min_tumour_ml=0.05"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return tiny_segmenter_run(tmp_path_factory)
+
+
+def _test_patients(run: Path) -> list[str]:
+    splits = pd.read_csv(run / "splits.csv")
+    return sorted(splits.loc[splits["split"] == "test", "patient_id"])
+
+
+def _mask_free_copy(cohort: Path, patients: list[str], target: Path) -> Path:
+    """The patients' folders without their tumour masks, as a hospital has them."""
+    for patient in patients:
+        shutil.copytree(cohort / patient, target / patient)
+        for mask in (target / patient).glob("*_seg.nii*"):
+            mask.unlink()
+    return target
+
+
+def _one_line_exit_2(result) -> str:
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_evaluate_with_hidden_masks_grades_on_predicted_masks(runs):
+    run, seg = runs["run"], runs["segmenter"]
+    result = run_python(
+        "evaluate.py", f"run_dir={run}", "masks=hidden", f"segmenter={seg}", TINY, "bootstrap=20", "gradcam_n=0",
+        "progress=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run / "eval" / "test_masks-hidden_segmenter"
+    table = pd.read_csv(out / "patient_predictions.csv")
+    metrics = json.loads((out / "metrics.json").read_text())
+    entry = metrics["segmenter"]
+    graded = set(table["patient_id"])
+    assert graded | set(entry["no_tumour"]) == set(_test_patients(run))
+    assert (table["slice_rule"] == "predicted mask").all()
+    assert (table["tumour_ml"] > 0).all()
+    assert entry["patients_segmented"] == len(_test_patients(run))
+    for patient, ml in zip(table["patient_id"], table["tumour_ml"]):
+        assert entry["predicted_ml"][patient] == pytest.approx(ml)
+    assert "predicted the tumour mask of" in result.stdout
+    page = (out / "report.html").read_text()
+    assert 'data-key="segmenter"' in page
+    # the same patients with their true masks: the rule and the volume are the mask's
+    with_masks = run_python("evaluate.py", f"run_dir={run}", "bootstrap=20", "gradcam_n=0", "progress=false")
+    assert with_masks.returncode == 0, with_masks.stderr[-3000:]
+    truth = pd.read_csv(run / "eval" / "test" / "patient_predictions.csv").set_index("patient_id")
+    assert (truth["slice_rule"] == "mask").all() and (truth["tumour_ml"] > 0).all()
+    compared = run_python(
+        "-m", "gliograde.compare", str(run / "eval" / "test"), str(out)
+    )
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "DeLong" in compared.stdout
+
+
+def test_predict_with_a_segmenter_grades_a_mask_free_patient_and_writes_its_mask(runs, tmp_path):
+    run, seg = runs["run"], runs["segmenter"]
+    patients = _test_patients(run)[:2]
+    folder = _mask_free_copy(runs["cohort"], patients, tmp_path / "hospital")
+    out = tmp_path / "out"
+    result = run_python(
+        "predict.py", f"ckpt={run}", f"input={folder}", f"segmenter={seg}", "save_masks=true", TINY,
+        f"output_dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(out / "predictions.csv").set_index("patient_id")
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["segmenter"]["source"] == str(seg)
+    page = (out / "report.html").read_text()
+    for patient in patients:
+        row = table.loc[patient]
+        if patient in report["segmenter"]["no_tumour"]:
+            assert row["slice_rule"] == "no tumour found" and np.isnan(row["prob_HGG"])
+            continue
+        assert row["slice_rule"] == "predicted mask" and row["tumour_ml"] > 0
+        assert (out / f"{patient}_outline.png").is_file() and f'alt="{patient}_outline"' in page
+        written = nib.load(str(out / f"{patient}_predicted_mask.nii.gz"))
+        scan = nib.load(str(next((folder / patient).glob("*_flair.nii*"))))
+        assert written.shape == scan.shape and np.allclose(written.affine, scan.affine)
+        volume = np.asarray(written.dataobj)
+        assert set(np.unique(volume)) <= {0, 1}
+        ml = volume.sum() * float(np.prod(scan.header.get_zooms()[:3])) / 1000
+        assert ml == pytest.approx(row["tumour_ml"])
+        # the predicted mask overlaps the true one (the copy dropped it; the cohort has it)
+        truth = np.asarray(nib.load(str(next((runs["cohort"] / patient).glob("*_seg.nii*")))).dataobj) > 0
+        assert (volume.astype(bool) & truth).sum() > 0.3 * truth.sum()
+    assert "predicted mask" in result.stdout
+
+
+def test_a_patient_without_tumour_is_reported_not_graded(runs, tmp_path, monkeypatch):
+    """A segmenter that finds nothing: the patient's row says so, without probabilities."""
+    from gliograde.inference.runner import predict
+    from gliograde.segmentation import inference
+
+    real = inference.open_segmenter
+
+    class FindsNothing:
+        def __init__(self, source):
+            self.inner = real(source, device="cpu")
+            self.contract, self.path, self.test_dice = self.inner.contract, self.inner.path, None
+
+        def segment(self, volume, stored):
+            return np.zeros((volume.shape[0], *volume.shape[2:]), dtype=bool)
+
+    monkeypatch.setattr(inference, "open_segmenter", lambda source, device=None: FindsNothing(source))
+    patient = _test_patients(runs["run"])[0]
+    folder = _mask_free_copy(runs["cohort"], [patient], tmp_path / "hospital")
+    out = tmp_path / "out"
+    report = predict(
+        compose_config(
+            "predict",
+            [f"ckpt={runs['run']}", f"input={folder}", f"segmenter={runs['segmenter']}", f"output_dir={out}",
+             "save_masks=true"],
+        )
+    )  # fmt: skip
+    row = report["patients"][0]
+    assert row["slice_rule"] == "no tumour found" and row["prediction"] == "no tumour found"
+    assert row["n_slices"] == 0 and row["probabilities"] == {"LGG": None, "HGG": None}
+    assert report["segmenter"]["no_tumour"] == {patient: row["note"]}
+    assert "found no tumour" in row["note"]
+    table = pd.read_csv(out / "predictions.csv")
+    assert table.loc[0, "prediction"] == "no tumour found" and np.isnan(table.loc[0, "prob_HGG"])
+    assert np.asarray(nib.load(str(out / f"{patient}_predicted_mask.nii.gz")).dataobj).sum() == 0
+
+
+def test_segmenter_options_refused_in_one_line(runs, tmp_path):
+    run, seg = runs["run"], runs["segmenter"]
+    folder = _mask_free_copy(runs["cohort"], _test_patients(run)[:1], tmp_path / "hospital")
+    # a classifier where the segmenter goes
+    line = _one_line_exit_2(
+        run_python("predict.py", f"ckpt={run}", f"input={folder}", f"segmenter={run}", f"output_dir={tmp_path / 'a'}")
+    )
+    assert "is a classifier" in line and not (tmp_path / "a").exists()
+    line = _one_line_exit_2(
+        run_python("evaluate.py", f"run_dir={run}", "masks=hidden", f"segmenter={run}", f"output_dir={tmp_path / 'b'}")
+    )
+    assert "is a classifier" in line and not (tmp_path / "b").exists()
+    # a missing segmenter
+    line = _one_line_exit_2(
+        run_python("predict.py", f"ckpt={run}", f"input={folder}", f"segmenter={tmp_path / 'nothing'}")
+    )
+    assert "nothing" in line
+    # save_masks without a segmenter
+    line = _one_line_exit_2(
+        run_python("predict.py", f"ckpt={run}", f"input={folder}", "mask_free=brain", "save_masks=true")
+    )
+    assert "save_masks=true" in line and "segmenter=" in line
+    # save_masks into a folder that cannot be written
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = run_python(
+            "predict.py", f"ckpt={run}", f"input={folder}", f"segmenter={seg}", "save_masks=true",
+            f"output_dir={locked / 'out'}",
+        )  # fmt: skip
+    finally:
+        locked.chmod(0o700)
+    if result.returncode == 0:  # root writes anywhere: nothing to refuse
+        assert (locked / "out" / "predictions.csv").is_file()
+    else:
+        assert "output_dir" in _one_line_exit_2(result)
