@@ -154,9 +154,13 @@ def test_segmenting_one_full_size_patient_on_the_cpu_is_quick():
     volume = np.zeros((155, 4, 240, 240), dtype=np.float16)
     volume[13:143, :, 30:210, 45:195] = rng.standard_normal((130, 4, 180, 150)).astype(np.float16)
     stored = ["flair", "t1", "t1ce", "t2"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     mask = segmenter.segment(volume, stored)
-    seconds = time.perf_counter() - start
-    print(f"segment() of one 240x240x155 patient (130 brain slices): {seconds:.2f} s")
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    print(
+        f"segment() of one 240x240x155 patient (130 brain slices): {seconds:.2f} s, {cpu_seconds:.1f} CPU-s"
+    )
     assert mask.shape == (155, 240, 240) and not mask[:13].any()
-    assert seconds < 15
+    # CPU time, not wall time: other jobs on a shared machine slow the clock, not the work.
+    # 30 CPU-seconds is 15 s on 2 idle cores (measured: about 4.5 s, 9 CPU-s).
+    assert cpu_seconds < 30
