@@ -27,6 +27,9 @@ and writes the figures to FILE (JSON):
 - ``predict_one_patient_s``: wall time of ``python predict.py ckpt=CKPT input=PATIENT`` on one
   patient of the cohort (ResNet18, the default slice rule, Grad-CAM and report included),
   start-up and imports included; the median of ``--repeats`` runs.
+- ``segment_one_patient_s``: the segmenter (``model=unet``) finding the tumour of one cached
+  patient; ``predict_with_segmenter_s``: ``predict.py ... segmenter=SEG`` on one patient folder
+  without a mask, start-up included (see ``benchmarks.segmenter_bench``).
 
 Timings are medians of ``--repeats`` runs (or of per-step intervals), so a busy machine moves
 them less. The NIfTI files are read from the page cache (they were just written): the figures
@@ -70,6 +73,8 @@ KEYS: tuple[str, ...] = (
     "rss_mb_small",
     "rss_mb_large",
     "predict_one_patient_s",
+    "segment_one_patient_s",
+    "predict_with_segmenter_s",
 )
 FULL_SHAPE = (240, 240, 155)
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +86,7 @@ LOADER_MIN_OVER_ARTICLE = 1000.0
 LIGHTNING_MIN_RATIO = 0.95
 RSS_MAX_GROWTH_MB = 200.0
 PREDICT_MAX_S = 15.0
+# SEGMENT_MAX_S and PREDICT_WITH_SEGMENTER_MAX_S: see benchmarks.segmenter_bench
 
 # Each loader and memcpy measurement runs at least this long (short runs are noisy).
 MIN_SECONDS = 0.5
@@ -486,6 +492,17 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
 
         say("predict.py on one patient (a ResNet18 checkpoint of one training step)")
         results["predict_one_patient_s"] = measure_predict(small, small_cache, work, opts.repeats, opts.seed)
+
+        from benchmarks.segmenter_bench import measure_predict_with_segmenter, measure_segment
+
+        say("the segmenter: segment() of one patient, and predict.py through it on a patient without a mask")
+        results["segment_one_patient_s"], segmenter = measure_segment(
+            small, work / "cache-segmenter", work, opts.repeats, opts.seed
+        )
+        patient = next(p for p in sorted(small.iterdir()) if p.is_dir())
+        results["predict_with_segmenter_s"] = measure_predict_with_segmenter(
+            work / "predict-model.ckpt", segmenter, patient, work, opts.repeats, REPO
+        )
         return {k: float(results[k]) for k in KEYS}, extra
     finally:
         if opts.keep:
@@ -524,6 +541,7 @@ def measure_predict(root: Path, cache_dir: Path, work: Path, repeats: int, seed:
 # ----------------------------------------------------------------------------- report
 def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
     """(what, measured, met) for every target of the requirement."""
+    from benchmarks.segmenter_bench import PREDICT_WITH_SEGMENTER_MAX_S, SEGMENT_MAX_S
     of_memcpy = r["loader_slices_per_s"] / r["memcpy_slices_per_s"]
     over_article = r["loader_slices_per_s"] / r["article_loader_slices_per_s"]
     growth = r["rss_mb_large"] - r["rss_mb_small"]
@@ -553,6 +571,16 @@ def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
             f"predict.py, one patient < {PREDICT_MAX_S:.0f} s",
             f"{r['predict_one_patient_s']:.1f} s",
             r["predict_one_patient_s"] < PREDICT_MAX_S,
+        ),
+        (
+            f"segment one patient <= {SEGMENT_MAX_S:.0f} s",
+            f"{r['segment_one_patient_s']:.1f} s",
+            r["segment_one_patient_s"] <= SEGMENT_MAX_S,
+        ),
+        (
+            f"predict.py with a segmenter <= {PREDICT_WITH_SEGMENTER_MAX_S:.0f} s",
+            f"{r['predict_with_segmenter_s']:.1f} s",
+            r["predict_with_segmenter_s"] <= PREDICT_WITH_SEGMENTER_MAX_S,
         ),
     ]
 
@@ -649,6 +677,18 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             f"{r['predict_one_patient_s']:.1f}",
             "s",
             "python predict.py on one patient, start-up included",
+        ),
+        (
+            "segment_one_patient_s",
+            f"{r['segment_one_patient_s']:.2f}",
+            "s",
+            "segment() of one cached patient (model=unet)",
+        ),
+        (
+            "predict_with_segmenter_s",
+            f"{r['predict_with_segmenter_s']:.1f}",
+            "s",
+            "python predict.py segmenter=SEG, one patient without a mask, start-up included",
         ),
     ]
     width = max(len(k) for k, *_ in rows)
