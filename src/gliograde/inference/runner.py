@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
+from gliograde.inference.figures import gradcam_figure, outline_figure, save_png, slice_curve
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
@@ -245,14 +244,14 @@ def _grade(
     mean = np.exp(patient_log_probs(one_patient, log_probs, PREDICT_AGGREGATE)[1][0])
     call = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
     name = _safe(files.patient_id)
-    figures = {f"{name}_slices": _curve(slices, probs, classes, threshold)}
+    figures = {f"{name}_slices": slice_curve(slices, probs, classes, threshold)}
     if model.grad_cam is not None and cfg.gradcam:
-        figures[f"{name}_gradcam"] = _gradcam(model, slices, probs, call, classes, contract, mean)
+        figures[f"{name}_gradcam"] = gradcam_figure(model, slices, probs, call, classes, contract, mean)
     if predicted is not None:
-        figures[f"{name}_outline"] = _outline(slices, probs, call, classes, contract, predicted.mask)
+        figures[f"{name}_outline"] = outline_figure(slices, probs, call, classes, contract, predicted.mask)
     images = {}
     for stem, figure in figures.items():
-        images[stem.rsplit("_", 1)[1]] = _save(figure, out / f"{stem}.png")
+        images[stem.rsplit("_", 1)[1]] = save_png(figure, out / f"{stem}.png")
     mask_file = None
     if predicted is not None and cfg.get("save_masks"):
         mask_file = predictor.save_mask(predicted, files, out)
@@ -315,13 +314,6 @@ def _note_training_patients(
             )
 
 
-def _curve(slices, probs, classes, threshold):
-    from gliograde.evaluation import plots
-
-    title = f"{slices.patient_id}: slice rule {slices.slice_rule}, {len(probs)} slices"
-    return plots.slice_curve_figure(slices.slice_index, probs, classes, threshold, title)
-
-
 def _no_tumour_row(
     files: PatientFiles,
     none: NoTumourFound,
@@ -351,60 +343,6 @@ def _no_tumour_row(
         "order_fingerprints": none.areas.order_fingerprints,
         "figures": {},
     }
-
-
-def _outline(slices, probs, call, classes, contract, mask: np.ndarray):
-    """The predicted tumour's outline on the patient's most decisive slice (as Grad-CAM's)."""
-    from gliograde.data.crops import centre_channels, crop
-    from gliograde.evaluation import plots
-    from gliograde.inference.stream import _cut
-
-    best = int(np.argmax(probs[:, call]))
-    index = int(slices.slice_index[best])
-    outline = _cut(mask[:, None], np.array([index]), [0], slices_plane(contract))
-    if slices.centres is not None:
-        outline = crop(outline, slices.centres[best : best + 1], int(contract["crop"]["size"]))
-    modalities = tuple(contract["modalities"])
-    image = slices.images[best].astype(np.float32)[centre_channels(len(modalities), int(contract.get("context", 0)))]
-    title = (
-        f"{slices.patient_id} slice {index}: the segmenter's tumour outline; predicted {classes[call]} "
-        f"(slice p={probs[best, call]:.2f})"
-    )
-    return plots.outline_figure(image, outline[0, 0], modalities, title)
-
-
-def slices_plane(contract: Mapping[str, Any]) -> str:
-    return str(contract["slices"]["plane"])
-
-
-def _gradcam(model, slices, probs, predicted, classes, contract, mean):
-    from gliograde.data.crops import centre_channels
-    from gliograde.evaluation import plots
-
-    best = int(np.argmax(probs[:, predicted]))  # the slice that speaks most for the call
-    image = slices.images[best].astype(np.float32)
-    heat = model.grad_cam(image, predicted)
-    title = (
-        f"{slices.patient_id} slice {int(slices.slice_index[best])}: predicted {classes[predicted]} "
-        f"(p={mean[predicted]:.2f}; slice p={probs[best, predicted]:.2f})"
-    )
-    modalities = tuple(contract["modalities"])
-    shown = image[centre_channels(len(modalities), int(contract.get("context", 0)))]  # the centre slice
-    return plots.gradcam_figure(shown, heat, modalities, title)
-
-
-def _save(figure, path: Path) -> str:
-    """Save ``figure`` as PNG through a temporary name; return the file name."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
-    try:
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-        plt.close(figure)
-    return path.name
 
 
 def _safe(name: str) -> str:
