@@ -186,3 +186,30 @@ def test_segmenter_options_refused_in_one_line(runs, tmp_path):
         assert (locked / "out" / "predictions.csv").is_file()
     else:
         assert "output_dir" in _one_line_exit_2(result)
+
+
+def test_a_full_size_patient_without_a_mask_graded_through_a_segmenter(tmp_path):
+    """240x240x155: segment() of a cached patient, then predict.py through the segmenter on the
+    patient's folder without its mask, the mask written back on the scan's grid (models of one
+    training step: the shapes, the files and the times are what is checked)."""
+    from benchmarks.bench import measure_predict
+    from benchmarks.segmenter_bench import measure_segment
+
+    from gliograde.data.synthetic import generate_cohort
+
+    cohort = generate_cohort(tmp_path / "cohort", patients=2, seed=3, shape=(240, 240, 155))
+    measure_predict(cohort, tmp_path / "cache", tmp_path, repeats=1, seed=0)  # leaves predict-model.ckpt
+    seconds, segmenter = measure_segment(cohort, tmp_path / "cache-seg", tmp_path, repeats=1, seed=0)
+    assert seconds < 30
+    patient = sorted(p for p in cohort.iterdir() if p.is_dir())[0]
+    folder = _mask_free_copy(cohort, [patient.name], tmp_path / "hospital")
+    out = tmp_path / "out"
+    result = run_python(
+        "predict.py", f"ckpt={tmp_path / 'predict-model.ckpt'}", f"input={folder}", f"segmenter={segmenter}",
+        "save_masks=true", "min_tumour_ml=0", f"output_dir={out}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = pd.read_csv(out / "predictions.csv").iloc[0]
+    assert row["slice_rule"] in ("predicted mask", "no tumour found")
+    written = nib.load(str(out / f"{patient.name}_predicted_mask.nii.gz"))
+    assert written.shape == (240, 240, 155)
