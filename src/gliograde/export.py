@@ -187,7 +187,8 @@ def _segmenter_example(segmenter, batch: int, seed: int = 0) -> np.ndarray:
     grid = segmenter.contract.get("grid")
     height, width = (int(grid["shape"][1]), int(grid["shape"][0])) if grid else (40, 40)
     rng = np.random.default_rng(seed)
-    channels = input_channels(len(segmenter.contract["modalities"]), int(segmenter.contract.get("context", 0)))
+    contract = segmenter.contract
+    channels = input_channels(len(contract["modalities"]), int(contract.get("context", 0)))
     images = rng.standard_normal((batch, channels, height, width)).astype(np.float16)
     images[..., : height // 8, :] = 0
     return images.astype(np.float32)
@@ -237,7 +238,9 @@ def _check_segmenter_onnx(segmenter, path: Path) -> float:
         got = session.run(None, {"image": images})[0]
         worst = max(worst, float(np.abs(got - expected).max()))
     if worst > TOLERANCE:
-        raise RuntimeError(f"the segmenter's ONNX graph differs from its checkpoint by {worst:.2e} (> {TOLERANCE})")
+        raise RuntimeError(
+            f"the segmenter's ONNX graph differs from its checkpoint by {worst:.2e} (> {TOLERANCE})"
+        )
     return worst
 
 
@@ -375,7 +378,8 @@ def check(run: str | Path, output: str | Path | None = None) -> int:
     if stale:
         print(stale)
         return 1
-    print(f"{folder} applies the run's current recipe")
+    bundled = " and bundles its segmenter checkpoint as it is" if read_card(folder).get(CARD_SECTION) else ""
+    print(f"{folder} applies the run's current recipe{bundled}")
     return 0
 
 

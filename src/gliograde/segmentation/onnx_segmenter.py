@@ -71,7 +71,8 @@ def bundled_segmenter(folder: str | Path) -> OnnxSegmenter | None:
     section = card.get(CARD_SECTION)
     if section is None:
         return None
-    redo = f"re-export it (python -m gliograde.export {(card.get('training') or {}).get('run_dir') or 'RUN'} segmenter=SEG_RUN)"
+    run = (card.get("training") or {}).get("run_dir") or "RUN"
+    redo = f"re-export it (python -m gliograde.export {run} segmenter=SEG_RUN)"
     path = folder / SEGMENTER_ONNX_FILE
     if not path.is_file():
         raise SegmenterError(f"{path}: missing, though the model card bundles a segmenter; {redo}")
@@ -84,7 +85,12 @@ def bundled_segmenter(folder: str | Path) -> OnnxSegmenter | None:
         )
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile, ort_errors.Fail) as err:
+    except (
+        ort_errors.InvalidProtobuf,
+        ort_errors.InvalidGraph,
+        ort_errors.NoSuchFile,
+        ort_errors.Fail,
+    ) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SegmenterError(f"{path}: onnxruntime cannot load it ({first}); {redo}") from None
     dice = (section.get("test_dice") or {}).get("mean")
