@@ -238,3 +238,8 @@ def test_check_says_when_the_bundled_segmenters_checkpoint_changed(bundle, tmp_p
     with pytest.raises(SystemExit) as stop:
         export_module.main([str(run), "--check"])
     assert stop.value.code == 1
+    # Exporting again without segmenter= says that the segmenter is no longer bundled.
+    capsys.readouterr()
+    export_module.export(run)
+    assert f"the one it replaces bundled {seg}" in capsys.readouterr().out
+    assert not (run / "export" / "segmenter.onnx").exists()

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from gliograde.data.crops import input_channels
-from gliograde.errors import exit_on_user_error
+from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
 from gliograde.inference.models import (
     CARD_FILE,
@@ -89,6 +89,12 @@ def export(source: str | Path, output: str | Path | None = None, segmenter: str 
     stale = export_staleness(target, run) if run is not None else None
     if stale:
         print(f"Replacing {stale.split('; re-export it')[0]}")
+    previous = _bundled_before(target) if segmenter is None else None
+    if previous:
+        print(
+            f"The new export bundles no segmenter (the one it replaces bundled {previous}; "
+            "segmenter= keeps one)"
+        )
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -163,6 +169,15 @@ def _open_for_bundle(source: str | Path, model: TorchModel):
     segmenter = open_segmenter(path, device="cpu")
     check_compatible(segmenter.contract, model.contract, f"segmenter={source}")
     return segmenter, file_sha256(segmenter.path)
+
+
+def _bundled_before(target: Path) -> str | None:
+    """The segmenter run (or checkpoint) the export at ``target`` bundles, if any is readable."""
+    try:
+        section = read_card(target).get(CARD_SECTION) if (target / CARD_FILE).is_file() else None
+    except GliogradeError:
+        return None
+    return (section.get("run_dir") or section.get("checkpoint")) if section else None
 
 
 def _segmenter_net(segmenter):
