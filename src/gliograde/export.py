@@ -7,8 +7,11 @@ a model card (``model_card.json``, sealed with a checksum of its own and of ``mo
 intervals, the run's recipe (``RUN/recipe.json``: TTA, temperature, threshold, when it is the
 recipe of this checkpoint) and the commands that made the run. The graph also outputs the
 logits, which predict.py scales by the recipe's temperature.
+``segmenter=SEG_RUN`` (or ``--segmenter``) bundles a tumour segmenter of a fitting contract:
+``segmenter.onnx`` (slices to tumour probability, checked against its checkpoint likewise) and
+a ``segmenter`` section of the same sealed card.
 ``predict.py ckpt=RUN/export`` runs the folder with onnxruntime alone; ``--check`` says whether
-an export still applies its run's recipe.
+an export still applies its run's recipe (and its segmenter's checkpoint).
 """
 
 from __future__ import annotations
@@ -25,9 +28,16 @@ from typing import Any
 import numpy as np
 
 from gliograde.data.crops import input_channels
-from gliograde.errors import exit_on_user_error
+from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
-from gliograde.inference.models import CARD_FILE, ONNX_FILE, ModelSourceError, TorchModel, find_checkpoint
+from gliograde.inference.models import (
+    CARD_FILE,
+    ONNX_FILE,
+    ModelSourceError,
+    TorchModel,
+    find_checkpoint,
+    read_card,
+)
 from gliograde.inference.recipe import (
     RECIPE_FILE,
     RecipeError,
@@ -37,15 +47,17 @@ from gliograde.inference.recipe import (
     recipe_checkpoint,
     recipe_values,
 )
-from gliograde.model_card import build_card, render_markdown
+from gliograde.model_card import build_card, render_markdown, segmenter_section
 from gliograde.sealed import write_sealed
+from gliograde.segmentation.onnx_segmenter import CARD_SECTION, SEGMENTER_ONNX_FILE
 
 OPSET = 17
 TOLERANCE = 1e-4
 
 
-def export(source: str | Path, output: str | Path | None = None) -> Path:
-    """Export the checkpoint (or a run's best) at ``source``; return the export folder."""
+def export(source: str | Path, output: str | Path | None = None, segmenter: str | Path | None = None) -> Path:
+    """Export the checkpoint (or a run's best) at ``source``, with the segmenter run or checkpoint
+    ``segmenter`` bundled when given; return the export folder."""
     source = Path(source).expanduser()
     if source.is_dir():
         if not (source / "checkpoints").is_dir():
@@ -71,11 +83,18 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
             f"command of the recipe ({recipe.get('command')}), or export the file itself: "
             f"python -m gliograde.export {checkpoint}"
         )
+    bundled = None if segmenter is None else _open_for_bundle(segmenter, model)
     recipe = _recipe(run, recipe, checkpoint_sha)
     calibration = _calibration(run, recipe)
     stale = export_staleness(target, run) if run is not None else None
     if stale:
         print(f"Replacing {stale.split('; re-export it')[0]}")
+    previous = _bundled_before(target) if segmenter is None else None
+    if previous:
+        print(
+            f"The new export bundles no segmenter (the one it replaces bundled {previous}; "
+            "segmenter= keeps one)"
+        )
 
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -88,6 +107,12 @@ def export(source: str | Path, output: str | Path | None = None) -> Path:
             model, checkpoint, run, calibration, recipe=recipe, onnx_sha256=digest, onnx_max_abs_diff=worst
         )
         card["model"]["checkpoint_sha256"] = checkpoint_sha
+        if bundled is not None:
+            seg_net, seg_sha = bundled
+            _write_segmenter_onnx(seg_net, tmp / SEGMENTER_ONNX_FILE)
+            seg_worst = _check_segmenter_onnx(seg_net, tmp / SEGMENTER_ONNX_FILE)
+            seg_digest = hashlib.sha256((tmp / SEGMENTER_ONNX_FILE).read_bytes()).hexdigest()
+            card[CARD_SECTION] = segmenter_section(seg_net, seg_sha, seg_digest, seg_worst)
         card = write_sealed(tmp / CARD_FILE, card)
         (tmp / "MODEL_CARD.md").write_text(render_markdown(card))
         _swap_in(tmp, target)
@@ -127,6 +152,111 @@ def _calibration(run: Path | None, recipe: dict[str, Any] | None) -> dict[str, A
             f"evaluate.py run_dir={run} calibration=temperature (with the recipe's tta) to record both again"
         )
     return record
+
+
+def _open_for_bundle(source: str | Path, model: TorchModel):
+    """The segmenter checkpoint at ``source`` (a segmenter run or .ckpt) and its sha256, refused
+    in one line when it is not one, is damaged, or does not fit the classifier's contract."""
+    from gliograde.segmentation.inference import SegmenterError, check_compatible, open_segmenter
+
+    if not str(source).strip():
+        raise SegmenterError("segmenter= needs a segmenter run directory or checkpoint (task=segment)")
+    path = Path(source).expanduser()
+    if path.is_dir() and (path / CARD_FILE).is_file():
+        raise SegmenterError(
+            f"segmenter={source} is an export folder; bundle the segmenter run it came from (or its .ckpt)"
+        )
+    segmenter = open_segmenter(path, device="cpu")
+    check_compatible(segmenter.contract, model.contract, f"segmenter={source}")
+    return segmenter, file_sha256(segmenter.path)
+
+
+def _bundled_before(target: Path) -> str | None:
+    """The segmenter run (or checkpoint) the export at ``target`` bundles, if any is readable."""
+    try:
+        section = read_card(target).get(CARD_SECTION) if (target / CARD_FILE).is_file() else None
+    except GliogradeError:
+        return None
+    return (section.get("run_dir") or section.get("checkpoint")) if section else None
+
+
+def _segmenter_net(segmenter):
+    import torch
+
+    class Probability(torch.nn.Module):
+        """The segmenter's network followed by the sigmoid: the graph gives tumour probability."""
+
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
+
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            return self.net(image).sigmoid()
+
+    return Probability(segmenter.network).cpu().eval()
+
+
+def _segmenter_example(segmenter, batch: int, seed: int = 0) -> np.ndarray:
+    """z-scored-like slices of the segmenter's grid plane (or 40x40: not a multiple of 16, so
+    the graph's padding is checked too)."""
+    grid = segmenter.contract.get("grid")
+    height, width = (int(grid["shape"][1]), int(grid["shape"][0])) if grid else (40, 40)
+    rng = np.random.default_rng(seed)
+    contract = segmenter.contract
+    channels = input_channels(len(contract["modalities"]), int(contract.get("context", 0)))
+    images = rng.standard_normal((batch, channels, height, width)).astype(np.float16)
+    images[..., : height // 8, :] = 0
+    return images.astype(np.float32)
+
+
+def _write_segmenter_onnx(segmenter, path: Path) -> None:
+    import torch
+
+    net = _segmenter_net(segmenter)
+    example = torch.from_numpy(_segmenter_example(segmenter, 2))
+    dynamic = {0: "batch", 2: "height", 3: "width"}
+    # The tracer's notices (shape tests made constant, instance norm exported with its input's
+    # statistics, as it computes in eval mode too) tell the user nothing: the graph is checked
+    # against the checkpoint on several batch sizes and windows (_check_segmenter_onnx).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", category=UserWarning, message=r".*(instance_norm|Constant folding)")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["probability"],
+            dynamic_axes={"image": dynamic, "probability": dynamic},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+
+def _check_segmenter_onnx(segmenter, path: Path) -> float:
+    """Largest tumour-probability difference between onnxruntime and PyTorch on batches of 1, 5
+    and 2: the grid plane, a window that is a multiple of 16 and one that the graph pads."""
+    import onnxruntime
+    import torch
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    net = _segmenter_net(segmenter)
+    worst = 0.0
+    for batch, seed, window in ((1, 1, None), (5, 2, (32, 32)), (2, 3, (37, 29))):
+        images = _segmenter_example(segmenter, batch, seed)
+        if window:
+            images = np.ascontiguousarray(images[..., : window[0], : window[1]])
+        with torch.no_grad():
+            expected = net(torch.from_numpy(images)).numpy()
+        got = session.run(None, {"image": images})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > TOLERANCE:
+        raise RuntimeError(
+            f"the segmenter's ONNX graph differs from its checkpoint by {worst:.2e} (> {TOLERANCE})"
+        )
+    return worst
 
 
 def _probability_net(model: TorchModel):
@@ -224,12 +354,28 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="export nothing: say whether the export still applies the run's recipe (exit 1 when stale)",
     )
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--segmenter",
+        metavar="SEG",
+        help="bundle this segmenter (a task=segment run directory or its .ckpt); also segmenter=SEG",
+    )
+    args = parser.parse_args(_segmenter_token(sys.argv[1:] if argv is None else argv))
     with exit_on_user_error():
         if args.check:
             sys.exit(check(args.source, args.output))
-        folder = export(args.source, args.output)
+        folder = export(args.source, args.output, args.segmenter)
     print(f"Exported to {folder}")
+
+
+def _segmenter_token(argv: list[str]) -> list[str]:
+    """``segmenter=SEG`` (as evaluate.py and predict.py spell it) as ``--segmenter SEG``."""
+    out: list[str] = []
+    for token in argv:
+        if token.startswith("segmenter="):
+            out += ["--segmenter", token[len("segmenter=") :]]
+        else:
+            out.append(token)
+    return out
 
 
 def check(run: str | Path, output: str | Path | None = None) -> int:
@@ -243,12 +389,28 @@ def check(run: str | Path, output: str | Path | None = None) -> int:
         raise ModelSourceError(
             f"{folder}: no export to check (no {CARD_FILE}); python -m gliograde.export {run} makes one"
         )
-    stale = export_staleness(folder, run)
+    stale = export_staleness(folder, run) or segmenter_staleness(folder, run)
     if stale:
         print(stale)
         return 1
-    print(f"{folder} applies the run's current recipe")
+    bundled = " and bundles its segmenter checkpoint as it is" if read_card(folder).get(CARD_SECTION) else ""
+    print(f"{folder} applies the run's current recipe{bundled}")
     return 0
+
+
+def segmenter_staleness(folder: Path, run: Path) -> str | None:
+    """Why the segmenter bundled in the export ``folder`` is no longer its checkpoint's (gone or
+    rewritten since export); None when it still is, or when none is bundled."""
+    section = read_card(folder).get(CARD_SECTION)
+    if not section:
+        return None
+    checkpoint = Path(section["checkpoint"])
+    redo = f"re-export it (python -m gliograde.export {run} segmenter={section.get('run_dir') or checkpoint})"
+    if not checkpoint.is_file():
+        return f"{folder} is stale: its segmenter's checkpoint {checkpoint} is gone; {redo}"
+    if file_sha256(checkpoint) != section["checkpoint_sha256"]:
+        return f"{folder} is stale: its segmenter's checkpoint {checkpoint} changed since export; {redo}"
+    return None
 
 
 if __name__ == "__main__":

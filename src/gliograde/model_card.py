@@ -96,6 +96,56 @@ def build_card(
     return card
 
 
+def segmenter_section(
+    segmenter, checkpoint_sha256: str, onnx_sha256: str, onnx_max_abs_diff: float
+) -> dict[str, Any]:
+    """The card's ``segmenter`` section for a bundled ``segmenter`` (an opened checkpoint
+    Segmenter): its contract, checkpoint and graph checksums, its run's test Dice and command."""
+    run = segmenter.path.parent.parent if segmenter.path.parent.name == "checkpoints" else None
+    return {
+        "checkpoint": str(segmenter.path),
+        "checkpoint_sha256": checkpoint_sha256,
+        "onnx": {"file": "segmenter.onnx", "input": "image", "output": "probability"},
+        "segmenter_onnx_sha256": onnx_sha256,
+        "onnx_max_abs_diff": onnx_max_abs_diff,
+        "threshold": float(segmenter.threshold),
+        "input": (
+            f"float32 [batch, {_channels(segmenter.contract)}, H, W] slices, channels "
+            f"{segmenter.contract['modalities']}{_context(segmenter.contract)}, z-scored as the classifier's"
+        ),
+        "output": "tumour probability [batch, 1, H, W]; tumour where above the threshold",
+        "input_contract": segmenter.contract,
+        "test_dice": _segmenter_dice(run),
+        "run_dir": None if run is None else str(run),
+        "command": _commands(run).get("train"),
+    }
+
+
+def _channels(contract: dict[str, Any]) -> int:
+    from gliograde.data.crops import input_channels
+
+    return input_channels(len(contract["modalities"]), int(contract.get("context", 0)))
+
+
+def _segmenter_dice(run: Path | None) -> dict[str, Any]:
+    """Mean and minimum patient Dice of the segmenter run's test patients (metrics.json), with
+    their number (splits.csv); None where not recorded."""
+    out: dict[str, Any] = {"mean": None, "min": None, "n_patients": None}
+    if run is None:
+        return out
+    try:
+        metrics = json.loads((run / "metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = {}
+    for key, name in (("test/patient_dice", "mean"), ("test/patient_dice_min", "min")):
+        value = metrics.get(key) if isinstance(metrics, dict) else None
+        out[name] = float(value) if isinstance(value, (int, float)) else None
+    if (run / "splits.csv").is_file():
+        out["n_patients"] = int((read_table(run / "splits.csv")["split"] == "test").sum())
+    out["source"] = str(run / "metrics.json")
+    return out
+
+
 def _conditions(report: dict[str, Any]) -> dict[str, str]:
     """The TTA and calibration an evaluate.py report's probabilities were computed with."""
     method = (report.get("calibration") or {}).get("method", "none")
@@ -273,6 +323,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         lines += ["No metrics recorded.", ""]
     lines += ["## Commands", ""]
     lines += [f"- {name}: `{command}`" for name, command in card["commands"].items()] or ["- not recorded"]
+    if card.get("segmenter"):
+        lines += _segmenter_lines(card["segmenter"])
     onnx = card["model"]["onnx"]
     lines += [
         "",
@@ -282,9 +334,43 @@ def render_markdown(card: dict[str, Any]) -> str:
             f"- model.onnx (sha256 {onnx.get('onnx_sha256')}), checked against "
             f"{card['model']['checkpoint']} to {onnx.get('onnx_max_abs_diff'):.1e}"
         ),
+        *(
+            [
+                f"- segmenter.onnx (sha256 {card['segmenter']['segmenter_onnx_sha256']}), checked against "
+                f"{card['segmenter']['checkpoint']} to {card['segmenter']['onnx_max_abs_diff']:.1e}"
+            ]
+            if card.get("segmenter")
+            else []
+        ),
         "",
     ]
     return "\n".join(lines)
+
+
+def _segmenter_lines(section: dict[str, Any]) -> list[str]:
+    """MODEL_CARD.md's Segmenter section."""
+    contract = section["input_contract"]
+    dice = section["test_dice"]
+    if dice.get("mean") is None:
+        measured = "not recorded (no test/patient_dice in the segmenter run's metrics.json)"
+    else:
+        patients = f" over {dice['n_patients']} test patients" if dice.get("n_patients") else ""
+        low = "n/a" if dice.get("min") is None else f"{dice['min']:.3f}"
+        measured = f"mean {dice['mean']:.3f}, min {low}{patients} ({dice['source']})"
+    return [
+        "",
+        "## Segmenter",
+        "",
+        "A whole-tumour segmenter is bundled (segmenter.onnx): for patients without a tumour mask, its",
+        "mask picks the slices of the classifier's slice rule.",
+        "",
+        f"- Input: {section['input']}",
+        f"- Output: {section['output']} ({section['threshold']})",
+        f"- Target: {contract.get('target')}; grid: {contract['grid']}",
+        f"- Test patient Dice: {measured}",
+        f"- Checkpoint: {section['checkpoint']} (sha256 {section['checkpoint_sha256']})",
+        f"- Run: {section['run_dir']}; command: `{section['command'] or 'not recorded'}`",
+    ]
 
 
 def _threshold_source(threshold: dict[str, Any]) -> str:

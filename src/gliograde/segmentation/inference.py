@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ from gliograde.contract import ContractError, grid_mismatch, kind_of
 from gliograde.data.crops import context_slices, stack_context
 from gliograde.errors import GliogradeError
 from gliograde.segmentation.network import DIVISOR, PaddedUNet
+
+if TYPE_CHECKING:
+    from gliograde.segmentation.onnx_segmenter import OnnxSegmenter
 
 BATCH_SLICES = 16  # axial slices per forward pass
 WINDOW_MARGIN = 16  # voxels of background kept around the brain's box: the UNet's context at its edge
@@ -35,6 +38,7 @@ class Segmenter:
     threshold: float = 0.5
     network: torch.nn.Module | None = field(default=None, repr=False)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"), repr=False)
+    kind: ClassVar[str] = "checkpoint"
 
     def segment(self, volume: np.ndarray, stored: Sequence[str]) -> np.ndarray:
         """volume: one patient [z, C, y, x] on the full grid as the cache holds it (float16 or
@@ -43,37 +47,56 @@ class Segmenter:
         (all False)."""
         if self.network is None:
             raise SegmenterError(f"{self.path}: no network loaded; open it with open_segmenter")
-        volume = np.asarray(volume)
-        if volume.ndim != 4 or volume.shape[1] != len(stored):
-            raise SegmenterError(
-                f"a volume to segment is [z, C, y, x] with one channel per stored modality {list(stored)}; "
-                f"got shape {list(volume.shape)}"
-            )
-        modalities = list(self.contract["modalities"])
-        missing = [m for m in modalities if m not in stored]
-        if missing:
-            raise SegmenterError(
-                f"{self.path}: the segmenter needs modalities {modalities}; {missing} not among {list(stored)}"
-            )
-        inputs = volume[:, [list(stored).index(m) for m in modalities]]  # [z, M, y, x]
-        depth = inputs.shape[0]
-        # Brain, as everywhere: voxels nonzero in any of the model's own modalities.
-        brain = np.flatnonzero(inputs.reshape(depth, -1).any(axis=1))
-        context = int(self.contract.get("context", 0))
-        mask = np.zeros((depth, *inputs.shape[2:]), dtype=bool)
-        if len(brain) == 0:
-            return mask
-        rows_y, cols_x = _brain_window(inputs[brain].any(axis=(0, 1)))
-        inputs = inputs[:, :, rows_y, cols_x]
+        return segment_volume(volume, stored, self.contract, self.predict_batch, self.threshold, self.path)
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """Tumour probabilities ``[B, H, W]`` (float32) of float32 slices ``[B, C, H, W]``."""
+        batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
         with torch.inference_mode():
-            for start in range(0, len(brain), BATCH_SLICES):
-                picked = brain[start : start + BATCH_SLICES]
-                rows = context_slices(picked, context, depth).ravel() if context else picked
-                images = stack_context(inputs[rows], context)
-                batch = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-                probs = self.network(batch).float().sigmoid()[:, 0]
-                mask[picked, rows_y, cols_x] = (probs > self.threshold).cpu().numpy()
+            return self.network(batch).float().sigmoid()[:, 0].cpu().numpy()
+
+
+def segment_volume(
+    volume: np.ndarray,
+    stored: Sequence[str],
+    contract: Mapping[str, Any],
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    threshold: float,
+    source: Any,
+) -> np.ndarray:
+    """The bool whole-tumour mask ``[z, y, x]`` of ``volume`` (``[z, C, y, x]``, channels =
+    ``stored``) by a segmenter of ``contract`` whose ``predict_batch`` maps float32 slices
+    ``[B, C, H, W]`` to tumour probabilities ``[B, H, W]``: its modalities picked, its context
+    stacked, the brain's window cut, ``BATCH_SLICES`` brain slices at a time; brain-free slices
+    stay False. ``source`` names the segmenter in refusals."""
+    volume = np.asarray(volume)
+    if volume.ndim != 4 or volume.shape[1] != len(stored):
+        raise SegmenterError(
+            f"a volume to segment is [z, C, y, x] with one channel per stored modality {list(stored)}; "
+            f"got shape {list(volume.shape)}"
+        )
+    modalities = list(contract["modalities"])
+    missing = [m for m in modalities if m not in stored]
+    if missing:
+        raise SegmenterError(
+            f"{source}: the segmenter needs modalities {modalities}; {missing} not among {list(stored)}"
+        )
+    inputs = volume[:, [list(stored).index(m) for m in modalities]]  # [z, M, y, x]
+    depth = inputs.shape[0]
+    # Brain, as everywhere: voxels nonzero in any of the model's own modalities.
+    brain = np.flatnonzero(inputs.reshape(depth, -1).any(axis=1))
+    context = int(contract.get("context", 0))
+    mask = np.zeros((depth, *inputs.shape[2:]), dtype=bool)
+    if len(brain) == 0:
         return mask
+    rows_y, cols_x = _brain_window(inputs[brain].any(axis=(0, 1)))
+    inputs = inputs[:, :, rows_y, cols_x]
+    for start in range(0, len(brain), BATCH_SLICES):
+        picked = brain[start : start + BATCH_SLICES]
+        rows = context_slices(picked, context, depth).ravel() if context else picked
+        images = np.ascontiguousarray(stack_context(inputs[rows], context), dtype=np.float32)
+        mask[picked, rows_y, cols_x] = predict_batch(images) > threshold
+    return mask
 
 
 def _brain_window(brain: np.ndarray) -> tuple[slice, slice]:
@@ -92,13 +115,18 @@ def _brain_window(brain: np.ndarray) -> tuple[slice, slice]:
     return window[0], window[1]
 
 
-def open_segmenter(source: str | Path, device: Any = None) -> Segmenter:
+def open_segmenter(source: str | Path, device: Any = None) -> Segmenter | OnnxSegmenter:
     """A segmenter run directory (its best checkpoint, as find_checkpoint does for classifiers),
-    or a .ckpt file. One-line SegmenterError for: missing path, a classifier run/checkpoint
-    ("... is a classifier (task=classify) ..."), a damaged/truncated checkpoint."""
-    from gliograde.inference.models import ModelSourceError, find_checkpoint
+    a .ckpt file, or an export folder that bundles one (an OnnxSegmenter). One-line
+    SegmenterError for: missing path, a classifier run/checkpoint ("... is a classifier
+    (task=classify) ..."), a damaged/truncated checkpoint, an export without a segmenter or with
+    a damaged one."""
+    from gliograde.inference.models import CARD_FILE, ModelSourceError, find_checkpoint
+    from gliograde.segmentation.onnx_segmenter import open_bundled
 
     path = Path(source).expanduser()
+    if path.is_dir() and (path / CARD_FILE).is_file():
+        return open_bundled(path)
     if path.is_dir():
         try:
             path = find_checkpoint(path, kind="segmenter")
@@ -185,4 +213,4 @@ def check_compatible(segmenter: Mapping, classifier: Mapping, source: str) -> No
             )
 
 
-__all__ = ["Segmenter", "SegmenterError", "check_compatible", "open_segmenter"]
+__all__ = ["Segmenter", "SegmenterError", "check_compatible", "open_segmenter", "segment_volume"]
