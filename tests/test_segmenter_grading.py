@@ -213,3 +213,29 @@ def test_a_full_size_patient_without_a_mask_graded_through_a_segmenter(tmp_path)
     assert row["slice_rule"] in ("predicted mask", "no tumour found")
     written = nib.load(str(out / f"{patient.name}_predicted_mask.nii.gz"))
     assert written.shape == (240, 240, 155)
+
+
+def test_an_export_bundling_a_segmenter_grades_a_mask_free_patient_without_lightning(runs, tmp_path):
+    run, seg = runs["run"], runs["segmenter"]
+    export = tmp_path / "export"
+    done = run_python("-m", "gliograde.export", str(run), f"segmenter={seg}", "--output", str(export))
+    assert done.returncode == 0, done.stderr[-3000:]
+    patient = _test_patients(run)[0]
+    folder = _mask_free_copy(runs["cohort"], [patient], tmp_path / "hospital")
+    out = tmp_path / "out"
+    # -X importtime would be noisy: ask the interpreter which modules the command imported
+    probe = (
+        "import runpy, sys; sys.argv = sys.argv[1:]; "
+        "import atexit; atexit.register(lambda: print('LIGHTNING' if 'pytorch_lightning' in sys.modules else 'NO-LIGHTNING'))\n"
+        "runpy.run_path('predict.py', run_name='__main__')"
+    )
+    result = run_python(
+        "-c", probe, "predict.py", f"ckpt={export}", f"input={folder}", TINY, "save_masks=true", f"output_dir={out}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "NO-LIGHTNING" in result.stdout
+    report = json.loads((out / "predictions.json").read_text())
+    assert report["segmenter"]["source"].endswith("(bundled)")
+    row = report["patients"][0]
+    assert row["slice_rule"] in ("predicted mask", "no tumour found")
+    assert (out / f"{patient}_predicted_mask.nii.gz").is_file()
