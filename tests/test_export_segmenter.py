@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers.commands import run_python
-from helpers.runs import tiny_run, tiny_train_args
+from helpers.runs import tiny_segmenter_run
 
 from gliograde import export as export_module
 from gliograde.inference.models import find_checkpoint, read_card
@@ -25,7 +25,6 @@ from gliograde.segmentation.onnx_segmenter import OnnxSegmenter, bundled_segment
 # trains a classifier and a segmenter in `python train.py` subprocesses
 pytestmark = pytest.mark.slow
 
-SEGMENT = ("task=segment", "trainer.max_epochs=2")
 
 
 def _sha(path: Path) -> str:
@@ -35,15 +34,13 @@ def _sha(path: Path) -> str:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     """A tiny classifier run exported with a tiny segmenter trained on the same cohort."""
-    paths = tiny_run(tmp_path_factory)
+    paths = tiny_segmenter_run(tmp_path_factory)  # shared with the other segmenter tests
     base = tmp_path_factory.mktemp("bundle")
     run = base / "run"
     shutil.copytree(
         paths["run"], run, ignore=shutil.ignore_patterns("eval", "export", "tensorboard", "last.ckpt")
     )
-    seg = {"cohort": paths["cohort"], "cache": base / "seg_cache", "run": base / "seg_run"}
-    trained = run_python(*tiny_train_args(seg, *SEGMENT, f"hydra.run.dir={seg['run']}"))
-    assert trained.returncode == 0, trained.stderr[-3000:]
+    seg = {"cohort": paths["cohort"], "cache": paths["cache"], "run": paths["segmenter"]}
     result = run_python("-m", "gliograde.export", str(run), f"segmenter={seg['run']}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Warning" not in result.stderr, result.stderr[-3000:]  # the tracer's notices stay quiet
