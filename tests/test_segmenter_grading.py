@@ -144,6 +144,7 @@ def test_a_patient_without_tumour_is_reported_not_graded(runs, tmp_path, monkeyp
     assert row["n_slices"] == 0 and row["probabilities"] == {"LGG": None, "HGG": None}
     assert report["segmenter"]["no_tumour"] == {patient: row["note"]}
     assert "found no tumour" in row["note"]
+    assert "mask_free_note" not in report  # not graded, so not graded by another rule either
     table = pd.read_csv(out / "predictions.csv")
     assert table.loc[0, "prediction"] == "no tumour found" and np.isnan(table.loc[0, "prob_HGG"])
     assert np.asarray(nib.load(str(out / f"{patient}_predicted_mask.nii.gz")).dataobj).sum() == 0
@@ -166,6 +167,11 @@ def test_segmenter_options_refused_in_one_line(runs, tmp_path):
         run_python("predict.py", f"ckpt={run}", f"input={folder}", f"segmenter={tmp_path / 'nothing'}")
     )
     assert "nothing" in line
+    # a floor that is not a volume
+    line = _one_line_exit_2(
+        run_python("predict.py", f"ckpt={run}", f"input={folder}", f"segmenter={seg}", "min_tumour_ml=abc")
+    )
+    assert "min_tumour_ml=abc" in line
     # save_masks without a segmenter
     line = _one_line_exit_2(
         run_python("predict.py", f"ckpt={run}", f"input={folder}", "mask_free=brain", "save_masks=true")
@@ -239,3 +245,20 @@ def test_an_export_bundling_a_segmenter_grades_a_mask_free_patient_without_light
     row = report["patients"][0]
     assert row["slice_rule"] in ("predicted mask", "no tumour found")
     assert (out / f"{patient}_predicted_mask.nii.gz").is_file()
+
+
+def test_a_what_if_evaluation_leaves_the_runs_recipe_alone(runs, tmp_path):
+    """A Youden threshold fitted on patients graded without their masks is never the recipe that
+    predict.py applies to patients who have them."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["run"], run, ignore=shutil.ignore_patterns("eval", "export", "tensorboard"))
+    before = sorted(p.name for p in run.iterdir())
+    result = run_python(
+        "evaluate.py", f"run_dir={run}", "masks=hidden", "mask_free=brain", "threshold=youden", "bootstrap=20",
+        "gradcam_n=0", "progress=false",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "not recorded as the run's recipe" in result.stdout
+    new = {p.name for p in run.iterdir()} - set(before)
+    assert new <= {"eval", "tensorboard"}, new  # the report and its figures only
+    assert not (run / "recipe.json").exists()

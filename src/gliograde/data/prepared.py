@@ -87,6 +87,8 @@ class PreparedCohort:
         self.supplied: set[str] = set()  # patients whose tumour apply_tumours gave
         # patient -> why it is not graded (a segmenter found no tumour): split as usual, then left out
         self.ungraded: dict[str, str] = {}
+        # the splits that must keep a patient of each class (None: every split made)
+        self.checked_splits: set[str] | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -304,6 +306,8 @@ class PreparedCohort:
             if self.saved_split is not None:
                 self._check_saved_split()
             graded = {split for pid, split in assignment.items() if pid not in self.ungraded}
+            if self.checked_splits is not None:
+                graded &= self.checked_splits
             self._check_split_sizes(graded, len(empty))
             self._refuse_shared_images()
         except Exception:

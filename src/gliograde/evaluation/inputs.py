@@ -99,6 +99,7 @@ def build_datamodule(
     show: bool = True,
     min_tumour_ml: float = MIN_TUMOUR_ML,
     segment_only: set[str] | None = None,
+    evaluated_splits: set[str] | None = None,
 ):
     """Prepare and set up the datamodule of ``data_cfg``; its cache grid must fit the contract.
 
@@ -111,6 +112,7 @@ def build_datamodule(
     datamodule.prepared.mask_free = mask_free
     datamodule.prepared.hide_masks = hide_masks
     datamodule.prepared.tumours_to_come = segmenter is not None
+    datamodule.prepared.checked_splits = evaluated_splits
     datamodule.prepare_data()
     if contract is not None:
         check_grid(contract, datamodule.cached.shape, str(datamodule.cohort.root))

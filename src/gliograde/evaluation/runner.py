@@ -86,8 +86,14 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         )
     elif str(cfg.calibration) == "temperature":
         check_storable(run)
-    keeps_recipe = chooses_recipe(options) and not writable(run)
-    if keeps_recipe:
+    what_if = _what_if(cfg)
+    if what_if and chooses_recipe(options):
+        print(
+            f"Note: this evaluation grades with {what_if}, so its tta, threshold and temperature are not "
+            f"recorded as the run's recipe; predict.py and export keep following {run / RECIPE_FILE} as it is"
+        )
+    keeps_recipe = chooses_recipe(options) and (bool(what_if) or not writable(run))
+    if keeps_recipe and not what_if:
         print(
             f"Note: {run} cannot be written, so this evaluation's tta and threshold are not recorded as its "
             f"recipe; predict.py and export keep following {run / RECIPE_FILE} as it is"
@@ -97,9 +103,10 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     datamodule = inputs.build_datamodule(
         data_cfg, contract, cfg.get("mask_free"), hide_masks, segmenter, bool(cfg.progress),
         float(cfg.get("min_tumour_ml", MIN_TUMOUR_ML)),
-        _evaluated_patients(cfg, run, other_cohort) if segmenter is not None else None,
+        *(_evaluated(cfg, run, other_cohort) if segmenter is not None else (None, None)),
     )
-    labelled = "test" in datamodule.datasets or "train" in datamodule.datasets
+    # from the split made, not from the datasets left: a segmenter's evaluation grades one split only
+    labelled = any(split != "all" for split in datamodule.assignment.values())
     if cfg.split != "all" and not labelled:
         raise EvaluationError(f"the cohort has no labels, so it has no {cfg.split} split: use split=all")
     if cfg.split not in datamodule.datasets:
@@ -142,15 +149,29 @@ def _open_segmenter(cfg: DictConfig, contract: dict[str, Any]):
     return segmenter
 
 
-def _evaluated_patients(cfg: DictConfig, run: Path, other_cohort: bool) -> set[str] | None:
-    """The patients of the run's own cohort this evaluation grades (its split, and the val split
-    a Youden threshold or a temperature is fitted on); None: every patient (another cohort, all)."""
+def _evaluated(cfg: DictConfig, run: Path, other_cohort: bool) -> tuple[set[str] | None, set[str] | None]:
+    """The patients of the run's own cohort this evaluation grades, and their splits (its split,
+    and the val split a Youden threshold or a temperature is fitted on); (None, None): every
+    patient (another cohort, split=all)."""
     if other_cohort or cfg.split == "all" or not (run / "splits.csv").is_file():
-        return None
+        return None, None
     wanted = {str(cfg.split)}
     if str(cfg.threshold) == "youden" or str(cfg.calibration) == "temperature":
         wanted.add("val")
-    return {patient for patient, split in read_splits(run / "splits.csv").items() if split in wanted}
+    return {patient for patient, split in read_splits(run / "splits.csv").items() if split in wanted}, wanted
+
+
+def _what_if(cfg: DictConfig) -> str | None:
+    """What makes this evaluation a measurement of another way of grading than the run's own
+    (hidden masks, a mask-free rule, a segmenter's masks); None when it grades as the run does."""
+    parts = []
+    if str(cfg.get("masks", "use")) != "use":
+        parts.append(f"masks={cfg.masks}")
+    if cfg.get("mask_free"):
+        parts.append(f"mask_free={cfg.mask_free}")
+    if cfg.get("segmenter"):
+        parts.append(f"segmenter={cfg.segmenter}")
+    return " ".join(parts) or None
 
 
 def _store_recipe(run: Path, checkpoint: Path, out: Path, recipe: dict[str, Any]) -> None:

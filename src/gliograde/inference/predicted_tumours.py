@@ -95,11 +95,19 @@ def scan_grid(
     files: PatientFiles, contract: Mapping[str, Any]
 ) -> tuple[Path, tuple[np.ndarray, tuple[int, int, int]] | None]:
     """The scan a predicted mask is written on (the first of the model's modalities) and, where
-    predict resampled the patient onto the model's grid, that grid's (affine, shape)."""
+    predict resampled the patient onto the model's grid, that grid's (affine, shape): as
+    ``stream.load_patient`` decides it, any of the patient's volumes off the grid resamples all."""
     reorient = contract["preprocess"]["reorient"]
-    reference = files.modalities[stored_modalities(contract["modalities"])[0]]
+    stored = stored_modalities(contract["modalities"])
+    reference = files.modalities[stored[0]]
     image = nib.load(str(reference))
-    if not contract.get("grid") or not grid_mismatch(contract, grid_of(image.affine, image.shape[:3], reorient)):
+    others = [nib.load(str(files.modalities[m])) for m in stored[1:]]
+    if files.mask is not None:
+        others.append(nib.load(str(files.mask)))
+    off_grid = contract.get("grid") and any(
+        grid_mismatch(contract, grid_of(volume.affine, volume.shape[:3], reorient)) for volume in [image, *others]
+    )
+    if not off_grid:
         return reference, None
     if len(image.shape) == 4:
         image = image.slicer[..., 0]

@@ -102,6 +102,8 @@ def _predict_into(
                 _grade(model, files, contract, cfg, classes, threshold, out, tta, temperature, predictor)
             )
         except DataError as err:
+            if predictor is not None:
+                predictor.take(files.patient_id)  # segmented, then refused: its mask is not kept
             if skipped is None:
                 raise
             skipped.append(err)
@@ -127,7 +129,8 @@ def _predict_into(
     }
     if predictor is not None:
         report["segmenter"] = predictor.report()
-    note = mask_free_note({r["patient_id"]: r["slice_rule"] for r in rows}, contract)
+    graded = {r["patient_id"]: r["slice_rule"] for r in rows if r["slice_rule"] != NO_TUMOUR_RULE}
+    note = mask_free_note(graded, contract)
     if note:
         report["mask_free_note"] = note
     if skipped is not None:
@@ -168,8 +171,12 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     check_predict_options(cfg)
     check_mask_free(cfg.get("mask_free"))
-    if not float(cfg.get("min_tumour_ml", 0)) >= 0:
-        raise ConfigError(f"min_tumour_ml={cfg.min_tumour_ml} must be a volume in mL, 0 or more")
+    try:
+        floor = float(cfg.get("min_tumour_ml", 0))
+    except (TypeError, ValueError):
+        floor = -1.0
+    if not floor >= 0:
+        raise ConfigError(f"min_tumour_ml={cfg.get('min_tumour_ml')} must be a volume in mL, 0 or more")
     if cfg.get("save_masks") and not cfg.get("segmenter") and not _bundles_segmenter(str(cfg.ckpt)):
         raise ConfigError(
             "save_masks=true writes the masks a segmenter predicts: give segmenter=RUN (a run of task=segment)"
