@@ -12,7 +12,10 @@ from omegaconf import OmegaConf
 from gliograde.models.names import DEFAULT_LOSS, DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+# the classifiers' configs (the segmenter's, model=unet, has defaults of its own)
+MODELS = sorted(
+    p.stem for p in (CONF_DIR / "model").glob("*.yaml") if "GradeClassifier" in p.read_text()
+)
 DEFAULTS = {"optimizer": DEFAULT_OPTIMIZER, "scheduler": DEFAULT_SCHEDULER, "loss": DEFAULT_LOSS}
 
 
