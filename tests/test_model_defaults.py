@@ -14,7 +14,7 @@ from gliograde.models.names import DEFAULT_LOSS, DEFAULT_OPTIMIZER, DEFAULT_SCHE
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # the classifiers' configs (the segmenter's, model=unet, has defaults of its own)
 MODELS = sorted(
-    p.stem for p in (CONF_DIR / "model").glob("*.yaml") if "GradeClassifier" in p.read_text()
+    p.stem for p in (CONF_DIR / "model").glob("*.yaml") if "TumourSegmenter" not in p.read_text()
 )
 DEFAULTS = {"optimizer": DEFAULT_OPTIMIZER, "scheduler": DEFAULT_SCHEDULER, "loss": DEFAULT_LOSS}
 
