@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from helpers.commands import run_python
 from helpers.configs import compose_config
-from helpers.runs import tiny_segmenter_run
+from helpers.runs import tiny_segmenter_run, tiny_train_args
 
 pytestmark = pytest.mark.slow
 
@@ -262,3 +262,24 @@ def test_a_what_if_evaluation_leaves_the_runs_recipe_alone(runs, tmp_path):
     new = {p.name for p in run.iterdir()} - set(before)
     assert new <= {"eval", "tensorboard"}, new  # the report and its figures only
     assert not (run / "recipe.json").exists()
+
+
+def test_a_segmenter_trained_on_the_evaluated_patients_is_refused(runs, tmp_path):
+    """Its masks of patients it trained on are better than those of new patients would be."""
+    run = runs["run"]
+    other = {"cohort": runs["cohort"], "cache": runs["cache"]}
+    trained = run_python(
+        *tiny_train_args(other, "task=segment", "seed=5", "data.split.train=0.75", "data.split.val=0.125",
+                         "data.split.test=0.125", f"hydra.run.dir={tmp_path / 'seg'}")
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    seg_train = set(pd.read_csv(tmp_path / "seg" / "splits.csv").query("split == 'train'")["patient_id"])
+    assert seg_train & set(_test_patients(run))  # 12 of 16 patients: the test split shares some
+    line = _one_line_exit_2(
+        run_python(
+            "evaluate.py", f"run_dir={run}", "masks=hidden", f"segmenter={tmp_path / 'seg'}", TINY,
+            f"output_dir={tmp_path / 'out'}", "progress=false",
+        )
+    )  # fmt: skip
+    assert "segmenter:" in line and "training split" in line and "allow_leak=true" in line
+    assert not (tmp_path / "out").exists()

@@ -115,6 +115,11 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         checks.check_same_split(datamodule, run / "splits.csv")
     trained, source = checks.training_patients(checkpoint, run)
     checks.refuse_leak(datamodule, cfg.split, trained, bool(cfg.allow_leak), source)
+    if segmenter is not None and getattr(segmenter, "kind", "") == "checkpoint":
+        # a segmenter that saw the evaluated patients draws their masks better than it would a new one's
+        seg_checkpoint = Path(segmenter.path)
+        seg_trained, seg_source = checks.training_patients(seg_checkpoint, seg_checkpoint.parent.parent)
+        checks.refuse_leak(datamodule, cfg.split, seg_trained, bool(cfg.allow_leak), f"segmenter: {seg_source}")
     if not contract.get("image_size"):  # a contract rebuilt from an old config: check the slices
         check_tta(str(cfg.tta), *datamodule.datasets[cfg.split][0]["image"].shape[-2:])
 
