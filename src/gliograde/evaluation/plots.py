@@ -84,39 +84,40 @@ def strip_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], thre
     return figure
 
 
-def gradcam_figure(
-    image: np.ndarray, heat: np.ndarray, modalities: tuple[str, ...], title: str
-) -> plt.Figure:
-    """One slice: each modality in grey with the Grad-CAM heat map over it."""
+def _modality_panels(image: np.ndarray, modalities: tuple[str, ...], title: str, overlay) -> plt.Figure:
+    """One slice: each modality in grey, ``overlay(ax)`` drawn over each."""
     channels = image.shape[0]
     figure, axes = plt.subplots(1, channels, figsize=(2.6 * channels, 2.9), squeeze=False)
     for c in range(channels):
         ax = axes[0][c]
         ax.imshow(image[c], cmap="gray")
-        ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+        overlay(ax)
         ax.set_title(modalities[c])
         ax.axis("off")
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def gradcam_figure(
+    image: np.ndarray, heat: np.ndarray, modalities: tuple[str, ...], title: str
+) -> plt.Figure:
+    """One slice: each modality in grey with the Grad-CAM heat map over it."""
+    return _modality_panels(
+        image, modalities, title, lambda ax: ax.imshow(heat, cmap="jet", alpha=0.35, vmin=0, vmax=1)
+    )
 
 
 def outline_figure(
     image: np.ndarray, outline: np.ndarray, modalities: tuple[str, ...], title: str
 ) -> plt.Figure:
     """One slice: each modality in grey with the predicted tumour's outline drawn over it."""
-    channels = image.shape[0]
-    figure, axes = plt.subplots(1, channels, figsize=(2.6 * channels, 2.9), squeeze=False)
-    for c in range(channels):
-        ax = axes[0][c]
-        ax.imshow(image[c], cmap="gray")
+
+    def draw(ax) -> None:
         if outline.any():
             ax.contour(outline.astype(np.float32), levels=[0.5], colors="lime", linewidths=1.2)
-        ax.set_title(modalities[c])
-        ax.axis("off")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    return figure
+
+    return _modality_panels(image, modalities, title, draw)
 
 
 def slice_curve_figure(

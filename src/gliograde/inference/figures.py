@@ -4,6 +4,7 @@ tumour's outline on the most decisive slice, each saved as PNG through a tempora
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,8 @@ def save_png(figure, path: Path) -> str:
         tmp.unlink(missing_ok=True)
         plt.close(figure)
     return path.name
+
+
+def safe_name(name: str) -> str:
+    """``name`` (a patient id) as a file name stem: anything but letters, digits, ``._-`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -167,26 +167,12 @@ class OnnxModel:
     kind = "onnx"
 
     def __init__(self, folder: Path):
-        import onnxruntime
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
         card = read_card(folder)
         self.path = folder / ONNX_FILE
         check_onnx_file(self.path, card)
         self.contract = card["input_contract"]
         self.classes = list(self.contract["classes"])
-        try:
-            self.session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
-        except (
-            ort_errors.InvalidProtobuf,
-            ort_errors.InvalidGraph,
-            ort_errors.NoSuchFile,
-            ort_errors.Fail,
-        ) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise ModelSourceError(
-                f"{self.path}: onnxruntime cannot load it ({first}); {_reexport(card)}"
-            ) from None
+        self.session = onnx_session(self.path, _reexport(card), ModelSourceError)
         self.input_name = self.session.get_inputs()[0].name
         self.outputs = [output.name for output in self.session.get_outputs()]
         self.card = card
@@ -217,6 +203,19 @@ class OnnxModel:
         return np.log(np.clip(probs, np.finfo(np.float32).tiny, None))
 
     grad_cam = None  # gradients need the PyTorch model
+
+
+def onnx_session(path: Path, redo: str, error: type[Exception]):
+    """An onnxruntime CPU session of ``path``; a graph onnxruntime cannot load is one line
+    (``error``) saying what it reported and how to make it again (``redo``)."""
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.NoSuchFile, ort_errors.Fail) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise error(f"{path}: onnxruntime cannot load it ({first}); {redo}") from None
 
 
 def _reexport(card: dict[str, Any] | None) -> str:

@@ -14,6 +14,7 @@ import numpy as np
 
 from gliograde.contract import grid_mismatch, grid_of
 from gliograde.data.preprocess import SliceAreas, stored_modalities
+from gliograde.inference.figures import safe_name
 from gliograde.inference.inputs import PatientFiles
 from gliograde.inference.mask_nifti import MASK_SUFFIX, write_mask
 from gliograde.inference.stream import model_grid_affine
@@ -73,7 +74,7 @@ class TumourPredictor:
         """Write ``predicted``'s mask beside the report, on the grid of the patient's scan; return
         the file name."""
         reference, model_grid = scan_grid(files, self.contract)
-        name = f"{_safe(files.patient_id)}{MASK_SUFFIX}"
+        name = f"{safe_name(files.patient_id)}{MASK_SUFFIX}"
         write_mask(predicted.mask, folder / name, reference, self.contract["preprocess"]["reorient"], model_grid)
         return name
 
@@ -113,9 +114,3 @@ def scan_grid(
         image = image.slicer[..., 0]
     shape = tuple(int(s) for s in contract["grid"]["shape"])
     return reference, (model_grid_affine(image, contract), shape)
-
-
-def _safe(name: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
-from gliograde.inference.figures import gradcam_figure, outline_figure, save_png, slice_curve
+from gliograde.inference.figures import gradcam_figure, outline_figure, safe_name, save_png, slice_curve
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
@@ -208,10 +207,8 @@ def _bundled(model):
     """The segmenter an export folder bundles with its classifier, if any."""
     if getattr(model, "kind", None) != "onnx":
         return None
-    try:
-        from gliograde.segmentation.onnx_segmenter import bundled_segmenter
-    except ImportError:
-        return None
+    from gliograde.segmentation.onnx_segmenter import bundled_segmenter
+
     return bundled_segmenter(Path(model.path).parent)
 
 
@@ -250,7 +247,7 @@ def _grade(
     one_patient = np.zeros(len(log_probs), dtype=int)
     mean = np.exp(patient_log_probs(one_patient, log_probs, PREDICT_AGGREGATE)[1][0])
     call = int(mean[1] >= threshold) if len(classes) == 2 else int(np.argmax(mean))
-    name = _safe(files.patient_id)
+    name = safe_name(files.patient_id)
     figures = {f"{name}_slices": slice_curve(slices, probs, classes, threshold)}
     if model.grad_cam is not None and cfg.gradcam:
         figures[f"{name}_gradcam"] = gradcam_figure(model, slices, probs, call, classes, contract, mean)
@@ -350,10 +347,6 @@ def _no_tumour_row(
         "order_fingerprints": none.areas.order_fingerprints,
         "figures": {},
     }
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
 
 def format_predictions(report: dict[str, Any]) -> str:

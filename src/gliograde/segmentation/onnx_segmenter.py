@@ -57,11 +57,8 @@ def bundled_segmenter(folder: str | Path) -> OnnxSegmenter | None:
     """The segmenter bundled in the export ``folder``, None when the export has none. The card
     is verified against its seal and ``segmenter.onnx`` against the card's sha256 before
     onnxruntime opens it: an edited card or a swapped, truncated or damaged graph is one line."""
-    import onnxruntime
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
     from gliograde.inference.calibration import file_sha256
-    from gliograde.inference.models import read_card
+    from gliograde.inference.models import onnx_session, read_card
 
     folder = Path(folder).expanduser()
     try:
@@ -83,16 +80,7 @@ def bundled_segmenter(folder: str | Path) -> OnnxSegmenter | None:
             f"{path}: its sha256 {actual[:12]}... is not the model card's segmenter_onnx_sha256 "
             f"{str(expected)[:12]}... (replaced, truncated or damaged since export); {redo}"
         )
-    try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except (
-        ort_errors.InvalidProtobuf,
-        ort_errors.InvalidGraph,
-        ort_errors.NoSuchFile,
-        ort_errors.Fail,
-    ) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SegmenterError(f"{path}: onnxruntime cannot load it ({first}); {redo}") from None
+    session = onnx_session(path, redo, SegmenterError)
     dice = (section.get("test_dice") or {}).get("mean")
     return OnnxSegmenter(
         path, dict(section["input_contract"]), dice, float(section.get("threshold", 0.5)), session=session
