@@ -76,3 +76,124 @@ def test_left_handed_direction_is_written_as_the_same_physical_image(tmp_path):
     read = _read_folder(tmp_path / "s")
     resampled = sitk.Resample(read, image, sitk.Transform(), sitk.sitkNearestNeighbor)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(resampled), sitk.GetArrayFromImage(image))
+
+
+# --- reading a series: one regular stack, or one line naming the problem ------------------------
+
+from pydicom.encaps import encapsulate  # noqa: E402
+from pydicom.uid import RLELossless  # noqa: E402
+
+from gliograde.data.errors import DataError  # noqa: E402
+from gliograde.ingest.dicom_volume import read_dicom_series  # noqa: E402
+
+
+def _series(tmp_path, name="s", **kwargs):
+    image = _image(**kwargs)
+    return image, write_dicom_series(image, tmp_path / name, patient_id="P1", series_description=name)
+
+
+def _edit(files, **attributes):
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(f)
+
+
+def _refused(files, *needles):
+    with pytest.raises(DataError) as err:
+        read_dicom_series(files, "P1", "AX FLAIR")
+    line = str(err.value)
+    assert "\n" not in line and line.startswith("patient P1: series 'AX FLAIR'")
+    for needle in needles:
+        assert needle in line, line
+    return line
+
+
+def test_files_in_any_order_are_read_sorted_along_the_normal(tmp_path):
+    image, files = _series(tmp_path, direction=OBLIQUE)
+    shuffled = [files[i] for i in (5, 0, 7, 2, 1, 6, 3, 4)]
+    read = read_dicom_series(shuffled, "P1", "s")
+    _assert_same_geometry(read, image)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+def test_missing_slices_are_one_line_with_the_gap(tmp_path):
+    _, files = _series(tmp_path)
+    _refused(files[:3] + files[5:], "missing slices", "gap of 7.50 mm", "about 2 slice(s) missing")
+
+
+def test_slices_of_two_orientations_are_one_line(tmp_path):
+    _, axial = _series(tmp_path, "a")
+    _, sagittal = _series(tmp_path, "b", direction=SAGITTAL)
+    _refused(axial + sagittal[:2], "2 orientations", "axial x8", "sagittal x2")
+
+
+def test_slices_of_two_sizes_are_one_line(tmp_path):
+    _, files = _series(tmp_path)
+    _, small = _series(tmp_path, "small", size=(12, 12, 8), origin=(-10.0, 20.5, 53.25))
+    _refused(files + small, "different sizes", "16x12 x8", "12x12 x8")
+
+
+def test_a_4d_series_is_one_line(tmp_path):
+    _, first = _series(tmp_path, "t1")
+    _, second = _series(tmp_path, "t2")
+    _edit(first, TemporalPositionIdentifier=1)
+    _edit(second, TemporalPositionIdentifier=2)
+    _refused(first + second, "4D series", "2 images at each of 8 slice positions", "temporal positions")
+
+
+def test_a_repeated_slice_position_is_one_line_and_a_copied_file_is_kept_once(tmp_path):
+    _, files = _series(tmp_path)
+    _, other = _series(tmp_path, "other")
+    _refused(files + other[3:4], "1 slice(s) repeat", "9 slices at 8 positions")
+    copy = tmp_path / "copy.dcm"
+    copy.write_bytes(files[3].read_bytes())
+    assert read_dicom_series([*files, copy], "P1", "s").GetSize() == (16, 12, 8)
+
+
+def test_one_slice_is_one_line(tmp_path):
+    _, files = _series(tmp_path)
+    _refused(files[:1], "one slice")
+
+
+def test_slices_shifted_in_plane_are_one_line(tmp_path):
+    _, files = _series(tmp_path)
+    for z, f in enumerate(files):  # a gantry tilt: each slice 0.5 mm further along y
+        ds = pydicom.dcmread(f)
+        x, y, zz = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y + 0.5 * z, zz]
+        ds.save_as(f)
+    _refused(files, "shifted in plane")
+
+
+def test_rle_compressed_series_is_decoded(tmp_path):
+    image, files = _series(tmp_path)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.compress(RLELossless)
+        ds.save_as(f)
+    assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == RLELossless
+    read = read_dicom_series(files, "P1", "s")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+def _fake_encapsulated(files, syntax: str, payload: bytes) -> None:
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate([payload])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(f, enforce_file_format=True)
+
+
+def test_a_transfer_syntax_simpleitk_cannot_decode_is_one_line_before_decoding(tmp_path):
+    _, files = _series(tmp_path)
+    _fake_encapsulated(files, "1.2.840.10008.1.2.4.201", b"\xff\x4f\xff\x51" + b"\0" * 64)
+    _refused(files, "High-Throughput JPEG 2000", "1.2.840.10008.1.2.4.201", "cannot be decoded")
+
+
+def test_damaged_compressed_pixel_data_is_one_line_naming_the_transfer_syntax(tmp_path):
+    _, files = _series(tmp_path)
+    _fake_encapsulated(files, RLELossless, b"\x01\0\0\0" + b"\0" * 60 + b"\x05" * 10)
+    _refused(files, "cannot be decoded", "RLE Lossless (1.2.840.10008.1.2.5)")
