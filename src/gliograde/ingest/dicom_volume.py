@@ -157,8 +157,8 @@ def check_series(headers: Sequence[SliceHeader], patient: str, description: str)
     along = positions @ normal
     in_plane = (positions - positions[0]) @ np.stack([row, col], axis=1)
     if np.abs(in_plane).max() > 0.01:
-        raise fail(f"slices are shifted in plane by up to {np.abs(in_plane).max():.2f} mm from one "
-                   "slice to the next (gantry tilt?): resample to an orthogonal stack first")
+        raise fail(f"slices are shifted in plane (by up to {np.abs(in_plane).max():.2f} mm across the "
+                   "stack, a gantry tilt?): resample to an orthogonal stack first")
     order = np.argsort(along, kind="stable")
     along = along[order]
     steps = np.diff(along)
