@@ -151,6 +151,13 @@ def test_unsafe_patient_id_is_sanitised_and_the_original_kept(tmp_path):
               "both become the folder name 'AB_12_x'")
 
 
+def test_dicom_without_patient_id_takes_its_folder_name(tmp_path):
+    _dicom_patient(tmp_path, "", folder="case 12")
+    (patient,) = find_patients(tmp_path, DEFAULT_RULES)
+    assert patient.patient_id == "case_12" and sorted(patient.series) == ["flair", "t1", "t1ce", "t2"]
+    assert "DICOM files without PatientID take the folder name 'case 12' as id" in patient.notes
+
+
 def _non_image(path: Path, modality: str, pid: str) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11" if modality == "SR" \
@@ -168,13 +175,16 @@ def test_non_image_objects_are_left_out_and_a_patient_with_only_those_is_one_lin
     _dicom_patient(tmp_path, "P1")
     _non_image(tmp_path / "P1" / "report", "SR", "P1")
     _non_image(tmp_path / "P1" / "rt" / "contours", "RTSTRUCT", "P1")
+    write_dicom_series(_volume(9), tmp_path / "P1" / "ct", patient_id="P1", series_description="HEAD CT",
+                       extra={"Modality": "CT"})
     (patient,) = find_patients(tmp_path, DEFAULT_RULES)
+    assert "left out series that are not MR: CT 'HEAD CT'" in patient.notes
     assert sorted(patient.series) == ["flair", "t1", "t1ce", "t2"]
     assert "left out non-image DICOM objects: RTSTRUCT x1, SR x1" in patient.notes
     _non_image(tmp_path / "P2" / "report", "SR", "P2")
     _non_image(tmp_path / "P2" / "contours", "RTSTRUCT", "P2")
     _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES), "patient P2", "no MR image series",
-              "RTSTRUCT, SR")
+              "non-image RTSTRUCT, non-image SR")
 
 
 def test_a_missing_modality_names_the_series_found_and_the_rule_to_add(tmp_path):
@@ -286,7 +296,7 @@ def test_nifti_patients_by_folder_with_hospital_names_in_any_orientation(tmp_pat
     assert patient.patient_id == "case_7" and patient.details["patient_id_original"] == "case 7"
     assert {m: s.description for m, s in patient.series.items()} == {
         "flair": "AX_FLAIR.nii.gz", "t1": "T1_SAG.nii.gz", "t1ce": "T1_GD.nii.gz", "t2": "T2_TSE.nii.gz"}
-    assert "ignored 1 file(s) that are neither DICOM nor NIfTI: case 7/T1_GD.json" in patient.notes
+    assert "ignored 1 file(s), neither DICOM nor NIfTI: case 7/T1_GD.json" in patient.notes
     image = patient.series["t1ce"].read()
     lps = np.diag([-1.0, -1.0, 1.0]) @ oblique[:3, :3]
     np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)) * image.GetSpacing(), lps, atol=1e-5)
@@ -372,10 +382,14 @@ def test_empty_src_and_src_without_scans_are_one_line(tmp_path):
 
 def test_other_files_beside_scans_are_ignored_with_a_note(tmp_path):
     _dicom_patient(tmp_path, "P1")
-    (tmp_path / "P1" / "DICOMDIR.txt").write_text("index")
+    (tmp_path / "P1" / "notes.txt").write_text("index")
+    _non_image(tmp_path / "P1" / "DICOMDIR", "KO", "")  # an index of no patient
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "x.nii").write_text("not looked at")
     (tmp_path / "P1" / "01" / "thumbs.db").write_bytes(b"\0" * 200)
     (patient,) = find_patients(tmp_path, DEFAULT_RULES)
-    assert "ignored 2 file(s) that are neither DICOM nor NIfTI: P1/01/thumbs.db, P1/DICOMDIR.txt" in patient.notes
+    assert "ignored 2 file(s), neither DICOM nor NIfTI: P1/01/thumbs.db, P1/notes.txt" in patient.notes
+    assert "ignored 1 file(s), non-image DICOM of no patient: P1/DICOMDIR" in patient.notes
 
 
 def test_output_inside_source_is_one_line(tmp_path):
@@ -393,3 +407,5 @@ def test_dicom_and_nifti_patients_in_one_src(tmp_path):
     patients = find_patients(tmp_path, DEFAULT_RULES)
     assert time.perf_counter() - started < 5
     assert [(p.patient_id, p.series["flair"].kind) for p in patients] == [("D1", "dicom"), ("N1", "nifti")]
+    _nifti_patient(tmp_path, "D1")
+    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES), "patient D1: both DICOM series")

@@ -117,6 +117,19 @@ def _read_dicom_header(path: Path) -> pydicom.Dataset | None:
     return ds if "SOPClassUID" in ds or "Modality" in ds else None
 
 
+def _number(ds: pydicom.Dataset) -> int | None:
+    """SeriesNumber as an int, None where it is missing or not a number."""
+    try:
+        return int(ds.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    modality = str(ds.get("Modality", "") or "").upper()
+    return modality not in NON_IMAGE_MODALITIES and "Rows" in ds and "Columns" in ds
+
+
 def _describe(ds: pydicom.Dataset) -> str:
     text = str(ds.get("SeriesDescription", "") or "").strip()
     return text or str(ds.get("ProtocolName", "") or "").strip() or f"series {ds.get('SeriesNumber', '?')}"
@@ -164,7 +177,7 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
     by_series: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
     for path, ds in datasets:
         modality = str(ds.get("Modality", "") or "").upper()
-        if modality in NON_IMAGE_MODALITIES or "Rows" not in ds or "Columns" not in ds:
+        if not _is_image(ds):
             non_image[modality or "no pixel data"] += 1
         elif modality != "MR":
             other_modality.setdefault(str(ds.get("SeriesInstanceUID", path)), f"{modality} {_describe(ds)!r}")
@@ -176,16 +189,15 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
     if other_modality:
         notes.append("left out series that are not MR: " + ", ".join(sorted(other_modality.values())))
     if not by_series:
-        kinds = ", ".join(sorted(non_image)) or "none"
-        raise DataError(f"no MR image series, only non-image DICOM objects ({kinds}) or other "
-                        "modalities; copy the patient's MR series into SRC", patient,
+        kinds = ", ".join([*(f"non-image {k}" for k in sorted(non_image)), *sorted(other_modality.values())])
+        raise DataError(f"no MR image series, only {kinds}; copy the patient's MR series into SRC", patient,
                         os.path.commonpath([str(p.parent) for p, _ in datasets]))
     found: list[_Found] = []
     series: dict[str, list[ScanSeries]] = defaultdict(list)
-    for uid, items in sorted(by_series.items(), key=lambda kv: (int(kv[1][0][1].get("SeriesNumber", 0) or 0), kv[0])):
+    for uid, items in sorted(by_series.items(), key=lambda kv: (_number(kv[1][0][1]) or 0, kv[0])):
         ds = items[0][1]
         description = _describe(ds)
-        number = ds.get("SeriesNumber")
+        number = _number(ds)
         label = f"{description!r} (series {number})"
         image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
         why = ""
@@ -200,7 +212,7 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
             modality = rules.classify(ds.get("SeriesDescription"), ds.get("ProtocolName"))
             if modality == SKIP:
                 modality, why = None, "skip rule"
-            elif len({d.get("SOPInstanceUID") for _, d in items}) < MIN_SLICES:
+            elif len({str(d.get("SOPInstanceUID", p)) for p, d in items}) < MIN_SLICES:
                 modality, why = None, f"2D-only ({len(items)} slice(s))"
             elif modality is None:
                 why = "no rule matches"
@@ -212,7 +224,7 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
         geometry = check_series(headers, patient, description)
         if geometry.duplicates_dropped:
             notes.append(f"series {label}: {geometry.duplicates_dropped} copies of the same slice kept once")
-        details = {"series_number": None if number is None else int(number),
+        details = {"series_number": number,
                    "protocol_name": str(ds.get("ProtocolName", "") or ""),
                    "manufacturer": str(ds.get("Manufacturer", "") or ""),
                    "image_type": "\\".join(image_type), **geometry.details()}
@@ -297,12 +309,13 @@ def find_patients(src: Path, rules: SeriesRules, files: Mapping[str, str | None]
     if unknown:
         from gliograde.errors import ConfigError
         raise ConfigError(f"files.{unknown[0]}: unknown modality; use one of {', '.join(MODALITIES)}")
-    every = sorted(p for p in src.rglob("*") if p.is_file() and not p.name.startswith("."))
+    every = sorted(p for p in src.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(src).parts))
     if not every:
         raise DataError("is empty: no files found; give the folder holding the hospital's scans", where=src)
     nifti: dict[Path, list[Path]] = defaultdict(list)  # patient folder -> files
     dicom: dict[str, list[tuple[Path, pydicom.Dataset]]] = defaultdict(list)
-    ignored: list[Path] = []
+    ignored: list[tuple[Path, str]] = []  # (file, why)
     fallback_notes: dict[str, str] = {}
     for path in every:
         top = path.relative_to(src).parts
@@ -311,21 +324,27 @@ def find_patients(src: Path, rules: SeriesRules, files: Mapping[str, str | None]
             continue
         ds = _read_dicom_header(path)
         if ds is None:
-            ignored.append(path)
+            ignored.append((path, "neither DICOM nor NIfTI"))
             continue
         pid = str(ds.get("PatientID", "") or "").strip()
+        if not pid and not _is_image(ds):  # a DICOMDIR or another object of no patient
+            ignored.append((path, "non-image DICOM of no patient"))
+            continue
         if not pid:
             pid = top[0] if len(top) > 1 else src.name
             fallback_notes[pid] = f"DICOM files without PatientID take the folder name {pid!r} as id"
         dicom[pid].append((path, ds))
     if not nifti and not dicom:
-        shown = ", ".join(p.relative_to(src).as_posix() for p in ignored[:3])
+        shown = ", ".join(p.relative_to(src).as_posix() for p, _ in ignored[:3])
         raise DataError(f"holds no DICOM or NIfTI files ({len(ignored)} other file(s), e.g. {shown}); "
                         "give the folder holding the hospital's scans", where=src)
     originals: dict[str, str] = {}
     kinds: dict[str, str] = {}
     for original, kind in [*((o, "DICOM") for o in dicom), *((f.name if f != src else src.name, "NIfTI") for f in nifti)]:
         patient = safe_id(original)
+        if patient in originals and originals[patient] == original:
+            raise DataError(f"both DICOM series (PatientID) and NIfTI files (folder name) carry this "
+                            "id; keep one kind of scan for it in SRC", patient)
         if patient in originals:
             raise DataError(f"ids {originals[patient]!r} ({kinds[patient]}) and {original!r} ({kind}) "
                             f"both become the folder name {patient!r}; give one patient's scans "
@@ -348,20 +367,20 @@ def find_patients(src: Path, rules: SeriesRules, files: Mapping[str, str | None]
         scan = _nifti_patient(patient, original, folder, paths, rules, files, notes)
         scan.details["patient_id_original"] = original
         patients.append(scan)
-    by_owner: dict[str, list[str]] = defaultdict(list)
-    for path in ignored:
+    by_owner: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for path, why in ignored:
         top = path.relative_to(src).parts
         home = src / top[0] if len(top) > 1 else src
         name = path.relative_to(src).as_posix()
         owners = [p for p in patients
                   if p.source == home or (home != src and (home in p.source.parents or p.source in home.parents))]
         for owner in owners:
-            by_owner[owner.patient_id].append(name)
+            by_owner[owner.patient_id, why].append(name)
         if not owners:
-            log.warning("ignored %s: neither DICOM nor NIfTI", name)
+            log.warning("ignored %s: %s", name, why)
     for owner in patients:
-        names = by_owner.get(owner.patient_id)
-        if names:
-            owner.notes.append(f"ignored {len(names)} file(s) that are neither DICOM nor NIfTI: "
-                               + ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
+        for (patient_id, why), names in sorted(by_owner.items()):
+            if patient_id == owner.patient_id:
+                owner.notes.append(f"ignored {len(names)} file(s), {why}: "
+                                   + ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""))
     return sorted(patients, key=lambda p: p.patient_id)
