@@ -6,7 +6,11 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.encaps import encapsulate
+from pydicom.uid import RLELossless
 
+from gliograde.data.errors import DataError
+from gliograde.ingest.dicom_volume import read_dicom_series
 from gliograde.ingest.dicom_write import write_dicom_series
 
 
@@ -79,13 +83,6 @@ def test_left_handed_direction_is_written_as_the_same_physical_image(tmp_path):
 
 
 # --- reading a series: one regular stack, or one line naming the problem ------------------------
-
-from pydicom.encaps import encapsulate  # noqa: E402
-from pydicom.uid import RLELossless  # noqa: E402
-
-from gliograde.data.errors import DataError  # noqa: E402
-from gliograde.ingest.dicom_volume import read_dicom_series  # noqa: E402
-
 
 def _series(tmp_path, name="s", **kwargs):
     image = _image(**kwargs)
@@ -175,6 +172,23 @@ def test_rle_compressed_series_is_decoded(tmp_path):
         ds.save_as(f)
     assert pydicom.dcmread(files[0]).file_meta.TransferSyntaxUID == RLELossless
     read = read_dicom_series(files, "P1", "s")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+@pytest.mark.parametrize("compressor, syntax", [("JPEG", "1.2.840.10008.1.2.4.70"),
+                                                ("JPEG2000", "1.2.840.10008.1.2.4.90")])
+def test_jpeg_lossless_and_jpeg2000_series_are_decoded(tmp_path, compressor, syntax):
+    image, files = _series(tmp_path, direction=OBLIQUE)
+    for f in files:  # SimpleITK's GDCM writer compresses each slice, keeping its tags
+        writer = sitk.ImageFileWriter()
+        writer.SetFileName(str(f))
+        writer.KeepOriginalImageUIDOn()
+        writer.SetUseCompression(True)
+        writer.SetCompressor(compressor)
+        writer.Execute(sitk.ReadImage(str(f)))
+    assert pydicom.dcmread(files[0], stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+    read = read_dicom_series(files, "P1", "s")
+    _assert_same_geometry(read, image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
 
 

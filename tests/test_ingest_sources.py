@@ -189,7 +189,8 @@ def test_non_image_objects_are_left_out_and_a_patient_with_only_those_is_one_lin
 
 def test_a_missing_modality_names_the_series_found_and_the_rule_to_add(tmp_path):
     _dicom_patient(tmp_path, "P1", series=("MYSEQ 3mm", "T1", "T1 POST", "T2", "localizer"))
-    line = _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES), f"patient P1: {tmp_path / 'P1'}: no flair scan",
+    line = _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
+              f"patient P1: {tmp_path / 'P1'}: no flair scan",
                      "'MYSEQ 3mm' (series 1) -> no rules match"[:32], "'localizer' (series 5) -> skip rule",
                      "ingest.series.flair=[GLOB,...]")
     assert "'T1 POST' (series 3) -> t1ce" in line
@@ -207,7 +208,8 @@ def test_a_missing_t1ce_is_allowed(tmp_path):
 
 def test_two_series_matching_one_modality_are_one_line_resolved_by_a_rule(tmp_path):
     _dicom_patient(tmp_path, "P1", series=("AX FLAIR", "T1", "T1 POST", "T2", "SAG FLAIR 3D"))
-    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES), f"patient P1: {tmp_path / 'P1'}: 2 DICOM scans match flair",
+    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
+              f"patient P1: {tmp_path / 'P1'}: 2 DICOM scans match flair",
               "'AX FLAIR' (series 1)", "'SAG FLAIR 3D' (series 5)", "ingest.series.flair=")
     (patient,) = find_patients(tmp_path, SeriesRules.from_mapping({"flair": ["AX FLAIR"]}))
     assert patient.series["flair"].details["series_number"] == 1
@@ -306,7 +308,8 @@ def test_nifti_patients_by_folder_with_hospital_names_in_any_orientation(tmp_pat
 
 def test_nifti_two_files_for_one_modality_are_one_line_resolved_by_files_glob(tmp_path):
     _nifti_patient(tmp_path, "P1", names=("AX_FLAIR", "FLAIR_3D", "T1", "T1_POST", "T2"))
-    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES), f"patient P1: {tmp_path / 'P1'}: 2 NIfTI scans match flair",
+    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
+              f"patient P1: {tmp_path / 'P1'}: 2 NIfTI scans match flair",
               "AX_FLAIR.nii.gz", "FLAIR_3D.nii.gz", "files.flair=GLOB")
     (patient,) = find_patients(tmp_path, DEFAULT_RULES, {"flair": "*3d*"})
     assert patient.series["flair"].description == "FLAIR_3D.nii.gz"
@@ -316,7 +319,8 @@ def test_nifti_two_files_for_one_modality_are_one_line_resolved_by_files_glob(tm
 
 def test_nifti_missing_modality_names_files_option(tmp_path):
     _nifti_patient(tmp_path, "P1", names=("sequence_a", "T1", "T1_POST", "T2"))
-    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES), f"patient P1: {tmp_path / 'P1'}: no flair scan",
+    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
+              f"patient P1: {tmp_path / 'P1'}: no flair scan",
               "'sequence_a.nii.gz' -> no rule matches", "files.flair=GLOB")
     (patient,) = find_patients(tmp_path, DEFAULT_RULES, {"flair": "sequence_a*"})
     assert patient.series["flair"].files[0].name == "sequence_a.nii.gz"

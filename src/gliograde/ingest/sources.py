@@ -340,10 +340,10 @@ def find_patients(src: Path, rules: SeriesRules, files: Mapping[str, str | None]
                         "give the folder holding the hospital's scans", where=src)
     originals: dict[str, str] = {}
     kinds: dict[str, str] = {}
-    for original, kind in [*((o, "DICOM") for o in dicom), *((f.name if f != src else src.name, "NIfTI") for f in nifti)]:
+    for original, kind in [*((o, "DICOM") for o in dicom), *((f.name, "NIfTI") for f in nifti)]:
         patient = safe_id(original)
         if patient in originals and originals[patient] == original:
-            raise DataError(f"both DICOM series (PatientID) and NIfTI files (folder name) carry this "
+            raise DataError("both DICOM series (PatientID) and NIfTI files (folder name) carry this "
                             "id; keep one kind of scan for it in SRC", patient)
         if patient in originals:
             raise DataError(f"ids {originals[patient]!r} ({kinds[patient]}) and {original!r} ({kind}) "
@@ -372,8 +372,8 @@ def find_patients(src: Path, rules: SeriesRules, files: Mapping[str, str | None]
         top = path.relative_to(src).parts
         home = src / top[0] if len(top) > 1 else src
         name = path.relative_to(src).as_posix()
-        owners = [p for p in patients
-                  if p.source == home or (home != src and (home in p.source.parents or p.source in home.parents))]
+        owners = [p for p in patients if p.source == home
+                  or (home != src and (home in p.source.parents or p.source in home.parents))]
         for owner in owners:
             by_owner[owner.patient_id, why].append(name)
         if not owners:
