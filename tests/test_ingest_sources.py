@@ -96,8 +96,8 @@ def test_rules_from_config_replace_the_given_keys_and_check_them():
     assert rules.classify("MYSEQ 3") == "flair" and rules.classify("AX FLAIR") is None
     assert rules.classify("T2") == "t2"  # None keeps the default
     assert rules.classify("Other", "T1 POST") == "t1ce"  # ProtocolName counts as well
-    flair_last = SeriesRules.from_mapping({"order": ["t2", "t1ce", "t1", "flair"]})
-    assert flair_last.classify("T2 FLAIR") == "t2"
+    t1_first = SeriesRules.from_mapping({"order": ["t1", "t1ce", "t2", "flair"]})
+    assert t1_first.classify("T1 POST") == "t1" and DEFAULT_RULES.classify("T1 POST") == "t1ce"
     with pytest.raises(ConfigError, match="ingest.series.flare: unknown key"):
         SeriesRules.from_mapping({"flare": ["*"]})
     with pytest.raises(ConfigError, match="must name each of"):
@@ -192,7 +192,7 @@ def test_a_missing_modality_names_the_series_found_and_the_rule_to_add(tmp_path)
     line = _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
               f"patient P1: {tmp_path / 'P1'}: no flair scan",
                      "'MYSEQ 3mm' (series 1) -> no rules match"[:32], "'localizer' (series 5) -> skip rule",
-                     "ingest.series.flair=[GLOB,...]")
+                     """e.g. 'ingest.series.flair=["MYSEQ 3mm"]'""")
     assert "'T1 POST' (series 3) -> t1ce" in line
     (patient,) = find_patients(tmp_path, SeriesRules.from_mapping({"flair": ["*MYSEQ*"]}))
     assert patient.series["flair"].description == "MYSEQ 3mm"
@@ -207,12 +207,16 @@ def test_a_missing_t1ce_is_allowed(tmp_path):
 
 
 def test_two_series_matching_one_modality_are_one_line_resolved_by_a_rule(tmp_path):
-    _dicom_patient(tmp_path, "P1", series=("AX FLAIR", "T1", "T1 POST", "T2", "SAG FLAIR 3D"))
+    _dicom_patient(tmp_path, "P1", series=("AX T2 FLAIR", "T1", "T1 POST", "T2", "SAG T2 FLAIR POST"))
     _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
               f"patient P1: {tmp_path / 'P1'}: 2 DICOM scans match flair",
-              "'AX FLAIR' (series 1)", "'SAG FLAIR 3D' (series 5)", "ingest.series.flair=")
-    (patient,) = find_patients(tmp_path, SeriesRules.from_mapping({"flair": ["AX FLAIR"]}))
+              "'AX T2 FLAIR' (series 1)", "'SAG T2 FLAIR POST' (series 5)",
+              """name the one to use with 'ingest.series.flair=["AX T2 FLAIR"]'""")
+    (patient,) = find_patients(tmp_path, SeriesRules.from_mapping({"flair": ["AX T2 FLAIR"]}))
     assert patient.series["flair"].details["series_number"] == 1
+    # the FLAIR the narrower rule leaves out is not taken for the T2 or the T1ce
+    assert patient.series["t2"].description == "T2" and patient.series["t1ce"].description == "T1 POST"
+    assert "left out series 'SAG T2 FLAIR POST' (series 5): no rule matches" in patient.notes
 
 
 def test_localiser_derived_and_2d_only_series_are_left_out_with_notes(tmp_path):
@@ -310,7 +314,7 @@ def test_nifti_two_files_for_one_modality_are_one_line_resolved_by_files_glob(tm
     _nifti_patient(tmp_path, "P1", names=("AX_FLAIR", "FLAIR_3D", "T1", "T1_POST", "T2"))
     _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
               f"patient P1: {tmp_path / 'P1'}: 2 NIfTI scans match flair",
-              "AX_FLAIR.nii.gz", "FLAIR_3D.nii.gz", "files.flair=GLOB")
+              "AX_FLAIR.nii.gz", "FLAIR_3D.nii.gz", "files.flair='AX_FLAIR.nii.gz'")
     (patient,) = find_patients(tmp_path, DEFAULT_RULES, {"flair": "*3d*"})
     assert patient.series["flair"].description == "FLAIR_3D.nii.gz"
     _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES, {"flair": "*dark*"}),
@@ -321,7 +325,7 @@ def test_nifti_missing_modality_names_files_option(tmp_path):
     _nifti_patient(tmp_path, "P1", names=("sequence_a", "T1", "T1_POST", "T2"))
     _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
               f"patient P1: {tmp_path / 'P1'}: no flair scan",
-              "'sequence_a.nii.gz' -> no rule matches", "files.flair=GLOB")
+              "'sequence_a.nii.gz' -> no rule matches", "e.g. files.flair='sequence_a.nii.gz'")
     (patient,) = find_patients(tmp_path, DEFAULT_RULES, {"flair": "sequence_a*"})
     assert patient.series["flair"].files[0].name == "sequence_a.nii.gz"
 

@@ -140,6 +140,7 @@ class _Found:
     """One candidate scan before modalities are settled."""
 
     label: str  # how the error lines name it
+    text: str  # what a rule for it would match: SeriesDescription or file name
     modality: str | None
     why: str  # "" when usable, else why it was left out
 
@@ -147,7 +148,11 @@ class _Found:
 def _resolve(patient: str, kind: str, found: list[_Found], series: dict[str, list[ScanSeries]],
              notes: list[str], where: Path) -> dict[str, ScanSeries]:
     """One series per modality, or one line for a missing (not t1ce) or ambiguous modality."""
-    option = "files.{m}=GLOB" if kind == "NIfTI" else "ingest.series.{m}=[GLOB,...]"
+    def option(modality: str, example: str | None) -> str:
+        if kind == "NIfTI":
+            return f"files.{modality}=" + (f"'{example}'" if example else "GLOB")
+        return f"'ingest.series.{modality}=" + (f'["{example}"]' if example else "[GLOB,...]") + "'"
+
     listing = "; ".join(f"{f.label} -> {f.modality or f.why}" for f in found) or "nothing"
     chosen: dict[str, ScanSeries] = {}
     for modality in MODALITIES:
@@ -158,15 +163,16 @@ def _resolve(patient: str, kind: str, found: list[_Found], series: dict[str, lis
                               for s in matches)
             raise DataError(
                 f"{len(matches)} {kind} scans match {modality}: {names}; name the one to use with "
-                f"{option.format(m=modality)} or remove the others from SRC", patient, where)
+                f"{option(modality, matches[0].description)} or remove the others from SRC", patient, where)
         if matches:
             chosen[modality] = matches[0]
         elif modality in OPTIONAL:
             notes.append(f"no {modality} scan found; the patient has no {modality}")
         else:
+            unmatched = [f.text for f in found if f.why == "no rule matches"]
             raise DataError(
                 f"no {modality} scan among: {listing}; add a rule that matches it, e.g. "
-                f"{option.format(m=modality)}", patient, where)
+                f"{option(modality, unmatched[0] if len(unmatched) == 1 else None)}", patient, where)
     return chosen
 
 
@@ -216,7 +222,7 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
                 modality, why = None, f"2D-only ({len(items)} slice(s))"
             elif modality is None:
                 why = "no rule matches"
-        found.append(_Found(label, modality, why))
+        found.append(_Found(label, description, modality, why))
         if modality is None:
             notes.append(f"left out series {label}: {why}")
             continue
@@ -244,6 +250,8 @@ class _DicomSeries(ScanSeries):
     geometry: Any = None
 
     def read(self) -> sitk.Image:
+        if self.geometry is None:
+            return super().read()
         return decode_series(self.geometry, self.patient_id, self.description)
 
 
@@ -279,7 +287,7 @@ def _nifti_patient(patient: str, original: str, folder: Path, paths: list[Path],
                 why = "no rule matches"
             elif files.get(modality):
                 modality, why = None, f"files.{modality} names another file"
-        found.append(_Found(label, modality, why))
+        found.append(_Found(label, path.name, modality, why))
         if modality is None:
             notes.append(f"left out {label}: {why}")
             continue
