@@ -115,6 +115,20 @@ def test_files_in_any_order_are_read_sorted_along_the_normal(tmp_path):
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
 
 
+def test_each_slice_s_own_rescale_slope_is_applied_in_float(tmp_path):
+    image, files = _series(tmp_path)
+    expected = sitk.GetArrayFromImage(image).astype(np.float32)
+    for z, f in enumerate(files[1:], start=1):  # slice z: stored 2v+1 with slope 0.5, intercept 0.25
+        ds = pydicom.dcmread(f)
+        ds.PixelData = (ds.pixel_array.astype(np.int16) * 2 + 1).tobytes()
+        ds.RescaleSlope, ds.RescaleIntercept = "0.5", "0.25"
+        ds.save_as(f)
+        expected[z] += 0.75
+    read = read_dicom_series(files, "P1", "s")
+    assert read.GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), expected)
+
+
 def test_missing_slices_are_one_line_with_the_gap(tmp_path):
     _, files = _series(tmp_path)
     _refused(files[:3] + files[5:], "missing slices", "gap of 7.50 mm", "about 2 slice(s) missing")

@@ -304,6 +304,9 @@ def test_nifti_patients_by_folder_with_hospital_names_in_any_orientation(tmp_pat
         "flair": "AX_FLAIR.nii.gz", "t1": "T1_SAG.nii.gz", "t1ce": "T1_GD.nii.gz", "t2": "T2_TSE.nii.gz"}
     assert "ignored 1 file(s), neither DICOM nor NIfTI: case 7/T1_GD.json" in patient.notes
     image = patient.series["t1ce"].read()
+    assert image.GetPixelID() == sitk.sitkFloat32
+    voxels = np.asarray(nib.load(str(tmp_path / "case 7" / "T1_GD.nii.gz")).dataobj)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), voxels.transpose(2, 1, 0))
     lps = np.diag([-1.0, -1.0, 1.0]) @ oblique[:3, :3]
     np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)) * image.GetSpacing(), lps, atol=1e-5)
     np.testing.assert_allclose(image.GetOrigin(), (-10, 20, 30), atol=1e-4)

@@ -156,7 +156,7 @@ def check_series(headers: Sequence[SliceHeader], patient: str, description: str)
     positions = np.array([h.position for h in unique])
     along = positions @ normal
     in_plane = (positions - positions[0]) @ np.stack([row, col], axis=1)
-    if np.abs(in_plane).max() > 0.01:
+    if np.abs(in_plane).max() > 0.05:
         raise fail(f"slices are shifted in plane (by up to {np.abs(in_plane).max():.2f} mm across the "
                    "stack, a gantry tilt?): resample to an orthogonal stack first")
     order = np.argsort(along, kind="stable")
@@ -183,7 +183,7 @@ def check_series(headers: Sequence[SliceHeader], patient: str, description: str)
         raise fail(f"missing slices: a gap of {steps[gap]:.2f} mm between slice positions "
                    f"{along[gap]:.2f} and {along[gap + 1]:.2f} mm where slices are {step:.2f} mm "
                    f"apart (about {missing} slice(s) missing); copy the complete series")
-    if np.abs(steps - step).max() > max(0.02 * step, 0.01):
+    if np.abs(steps - step).max() > max(0.05 * step, 0.02):
         raise fail(f"uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm): not one "
                    "regular stack; resample it to even spacing first")
     direction = np.stack([row, col, normal], axis=1)
@@ -202,9 +202,12 @@ def check_series(headers: Sequence[SliceHeader], patient: str, description: str)
 
 
 def decode_series(geometry: SeriesGeometry, patient: str, description: str) -> sitk.Image:
-    """Decode a checked series with SimpleITK's ImageSeriesReader, files in the checked order."""
+    """Decode a checked series with SimpleITK's ImageSeriesReader, files in the checked order,
+    as float32 with each slice's own rescale slope and intercept applied."""
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(f) for f in geometry.files])
+    # float32 whatever the stored type: slices may carry different rescale slopes (fractions)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
     try:
         image = reader.Execute()
     except RuntimeError as err:

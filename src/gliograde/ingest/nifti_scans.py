@@ -77,7 +77,7 @@ def check_nifti_header(path: Path, patient: str) -> dict[str, Any]:
 
 
 def read_nifti_scan(path: Path, patient: str) -> sitk.Image:
-    """The scan as a 3D scalar SimpleITK image in LPS physical space; one line for a bad file.
+    """The scan as a 3D float32 SimpleITK image in LPS physical space; one line for a bad file.
 
     The geometry is SimpleITK's reading of the header; the voxels are decoded by nibabel, which
     refuses a truncated file (SimpleITK's NIfTI reader fills missing voxels in silently).
@@ -96,8 +96,7 @@ def read_nifti_scan(path: Path, patient: str) -> sitk.Image:
     if voxels.dtype.fields is not None or reader.GetNumberOfComponents() != 1:
         raise DataError("RGB or vector voxels: give a greyscale scan", patient, path)
     voxels = voxels.reshape(voxels.shape[:3])  # a trailing axis of length 1 (x, y, z, 1) goes
-    if voxels.dtype == np.float64 or voxels.dtype.kind not in "iuf":
-        voxels = voxels.astype(np.float32)
+    voxels = voxels.astype(np.float32)  # as DICOM series are read: float32, scaling applied
     image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose(2, 1, 0)))
     dimension = reader.GetDimension()
     image.SetOrigin(reader.GetOrigin()[:3])
