@@ -23,7 +23,13 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from gliograde.data.errors import DataError
-from gliograde.ingest.dicom_volume import SliceHeader, check_series, decode_series, read_dicom_series
+from gliograde.ingest.dicom_volume import (
+    SeriesGeometry,
+    SliceHeader,
+    check_series,
+    decode_series,
+    read_dicom_series,
+)
 from gliograde.ingest.nifti_scans import check_nifti_header, read_nifti_scan
 from gliograde.ingest.series_rules import MODALITIES, SKIP, SeriesRules
 
@@ -226,20 +232,24 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
         if modality is None:
             notes.append(f"left out series {label}: {why}")
             continue
-        headers = [SliceHeader.from_dataset(d, p) for p, d in items]
-        geometry = check_series(headers, patient, description)
-        if geometry.duplicates_dropped:
-            notes.append(f"series {label}: {geometry.duplicates_dropped} copies of the same slice kept once")
         details = {"series_number": number,
                    "protocol_name": str(ds.get("ProtocolName", "") or ""),
                    "manufacturer": str(ds.get("Manufacturer", "") or ""),
-                   "image_type": "\\".join(image_type), **geometry.details()}
+                   "image_type": "\\".join(image_type)}
         if original != patient:
             details["patient_id_original"] = original
-        series[modality].append(_DicomSeries(modality, "dicom", description, uid, geometry.files,
-                                             details, patient, geometry))
+        headers = tuple(SliceHeader.from_dataset(d, p) for p, d in items)
+        series[modality].append(_DicomSeries(modality, "dicom", description, uid,
+                                             tuple(h.path for h in headers), details, patient, headers))
     source = Path(os.path.commonpath([str(p.parent) for p, _ in datasets]))
     chosen = _resolve(patient, "DICOM", found, series, notes, source)
+    for scan in chosen.values():  # only the series used are checked: a rule may leave a bad one out
+        geometry = check_series(scan.geometry, patient, scan.description)
+        if geometry.duplicates_dropped:
+            notes.append(f"series {scan.description!r} (series {scan.details['series_number']}): "
+                         f"{geometry.duplicates_dropped} copies of the same slice kept once")
+        scan.geometry, scan.files = geometry, geometry.files
+        scan.details.update(geometry.details())
     return ScanPatient(patient, chosen, notes, source)
 
 
@@ -247,10 +257,10 @@ def _dicom_patient(patient: str, original: str, datasets: list[tuple[Path, pydic
 class _DicomSeries(ScanSeries):
     """A DICOM series whose headers were checked while SRC was searched: read() decodes it."""
 
-    geometry: Any = None
+    geometry: Any = None  # the slice headers, then their checked SeriesGeometry
 
     def read(self) -> sitk.Image:
-        if self.geometry is None:
+        if not isinstance(self.geometry, SeriesGeometry):
             return super().read()
         return decode_series(self.geometry, self.patient_id, self.description)
 
@@ -291,12 +301,12 @@ def _nifti_patient(patient: str, original: str, folder: Path, paths: list[Path],
         if modality is None:
             notes.append(f"left out {label}: {why}")
             continue
-        details = check_nifti_header(path, patient)
-        if original != patient:
-            details["patient_id_original"] = original
+        details = {"patient_id_original": original} if original != patient else {}
         series[modality].append(ScanSeries(modality, "nifti", relative[path], None, (path,),
                                            details, patient))
     chosen = _resolve(patient, "NIfTI", found, series, notes, folder)
+    for scan in chosen.values():  # only the files used are checked
+        scan.details.update(check_nifti_header(scan.files[0], patient))
     return ScanPatient(patient, chosen, notes, folder)
 
 
