@@ -11,6 +11,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.dataset import FileDataset, FileMetaDataset
+from omegaconf import OmegaConf
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from gliograde.data.errors import DataError
@@ -92,7 +93,7 @@ def test_default_rules_know_common_vendor_names(text, modality):
 
 
 def test_rules_from_config_replace_the_given_keys_and_check_them():
-    rules = SeriesRules.from_mapping({"flair": ["*MYSEQ*"], "t2": None})
+    rules = SeriesRules.from_mapping(OmegaConf.create({"flair": ["*MYSEQ*"], "t2": None}))
     assert rules.classify("MYSEQ 3") == "flair" and rules.classify("AX FLAIR") is None
     assert rules.classify("T2") == "t2"  # None keeps the default
     assert rules.classify("Other", "T1 POST") == "t1ce"  # ProtocolName counts as well
@@ -333,6 +334,10 @@ def test_nifti_missing_modality_names_files_option(tmp_path):
               "'sequence_a.nii.gz' -> no rule matches", "e.g. files.flair='sequence_a.nii.gz'")
     (patient,) = find_patients(tmp_path, DEFAULT_RULES, {"flair": "sequence_a*"})
     assert patient.series["flair"].files[0].name == "sequence_a.nii.gz"
+    with pytest.raises(ConfigError, match="files.flare: unknown modality"):
+        find_patients(tmp_path, DEFAULT_RULES, {"flare": "sequence_a*"})
+    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES, {"flair": "*.nii.gz", "t2": "T2*"}),
+              "files.flair and files.t2 both match 'T2.nii.gz'")
 
 
 @pytest.mark.parametrize("case, needle", [

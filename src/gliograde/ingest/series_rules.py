@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
 
+from gliograde.errors import ConfigError
+
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 SKIP = "skip"
 
@@ -57,8 +59,6 @@ class SeriesRules:
     def from_mapping(cls, mapping: Mapping[str, Any] | None = None) -> SeriesRules:
         """Rules from a mapping like the config's ``ingest.series``; a key that is missing or
         ``None`` keeps :data:`DEFAULT_SERIES`'s value, a given key replaces it."""
-        from gliograde.errors import ConfigError
-
         merged: dict[str, Any] = {k: list(v) for k, v in DEFAULT_SERIES.items()}
         for key, value in (mapping or {}).items():
             if key not in DEFAULT_SERIES:

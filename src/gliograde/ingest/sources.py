@@ -23,6 +23,7 @@ import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
 
 from gliograde.data.errors import DataError
+from gliograde.errors import ConfigError
 from gliograde.ingest.dicom_volume import (
     SeriesGeometry,
     SliceHeader,
@@ -325,7 +326,6 @@ def find_patients(src: Path, rules: SeriesRules, files: Mapping[str, str | None]
     files = dict(files or {})
     unknown = sorted(set(files) - set(MODALITIES))
     if unknown:
-        from gliograde.errors import ConfigError
         raise ConfigError(f"files.{unknown[0]}: unknown modality; use one of {', '.join(MODALITIES)}")
     every = sorted(p for p in src.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(src).parts))
