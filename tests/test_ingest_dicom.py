@@ -101,7 +101,7 @@ def _refused(files, *needles):
     with pytest.raises(DataError) as err:
         read_dicom_series(files, "P1", "AX FLAIR")
     line = str(err.value)
-    assert "\n" not in line and line.startswith("patient P1: series 'AX FLAIR'")
+    assert "\n" not in line and line.startswith("patient P1: series 'AX FLAIR' (")
     for needle in needles:
         assert needle in line, line
     return line
@@ -204,6 +204,12 @@ def test_jpeg_lossless_and_jpeg2000_series_are_decoded(tmp_path, compressor, syn
     read = read_dicom_series(files, "P1", "s")
     _assert_same_geometry(read, image)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read), sitk.GetArrayFromImage(image))
+
+
+def test_a_file_cut_short_in_its_pixel_data_is_named_in_one_line(tmp_path):
+    _, files = _series(tmp_path)
+    files[3].write_bytes(files[3].read_bytes()[:-100])
+    _refused(files, f"({files[3]}): pixel data is 284 bytes where 12x16 pixels need 384 (truncated file?)")
 
 
 def _fake_encapsulated(files, syntax: str, payload: bytes) -> None:

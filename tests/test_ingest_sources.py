@@ -410,6 +410,14 @@ def test_other_files_beside_scans_are_ignored_with_a_note(tmp_path):
     assert "ignored 1 file(s), non-image DICOM of no patient: P1/DICOMDIR" in patient.notes
 
 
+def test_a_dicom_file_cut_short_in_its_header_is_one_line(tmp_path):
+    written = _dicom_patient(tmp_path, "P1")
+    last = written["T1 POST GD"][-1]  # the last slice: without it the series would still look whole
+    last.write_bytes(last.read_bytes()[:400])
+    _one_line(lambda: find_patients(tmp_path, DEFAULT_RULES),
+              f"{last}: damaged DICOM file: MR Image Storage without Rows/Columns (truncated?)")
+
+
 def test_output_inside_source_is_one_line(tmp_path):
     check_source(tmp_path, tmp_path.parent / "out")
     _one_line(lambda: check_source(tmp_path, tmp_path / "out"), "lies inside the source folder")

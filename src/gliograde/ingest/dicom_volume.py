@@ -211,6 +211,10 @@ def decode_series(geometry: SeriesGeometry, patient: str, description: str) -> s
     try:
         image = reader.Execute()
     except RuntimeError as err:
+        damaged = _short_pixel_data(geometry.files)
+        if damaged is not None:
+            raise DataError(f"pixel data is {damaged[1]}; copy the series again", patient,
+                            f"series {description!r} ({damaged[0]})") from err
         syntaxes = ", ".join(syntax_name(s) for s in geometry.transfer_syntaxes)
         last = str(err).strip().splitlines()[-1] if str(err).strip() else "read failed"
         raise DataError(f"pixel data cannot be decoded (transfer syntax {syntaxes}: {last}); "
@@ -221,6 +225,26 @@ def decode_series(geometry: SeriesGeometry, patient: str, description: str) -> s
                         f"component(s), headers say {geometry.size} greyscale", patient,
                         f"series {description!r} ({geometry.files[0].parent})")
     return image
+
+
+def _short_pixel_data(files: Sequence[Path]) -> tuple[Path, str] | None:
+    """The first file whose uncompressed pixel data is missing or shorter than its header says.
+
+    Only called once SimpleITK failed, to name the damaged file (e.g. a copy cut short).
+    """
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception as err:  # pydicom raises many types on a damaged file
+            return path, f"unreadable ({type(err).__name__}: {err})"
+        if UID(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2")).is_compressed:
+            continue
+        expected = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) \
+            * int(ds.BitsAllocated) // 8
+        got = len(ds.get("PixelData", b"") or b"")
+        if got < expected:
+            return path, f"{got} bytes where {ds.Rows}x{ds.Columns} pixels need {expected} (truncated file?)"
+    return None
 
 
 def read_dicom_series(files: Sequence[Path], patient: str, description: str) -> sitk.Image:

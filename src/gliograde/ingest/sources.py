@@ -21,6 +21,7 @@ from typing import Any, Literal
 import pydicom
 import SimpleITK as sitk
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError
@@ -107,12 +108,20 @@ def _nifti_stem(path: Path) -> str:
 def _read_dicom_header(path: Path) -> pydicom.Dataset | None:
     """The header of a DICOM file, None if the file is not DICOM; one line if it is damaged."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
+        ds = None
         pass  # no preamble: maybe a raw dataset starting with group 0008
     except Exception as err:  # pydicom raises many types on a damaged file
         raise DataError(f"unreadable DICOM file ({type(err).__name__}: {err}); remove it or copy "
                         "it again", where=path) from err
+    if ds is not None:
+        sop_class = UID(str(ds.file_meta.get("MediaStorageSOPClassUID", "")))
+        if sop_class.name.endswith("Image Storage") and ("Rows" not in ds or "Columns" not in ds):
+            # pydicom stops quietly at the end of a file cut short inside its header
+            raise DataError(f"damaged DICOM file: {sop_class.name} without Rows/Columns "
+                            "(truncated?); remove it or copy it again", where=path)
+        return ds
     with open(path, "rb") as handle:
         start = handle.read(4)
     if len(start) < 4 or start[:2] != b"\x08\x00":
