@@ -314,6 +314,8 @@ def test_nifti_patients_by_folder_with_hospital_names_in_any_orientation(tmp_pat
     np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)) * image.GetSpacing(), lps, atol=1e-5)
     np.testing.assert_allclose(image.GetOrigin(), (-10, 20, 30), atol=1e-4)
     assert patient.series["t1ce"].details["spacing"] == [0.5, 0.5, 4.0]
+    assert patient.series["t1ce"].details["plane"] == "oblique"
+    assert patient.series["flair"].details["plane"] == "axial"
 
 
 def test_nifti_two_files_for_one_modality_are_one_line_resolved_by_files_glob(tmp_path):

@@ -96,7 +96,8 @@ class SeriesGeometry:
                 "slices": len(self.files)}
 
 
-def _plane(normal: np.ndarray) -> str:
+def plane_of(normal: np.ndarray) -> str:
+    """axial, coronal or sagittal where the slice normal is within 1 degree of an axis, else oblique."""
     axis = int(np.argmax(np.abs(normal)))
     if abs(normal[axis]) < np.cos(np.radians(1.0)):
         return "oblique"
@@ -138,7 +139,7 @@ def check_series(headers: Sequence[SliceHeader], patient: str, description: str)
     orientations = Counter(tuple(np.round(h.orientation, 3)) for h in unique)
     first = np.array(unique[0].orientation)
     if any(np.abs(np.array(h.orientation) - first).max() > _ORIENTATION_TOLERANCE for h in unique):
-        planes = Counter(_plane(np.cross(o[:3], o[3:])) for o in map(np.array, orientations.elements()))
+        planes = Counter(plane_of(np.cross(o[:3], o[3:])) for o in map(np.array, orientations.elements()))
         raise fail(f"slices in {len(orientations)} orientations ("
                    + ", ".join(f"{p} x{n}" for p, n in planes.items())
                    + "): one series must be one stack; export each stack as its own series")
@@ -195,7 +196,7 @@ def check_series(headers: Sequence[SliceHeader], patient: str, description: str)
         direction=tuple(float(v) for v in direction.ravel()),
         orientation=sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
             tuple(float(v) for v in direction.ravel())),
-        plane=_plane(normal),
+        plane=plane_of(normal),
         transfer_syntaxes=tuple(sorted({h.transfer_syntax for h in unique})),
         duplicates_dropped=dropped,
     )

@@ -10,6 +10,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from gliograde.data.errors import DataError
+from gliograde.ingest.dicom_volume import plane_of
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _SHEAR_TOLERANCE = 1e-3  # largest |cos| between two voxel axes taken as orthogonal
@@ -72,7 +73,8 @@ def check_nifti_header(path: Path, patient: str) -> dict[str, Any]:
                             "copy the file again", patient, path)
     code = "".join(nib.aff2axcodes(affine))
     return {"size": list(shape[:3]), "spacing": [round(float(s), 4) for s in spacing],
-            "orientation": code, "affine_source": "sform" if int(header["sform_code"]) > 0 else "qform",
+            "orientation": code, "plane": plane_of(axes[:, 2]),
+            "affine_source": "sform" if int(header["sform_code"]) > 0 else "qform",
             "datatype": str(header.get_data_dtype())}
 
 
