@@ -1,0 +1,114 @@
+"""How well a patient fits the model's space: each series against the template and against the
+reference series, a left-right mirror check, and the brain's volume."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from gliograde.ingest.model_space import Ingested
+from gliograde.ingest.template import Template
+
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "min_template_ncc": 0.15,
+    "min_agreement": 0.30,
+    "mirror_margin": 0.10,
+    "min_brain_ml": 700.0,
+    "max_brain_ml": 2600.0,
+}
+"""Calibrated on the synthetic generator (see the README's ingestion accuracy table):
+``min_template_ncc``: NCC inside the template's brain between a series and the template's mean
+image of its modality; ``min_agreement``: normalised mutual information (0 none, 1 the same
+picture) between a series and the reference inside the brain; ``mirror_margin``: how much
+better (in Mattes mutual information) the mirrored series must fit to call it flipped."""
+
+_BINS = 32
+
+
+@dataclass
+class Quality:
+    """One row per modality, the brain's volume, the failed checks (short lines), pass/fail."""
+
+    rows: pd.DataFrame
+    brain_ml: float
+    failed: list[str] = field(default_factory=list)
+    passed: bool = True
+
+
+def check_quality(
+    ingested: Ingested, template: Template, thresholds: Mapping[str, float] | None = None
+) -> Quality:
+    """Check every series of ``ingested``; ``thresholds`` override :data:`DEFAULT_THRESHOLDS`."""
+    limits = {**DEFAULT_THRESHOLDS, **dict(thresholds or {})}
+    unknown = sorted(set(limits) - set(DEFAULT_THRESHOLDS))
+    if unknown:
+        raise KeyError(f"unknown quality thresholds: {', '.join(unknown)}")
+    factor = [int(round(t / g)) for t, g in zip(template.brain.GetSpacing(), template.grid.GetSpacing())]
+    inside = sitk.GetArrayViewFromImage(template.brain) > 0.5
+    brain = sitk.GetArrayViewFromImage(sitk.BinShrink(sitk.Cast(ingested.brain, sitk.sitkFloat32), factor)) > 0.5
+    inside = inside & brain[: inside.shape[0], : inside.shape[1], : inside.shape[2]]
+    coarse = {m: sitk.GetArrayFromImage(sitk.BinShrink(v, factor)) for m, v in ingested.volumes.items()}
+    reference = ingested.reference
+    failed: list[str] = []
+    rows = []
+    for modality, values in coarse.items():
+        row: dict = {"modality": modality, "reference": modality == reference}
+        if modality in template.images:
+            row["template_ncc"] = _ncc(values[inside], sitk.GetArrayViewFromImage(template.images[modality])[inside])
+        else:
+            row["template_ncc"] = float("nan")
+        series = ingested.scores.get("series", {}).get(modality)
+        if series is None:
+            row["agreement"], row["mirror_gain"], row["mirrored_better"] = float("nan"), float("nan"), False
+        else:
+            row["agreement"] = _nmi(values[inside], coarse[reference][inside])
+            # Mattes metrics are negative; a mirrored fit lower by the margin fits clearly better.
+            row["mirror_gain"] = float(series["metric"] - series["mirrored_metric"])
+            row["mirrored_better"] = bool(row["mirror_gain"] > limits["mirror_margin"])
+        if row["template_ncc"] < limits["min_template_ncc"]:
+            failed.append(f"{modality}: template_ncc {row['template_ncc']:.2f} < {limits['min_template_ncc']:.2f}")
+        if row["agreement"] < limits["min_agreement"]:
+            failed.append(
+                f"{modality}: agreement with {reference} {row['agreement']:.2f} < {limits['min_agreement']:.2f}"
+            )
+        if row["mirrored_better"]:
+            failed.append(f"{modality}: flipped left-right against {reference}")
+        rows.append(row)
+    spacing = np.prod(ingested.brain.GetSpacing())
+    brain_ml = float(sitk.GetArrayViewFromImage(ingested.brain).astype(bool).sum() * spacing / 1000.0)
+    if not limits["min_brain_ml"] <= brain_ml <= limits["max_brain_ml"]:
+        failed.append(
+            f"brain volume {brain_ml:.0f} mL outside {limits['min_brain_ml']:.0f}-{limits['max_brain_ml']:.0f} mL"
+        )
+    return Quality(rows=pd.DataFrame(rows), brain_ml=brain_ml, failed=failed, passed=not failed)
+
+
+def _ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation (Pearson) of two voxel lists; 0 when either is constant."""
+    if a.size < 2 or np.std(a) == 0 or np.std(b) == 0:
+        return 0.0
+    return float(np.corrcoef(a.astype(np.float64), b.astype(np.float64))[0, 1])
+
+
+def _nmi(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised mutual information 2 I(a;b) / (H(a) + H(b)) on a joint histogram between
+    the 1st and 99th percentiles: 1 when one predicts the other, 0 when independent."""
+    if a.size < 2:
+        return 0.0
+    ranges = [np.percentile(x, [1, 99]) for x in (a, b)]
+    if any(hi <= lo for lo, hi in ranges):
+        return 0.0
+    joint, _, _ = np.histogram2d(a, b, bins=_BINS, range=ranges)
+    joint /= joint.sum()
+    pa, pb = joint.sum(axis=1), joint.sum(axis=0)
+
+    def entropy(p: np.ndarray) -> float:
+        p = p[p > 0]
+        return float(-(p * np.log(p)).sum())
+
+    ha, hb, hab = entropy(pa), entropy(pb), entropy(joint.ravel())
+    return float(2 * (ha + hb - hab) / (ha + hb)) if ha + hb > 0 else 0.0
