@@ -7,6 +7,8 @@ Writes predictions.csv, predictions.json and per-patient figures to ``output_dir
 
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -23,4 +25,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from gliograde.config import expand_switches
+
+    sys.argv = expand_switches(sys.argv, {"ingest": "ingest.enabled"})
     main()

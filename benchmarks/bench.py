@@ -30,6 +30,8 @@ and writes the figures to FILE (JSON):
 - ``segment_one_patient_s``: the segmenter (``model=unet``) finding the tumour of one cached
   patient; ``predict_with_segmenter_s``: ``predict.py ... segmenter=SEG`` on one patient folder
   without a mask, start-up included (see ``benchmarks.segmenter_bench``).
+- ``ingest_one_patient_s``: ``python -m gliograde.ingest`` on one hospital-like DICOM patient
+  (skull, head pose, hospital grids), start-up included (see ``benchmarks.ingest_bench``).
 
 Timings are medians of ``--repeats`` runs (or of per-step intervals), so a busy machine moves
 them less. The NIfTI files are read from the page cache (they were just written): the figures
@@ -75,6 +77,7 @@ KEYS: tuple[str, ...] = (
     "predict_one_patient_s",
     "segment_one_patient_s",
     "predict_with_segmenter_s",
+    "ingest_one_patient_s",
 )
 FULL_SHAPE = (240, 240, 155)
 REPO = Path(__file__).resolve().parents[1]
@@ -503,6 +506,12 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
         results["predict_with_segmenter_s"] = measure_predict_with_segmenter(
             work / "predict-model.ckpt", segmenter, patient, work, opts.repeats, REPO
         )
+        from benchmarks.ingest_bench import measure_ingest
+
+        say("python -m gliograde.ingest on one hospital-like DICOM patient (skull, head pose, hospital grids)")
+        results["ingest_one_patient_s"] = measure_ingest(
+            small, work / "predict-model.ckpt", work, opts.repeats, opts.seed, REPO
+        )
         return {k: float(results[k]) for k in KEYS}, extra
     finally:
         if opts.keep:
@@ -541,6 +550,7 @@ def measure_predict(root: Path, cache_dir: Path, work: Path, repeats: int, seed:
 # ----------------------------------------------------------------------------- report
 def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
     """(what, measured, met) for every target of the requirement."""
+    from benchmarks.ingest_bench import INGEST_MAX_S
     from benchmarks.segmenter_bench import PREDICT_WITH_SEGMENTER_MAX_S, SEGMENT_MAX_S
     of_memcpy = r["loader_slices_per_s"] / r["memcpy_slices_per_s"]
     over_article = r["loader_slices_per_s"] / r["article_loader_slices_per_s"]
@@ -581,6 +591,11 @@ def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
             f"predict.py with a segmenter <= {PREDICT_WITH_SEGMENTER_MAX_S:.0f} s",
             f"{r['predict_with_segmenter_s']:.1f} s",
             r["predict_with_segmenter_s"] <= PREDICT_WITH_SEGMENTER_MAX_S,
+        ),
+        (
+            f"ingest one hospital patient <= {INGEST_MAX_S:.0f} s",
+            f"{r['ingest_one_patient_s']:.1f} s",
+            r["ingest_one_patient_s"] <= INGEST_MAX_S,
         ),
     ]
 
@@ -689,6 +704,12 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             f"{r['predict_with_segmenter_s']:.1f}",
             "s",
             "python predict.py segmenter=SEG, one patient without a mask, start-up included",
+        ),
+        (
+            "ingest_one_patient_s",
+            f"{r['ingest_one_patient_s']:.1f}",
+            "s",
+            "python -m gliograde.ingest, one DICOM patient with skull, start-up included",
         ),
     ]
     width = max(len(k) for k, *_ in rows)

@@ -95,7 +95,8 @@ def test_folder_root_and_manifest_agree_with_evaluate(run, test_patients, tmp_pa
     with open(tmp_path / "a" / "predictions.csv", newline="") as fh:
         row = next(csv.DictReader(fh))
     assert row["prediction"] == reference[first]["prediction"] and row["slice_rule"] == "mask"
-    assert set(row) == {"patient_id", "prob_LGG", "prob_HGG", "prediction", "n_slices", "slice_rule", "tumour_ml"}
+    assert set(row) == {"patient_id", "prob_LGG", "prob_HGG", "prediction", "n_slices", "slice_rule", "tumour_ml", "qc"}
+    assert row["qc"] == ""  # not an ingested patient: no quality check to report
     # the mask's volume, the same number from both commands
     assert float(row["tumour_ml"]) == pytest.approx(float(reference[first]["tumour_ml"])) and float(row["tumour_ml"]) > 0
     for name in (f"{first}_slices.png", f"{first}_gradcam.png"):

@@ -91,6 +91,18 @@ def checked_main(config_name: str) -> Callable[[Callable[[DictConfig], T]], Call
     return decorator
 
 
+def expand_switches(argv: Sequence[str], switches: dict[str, str]) -> list[str]:
+    """``ingest=true`` as ``ingest.enabled=true``: a config group that is also switched on or off
+    (Hydra reads ``group=true`` as a choice of config file, which a boolean cannot be)."""
+    expanded = []
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if sep and key in switches and value.lower() in ("true", "false"):
+            item = f"{switches[key]}={value.lower()}"
+        expanded.append(item)
+    return expanded
+
+
 def check_command_line(config_name: str, argv: Sequence[str]) -> None:
     """Parse, compose and validate the overrides in ``argv`` as Hydra would; raise ``ConfigError``."""
     from hydra._internal.utils import get_args_parser

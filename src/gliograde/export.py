@@ -52,6 +52,7 @@ from gliograde.sealed import write_sealed
 from gliograde.segmentation.onnx_segmenter import CARD_SECTION, SEGMENTER_ONNX_FILE
 
 OPSET = 17
+TEMPLATE_SECTION = "template"
 TOLERANCE = 1e-4
 
 
@@ -113,12 +114,34 @@ def export(source: str | Path, output: str | Path | None = None, segmenter: str 
             seg_worst = _check_segmenter_onnx(seg_net, tmp / SEGMENTER_ONNX_FILE)
             seg_digest = hashlib.sha256((tmp / SEGMENTER_ONNX_FILE).read_bytes()).hexdigest()
             card[CARD_SECTION] = segmenter_section(seg_net, seg_sha, seg_digest, seg_worst)
+        template = _bundle_template(run, tmp)
+        if template is not None:
+            card[TEMPLATE_SECTION] = template
         card = write_sealed(tmp / CARD_FILE, card)
         (tmp / "MODEL_CARD.md").write_text(render_markdown(card))
         _swap_in(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _bundle_template(run: Path | None, folder: Path) -> dict[str, Any] | None:
+    """Copy the run's template (built from its training patients when it has none yet) into the
+    export, for ``python -m gliograde.ingest``; None, and said, when it cannot be had."""
+    from gliograde.ingest.target import TEMPLATE_FOLDER
+    from gliograde.ingest.template import TEMPLATE_FILE, run_template, save_template
+
+    if run is None:
+        print("No template bundled (a checkpoint outside its run): ingestion with this export needs ingest.template=")
+        return None
+    try:
+        template = run_template(run)
+    except GliogradeError as err:
+        print(f"No template bundled ({err}): ingestion with this export needs ingest.template=")
+        return None
+    save_template(template, folder / TEMPLATE_FOLDER)
+    digest = file_sha256(folder / TEMPLATE_FOLDER / TEMPLATE_FILE)
+    return {"folder": TEMPLATE_FOLDER, "record_sha256": digest, "patients": len(template.meta.get("patients", []))}
 
 
 def _recipe(run: Path | None, recipe: dict[str, Any] | None, checkpoint_sha: str) -> dict[str, Any] | None:

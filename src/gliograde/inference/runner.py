@@ -25,6 +25,16 @@ from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.inference.figures import gradcam_figure, outline_figure, safe_name, save_png, slice_curve
+from gliograde.inference.ingested import (
+    QC_FAILED_RULE,
+    IngestPlan,
+    check_qc_mode,
+    ingestion_record,
+    plan_ingest,
+    qc_failed_row,
+    qc_text,
+    registration_figure_copy,
+)
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
 from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
@@ -41,6 +51,7 @@ log = logging.getLogger(__name__)
 ON_ERROR = ("raise", "skip")
 # What predict writes into its folder: an existing folder holding anything else is not replaced.
 PREDICT_FILES = ("predictions.csv", "predictions.json", "report.html", "skipped.csv", "*.png")
+NOT_GRADED = (NO_TUMOUR_RULE, QC_FAILED_RULE)
 
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
@@ -55,7 +66,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     check_tta_for(applied.tta, contract)  # before any patient is decoded
     predictor = _tumour_predictor(cfg, model)
     skipped: list[DataError] | None = [] if cfg.get("on_error", "raise") == "skip" else None
-    if cfg.manifest:
+    plan: IngestPlan | None = None
+    patients: list[PatientFiles] = []
+    if OmegaConf.select(cfg, "ingest.enabled", default=False):  # hospital scans: found and named now, ingested inside the output folder
+        plan = plan_ingest(cfg, model, patterns)
+        unmasked = plan.patient_ids
+    elif cfg.manifest:
         patients = from_manifest(Path(str(cfg.manifest)).expanduser(), contract["modalities"], skipped)
     else:
         patients = from_input(
@@ -63,9 +79,11 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         )
     for err in skipped or []:
         log.warning("Skipped %s", err)
+    if plan is None:
+        unmasked = [f.patient_id for f in patients if f.mask is None]
     # from the files listed, before any patient is decoded
     if predictor is None:  # a segmenter gives each patient without a mask file the mask it predicts
-        refuse_missing_masks([f.patient_id for f in patients if f.mask is None], contract, cfg.get("mask_free"))
+        refuse_missing_masks(unmasked, contract, cfg.get("mask_free"))
     out = (
         Path(str(cfg.output_dir))
         if cfg.output_dir
@@ -73,6 +91,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     )
     # Written into a hidden sibling (tried before any patient is graded), renamed to out when whole.
     with staged_folder(out, "output_dir", PREDICT_FILES) as staging:
+        if plan is not None:
+            patients = plan.run(staging, skipped)
         report = _predict_into(staging, model, applied, patients, skipped, cfg, predictor)
     print(format_predictions(report))
     print(f"Outputs: {out}")
@@ -97,9 +117,15 @@ def _predict_into(
     rows = []
     for files in patients:
         try:
-            rows.append(
-                _grade(model, files, contract, cfg, classes, threshold, out, tta, temperature, predictor)
-            )
+            record = ingestion_record(files)
+            figures = {} if record is None else registration_figure_copy(files, record, out, safe_name(files.patient_id))
+            if record is not None and not record["qc"]["passed"] and cfg.get("qc", "exclude") != "warn":
+                rows.append(qc_failed_row(files, record, classes, figures))
+                continue
+            row = _grade(model, files, contract, cfg, classes, threshold, out, tta, temperature, predictor)
+            row["qc"] = qc_text(record)
+            row["figures"] = {**row["figures"], **figures}
+            rows.append(row)
         except DataError as err:
             if predictor is not None:
                 predictor.take(files.patient_id)  # segmented, then refused: its mask is not kept
@@ -128,7 +154,7 @@ def _predict_into(
     }
     if predictor is not None:
         report["segmenter"] = predictor.report()
-    graded = {r["patient_id"]: r["slice_rule"] for r in rows if r["slice_rule"] != NO_TUMOUR_RULE}
+    graded = {r["patient_id"]: r["slice_rule"] for r in rows if r["slice_rule"] not in NOT_GRADED}
     note = mask_free_note(graded, contract)
     if note:
         report["mask_free_note"] = note
@@ -139,11 +165,11 @@ def _predict_into(
     table = pd.DataFrame(
         [
             [r["patient_id"], *(r["probabilities"][c] for c in classes)]
-            + [r["prediction"], r["n_slices"], r["slice_rule"], r["tumour_ml"]]
+            + [r["prediction"], r["n_slices"], r["slice_rule"], r["tumour_ml"], r.get("qc")]
             for r in rows
         ],
         columns=[
-            "patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule", "tumour_ml"
+            "patient_id", *(f"prob_{c}" for c in classes), "prediction", "n_slices", "slice_rule", "tumour_ml", "qc"
         ],
     )
     write_frame(out / "predictions.csv", table)
@@ -169,6 +195,7 @@ def _check_options(cfg: DictConfig) -> dict[str, str | None]:
     if int(cfg.batch_size) < 1:
         raise ConfigError(f"batch_size={cfg.batch_size} must be at least 1")
     check_predict_options(cfg)
+    check_qc_mode(cfg)
     check_mask_free(cfg.get("mask_free"))
     try:
         floor = float(cfg.get("min_tumour_ml", 0))
@@ -358,7 +385,7 @@ def format_predictions(report: dict[str, Any]) -> str:
         f"temperature {report['calibration'].get('temperature', 1.0):g})"
     ]
     for row in report["patients"]:
-        if row["slice_rule"] == NO_TUMOUR_RULE:
+        if row["slice_rule"] in NOT_GRADED:
             lines.append(f"  {row['patient_id']}: not graded: {row['note']}")
             continue
         probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)
