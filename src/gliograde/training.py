@@ -173,6 +173,7 @@ def _train(cfg: DictConfig, hold: ExitStack) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _numbers(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    lasts = _latest_checkpoints(trainer)  # before validate and test restore the callbacks' states
     if best and lead:
         log.info("Validating and testing the best checkpoint: %s", best)
     # The best model's validation predictions: the out-of-fold predictions of cross-validation.
@@ -200,7 +201,9 @@ def _train(cfg: DictConfig, hold: ExitStack) -> dict[str, float]:
         write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         step = best_step(best, default=max(trainer.global_step - 1, 0))
         record_run(trainer, run_hparams(cfg, command_line_overrides()), metrics, step, name=str(out))
-        _one_file_if_same(trainer, best)
+        for last in lasts:  # the best epoch was the last: one file under both names
+            if best and share_if_same(best, last):
+                log.info("The best epoch was the last: %s and %s are one file on disk", best, last)
         print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run))
     return metrics
 
@@ -213,12 +216,13 @@ def _sweep_job() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _one_file_if_same(trainer: pl.Trainer, best: str) -> None:
-    """When the best epoch was the last, the best checkpoint and last.ckpt become one file."""
-    for callback in trainer.checkpoint_callbacks:
-        last = getattr(callback, "monitor", "") is None and getattr(callback, "best_model_path", "")
-        if best and last and share_if_same(best, last):
-            log.info("The best epoch was the last: %s and %s are one file on disk", best, last)
+def _latest_checkpoints(trainer: pl.Trainer) -> list[str]:
+    """The files of the checkpoint callbacks without a monitor (``last.ckpt``): the latest epoch."""
+    return [
+        callback.best_model_path
+        for callback in trainer.checkpoint_callbacks
+        if getattr(callback, "monitor", "") is None and getattr(callback, "best_model_path", "")
+    ]
 
 
 def _saved_metrics(out: Path) -> dict[str, float]:
