@@ -54,7 +54,19 @@ def _repository(root: Path) -> Path:
     best = _checkpoint(run / "checkpoints" / "epoch_000.ckpt", 0, 4, 1.0)
     os.link(best, run / "checkpoints" / "last.ckpt")
     (run / "metrics.json").write_text("{}")
-    _checkpoint(root / "logs" / "train" / "multiruns" / "2026-12-01_11-00-00" / "0" / "checkpoints" / "epoch_000.ckpt", 0, 4, 2.0)
+    _checkpoint(
+        root
+        / "logs"
+        / "train"
+        / "multiruns"
+        / "2026-12-01_11-00-00"
+        / "0"
+        / "checkpoints"
+        / "epoch_000.ckpt",
+        0,
+        4,
+        2.0,
+    )
     (root / "outputs" / "predict" / "2026-12-01_12-00-00").mkdir(parents=True)
     (root / "outputs" / "predict" / "2026-12-01_12-00-00" / "predictions.csv").write_text("patient_id\n")
     outside = root.parent / "keep"
@@ -84,9 +96,9 @@ def test_clean_says_what_it_would_remove_then_removes_only_logs_and_outputs(tmp_
 def test_clean_refuses_while_a_training_writes_and_outside_the_repository(tmp_path, capsys):
     root = tmp_path / "repo"
     run = _repository(root)
-    with training_lock(run):
-        with pytest.raises(CleanError, match=f"a training is still writing in {run}; stop it or let it finish"):
-            clean(root, remove=True)
+    busy = f"a training is still writing in {run}; stop it or let it finish"
+    with training_lock(run), pytest.raises(CleanError, match=busy):
+        clean(root, remove=True)
     assert (run / "metrics.json").is_file() and (run / RUN_LOCK).is_file()
     assert "Removed" in clean(root, remove=True)  # the lock is released when the training ends
 
@@ -98,7 +110,9 @@ def test_clean_refuses_while_a_training_writes_and_outside_the_repository(tmp_pa
         main(["--root", str(linked), "--yes"])
     assert refused.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {linked / 'logs'}: a symbolic link to {tmp_path / 'keep'}; clean removes nothing")
+    assert line.startswith(
+        f"error: {linked / 'logs'}: a symbolic link to {tmp_path / 'keep'}; clean removes nothing"
+    )
     assert (tmp_path / "keep" / "data.txt").is_file()
     with pytest.raises(CleanError, match="not the gliograde repository"):
         clean(tmp_path / "keep", remove=True)
@@ -111,7 +125,7 @@ def test_clean_needs_only_the_standard_library(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     # -S: no site-packages, as `make clean` runs before any install
     command = [sys.executable, "-S", "-m", "gliograde.clean", "--root", str(root)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Would remove") and (root / "logs").is_dir()
 
@@ -120,10 +134,23 @@ def test_clean_needs_only_the_standard_library(tmp_path):
 def test_a_sweep_job_keeps_one_checkpoint(tiny_cohort_master, tmp_path):
     sweep = tmp_path / "sweep"
     result = run_python(
-        "train.py", "-m", "data=brats2020", f"data.root={tiny_cohort_master}", f"data.cache_dir={tmp_path / 'cache'}",
-        "data.slices.k=2", "data.batch_size=16", "data.progress=false", "data.preprocess.workers=1",
-        "trainer=cpu", "trainer.max_epochs=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "callbacks.progress_bar.refresh_rate=0", "seed=0", f"hydra.sweep.dir={sweep}",
+        "train.py",
+        "-m",
+        "data=brats2020",
+        f"data.root={tiny_cohort_master}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.slices.k=2",
+        "data.batch_size=16",
+        "data.progress=false",
+        "data.preprocess.workers=1",
+        "trainer=cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "callbacks.progress_bar.refresh_rate=0",
+        "seed=0",
+        f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (kept,) = (sweep / "0" / "checkpoints").iterdir()

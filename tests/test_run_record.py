@@ -53,13 +53,24 @@ def test_every_key_the_ablation_and_the_optuna_search_sweep_is_a_named_factor():
     swept = _swept_keys(CONF_DIR / "experiment" / "ablation.yaml")
     swept |= _swept_keys(CONF_DIR / "hparams_search" / "optuna.yaml")
     assert swept == {
-        "seed", "data.modalities", "data.context", "data.crop.mode",
-        "model.optimizer.lr", "model.optimizer.weight_decay", "data.batch_size",
+        "seed",
+        "data.modalities",
+        "data.context",
+        "data.crop.mode",
+        "model.optimizer.lr",
+        "model.optimizer.weight_decay",
+        "data.batch_size",
     }
     assert swept <= set(FACTORS.values())
-    arm = _hparams("experiment=ablation", "data.crop.mode=tumor", "data.context=1", "data.modalities=[flair,t1ce]")
+    arm = _hparams(
+        "experiment=ablation", "data.crop.mode=tumor", "data.context=1", "data.modalities=[flair,t1ce]"
+    )
     assert {k: arm[k] for k in ("crop", "crop_size", "context", "modalities", "sampler", "slices_k")} == {
-        "crop": "tumor", "crop_size": 128, "context": 1, "modalities": "flair,t1ce", "sampler": "weighted",
+        "crop": "tumor",
+        "crop_size": 128,
+        "context": 1,
+        "modalities": "flair,t1ce",
+        "sampler": "weighted",
         "slices_k": 6,
     }
     assert arm["experiment"] == "ablation"  # a group chosen on the command line, by its name
@@ -80,7 +91,16 @@ def test_no_placeholder_values_for_what_does_not_apply():
 
 @pytest.mark.parametrize(
     "steps, asked, interval",
-    [(7, None, 1), (7, 10, 7), (7, 50, 7), (3, 2, 2), (250, None, 10), (250, 100, 100), (40, 0, 0), (0, None, 1)],
+    [
+        (7, None, 1),
+        (7, 10, 7),
+        (7, 50, 7),
+        (3, 2, 2),
+        (250, None, 10),
+        (250, 100, 100),
+        (40, 0, 0),
+        (0, None, 1),
+    ],
 )
 def test_every_epoch_gets_a_point_of_loss_and_learning_rate(steps, asked, interval):
     assert log_interval(steps, asked) == interval
@@ -99,7 +119,10 @@ def _fake_run(folder: Path) -> dict[str, float]:
         logger.log_metrics({"val/patient_auroc": (0.6, 0.9, 0.7)[epoch], "val/loss": 0.5}, step=step)
     logger.log_metrics({"test/patient_auroc": 0.8}, step=12)  # as Lightning's test logs it
     metrics = {
-        "val/patient_auroc": 0.9, "val/loss": 0.5, "val/patient_auroc_best": 0.9, "test/patient_auroc": 0.8,
+        "val/patient_auroc": 0.9,
+        "val/loss": 0.5,
+        "val/patient_auroc_best": 0.9,
+        "test/patient_auroc": 0.8,
         "train/loss": 0.3,
     }
     trainer = types.SimpleNamespace(loggers=[logger], global_step=12)
@@ -115,21 +138,35 @@ def test_tensorboard_serves_final_metrics_in_hparams_and_no_chart_of_their_own(t
         tags = served.scalar_tags()
         experiment = served.experiment()
         (group,) = served.session_groups()
-        final_points = {tag: served.points(f"tensorboard/{FINAL_RUN}", tag) for tag in tags[f"tensorboard/{FINAL_RUN}"]}
+        final_points = {
+            tag: served.points(f"tensorboard/{FINAL_RUN}", tag) for tag in tags[f"tensorboard/{FINAL_RUN}"]
+        }
         curve = served.points("tensorboard", "val/patient_auroc")
     assert not any(tag.startswith("final/") for run in tags.values() for tag in run)
     # the best checkpoint's validation sits on its epoch of each curve; the test at the end
-    assert final_points == {"val/patient_auroc": [(7, pytest.approx(0.9))], "val/loss": [(7, 0.5)],
-                            "test/patient_auroc": [(12, pytest.approx(0.8))]}
+    assert final_points == {
+        "val/patient_auroc": [(7, pytest.approx(0.9))],
+        "val/loss": [(7, 0.5)],
+        "test/patient_auroc": [(12, pytest.approx(0.8))],
+    }
     assert (7, pytest.approx(0.9)) in curve and len(curve) == 3  # the curve keeps its points
     assert set(tags[f"tensorboard/{FINAL_RUN}"]) <= set(tags["tensorboard"])  # no new chart
     assert [h["name"] for h in experiment["hparamInfos"]] == ["augment", "context", "crop", "lr"]
     shown = {m["name"]["tag"]: m["displayName"] for m in experiment["metricInfos"]}
     assert shown == {
-        "val/loss": "val/loss (best checkpoint)", "val/patient_auroc": "val/patient_auroc (best checkpoint)",
+        "val/loss": "val/loss (best checkpoint)",
+        "val/patient_auroc": "val/patient_auroc (best checkpoint)",
         "test/patient_auroc": "test/patient_auroc",
     }
-    assert group["name"] == "runs/A" and group["hparams"] == {"crop": "tumor", "context": 1.0, "lr": 0.001,
-                                                             "augment": False}
+    assert group["name"] == "runs/A" and group["hparams"] == {
+        "crop": "tumor",
+        "context": 1.0,
+        "lr": 0.001,
+        "augment": False,
+    }
     values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
-    assert values == {"val/loss": 0.5, "val/patient_auroc": pytest.approx(0.9), "test/patient_auroc": pytest.approx(0.8)}
+    assert values == {
+        "val/loss": 0.5,
+        "val/patient_auroc": pytest.approx(0.9),
+        "test/patient_auroc": pytest.approx(0.8),
+    }

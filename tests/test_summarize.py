@@ -307,7 +307,8 @@ def _ablation_sweep(root: Path) -> Path:
     arms = [(s, m, c, cr) for s in (0, 1, 2) for m in ("[flair,t1ce,t1,t2]", "[flair,t1ce]") for c in (0, 1)
             for cr in ("none", "tumor")]
     for number, (seed, modalities, context, crop) in enumerate(arms):
-        overrides = [f"seed={seed}", f"data.modalities={modalities}", f"data.context={context}", f"data.crop.mode={crop}"]
+        overrides = [f"seed={seed}", f"data.modalities={modalities}", f"data.context={context}"]
+        overrides.append(f"data.crop.mode={crop}")
         stages = {}
         for stage, n in (("val", 16), ("test", 24)):
             labels = [0, 1] * (n // 2)

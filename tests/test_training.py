@@ -255,7 +255,8 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     assert (best_step, pytest.approx(best_value)) in curve
     assert best_value == pytest.approx(metrics["val/patient_auroc"])
     names = {info["name"] for info in experiment["hparamInfos"]}
-    assert {"task", "model", "modalities", "plane", "slices", "crop", "context", "sampler", "lr", "seed"} <= names
+    factors = {"task", "model", "modalities", "plane", "slices", "crop", "context", "sampler", "lr", "seed"}
+    assert factors <= names
     assert not names & {"fold", "folds", "crop_size"}  # nothing that does not apply to this run
     assert group["name"] == str(run)
     assert group["hparams"]["crop"] == "none" and group["hparams"]["sampler"] == "random"

@@ -48,7 +48,8 @@ def share_if_same(best: str | os.PathLike, last: str | os.PathLike) -> bool:
         return False
 
     def state(path: Path) -> tuple[Any, Any]:
-        stored = torch.load(path, map_location="cpu", mmap=True, weights_only=False)  # tensors mapped, not read
+        # the tensors are mapped, not read
+        stored = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
         return stored.get("epoch"), stored.get("global_step")
 
     if state(best) != state(last):

@@ -88,7 +88,9 @@ def places(root: Path) -> list[Path]:
     """The folders to remove under ``root`` (those present), after the checks that keep the
     removal inside them: ``root`` is the repository, no folder is a link or a file."""
     if not (root / "conf" / "train.yaml").is_file():
-        raise CleanError(f"{root.resolve()}: not the gliograde repository (no conf/train.yaml); run it from there")
+        raise CleanError(
+            f"{root.resolve()}: not the gliograde repository (no conf/train.yaml); run it from there"
+        )
     found = []
     for name in PLACES:
         place = root / name
@@ -113,14 +115,20 @@ def clean(root: Path, remove: bool) -> str:
         return f"Nothing to remove: {', '.join(f'{p}/' for p in PLACES)} absent in {root.resolve()}"
     busy = [run for place in found for run in busy_runs(place)]
     if busy:
-        names = ", ".join(str(run) for run in busy[:3]) + (f" and {len(busy) - 3} more" if len(busy) > 3 else "")
-        raise CleanError(f"a training is still writing in {names}; stop it or let it finish, then clean again")
+        names = ", ".join(str(run) for run in busy[:3]) + (
+            f" and {len(busy) - 3} more" if len(busy) > 3 else ""
+        )
+        raise CleanError(
+            f"a training is still writing in {names}; stop it or let it finish, then clean again"
+        )
     sizes = {place: disk_usage(place) for place in found}
     total = size_text(sum(sizes.values()))
     lines = [f"{'Removed' if remove else 'Would remove'} {total} in all:"]
     lines += [f"  {place}/  {size_text(size)}{_count(place)}" for place, size in sizes.items()]
     if not remove:
-        lines.append("Nothing removed yet: `make clean YES=1` (python -m gliograde.clean --yes) removes them.")
+        lines.append(
+            "Nothing removed yet: `make clean YES=1` (python -m gliograde.clean --yes) removes them."
+        )
         return "\n".join(lines)
     for place in found:
         doomed = place

@@ -170,7 +170,9 @@ def _tensorboard_session(
             kind, values[key] = api_pb2.DATA_TYPE_STRING, struct_pb2.Value(string_value=str(value))
         hparam_infos.append(api_pb2.HParamInfo(name=key, type=kind))
     now = time.time()
-    experiment = api_pb2.Experiment(hparam_infos=hparam_infos, metric_infos=metric_infos, time_created_secs=now)
+    experiment = api_pb2.Experiment(
+        hparam_infos=hparam_infos, metric_infos=metric_infos, time_created_secs=now
+    )
     # group_name: the run alone, even where another run has the same hyperparameters
     start = plugin_data_pb2.SessionStartInfo(hparams=values, group_name=name, start_time_secs=now)
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS, end_time_secs=now)

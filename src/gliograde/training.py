@@ -162,7 +162,8 @@ def _train(cfg: DictConfig, hold: ExitStack) -> dict[str, float]:
     trainer = pl.Trainer(
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    trainer.log_every_n_steps = _logging_interval(trainer, datamodule, trainer_kwargs.get("log_every_n_steps"), lead)
+    asked = trainer_kwargs.get("log_every_n_steps")
+    trainer.log_every_n_steps = _logging_interval(trainer, datamodule, asked, lead)
 
     hold.enter_context(training_lock(out))  # until the run ends: `make clean` leaves it alone
     if lead:

@@ -10,9 +10,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
@@ -47,13 +48,21 @@ class Served:
 
     def points(self, run: str, tag: str) -> list[tuple[int, float]]:
         """``(step, value)`` of one scalar series."""
-        return [(step, value) for _, step, value in self.get("/data/plugin/scalars/scalars", run=run, tag=tag)]
+        return [
+            (step, value) for _, step, value in self.get("/data/plugin/scalars/scalars", run=run, tag=tag)
+        ]
 
     def experiment(self) -> dict[str, Any]:
         return self.post("/data/plugin/hparams/experiment", {"experimentName": ""})
 
     def session_groups(self) -> list[dict[str, Any]]:
-        body = {"experimentName": "", "allowedStatuses": STATUSES, "colParams": [], "startIndex": 0, "sliceSize": 1000}
+        body = {
+            "experimentName": "",
+            "allowedStatuses": STATUSES,
+            "colParams": [],
+            "startIndex": 0,
+            "sliceSize": 1000,
+        }
         return self.post("/data/plugin/hparams/session_groups", body).get("sessionGroups", [])
 
 
@@ -63,8 +72,20 @@ def tensorboard(logdir: Path, timeout: float = 90) -> Iterator[Served]:
     it answers; stopped on leaving."""
     port = _free_port()
     command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--port", str(port),
-        "--host", "127.0.0.1", "--load_fast=false", "--reload_task", "blocking", "--reload_interval", "0",
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--load_fast=false",
+        "--reload_task",
+        "blocking",
+        "--reload_interval",
+        "0",
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     served = Served(f"http://127.0.0.1:{port}")

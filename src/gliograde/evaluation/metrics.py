@@ -145,7 +145,11 @@ def resample_metrics(
 
 
 def resample_metrics_many(
-    labels: np.ndarray, probs: np.ndarray, draws: np.ndarray, threshold: float = 0.5, scores: np.ndarray | None = None
+    labels: np.ndarray,
+    probs: np.ndarray,
+    draws: np.ndarray,
+    threshold: float = 0.5,
+    scores: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """:func:`resample_metrics` of every row of ``draws`` (``[resamples, n]`` patient indices)
     at once: ``{metric: [resamples]}``, NaN where a resample leaves a metric undefined. One
@@ -168,7 +172,8 @@ def resample_metrics_many(
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = 2 * tp / (2 * tp + fp + fn)
         mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        mcc = np.where(mcc_den > 0, (tp * tn - fp * fn) / np.where(mcc_den > 0, mcc_den, 1), np.where(both, 0.0, np.nan))
+        undefined_mcc = np.where(both, 0.0, np.nan)
+        mcc = np.where(mcc_den > 0, (tp * tn - fp * fn) / np.where(mcc_den > 0, mcc_den, 1), undefined_mcc)
         # average precision: each positive scores the precision at the end of its tie group
         order = np.argsort(-ranking[draws], axis=1, kind="mergesort")
         ranked = np.take_along_axis(ranking[draws], order, axis=1)
@@ -182,13 +187,17 @@ def resample_metrics_many(
     brier = np.mean((sample_probs - labels[draws]) ** 2, axis=1)
     # ECE as expected_calibration_error, every resample's bins counted in one bincount
     edges = len(_ECE_EDGES)
-    bins = (np.searchsorted(_ECE_EDGES, probs, side="right") - 1)[draws] + edges * np.arange(resamples)[:, None]
-    count = np.bincount(bins.ravel(), minlength=resamples * edges).reshape(resamples, edges).astype(float)
+    patient_bins = np.searchsorted(_ECE_EDGES, probs, side="right") - 1
+    bins = patient_bins[draws] + edges * np.arange(resamples)[:, None]  # one block of bins per resample
+
+    def per_bin(weights: np.ndarray | None) -> np.ndarray:
+        summed = np.bincount(bins.ravel(), None if weights is None else weights.ravel(), resamples * edges)
+        return summed.reshape(resamples, edges).astype(float)
+
+    count = per_bin(None)
     with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.nan_to_num(np.bincount(bins.ravel(), sample_probs.ravel(), resamples * edges).reshape(resamples, edges) / count)
-        acc = np.nan_to_num(
-            np.bincount(bins.ravel(), positive.ravel().astype(float), resamples * edges).reshape(resamples, edges) / count
-        )
+        conf = np.nan_to_num(per_bin(sample_probs) / count)
+        acc = np.nan_to_num(per_bin(positive.astype(float)) / count)
     ece = np.sum(np.abs(acc - conf) * (count / n), axis=1)
     return {"f1": f1, "mcc": mcc, "auprc": auprc, "brier": brier, "ece": ece}
 
@@ -209,7 +218,8 @@ def bootstrap_intervals(
 
     ``compute(indices)`` returns the metrics for the patients at ``indices`` (a resample may
     repeat patients); the point value uses every patient once. ``compute_many``, if given, does
-    the same for a ``[resamples, n]`` array of indices at once and is used for the resamples. Resamples where a metric is
+    the same for a ``[resamples, n]`` array of indices at once and is used for the resamples.
+    Resamples where a metric is
     undefined are left out of that metric's interval. A percentile interval cannot leave the
     observed range: on small cohorts prefer :func:`gliograde.evaluation.intervals.patient_intervals`.
     """
