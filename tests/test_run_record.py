@@ -85,8 +85,9 @@ def test_no_placeholder_values_for_what_does_not_apply():
     folds = _hparams("data.folds=5", "data.fold=2")
     assert folds["folds"] == 5 and folds["fold"] == 2
     assert _hparams("task=segment")["model"] == "unet"
-    other = _hparams("data.augment.enabled=true", "trainer.gradient_clip_val=1.0")
+    other = _hparams("data.augment.enabled=true", "trainer.gradient_clip_val=1.0", "data.progress=false")
     assert other["augment"] is True and other["trainer.gradient_clip_val"] == 1.0
+    assert "data.progress" not in other  # how it runs, not what it trains
 
 
 @pytest.mark.parametrize(

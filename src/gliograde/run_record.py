@@ -71,9 +71,18 @@ def _value(value: Any) -> HParam | None:
     return str(value)
 
 
+def _how_it_runs(key: str) -> bool:
+    """A key that changes how a run runs (devices, loggers, progress, the cache's place), not
+    what it trains: the keys a resumed run may change."""
+    from gliograde.resume import RESUMABLE_OVERRIDES
+
+    return any(key == unit or key.startswith(f"{unit}.") for unit in RESUMABLE_OVERRIDES)
+
+
 def run_hparams(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str, HParam]:
     """The run's factors (see ``FACTORS``), those that apply to it, then every other key the
-    command line set (``overrides``: Hydra's ``key=value`` strings), under its own key."""
+    command line set (``overrides``: Hydra's ``key=value`` strings) that changes what the run
+    trains, under its own key."""
     params: dict[str, HParam] = {}
     for name, key in FACTORS.items():
         value = OmegaConf.select(cfg, key, default=None)
@@ -86,7 +95,7 @@ def run_hparams(cfg: DictConfig, overrides: list[str] | None = None) -> dict[str
             params[name] = value
     for override in overrides or []:
         key, sep, text = override.lstrip("+~").partition("=")
-        if not sep or key in _COVERED or key.startswith("hydra."):
+        if not sep or key in _COVERED or key.startswith("hydra.") or _how_it_runs(key):
             continue
         selected = OmegaConf.select(cfg, key, default=None)
         group_choice = isinstance(selected, DictConfig) or (selected is None and "." not in key)
