@@ -82,8 +82,9 @@ def test_clean_says_what_it_would_remove_then_removes_only_logs_and_outputs(tmp_
     _repository(root)
     said = clean(root, remove=False).splitlines()
     assert said[0].startswith("Would remove ") and said[0].endswith(" in all:")
-    assert said[1].startswith(f"  {root / 'logs'}/  ") and said[1].endswith("MB (1 run, 1 sweep)")
+    assert said[1].startswith(f"  {root / 'logs'}/  ") and said[1].endswith(" kB (1 run, 1 sweep)")
     assert said[2].startswith(f"  {root / 'outputs'}/  ")
+    assert 400 <= int(said[1].split()[1]) < 500  # two checkpoints of 200 kB and a link: counted once
     assert "make clean YES=1" in said[-1]
     assert (root / "logs").is_dir() and (root / "outputs").is_dir()  # nothing removed yet
     assert main(["--root", str(root), "--yes"]) == 0

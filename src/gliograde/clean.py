@@ -72,8 +72,10 @@ def disk_usage(place: Path) -> int:
 
 
 def size_text(size: int) -> str:
-    """``size`` bytes in the unit that reads best (MB up to a GB)."""
-    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+    """``size`` bytes in the unit that reads best: kB, MB up to a GB, GB."""
+    if size >= 1e9:
+        return f"{size / 1e9:.2f} GB"
+    return f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
 
 
 def _count(place: Path) -> str:
