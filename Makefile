@@ -1,7 +1,8 @@
 # gliograde: `make train` trains on the built-in synthetic cohort, `make test` runs the tests,
 # `make bench` measures the data path and the training loop (a few minutes, CPU);
 # `make bench-gpu` training throughput on one GPU (a few minutes; a tiny CPU check without one);
-# `make mlflow-ui` MLflow's UI over logs/mlflow (installs the full mlflow package once).
+# `make mlflow-ui` MLflow's UI over logs/mlflow (installs the full mlflow package once);
+# `make clean` lists what runs left in logs/ and outputs/, `make clean YES=1` removes it.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -55,5 +56,7 @@ mlflow-ui: $(TRACKING)
 	mkdir -p $(MLFLOW_STORE)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLFLOW_STORE)/mlflow.db --port $(MLFLOW_PORT)
 
+# what the runs left in logs/ and outputs/ (sizes, runs, sweeps); YES=1 removes them, never while
+# a training writes there (standard library only: no install needed)
 clean:
-	rm -rf data/cache logs outputs multirun
+	PYTHONPATH=src $(PYTHON) -m gliograde.clean $(if $(YES),--yes)

@@ -382,3 +382,34 @@ def test_delong_matches_the_midrank_formula_of_sun_and_xu_with_ties():
     low, high, method = auroc_interval(labels, scores)
     assert method == "delong"
     assert (low, high) == pytest.approx((max(0, auc - Z * np.sqrt(var)), min(1, auc + Z * np.sqrt(var))))
+
+
+def test_all_resamples_at_once_give_each_resample_s_metrics_and_the_same_intervals():
+    """resample_metrics_many scores a whole bootstrap at once; it must give what one resample at
+    a time gives (ties, one class in a resample, given scores), and so the same intervals."""
+    from gliograde.evaluation import metrics
+    from gliograde.evaluation.metrics import BOOTSTRAPPED, resample_metrics, resample_metrics_many
+
+    rng = np.random.default_rng(11)
+    for trial in range(60):
+        n = int(rng.integers(1, 30))
+        labels = rng.integers(0, 2, n)
+        probs = np.round(rng.random(n), int(rng.integers(1, 3)))  # ties and bin edges
+        scores = np.round(rng.normal(size=n), 1) if trial % 2 else None
+        draws = rng.integers(0, n, (40, n))
+        many = resample_metrics_many(labels, probs, draws, 0.4, scores)
+        for row, draw in enumerate(draws):
+            one = resample_metrics(labels[draw], probs[draw], 0.4, None if scores is None else scores[draw])
+            for name in BOOTSTRAPPED:
+                assert many[name][row] == pytest.approx(one[name], abs=1e-12, nan_ok=True), (name, trial)
+    labels = np.array([1] * 9 + [0] * 13)
+    probs = rng.random(22)
+    calls = []
+    batched = patient_intervals(labels, probs, resamples=300, on_resample=lambda: calls.append(1))
+    assert len(calls) == 301  # the point value, then each resample: progress as before
+    one_at_a_time = metrics.bootstrap_intervals(
+        lambda i: resample_metrics(labels[i], probs[i]), len(labels), resamples=300
+    )
+    for name in BOOTSTRAPPED:
+        assert batched[name]["ci_low"] == pytest.approx(one_at_a_time[name]["ci_low"], abs=1e-12)
+        assert batched[name]["ci_high"] == pytest.approx(one_at_a_time[name]["ci_high"], abs=1e-12)

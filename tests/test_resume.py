@@ -38,8 +38,10 @@ def trained_run(tiny_cohort_master, tmp_path_factory) -> Iterator[Path]:
         "data.slices.k=4",
         "data.batch_size=8",
         "trainer=cpu",
-        "debug=limit",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=1",  # debug=limit's batches, with last.ckpt to resume from
+        "trainer.limit_train_batches=4",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2",
         "callbacks.progress_bar.refresh_rate=0",
         f"hydra.run.dir={run}",
     )
@@ -195,3 +197,12 @@ def test_a_run_killed_before_its_test_resumes_to_test(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing left to train" not in result.stdout
     assert "test/patient_auroc" in json.loads((run / "metrics.json").read_text())
+
+
+def test_a_run_whose_best_epoch_is_its_last_keeps_one_checkpoint_file(trained_run):
+    from gliograde.clean import disk_usage
+
+    folder = trained_run / "checkpoints"
+    best, last = folder / "epoch_000.ckpt", folder / "last.ckpt"
+    assert best.samefile(last)  # one epoch: the best is the last, one file under both names
+    assert disk_usage(folder) < 1.2 * last.stat().st_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -295,3 +296,56 @@ def test_an_interval_that_cannot_be_estimated_says_why_in_the_table(tmp_path):
     assert pd.isna(rows["1"]["val/patient_mcc_ci_note"]) and not pd.isna(rows["1"]["val/patient_mcc_ci_low"])
     written = pd.read_csv(sweep / "sweep_summary.csv")
     assert written["val/patient_mcc_ci_note"].notna().sum() == 1
+
+
+def _ablation_sweep(root: Path) -> Path:
+    """A folder as experiment=ablation leaves it: 24 jobs of 16 validation and 24 test patients,
+    each with a checkpoint and TensorBoard events that the summary must not open (the checkpoint
+    is a named pipe: opening it would wait for ever)."""
+    sweep = root / "ablation"
+    rng = np.random.default_rng(0)
+    arms = [(s, m, c, cr) for s in (0, 1, 2) for m in ("[flair,t1ce,t1,t2]", "[flair,t1ce]") for c in (0, 1)
+            for cr in ("none", "tumor")]
+    for number, (seed, modalities, context, crop) in enumerate(arms):
+        overrides = [f"seed={seed}", f"data.modalities={modalities}", f"data.context={context}"]
+        overrides.append(f"data.crop.mode={crop}")
+        stages = {}
+        for stage, n in (("val", 16), ("test", 24)):
+            labels = [0, 1] * (n // 2)
+            probs = np.clip(0.5 + (np.array(labels) - 0.5) * 0.4 + rng.normal(0, 0.25, n), 0.01, 0.99)
+            stages[stage] = ([f"S{seed}_{stage}{i}" for i in range(n)], labels, probs.tolist())
+        job = _job(sweep, str(number), overrides, stages, extra={"val/patient_auroc": float(rng.random())})
+        (job / "checkpoints").mkdir()
+        os.mkfifo(job / "checkpoints" / "epoch_004.ckpt")
+        (job / "tensorboard").mkdir()
+        (job / "tensorboard" / "events.out.tfevents.1.host").write_bytes(os.urandom(50_000))
+    return sweep
+
+
+@pytest.mark.slow  # a subprocess, as a user runs it
+def test_a_24_job_sweep_is_summarized_in_under_5_s_of_cpu_without_opening_a_checkpoint(tmp_path):
+    import resource
+
+    sweep = _ablation_sweep(tmp_path)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = run_python("-m", "gliograde.summarize", str(sweep), timeout=120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert result.returncode == 0, result.stderr[-2000:]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    assert cpu < 5, f"{cpu:.1f} s of CPU"  # 65 s for 5 tiny jobs before; imports included
+    assert "Scoring 24 jobs" in result.stderr  # said before the long part
+    table = pd.read_csv(sweep / "sweep_summary.csv")
+    assert len(table) == 24 and table["test/patient_f1_ci_low"].notna().all()
+
+
+def test_every_job_of_a_grid_has_its_own_place_in_each_panel_of_the_plot():
+    from gliograde.sweep_plot import axis_positions, dodge
+
+    seeds = pd.Series([0, 1, 2] * 8)
+    x, ticks, log = axis_positions(seeds)
+    assert ticks == ["0", "1", "2"] and not log  # a few numbers are categories, not a number line
+    spread = dodge(x, categorical=True)
+    assert len(set(spread.round(9))) == 24  # 8 jobs share each seed, none hides another
+    assert all(abs(s - v) < 0.5 for s, v in zip(spread, x))  # and they stay within their value
+    many = pd.Series(np.linspace(0.001, 0.009, 9))
+    assert axis_positions(many)[1] is None  # nine learning rates stay on a number line

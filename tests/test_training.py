@@ -14,6 +14,7 @@ import pytest
 import torch
 from helpers.commands import run_python
 from helpers.configs import compose_config
+from helpers.tensorboard import tensorboard
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -199,29 +200,6 @@ def _events(run: Path) -> dict[str, set[str]]:
     return tags
 
 
-def _served(run: Path):
-    """The run's scalars and hparams experiment as the TensorBoard server serves them."""
-    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
-    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
-    from tensorboard.context import RequestContext
-    from tensorboard.plugins.hparams import metadata as hparams_metadata
-
-    logdir = str(run / "tensorboard")
-    multiplexer = EventMultiplexer()  # purges orphaned data, as `tensorboard --logdir` does
-    multiplexer.AddRunsFromDirectory(logdir)
-    multiplexer.Reload()
-    provider = MultiplexerDataProvider(multiplexer, logdir)
-    ctx = RequestContext()
-    (scalars,) = provider.read_scalars(
-        ctx, experiment_id="", plugin_name="scalars", downsample=10_000
-    ).values()
-    (hparams,) = provider.list_tensors(ctx, experiment_id="", plugin_name="hparams").values()
-    experiment = hparams_metadata.parse_experiment_plugin_data(
-        hparams["_hparams_/experiment"].plugin_content
-    )
-    return scalars, {info.name.tag for info in experiment.metric_infos}
-
-
 @pytest.mark.slow
 def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
@@ -250,20 +228,41 @@ def test_short_run_learns_grade_and_writes_a_self_describing_run(small_cohort, c
     tags = _events(run)
     assert {"val/patient_auroc", "test/patient_auroc", "train/loss_step"} <= tags["scalars"]
     assert {"train/sample_slices", "test/patient_confusion_matrix"} <= tags["images"]
-    assert "_hparams_/session_start_info" in tags["hparams"]
-    # Curves survive the final hyperparameter record: one point per validation epoch.
-    scalars, hparams_metrics = _served(run)
-    steps = [point.step for point in scalars["val/patient_auroc"]]
+    # Through TensorBoard's own server, as its page shows them: curves with a point per
+    # validation epoch, a point per step of the loss and the learning rate (7 batches an epoch),
+    # and the final metrics in HPARAMS, beside every factor of the run and no placeholder.
+    with tensorboard(run) as served:
+        tags = served.scalar_tags()
+        curve = served.points("tensorboard", "val/patient_auroc")
+        test_points = served.points("tensorboard", "test/patient_auroc")
+        (lr_tag,) = [tag for tag in tags["tensorboard"] if tag.startswith("lr-")]
+        lr_points = served.points("tensorboard", lr_tag)
+        loss_points = served.points("tensorboard", "train/loss_step")
+        best_points = served.points("tensorboard/final", "val/patient_auroc")
+        experiment = served.experiment()
+        (group,) = served.session_groups()
+    assert set(tags) == {"tensorboard", "tensorboard/final"}
+    assert not [tag for tag in tags["tensorboard"] + tags["tensorboard/final"] if tag.startswith("final/")]
+    assert set(tags["tensorboard/final"]) <= set(tags["tensorboard"])  # no chart of their own
+    steps = [step for step, _ in curve]
     assert len(steps) == 6 and steps == sorted(set(steps)) and steps[0] > 0
-    assert len(scalars["test/patient_auroc"]) == 1 and scalars["test/patient_auroc"][0].step > 0
-    assert {"final/val/patient_auroc", "final/test/patient_auroc"} <= hparams_metrics
-    # 7 batches an epoch: the loss and the learning rate get a point at every step
+    assert len(test_points) == 1 and test_points[0][0] > 0
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    steps = last["global_step"]
-    assert steps == 6 * 7
-    (lr_tag,) = [tag for tag in scalars if tag.startswith("lr-")]
-    assert len(scalars["train/loss_step"]) == len(scalars[lr_tag]) == steps
-    assert scalars["final/test/patient_auroc"][0].value == pytest.approx(metrics["test/patient_auroc"])
+    assert last["global_step"] == 6 * 7
+    assert len(loss_points) == len(lr_points) == 6 * 7
+    # the best checkpoint's validation is a point of its own epoch on the curve
+    ((best_step, best_value),) = best_points
+    assert (best_step, pytest.approx(best_value)) in curve
+    assert best_value == pytest.approx(metrics["val/patient_auroc"])
+    names = {info["name"] for info in experiment["hparamInfos"]}
+    factors = {"task", "model", "modalities", "plane", "slices", "crop", "context", "sampler", "lr", "seed"}
+    assert factors <= names
+    assert not names & {"fold", "folds", "crop_size"}  # nothing that does not apply to this run
+    assert group["name"] == str(run)
+    assert group["hparams"]["crop"] == "none" and group["hparams"]["sampler"] == "random"
+    values = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+    for name in ("val/patient_auroc", "test/patient_auroc", "test/patient_balanced_accuracy"):
+        assert values[name] == pytest.approx(metrics[name]), name
     # a checkpoint alone rebuilds the model
     from gliograde.models.module import GradeClassifier
 
@@ -293,7 +292,9 @@ def test_two_job_sweep_runs_each_job_in_its_own_directory(small_cohort, cache_di
 @pytest.mark.slow
 def test_resume_from_last_checkpoint(small_cohort, cache_dir, tmp_path):
     run = tmp_path / "run"
-    common = [*_data_args(small_cohort, cache_dir), "trainer=cpu", "debug=limit", f"hydra.run.dir={run}"]
+    # debug=limit's batches, with last.ckpt (debug=limit keeps only the best checkpoint)
+    limits = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=2", "trainer.limit_test_batches=2"]
+    common = [*_data_args(small_cohort, cache_dir), "trainer=cpu", *limits, f"hydra.run.dir={run}"]
     first = _train(*common, "trainer.max_epochs=1")
     assert first.returncode == 0, first.stderr[-3000:]
     last = run / "checkpoints" / "last.ckpt"
@@ -395,6 +396,7 @@ def test_the_article_shortened_for_a_cpu_runs(small_cohort, cache_dir, tmp_path)
     result = _train(*data, "experiment=article", "debug=limit", "trainer=cpu", f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     assert OmegaConf.load(run / "config.yaml").model.stem_stride == 1
-    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
-    assert last["global_step"] == 2 * 4  # two epochs of four batches
+    (kept,) = (run / "checkpoints").glob("*.ckpt")  # never resumed: the best checkpoint alone
+    best = torch.load(kept, weights_only=False, map_location="cpu")
+    assert kept.name.startswith("epoch_") and best["global_step"] == 4 * (best["epoch"] + 1)  # four batches an epoch
     assert "test/patient_auroc" in json.loads((run / "metrics.json").read_text())

@@ -32,3 +32,34 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise CheckpointWriteError(f"{target}: cannot write the checkpoint ({exc.strerror or exc})") from exc
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def share_if_same(best: str | os.PathLike, last: str | os.PathLike) -> bool:
+    """Make ``best`` a second name of ``last`` (a hard link: one file on disk) when both hold the
+    same training state (the same epoch and step: the best epoch was the last); True if done.
+
+    Safe for what this project writes: checkpoints are replaced by rename, never rewritten in
+    place, so saving ``last`` again later leaves ``best`` as it was. A file system without hard
+    links keeps both files."""
+    import torch
+
+    best, last = Path(best), Path(last)
+    if not (best.is_file() and last.is_file()) or best.samefile(last):
+        return False
+
+    def state(path: Path) -> tuple[Any, Any]:
+        # the tensors are mapped, not read
+        stored = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return stored.get("epoch"), stored.get("global_step")
+
+    if state(best) != state(last):
+        return False
+    tmp = best.with_name(f".{best.name}.link-{os.getpid()}")
+    try:
+        os.link(last, tmp)
+        os.replace(tmp, best)
+    except OSError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    return True

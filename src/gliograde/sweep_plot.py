@@ -1,7 +1,8 @@
 """The sweep's plot: the monitored metric (with its interval) against each swept parameter.
 
 Jobs that share a parameter's value (every job of a grid shares some) are set side by side
-around that value and labelled with their job, so none hides another.
+around that value, best first, and each is labelled with its job number in a row along the
+bottom of the panel, so none hides another and no label covers another.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import pandas as pd
 
 DODGE = 0.08
 """Spacing of side-by-side points: in category widths, or a fraction of a numeric axis's span."""
+FEW = 8
+"""Numbers with at most this many distinct values (seeds, a context of 0 or 1, a small grid) are
+shown as categories: side-by-side points then never read as values between the grid's."""
 
 
 def axis_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None, bool]:
@@ -24,7 +28,10 @@ def axis_positions(values: pd.Series) -> tuple[np.ndarray, list[str] | None, boo
     if len(raw) and numeric.notna().all():
         x = numeric.to_numpy(dtype=float)
         log = bool((x > 0).all() and x.max() / x.min() >= 100)
-        return x, None, log
+        if log or len(np.unique(x)) > FEW:
+            return x, None, log
+        ticks = sorted(raw.unique(), key=lambda t: float(t))  # in numeric order
+        return raw.map({t: i for i, t in enumerate(ticks)}).to_numpy(dtype=float), ticks, False
     ticks = sorted(raw.unique())
     return raw.map({t: i for i, t in enumerate(ticks)}).to_numpy(dtype=float), ticks, False
 
@@ -66,16 +73,26 @@ def plot_png(table: pd.DataFrame, swept: list[str], monitor: str) -> bytes:
             values = table[param] if param in table else pd.Series([None] * len(table), index=table.index)
             x, ticks, log = axis_positions(values)
             x = dodge(x, log=log, categorical=ticks is not None)
-            ax.errorbar(x, y, yerr=errors, fmt="o", capsize=3)
+            ax.errorbar(x, y, yerr=errors, fmt="o", capsize=2, markersize=4)
+            # the job numbers in a band of their own below the points, one upright label each
+            finite = np.isfinite(y.to_numpy(dtype=float))
+            if finite.any():
+                lowest = float(np.nanmin(np.where(finite, (y - errors[0]).to_numpy(dtype=float), np.nan)))
+                highest = float(np.nanmax(np.where(finite, (y + errors[1]).to_numpy(dtype=float), np.nan)))
+                span = max(highest - lowest, 0.05)
+                ax.set_ylim(lowest - 0.3 * span, highest + 0.05 * span)
             for job, xi, yi in zip(jobs, x, y):
                 if np.isfinite(yi):
-                    ax.annotate(f"job {job}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+                    ax.annotate(
+                        job, (xi, 0.01), xycoords=("data", "axes fraction"), rotation=90,
+                        ha="center", va="bottom", fontsize=6, color="0.3",
+                    )
             if log:
                 ax.set_xscale("log")  # learning rates and weight decays span decades
             if ticks is not None:
                 ax.set_xticks(range(len(ticks)), ticks, rotation=30, ha="right")
                 ax.set_xlim(-0.6, len(ticks) - 0.4)
-            ax.set_xlabel(param)
+            ax.set_xlabel(f"{param}  (numbers at the bottom: jobs)")
             ax.set_ylabel(monitor)
             ax.grid(alpha=0.3)
         fig.tight_layout()

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gliograde.atomic import check_writable_dir, write_frame, write_text
-from gliograde.checkpoint_io import AtomicCheckpointIO
+from gliograde.checkpoint_io import AtomicCheckpointIO, share_if_same
+from gliograde.clean import training_lock
 from gliograde.config import build
 from gliograde.contract import from_datamodule
 from gliograde.contract_recorder import config_with_contract
@@ -27,6 +29,7 @@ from gliograde.distributed import launch_ranks_as_this_job
 from gliograde.errors import GliogradeError
 from gliograde.gpu_check import NoGPUError, gpu_refusal
 from gliograde.resume import nothing_left, refuse_existing_run, resumed_config
+from gliograde.run_record import best_step, command_line_overrides, record_run, run_hparams
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit and test as ``cfg`` says; return the run's final metrics (also in metrics.json)."""
     launcher_env = {key: os.environ.get(key) for key in _LAUNCHER_ENV}
     try:
-        return _train(cfg)
+        with ExitStack() as hold:
+            return _train(cfg, hold)
     finally:
         # The next job of a sweep runs in this process: it must start its own process group
         # and launch its own ranks, which Lightning skips while LOCAL_RANK is set.
@@ -83,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 os.environ[key] = value
 
 
-def _train(cfg: DictConfig) -> dict[str, float]:
+def _train(cfg: DictConfig, hold: ExitStack) -> dict[str, float]:
     out = Path(cfg.paths.output_dir)  # Hydra's run directory
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path and not Path(ckpt_path).is_file():
@@ -148,15 +152,20 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     model.input_contract = from_datamodule(datamodule, "segmenter" if segment else "classifier")
     model.training_patients = training_records(datamodule.splits_table())
 
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values() if node is not None]
+    nodes = dict(cfg.get("callbacks") or {})
+    if _sweep_job() and nodes.get("last_checkpoint") is not None:
+        # A sweep job is never resumed: its best checkpoint is all it keeps (one file, not two).
+        nodes["last_checkpoint"] = None
+    callbacks = [instantiate(node) for node in nodes.values() if node is not None]
     loggers = [build(node) for node in (cfg.get("logger") or {}).values() if node is not None]
     launch_ranks_as_this_job()
     trainer = pl.Trainer(
         **trainer_kwargs, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
-    if trainer_kwargs.get("log_every_n_steps") is None:
-        trainer.log_every_n_steps = log_interval(_train_batches(trainer, datamodule))
+    asked = trainer_kwargs.get("log_every_n_steps")
+    trainer.log_every_n_steps = _logging_interval(trainer, datamodule, asked, lead)
 
+    hold.enter_context(training_lock(out))  # until the run ends: `make clean` leaves it alone
     if lead:
         write_text(out / "config.yaml", config_with_contract(cfg, datamodule))
         if not ckpt_path:
@@ -165,6 +174,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = _numbers(trainer.callback_metrics)
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    lasts = _latest_checkpoints(trainer)  # before validate and test restore the callbacks' states
     if best and lead:
         log.info("Validating and testing the best checkpoint: %s", best)
     # The best model's validation predictions: the out-of-fold predictions of cross-validation.
@@ -190,9 +200,30 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             else:
                 _write_patient_predictions(out / f"predictions_{stage}.csv", outputs, datamodule)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        _log_hparams(trainer, cfg, metrics)
+        step = best_step(best, default=max(trainer.global_step - 1, 0))
+        record_run(trainer, run_hparams(cfg, command_line_overrides()), metrics, step, name=str(out))
+        for last in lasts:  # the best epoch was the last: one file under both names
+            if best and share_if_same(best, last):
+                log.info("The best epoch was the last: %s and %s are one file on disk", best, last)
         print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run))
     return metrics
+
+
+def _sweep_job() -> bool:
+    """Whether this run is a job of a Hydra multirun (a sweep or a study)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _latest_checkpoints(trainer: pl.Trainer) -> list[str]:
+    """The files of the checkpoint callbacks without a monitor (``last.ckpt``): the latest epoch."""
+    return [
+        callback.best_model_path
+        for callback in trainer.checkpoint_callbacks
+        if getattr(callback, "monitor", "") is None and getattr(callback, "best_model_path", "")
+    ]
 
 
 def _saved_metrics(out: Path) -> dict[str, float]:
@@ -241,40 +272,27 @@ def _numbers(values: dict[str, Any]) -> dict[str, float]:
     return flat
 
 
-def _log_hparams(trainer: pl.Trainer, cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """Hyperparameters with the final metrics (the best checkpoint's validation and test) in
-    every logger, so TensorBoard's HPARAMS tab and MLflow compare runs side by side."""
-    params = {
-        "model": cfg.model.get("backbone") or "unet",
-        "modalities": ",".join(cfg.data.modalities),
-        "slices": cfg.data.slices.strategy,
-        "plane": cfg.data.slices.plane,
-        "lr": cfg.model.optimizer.lr,
-        "weight_decay": cfg.model.optimizer.weight_decay,
-        "batch_size": cfg.data.batch_size,
-        "max_epochs": cfg.trainer.max_epochs,
-        "seed": cfg.seed,
-        "fold": -1 if cfg.data.fold is None else cfg.data.fold,
-    }
-    # Tags of their own: written at step 0 under the metrics' names, they would make TensorBoard
-    # drop every later point of those curves as orphaned by a restart.
-    final = {
-        f"final/{k}": v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v) and "/" in k
-    }
-    for logger in trainer.loggers:
-        if isinstance(logger, pl.loggers.TensorBoardLogger):
-            logger.log_hyperparams(params, metrics=final)
-        else:
-            logger.log_hyperparams(params)
-            logger.log_metrics(final, step=trainer.global_step)
-        logger.finalize("success")
+def log_interval(train_steps: int, asked: int | None = None) -> int:
+    """Steps between the points of the training curves (loss, learning rate). Null ``asked``
+    (``trainer.log_every_n_steps``): every step in epochs of fewer than 20 optimizer steps, else
+    at least ten points an epoch, and every 10 steps from 100 on. Any interval is at most an
+    epoch's steps, so every epoch gets a point."""
+    steps = max(1, train_steps)
+    if asked is None:
+        return max(1, min(10, steps // 10))
+    return min(int(asked), steps) if asked > 0 else 0  # 0: the user turned step logging off
 
 
-def log_interval(train_batches: int) -> int:
-    """Steps between the points of the training curves (loss, learning rate) when
-    ``trainer.log_every_n_steps`` is null: every step in epochs of fewer than 20 batches, else
-    at least ten points an epoch, and every 10 steps from 100 batches on."""
-    return max(1, min(10, train_batches // 10))
+def _logging_interval(trainer: pl.Trainer, datamodule, asked: int | None, lead: bool) -> int:
+    batches = _train_batches(trainer, datamodule)
+    steps = math.ceil(batches / max(1, int(trainer.accumulate_grad_batches)))
+    interval = log_interval(steps, asked)
+    if asked is not None and interval != asked and lead:
+        log.info(
+            "trainer.log_every_n_steps=%s is more than an epoch's %d optimizer steps: logging every %d "
+            "so that every epoch has a point", asked, steps, interval,
+        )
+    return interval
 
 
 def _train_batches(trainer: pl.Trainer, datamodule) -> int:

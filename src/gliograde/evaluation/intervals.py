@@ -38,7 +38,13 @@ from scipy.optimize import brentq
 from scipy.stats import binomtest, norm
 
 from gliograde.evaluation.delong import delong_covariance
-from gliograde.evaluation.metrics import METRICS, binary_metrics, bootstrap_intervals, resample_metrics
+from gliograde.evaluation.metrics import (
+    METRICS,
+    binary_metrics,
+    bootstrap_intervals,
+    resample_metrics,
+    resample_metrics_many,
+)
 
 MIN_PER_CLASS = 10
 PROPORTIONS = ("accuracy", "sensitivity", "specificity", "ppv", "npv")
@@ -137,12 +143,18 @@ def patient_intervals(
             on_resample()
         return resample_metrics(labels[i], probs[i], threshold, None if scores is None else ranking[i])
 
+    def resampled_many(draws: np.ndarray) -> dict[str, np.ndarray]:
+        for _ in range(len(draws) if on_resample is not None else 0):
+            on_resample()
+        return resample_metrics_many(labels, probs, draws, threshold, None if scores is None else ranking)
+
     boot = bootstrap_intervals(
         resampled,
         len(labels),
         resamples=resamples,
         level=level,
         seed=seed,
+        compute_many=resampled_many,
     )
     n_pos, n_neg = tp + fn, tn + fp
     result = {}
