@@ -56,8 +56,8 @@ def reliability_figure(
         sizes = counts[counts > 0]
         ax.plot(predicted, observed, marker="o", ms=5, c=colour, label=name, clip_on=False, zorder=3)
         for k, (x, y, n) in enumerate(zip(predicted, observed, sizes)):
-            # above the point, or below it at the top edge; neighbours and curves alternate sides
-            above = (k + c) % 2 == 0 if 0.1 < y < 0.9 else y <= 0.1
+            # neighbouring bins (and the two curves) alternate sides, so that their counts stay apart
+            above = (k + c) % 2 == 0
             ax.annotate(
                 f"n={n}", (x, y), textcoords="offset points", xytext=(0, 7 if above else -12),
                 ha="center", fontsize=7, color=colour,
