@@ -5,11 +5,11 @@ report.html saying every line the terminal says, with a per-patient table."""
 from __future__ import annotations
 
 import re
-from html.parser import HTMLParser
 
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.pages import Page, check_numbers
 
 from gliograde.evaluation.figures import wrapped
 from gliograde.evaluation.plots import reliability_figure, slice_curve_figure
@@ -21,62 +21,6 @@ from gliograde.inference.runner import format_predictions
 from gliograde.training import format_results
 
 CLASSES = ["LGG", "HGG"]
-
-
-class Page(HTMLParser):
-    """The text of each paragraph, the headings, the per-patient table's header and rows, and
-    every number's JSON key and exact value."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.paragraphs: list[str] = []
-        self.headings: list[str] = []
-        self.numbers: dict[str, str] = {}
-        self.tables: list[list[list[str]]] = []
-        self._open: list[str] = []
-        self._text: list[str] = []
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if "data-key" in attrs:
-            self.numbers[attrs["data-key"]] = attrs["data-value"]
-        if tag == "table":
-            self.tables.append([])
-        elif tag == "tr":
-            self.tables[-1].append([])
-        if tag in ("p", "h1", "h2", "h3", "td", "th"):
-            self._open.append(tag)
-            self._text = []
-
-    def handle_data(self, data):
-        self._text.append(data)
-
-    def handle_endtag(self, tag):
-        if not self._open or self._open[-1] != tag:
-            return
-        self._open.pop()
-        text = "".join(self._text)
-        if tag == "p":
-            self.paragraphs.append(text)
-        elif tag in ("h1", "h2", "h3"):
-            self.headings.append(text)
-        else:
-            self.tables[-1][-1].append(text)
-
-
-def lookup(data, key: str):
-    for part in key.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
-
-def check_numbers(page: Page, data: dict) -> None:
-    """Every number on the page is the JSON's, to the bit."""
-    assert page.numbers
-    for key, shown in page.numbers.items():
-        value = lookup(data, key)
-        assert (shown == "null" and value is None) or float(shown) == value, key
 
 
 def _predictions(labels: list[int], probs: list[float]):
@@ -226,11 +170,16 @@ def test_a_youden_threshold_without_both_classes_in_validation_says_so(tmp_path)
     assert at["threshold"] == 0.5 and "needs both classes among the validation patients" in head[1]
 
 
-def test_the_quick_start_grades_at_a_threshold_chosen_on_validation():
+def test_train_takes_a_threshold_or_youden_and_refuses_anything_else():
     from helpers.configs import compose_config
 
+    from gliograde.errors import GliogradeError
+    from gliograde.schema import validate_config
+
     assert compose_config("train", ["paths.output_dir=/tmp"]).threshold == 0.5
-    assert compose_config("train", ["experiment=quickstart", "paths.output_dir=/tmp"]).threshold == "youden"
+    validate_config(compose_config("train", ["threshold=youden", "paths.output_dir=/tmp"]), "train")
+    with pytest.raises(GliogradeError, match="threshold"):
+        validate_config(compose_config("train", ["threshold=1.5", "paths.output_dir=/tmp"]), "train")
 
 
 # ------------------------------------------------------------------ report.html says what the terminal says

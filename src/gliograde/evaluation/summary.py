@@ -89,13 +89,14 @@ def headline(
 ) -> list[str]:
     """The first lines: patient AUROC and balanced accuracy (with their intervals when the
     entries carry them), the threshold and its source, and the calls; then any warning."""
+    patients = " ".join(str(part) for part in (n_patients, what, "patients") if part)
     if auroc is None or balanced is None:  # no labels: nothing to score
-        lines = [f"{n_patients} {what} patients, no labels: predictions only"]
+        lines = [f"{patients}, no labels: predictions only"]
     else:
         counts = f" ({calls_text(class_counts)})" if class_counts else ""
         lines = [
             f"Patient AUROC {value_text(auroc.get('value'))}{_bracket(auroc)}, balanced accuracy "
-            f"{value_text(balanced.get('value'))}{_bracket(balanced)} on {n_patients} {what} patients{counts}"
+            f"{value_text(balanced.get('value'))}{_bracket(balanced)} on {patients}{counts}"
         ]
     lines.append(threshold_line(threshold, source, positive, starred))
     lines.append(f"Called: {calls_text(calls)}")
@@ -114,7 +115,7 @@ def evaluation_headline(report: Mapping[str, Any]) -> list[str]:
     patient = report.get("patient")
     return headline(
         report["n_patients"],
-        str(report["split"]),
+        "" if report["split"] == "all" else str(report["split"]),
         patient and patient["auroc"],
         patient and patient["balanced_accuracy"],
         report.get("class_counts"),
