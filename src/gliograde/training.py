@@ -191,7 +191,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
                 _write_patient_predictions(out / f"predictions_{stage}.csv", outputs, datamodule)
         write_text(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _log_hparams(trainer, cfg, metrics)
-        print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run, threshold=cfg.get("threshold", 0.5)))
+        threshold = cfg.get("threshold", 0.5)
+        print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run, threshold=threshold))
     return metrics
 
 
@@ -308,7 +309,10 @@ def format_results(
     lines = ["", title, *(f"  {line}" for line in head)]
     lines += [f"  {k:<{width}}  {v:.4f}" for k, v in rows] or ["  (no test metrics)"]
     if at_threshold and at_threshold["threshold"] != 0.5:
-        lines.append(f"  (metrics.json holds these figures at threshold 0.5; the lines above use {at_threshold['threshold']:.3f})")
+        lines.append(
+            f"  (metrics.json holds these figures at threshold 0.5; the lines above use "
+            f"{at_threshold['threshold']:.3f})"
+        )
     if not fast_dev_run:
         lines.append(f"Run directory: {out}")
         return "\n".join(lines)

@@ -127,8 +127,8 @@ def refuse_leak(
         leaked = sorted(set(trained["patient_id"]) & evaluated)
     if leaked:
         message = (
-            f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the model's "
-            f"training split ({source or 'the run'})"
+            f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the "
+            f"model's training split ({source or 'the run'})"
         )
         if not allow:
             raise EvaluationError(

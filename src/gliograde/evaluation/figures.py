@@ -38,7 +38,8 @@ def wrapped(title: str, width_in: float, fontsize: float = 12) -> str:
     """``title`` broken into lines that fit a figure ``width_in`` inches wide at ``fontsize``
     points (an average character is about 0.6 em; a tenth kept for the margins), so that no title
     is cut at the edge."""
-    return textwrap.fill(title, width=max(12, int(width_in * 72 * 0.9 / (fontsize * 0.6))), break_on_hyphens=False)
+    width = max(12, int(width_in * 72 * 0.9 / (fontsize * 0.6)))
+    return textwrap.fill(title, width=width, break_on_hyphens=False)
 
 
 def sample_grid(

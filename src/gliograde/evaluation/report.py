@@ -14,7 +14,13 @@ from gliograde.atomic import write_text
 from gliograde.evaluation.figures import save_png
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
-from gliograde.evaluation.summary import describe, evaluation_headline, evaluation_notes, interval_text, value_text
+from gliograde.evaluation.summary import (
+    describe,
+    evaluation_headline,
+    evaluation_notes,
+    interval_text,
+    value_text,
+)
 from gliograde.output_folder import is_disk_error, reason, writable
 
 DEFAULT_THRESHOLD = 0.5

@@ -28,8 +28,14 @@ def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
     """The page of one evaluate.py output: ``report`` is its metrics.json content. It says what
     evaluate.py prints (the same lines, from :mod:`gliograde.evaluation.summary`), then the
     per-patient table and the figures."""
-    parts = [_lines(summary.evaluation_headline(report), "headline"), f"<p>{_e(summary.describe(report))}</p>"]
-    parts.append(f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code>; cohort: <code>{_e(report['cohort'])}</code></p>")
+    parts = [
+        _lines(summary.evaluation_headline(report), "headline"),
+        f"<p>{_e(summary.describe(report))}</p>",
+    ]
+    parts.append(
+        f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code>; "
+        f"cohort: <code>{_e(report['cohort'])}</code></p>"
+    )
     if "patient" in report:
         level = round(report["ci_level"] * 100)
         rows = []
@@ -74,7 +80,9 @@ def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
 
 
 # Columns of a per-patient row that the table does not show: kept in the JSON and the CSV.
-_NOT_SHOWN = {"score", "note", "predicted_mask", "resampled", "figures", "files", "fingerprints", "order_fingerprints"}
+_NOT_SHOWN = {
+    "score", "note", "predicted_mask", "resampled", "figures", "files", "fingerprints", "order_fingerprints"
+}
 
 
 def _patients(rows: list[Mapping[str, Any]], classes: list[str]) -> str:

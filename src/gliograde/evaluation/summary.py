@@ -52,7 +52,10 @@ def calls_text(calls: Mapping[str, int]) -> str:
 def threshold_line(threshold: float, source: str, positive: str, starred: bool = False) -> str:
     """The threshold, the class whose probability it cuts, and where it came from."""
     star = "*" if starred else ""
-    return f"Threshold {threshold:.3f}{star} on p({positive}) (a patient is called {positive} at or above it): {source}"
+    return (
+        f"Threshold {threshold:.3f}{star} on p({positive}) (a patient is called {positive} at or above it): "
+        f"{source}"
+    )
 
 
 def warnings(
@@ -144,8 +147,8 @@ def evaluation_notes(report: Mapping[str, Any]) -> list[str]:
         base = report["majority_baseline"]
         majority = report["classes"][base["class"]]
         notes.append(
-            f"Majority-class baseline: calling every patient {majority} scores accuracy {base['accuracy']:.3f}, "
-            f"balanced accuracy {base['balanced_accuracy']:.3f}"
+            f"Majority-class baseline: calling every patient {majority} scores accuracy "
+            f"{base['accuracy']:.3f}, balanced accuracy {base['balanced_accuracy']:.3f}"
         )
     if _starred(report):
         notes.append(UNRELIABLE_NOTE)
@@ -193,7 +196,8 @@ def calibration_notes(calibration: Mapping[str, Any]) -> list[str]:
         lines.append(f"Note: {calibration['note']}")
     for name, entry in (calibration.get("patient") or {}).items():
         lines.append(
-            f"Calibration, patient {name}: {value_text(entry['before'])} before, {value_text(entry['after'])} after"
+            f"Calibration, patient {name}: {value_text(entry['before'])} before, "
+            f"{value_text(entry['after'])} after"
         )
     return lines
 
@@ -295,8 +299,8 @@ def run_headline(out: Path, threshold: float | str) -> tuple[list[str], dict[str
             low, high = youden_interval(val_labels, val_probs)
             chosen = youden_threshold(val_labels, val_probs)
             source = (
-                f"threshold=youden, the middle of ({low:.3f}, {high:.3f}], where sensitivity + specificity is "
-                f"best on the {len(val_labels)} validation patients"
+                f"threshold=youden, the middle of ({low:.3f}, {high:.3f}], where sensitivity + specificity "
+                f"is best on the {len(val_labels)} validation patients"
             )
         else:
             chosen = 0.5
