@@ -60,7 +60,7 @@ def reliability_figure(
             above = (k + c) % 2 == 0
             ax.annotate(
                 f"n={n}", (x, y), textcoords="offset points", xytext=(0, 7 if above else -12),
-                ha="center", fontsize=7, color=colour,
+                ha="center", fontsize=8, color=colour,
             )
     if uncalibrated is not None:
         ax.legend(fontsize=7, loc="upper left")
