@@ -83,8 +83,9 @@ def test_renamed_resaved_and_symlinked_training_patients_are_refused(run, tmp_pa
     allowed = _evaluate(run, root, tmp_path, "allow_leak=true")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "figures are inflated" in allowed.stdout + allowed.stderr
-    [note] = json.loads((tmp_path / "eval" / "metrics.json").read_text())["identity_notes"]
-    assert note.startswith("3 of the 6 patients to evaluate") and note.endswith("the figures are inflated)")
+    notes = json.loads((tmp_path / "eval" / "metrics.json").read_text())["identity_notes"]
+    [note] = [n for n in notes if n.startswith("3 of the 6 patients to evaluate")]
+    assert note.endswith("the figures are inflated)") and f"Warning: {note}" in allowed.stdout
     assert "Warning: 3 of the 6 patients to evaluate" in (tmp_path / "eval" / "report.html").read_text()
 
 
