@@ -119,7 +119,8 @@ def test_evaluate_stores_applies_and_reports_the_temperature(run):
     page = (folder / "report.html").read_text()
     # the lines the terminal prints
     star = "*" if calibration["unreliable"] else ""
-    said = [f"Calibration: temperature scaling, T={stored['temperature']:.4f}{star}, fitted on 4 validation patients"]
+    temperature = f"T={stored['temperature']:.4f}{star}"
+    said = [f"Calibration: temperature scaling, {temperature}, fitted on 4 validation patients"]
     for name in ("ece", "brier"):
         entry = calibration["patient"][name]
         said.append(f"Calibration, patient {name}: {entry['before']:.3f} before, {entry['after']:.3f} after")

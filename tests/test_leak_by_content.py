@@ -106,7 +106,8 @@ def test_a_training_id_reused_for_other_images_is_a_collision_not_a_leak(run, tm
     [said] = json.loads((tmp_path / "eval" / "metrics.json").read_text())["identity_notes"]
     assert said in line and said.startswith(f"{len(shared)} patient(s) share their id")
     assert result.stdout.count(f"Warning: {said}") == 1
-    assert f'<p class="warning">Warning: {html.escape(said)}</p>' in (tmp_path / "eval" / "report.html").read_text()
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert f'<p class="warning">Warning: {html.escape(said)}</p>' in page
 
 
 def test_a_training_patient_rescaled_under_a_new_id_is_refused(run, tmp_path):

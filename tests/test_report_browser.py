@@ -39,7 +39,8 @@ def screenshot(page: Path, png: Path, profile: Path) -> None:
         [
             str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1200,3000", page.resolve().as_uri(),
+            f"--user-data-dir={profile}", f"--screenshot={png}", "--window-size=1200,3000",
+            page.resolve().as_uri(),
         ],
         check=True, capture_output=True, timeout=120,
     )
@@ -92,8 +93,12 @@ def test_the_labelled_and_calibrated_evaluation_pages_say_what_the_terminal_says
         )
         metrics = _evaluated(out, result)
         lines = _summary_lines(format_report(metrics))
-        assert lines[0].startswith("Patient AUROC ") and ", balanced accuracy " in lines[0]
-        assert lines[1].startswith("Threshold ") and "on p(HGG)" in lines[1]
+        auroc, balanced = (metrics["patient"][name]["value"] for name in ("auroc", "balanced_accuracy"))
+        assert lines[0].startswith(f"Patient AUROC {auroc:.3f} ")
+        assert f", balanced accuracy {balanced:.3f} " in lines[0]
+        assert lines[1].startswith(f"Threshold {metrics['threshold']:.3f}") and "on p(HGG)" in lines[1]
+        calls = [p["prediction"] for p in metrics["patients"]]
+        assert lines[2] == f"Called: LGG {calls.count('LGG')}, HGG {calls.count('HGG')}"
         if name == "calibrated":
             assert "threshold=youden on" in lines[1]
             assert any(line.startswith("Calibration: temperature scaling, T=") for line in lines)
@@ -113,7 +118,8 @@ def test_the_unlabelled_evaluation_page_lists_every_patient(run, tmp_path):
         for modality in ("flair", "t1", "t1ce", "t2"):
             shutil.copy(folder / f"{folder.name}_{modality}.nii", other / new_id / f"{new_id}_{modality}.nii")
     (other / "name_mapping_validation_data.csv").write_text(
-        "BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,BraTS_2019_subject_ID,BraTS_2020_subject_ID\n"
+        "BraTS_2017_subject_ID,BraTS_2018_subject_ID,TCGA_TCIA_subject_ID,BraTS_2019_subject_ID,"
+        "BraTS_2020_subject_ID\n"
         + "".join(f"NA,NA,NA,NA,BraTS20_Validation_{i + 1:03d}\n" for i in range(3))
     )
     out = tmp_path / "unlabelled"
@@ -137,7 +143,8 @@ def test_the_prediction_page_says_what_the_terminal_says(run, tmp_path, capsys):
     out = tmp_path / "predict"
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(
-            "predict", overrides=[f"ckpt={run['run']}", f"input={run['cohort'] / patient}", f"output_dir={out}"]
+            "predict",
+            overrides=[f"ckpt={run['run']}", f"input={run['cohort'] / patient}", f"output_dir={out}"],
         )
     predict(cfg)
     report = json.loads((out / "predictions.json").read_text())

@@ -157,7 +157,9 @@ def test_train_ends_on_auroc_balanced_accuracy_the_threshold_and_a_warning(tmp_p
     lines = format_results(metrics, tmp_path, threshold="youden").splitlines()
     assert lines[2] == "  Patient AUROC 1.000, balanced accuracy 1.000 on 5 test patients (LGG 2, HGG 3)"
     assert lines[3].startswith("  Threshold 0.730 on p(HGG)")
-    assert "the middle of (0.660, 0.800], where sensitivity + specificity is best on the 4 validation" in lines[3]
+    assert "the middle of (0.660, 0.800], where sensitivity + specificity is best on the 4 validation" in (
+        lines[3]
+    )
     assert lines[4] == "  Called: LGG 2, HGG 3" and not any("Warning" in line for line in lines)
     rows = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("  test/")}
     assert rows["test/patient_balanced_accuracy"] == 1.0 and rows["test/patient_count"] == 5.0
@@ -204,12 +206,14 @@ def test_the_evaluation_page_says_every_line_the_terminal_says(labelled):
     for line in printed:
         if not line.startswith("metric "):
             assert line in page.paragraphs, line
-    assert "Warning: 1 patient(s) share their id with a training patient of the run but not its images" in printed
+    collision = "1 patient(s) share their id with a training patient of the run but not its images"
+    assert f"Warning: {collision}" in printed
     check_numbers(page, report)
     assert len(page.headings) == len(set(page.headings))
     # the per-patient table: id, label when known, probability, prediction, slices, slice rule
     patients = next(t for t in page.tables if t[0][0] == "patient")
-    assert patients[0] == ["patient", *(["label"] if labelled else []), "p(HGG)", "prediction", "slices", "slice rule"]
+    label = ["label"] if labelled else []
+    assert patients[0] == ["patient", *label, "p(HGG)", "prediction", "slices", "slice rule"]
     assert [row[0] for row in patients[1:]] == [f"P{i:02d}" for i in range(7)]
     assert patients[2][-3:] == ["HGG", "2", "mask"]
     if labelled:
@@ -225,7 +229,8 @@ def test_a_calibrated_evaluation_page_says_the_temperature_and_its_scores():
         "unreliable": True, "note": "the temperature was fitted on 4 of these 7 patients",
         "patient": {"ece": {"before": 0.3, "after": 0.1}},
     }
-    report = evaluation_report([0, 0, 1, 1, 1, 1, 1], [0.2, 0.7, 0.65, 0.9, 0.3, 0.75, 0.95], calibration=calibration)
+    probs = [0.2, 0.7, 0.65, 0.9, 0.3, 0.75, 0.95]
+    report = evaluation_report([0, 0, 1, 1, 1, 1, 1], probs, calibration=calibration)
     text = format_report(report)
     page = Page(evaluation_page(report, []))
     for line in ("Calibration: temperature scaling, T=1.7000*, fitted on 4 validation patients",
@@ -237,7 +242,8 @@ def test_a_calibrated_evaluation_page_says_the_temperature_and_its_scores():
 def _prediction_report() -> dict:
     rows = [
         {
-            "patient_id": pid, "probabilities": {"LGG": 1 - p, "HGG": p}, "prediction": "HGG" if p >= 0.4 else "LGG",
+            "patient_id": pid, "probabilities": {"LGG": 1 - p, "HGG": p},
+            "prediction": "HGG" if p >= 0.4 else "LGG",
             "n_slices": 6, "slice_rule": "mask", "tumour_ml": 12.5, "predicted_mask": None, "resampled": None,
             "slice_index": [1, 2], "files": {"flair": "x"}, "fingerprints": {}, "figures": {}, "qc": qc,
             "training_patient": trained,
@@ -246,7 +252,8 @@ def _prediction_report() -> dict:
     ]
     return {
         "model": "logs/train/runs/X/checkpoints/epoch_004.ckpt", "model_kind": "checkpoint", "threshold": 0.4,
-        "tta": "none", "calibration": {"method": "temperature", "temperature": 1.3, "source": "RUN/recipe.json"},
+        "tta": "none",
+        "calibration": {"method": "temperature", "temperature": 1.3, "source": "RUN/recipe.json"},
         "recipe": {"source": "RUN/recipe.json, from evaluate.py threshold=youden on 15 validation patients"},
         "classes": CLASSES, "input_contract": {"modalities": ["flair"]}, "mask_free": None, "patients": rows,
     }
@@ -263,12 +270,14 @@ def test_the_prediction_page_says_every_line_the_terminal_says_and_shows_every_c
     for line in printed:
         if not line.startswith("  "):  # the per-patient lines are the table
             assert line in page.paragraphs, line
-    assert "Warning: patient B2 is the model's training patient T9: its prediction is not an honest estimate" in printed
+    trained = "patient B2 is the model's training patient T9: its prediction is not an honest estimate"
+    assert f"Warning: {trained}" in printed
     check_numbers(page, report)
     assert len(page.headings) == len(set(page.headings)) and page.headings.count("Patients") == 1
     (table,) = page.tables
     assert table[0] == [
-        "patient", "p(LGG)", "p(HGG)", "prediction", "slices", "slice rule", "tumour ml", "qc", "training patient"
+        "patient", "p(LGG)", "p(HGG)", "prediction", "slices", "slice rule", "tumour ml", "qc",
+        "training patient",
     ]
     assert table[2] == ["B2", "0.800", "0.200", "LGG", "6", "mask", "12.500", "check registration", "T9"]
 
@@ -286,7 +295,9 @@ def _inside(figure, artist) -> bool:
 def test_a_long_title_wraps_inside_its_figure():
     import matplotlib.pyplot as plt
 
-    title = "BraTS20_Training_0001 with a long name: slice rule tumor_topk, 12 slices of 155 in the axial plane"
+    title = (
+        "BraTS20_Training_0001 with a long name: slice rule tumor_topk, 12 slices of 155 in the axial plane"
+    )
     figure = slice_curve_figure(np.arange(5), np.full((5, 2), 0.5), CLASSES, 0.5, title)
     try:
         assert _inside(figure, figure.axes[0].title)
