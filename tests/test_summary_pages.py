@@ -235,6 +235,8 @@ def test_a_calibrated_evaluation_page_says_the_temperature_and_its_scores():
     page = Page(evaluation_page(report, []))
     for line in ("Calibration: temperature scaling, T=1.7000*, fitted on 4 validation patients",
                  "Note: the temperature was fitted on 4 of these 7 patients",
+                 "Calibration: the metrics and tables use the calibrated probabilities (T is stored in "
+                 "RUN/calibration.json)",
                  "Calibration, patient ece: 0.300 before, 0.100 after"):
         assert line in text.splitlines() and line in page.paragraphs
 

@@ -192,6 +192,9 @@ def calibration_notes(calibration: Mapping[str, Any]) -> list[str]:
         else f"from {calibration.get('source', 'the recipe')}"
     )
     lines = [f"Calibration: temperature scaling, T={calibration['temperature']:.4f}{star}, {where}"]
+    if "val_patients" in calibration:  # an evaluation's: it fitted T and scored with it
+        stored = f" (T is stored in {calibration['file']})" if calibration.get("file") else ""
+        lines.append(f"Calibration: the metrics and tables use the calibrated probabilities{stored}")
     if calibration.get("note"):
         lines.append(f"Note: {calibration['note']}")
     for name, entry in (calibration.get("patient") or {}).items():
