@@ -117,11 +117,15 @@ def test_evaluate_stores_applies_and_reports_the_temperature(run):
     assert f"({low:.3f}, {high:.3f}]" in run["stdout"] and "calibrated" in run["stdout"]
 
     page = (folder / "report.html").read_text()
-    assert f'data-key="calibration.temperature" data-value="{stored["temperature"]!r}"' in page
+    # the lines the terminal prints
+    star = "*" if calibration["unreliable"] else ""
+    temperature = f"T={stored['temperature']:.4f}{star}"
+    said = [f"Calibration: temperature scaling, {temperature}, fitted on 4 validation patients"]
     for name in ("ece", "brier"):
-        for when in ("before", "after"):
-            value = calibration["patient"][name][when]
-            assert f'data-key="calibration.patient.{name}.{when}" data-value="{value!r}"' in page
+        entry = calibration["patient"][name]
+        said.append(f"Calibration, patient {name}: {entry['before']:.3f} before, {entry['after']:.3f} after")
+    for line in said:
+        assert line in run["stdout"] and f"<p class=\"note\">{line}</p>" in page
     assert "tta=flip" in page and (folder / "reliability.png").is_file()
 
     # the patient probabilities are the calibrated mean over flipped views of the slices

@@ -142,8 +142,11 @@ def _report(note: str | None) -> dict:
         "n_slices": 16,
         "aggregate": "mean",
         "threshold": 0.5,
+        "threshold_source": "evaluate.py threshold=0.5",
         "tta": "none",
         "calibration": calibration,
+        "classes": ["LGG", "HGG"],
+        "calls": {"LGG": 1, "HGG": 3},
         "note": "the cohort has no labels: predictions only",
     }
 
@@ -158,7 +161,7 @@ def test_metrics_on_the_patients_the_temperature_was_fitted_on_carry_a_note():
     assert f"Note: {note}" in printed.splitlines()
     assert "Note:" not in format_report(_report(None))
     page = evaluation_page(_report(note), {})
-    assert 'data-key="calibration.note"' in page and "fitted on 4 of these 4 patients" in page
+    assert f"<p class=\"note\">Note: {note}</p>" in page
 
 
 def _evaluated(run: Path, folder: str, tta: str, calibration: str, threshold: float) -> None:

@@ -277,6 +277,7 @@ def test_few_patients_of_a_class_flag_a_fitted_threshold_or_temperature():
 
 def _report(pred):
     from gliograde.evaluation.scores import score
+    from gliograde.evaluation.summary import calls_of
 
     report = {
         "n_patients": len(pred.patients),
@@ -284,8 +285,11 @@ def _report(pred):
         "split": "test",
         "aggregate": "mean",
         "threshold": 0.5,
+        "threshold_source": "evaluate.py threshold=0.5",
         "tta": "none",
         "calibration": {"method": "none"},
+        "classes": ["LGG", "HGG"],
+        "calls": calls_of(["HGG" if p >= 0.5 else "LGG" for p in pred.patient_probs[:, 1]], ["LGG", "HGG"]),
     }
     report.update(score(pred, 0.5, ["LGG", "HGG"], 0.95, 20, 0, show_progress=False))
     return report
@@ -345,7 +349,7 @@ def test_a_large_cohort_is_not_starred_but_a_threshold_or_temperature_on_few_pat
     text = format_report(report)
     assert "*" not in text and "fewer than" not in text
     starred = format_report({**report, "threshold_unreliable": True})
-    assert "threshold=0.500*," in starred and "fewer than 10 patients in a class" in starred
+    assert "Threshold 0.500* on p(HGG)" in starred and "fewer than 10 patients in a class" in starred
     calibration = {"method": "temperature", "temperature": 1.5, "unreliable": True, "patient": {}}
     starred = format_report({**report, "calibration": calibration})
     assert "T=1.5000*" in starred and "fewer than 10 patients in a class" in starred

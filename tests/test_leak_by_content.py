@@ -3,6 +3,8 @@ symlinks of training patients are leaks; another patient that reuses a training 
 
 from __future__ import annotations
 
+import html
+import json
 import shutil
 from pathlib import Path
 
@@ -81,6 +83,10 @@ def test_renamed_resaved_and_symlinked_training_patients_are_refused(run, tmp_pa
     allowed = _evaluate(run, root, tmp_path, "allow_leak=true")
     assert allowed.returncode == 0, allowed.stderr[-2000:]
     assert "figures are inflated" in allowed.stdout + allowed.stderr
+    notes = json.loads((tmp_path / "eval" / "metrics.json").read_text())["identity_notes"]
+    [note] = [n for n in notes if n.startswith("3 of the 6 patients to evaluate")]
+    assert note.endswith("the figures are inflated)") and f"Warning: {note}" in allowed.stdout
+    assert "Warning: 3 of the 6 patients to evaluate" in (tmp_path / "eval" / "report.html").read_text()
 
 
 def test_a_training_id_reused_for_other_images_is_a_collision_not_a_leak(run, tmp_path):
@@ -91,9 +97,17 @@ def test_a_training_id_reused_for_other_images_is_a_collision_not_a_leak(run, tm
     result = _evaluate(run, root, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
-    [line] = [line for line in output.splitlines() if "id collisions, not leaks" in line]
+    lines = [line for line in output.splitlines() if "id collisions, not leaks" in line]
+    assert len(lines) == 2  # logged when found, and repeated under the report's table
+    line = lines[0]
     assert f"{len(shared)} patient(s) share their id with a training patient" in line
     assert sorted(shared)[0] in line
+    # the report says it too: in metrics.json, the printed summary and report.html
+    [said] = json.loads((tmp_path / "eval" / "metrics.json").read_text())["identity_notes"]
+    assert said in line and said.startswith(f"{len(shared)} patient(s) share their id")
+    assert result.stdout.count(f"Warning: {said}") == 1
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert f'<p class="warning">Warning: {html.escape(said)}</p>' in page
 
 
 def test_a_training_patient_rescaled_under_a_new_id_is_refused(run, tmp_path):

@@ -121,6 +121,8 @@ def test_ddp_with_two_gloo_processes_counts_each_patient_once(cohort, tmp_path):
     for line in ("Seed set to 42", "sync_batchnorm needs GPUs", "Validating and testing the best checkpoint"):
         assert result.stdout.count(line) == 1, line
     assert result.stdout.count("Patient-level test metrics:") == 1 and "DataLoader 0" not in result.stdout
+    for line in ("  Patient AUROC ", "  Threshold 0.500 on p(HGG)", "  Called: "):  # the headline, once
+        assert result.stdout.count(line) == 1, line
     assert "smaller than the logging interval" not in result.stderr
     metrics = _metrics(run)
     splits = _splits(run)

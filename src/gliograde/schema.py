@@ -204,6 +204,7 @@ class TrainSchema:
     optimized_metric: str
     ckpt_path: str | None
     test: bool
+    threshold: Annotated[float, Range(0, 1, open_low=True, open_high=True)] | Literal["youden"]
 
 
 @dataclass(frozen=True)

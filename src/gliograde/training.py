@@ -205,7 +205,8 @@ def _train(cfg: DictConfig, hold: ExitStack) -> dict[str, float]:
         for last in lasts:  # the best epoch was the last: one file under both names
             if best and share_if_same(best, last):
                 log.info("The best epoch was the last: %s and %s are one file on disk", best, last)
-        print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run))
+        threshold = cfg.get("threshold", 0.5)
+        print(format_results(metrics, out, fast_dev_run=trainer.fast_dev_run, threshold=threshold))
     return metrics
 
 
@@ -305,17 +306,31 @@ def _train_batches(trainer: pl.Trainer, datamodule) -> int:
     return int(batches * limit) if limit is not None else batches
 
 
-def format_results(metrics: dict[str, Any], out: Path, fast_dev_run: int | bool = False) -> str:
-    """The patient-level test metrics and where the run lives; after a ``fast_dev_run``, what
-    it did and what the run directory holds."""
+def format_results(
+    metrics: dict[str, Any], out: Path, fast_dev_run: int | bool = False, threshold: float | str = 0.5
+) -> str:
+    """The patient-level test metrics and where the run lives, led by the headline of
+    :func:`gliograde.evaluation.summary.run_headline` (AUROC and balanced accuracy at the stated
+    ``threshold``, and a warning for a classifier that does not separate the classes); after a
+    ``fast_dev_run``, what it did and what the run directory holds."""
+    from gliograde.evaluation.summary import run_headline
+
+    head, at_threshold = run_headline(out, threshold)
     rows = [(k, v) for k, v in sorted(metrics.items()) if k.startswith("test/patient_")]
+    # the threshold's own figures: metrics.json holds Lightning's, at 0.5
+    rows = [(k, at_threshold.get(k[len("test/patient_") :], v)) for k, v in rows]
     width = max((len(k) for k, _ in rows), default=0)
     batches = "one batch" if int(fast_dev_run) == 1 else f"{int(fast_dev_run)} batches"
     title = "Patient-level test metrics:"
     if fast_dev_run:
         title = f"Patient-level test metrics of {batches} (a check of the setup, not a result):"
-    lines = ["", title]
+    lines = ["", title, *(f"  {line}" for line in head)]
     lines += [f"  {k:<{width}}  {v:.4f}" for k, v in rows] or ["  (no test metrics)"]
+    if at_threshold and at_threshold["threshold"] != 0.5:
+        lines.append(
+            f"  (metrics.json holds these figures at threshold 0.5; the lines above use "
+            f"{at_threshold['threshold']:.3f})"
+        )
     if not fast_dev_run:
         lines.append(f"Run directory: {out}")
         return "\n".join(lines)

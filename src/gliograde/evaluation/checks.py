@@ -99,42 +99,45 @@ def training_patients(checkpoint: Path, run: Path) -> tuple[pd.DataFrame | None,
     return saved[saved["split"] == "train"], f"the training split of {splits_csv}"
 
 
-def refuse_leak(datamodule, split: str, trained: pd.DataFrame | None, allow: bool, source: str = "") -> None:
+def refuse_leak(
+    datamodule, split: str, trained: pd.DataFrame | None, allow: bool, source: str = ""
+) -> list[str]:
     """Patients the model was trained on (``trained``: rows of a splits table, see
     :func:`training_patients`) give no honest estimate: refuse unless allowed.
 
     A patient is matched by its images (under any id or path, by either fingerprint) where
     ``trained`` has fingerprints, else by id. A shared id with other images is another
-    patient: a warning.
+    patient: a warning. Returns the warnings logged (for the report to repeat).
     """
     if trained is None:
-        return
+        return []
     evaluated = split_patients(datamodule, split)
     table = datamodule.fingerprint_table()
     table = table[table["patient_id"].isin(evaluated)]
+    said = []
     if fingerprint_columns(trained):
         leaked = [match.describe() for match in content_matches(table, trained)]
         collisions = sorted(id_collisions(table, trained))
         if collisions:
-            log.warning(
-                "%d patient(s) share their id with a training patient of the run but not its images "
-                "(id collisions, not leaks): %s",
-                len(collisions),
-                _first_names(collisions),
+            said.append(
+                f"{len(collisions)} patient(s) share their id with a training patient of the run but not its "
+                f"images (id collisions, not leaks): {_first_names(collisions)}"
             )
     else:  # a run recorded before fingerprints: ids are all there is
         leaked = sorted(set(trained["patient_id"]) & evaluated)
-    if not leaked:
-        return
-    message = (
-        f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the model's "
-        f"training split ({source or 'the run'})"
-    )
-    if not allow:
-        raise EvaluationError(
-            f"{message}: the figures would be inflated. Use split=test or val, or allow_leak=true"
+    if leaked:
+        message = (
+            f"{len(leaked)} of the {len(evaluated)} patients to evaluate (e.g. {leaked[0]}) were in the "
+            f"model's training split ({source or 'the run'})"
         )
-    log.warning("%s (allow_leak=true: the figures are inflated)", message)
+        if not allow:
+            raise EvaluationError(
+                f"{message}: the figures would be inflated. Use split=test or val, or allow_leak=true"
+            )
+        said.append(f"{message} (allow_leak=true: the figures are inflated)")
+    for line in said:
+        log.warning("%s", line)
+    return said
 
 
 def _first_names(names: list[str], shown: int = 3) -> str:

@@ -82,7 +82,7 @@ def gradcam_figures(
         truth = f", true {classes[pred.patient_labels[i]]}" if pred.patient_labels[i] >= 0 else ""
         title = (
             f"{pred.patients[i]} slice {int(pred.slice_index[best])}: predicted "
-            f"{classes[predicted[i]]} (p={positive[i]:.2f}){truth}"
+            f"{classes[predicted[i]]} (p({classes[-1]})={positive[i]:.2f}){truth}"
         )
         shown = image.numpy()[centre_channels(len(modalities), dataset.context)]
         figures[f"gradcam_{group}_{rank + 1}"] = plots.gradcam_figure(shown, heat, modalities, title)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,11 +27,19 @@ def confusion_figure(
     ax.set_yticks(range(len(classes)), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(title)
+    ax.set_title(wrapped(title, 3.2))
     for (i, j), n in np.ndenumerate(matrix):
         ax.text(j, i, str(n), ha="center", va="center", color="white" if n > matrix.max() / 2 else "black")
     figure.tight_layout()
     return figure
+
+
+def wrapped(title: str, width_in: float, fontsize: float = 12) -> str:
+    """``title`` broken into lines that fit a figure ``width_in`` inches wide at ``fontsize``
+    points (an average character is about 0.6 em; a tenth kept for the margins), so that no title
+    is cut at the edge."""
+    width = max(12, int(width_in * 72 * 0.9 / (fontsize * 0.6)))
+    return textwrap.fill(title, width=width, break_on_hyphens=False)
 
 
 def sample_grid(

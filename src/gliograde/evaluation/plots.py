@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 from sklearn.calibration import calibration_curve  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from gliograde.evaluation.figures import confusion_figure  # noqa: E402
+from gliograde.evaluation.figures import confusion_figure, wrapped  # noqa: E402
 
 __all__ = [
     "confusion_figure",
@@ -32,7 +32,7 @@ def roc_figure(labels: np.ndarray, probs: np.ndarray, title: str) -> plt.Figure:
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=1)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
-    ax.set_title(title)
+    ax.set_title(wrapped(title, 3.6))
     ax.legend(loc="lower right")
     figure.tight_layout()
     return figure
@@ -48,19 +48,25 @@ def reliability_figure(
     curves = [("calibrated", probs, "C0")] if uncalibrated is not None else [(None, probs, "C0")]
     if uncalibrated is not None:
         curves.insert(0, ("before calibration", uncalibrated, "C1"))
-    for name, values, colour in curves:
+    for c, (name, values, colour) in enumerate(curves):
         observed, predicted = calibration_curve(labels, values, n_bins=bins, strategy="uniform")
         counts = np.bincount(
             np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], values), minlength=bins
         )  # as sklearn bins
         sizes = counts[counts > 0]
-        ax.plot(predicted, observed, marker="o", c=colour, label=name)
-        for x, y, n in zip(predicted, observed, sizes):
-            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour)
+        ax.plot(predicted, observed, marker="o", ms=5, c=colour, label=name, clip_on=False, zorder=3)
+        for k, (x, y, n) in enumerate(zip(predicted, observed, sizes)):
+            # neighbouring bins (and the two curves) alternate sides, so that their counts stay apart
+            above = (k + c) % 2 == 0
+            ax.annotate(
+                f"n={n}", (x, y), textcoords="offset points", xytext=(0, 7 if above else -12),
+                ha="center", fontsize=8, color=colour,
+            )
     if uncalibrated is not None:
         ax.legend(fontsize=7, loc="upper left")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
+    # a margin around [0, 1]: points at 0 or 1 (all or none of a bin positive) stay off the frame
+    ax.set_xlim(-0.08, 1.08)
+    ax.set_ylim(-0.1, 1.1)
     ax.set_xlabel("predicted probability")
     ax.set_ylabel("observed frequency")
     ax.set_title("reliability (patients)")
@@ -79,7 +85,7 @@ def strip_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], thre
     ax.set_xticks(range(len(classes)), [f"{c}\n(true)" for c in classes])
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel(f"p({classes[-1]})")
-    ax.set_title("per-patient probability")
+    ax.set_title(wrapped("per-patient probability", 3.6))
     figure.tight_layout()
     return figure
 
@@ -94,7 +100,7 @@ def _modality_panels(image: np.ndarray, modalities: tuple[str, ...], title: str,
         overlay(ax)
         ax.set_title(modalities[c])
         ax.axis("off")
-    figure.suptitle(title, fontsize=9)
+    figure.suptitle(wrapped(title, 2.6 * channels, 9), fontsize=9)
     figure.tight_layout()
     return figure
 
@@ -132,7 +138,7 @@ def slice_curve_figure(
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("slice index")
     ax.set_ylabel(f"p({classes[-1]})")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrapped(title, 5.5, 9), fontsize=9)
     ax.legend(fontsize=7, loc="best")
     figure.tight_layout()
     return figure

@@ -12,11 +12,16 @@ from omegaconf import DictConfig
 
 from gliograde.atomic import write_text
 from gliograde.evaluation.figures import save_png
-from gliograde.evaluation.intervals import UNRELIABLE_NOTE, bounds_text
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
+from gliograde.evaluation.summary import (
+    describe,
+    evaluation_headline,
+    evaluation_notes,
+    interval_text,
+    value_text,
+)
 from gliograde.output_folder import is_disk_error, reason, writable
-from gliograde.segmentation.predicted import segmenter_note
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_AGGREGATE = "mean"
@@ -125,60 +130,21 @@ def write_html(out: Path, report: dict[str, Any], images: list[Path]) -> None:
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """A readable table of metrics.json."""
-    starred = bool(report.get("threshold_unreliable"))
-    lines = [
-        f"Evaluated {report['n_patients']} patients ({report['n_slices']} slices), split={report['split']}, "
-        f"aggregate={report['aggregate']}, threshold={report['threshold']:.3f}"
-        f"{'*' if starred else ''}, tta={report['tta']}"
-    ]
-    if report.get("mask_free_note"):
-        lines.append(f"Note: {report['mask_free_note']}")
-    if segmenter_note(report.get("segmenter")):
-        lines.append(f"Note: {segmenter_note(report.get('segmenter'))}")
-    calibration = report["calibration"]
-    if calibration["method"] == "temperature":
-        temperature = calibration["temperature"]
-        star = "*" if calibration.get("unreliable") else ""
-        starred |= bool(star)
-        lines.append(f"calibration=temperature: T={temperature:.4f}{star} (fitted on the val patients)")
-        if calibration.get("note"):
-            lines.append(f"Note: {calibration['note']}")
-        for name, entry in calibration.get("patient", {}).items():
-            lines.append(f"  patient {name}: {_fmt(entry['before'])} before, {_fmt(entry['after'])} after")
-    if "patient" not in report:
-        lines.append(report.get("note", ""))
-        if starred:
-            lines.append(UNRELIABLE_NOTE)
-        return "\n".join(lines)
-    level = int(round(report["ci_level"] * 100))
-    lines.append(
-        f"{'metric':<18} {'patient':>8} {f'[{level}% CI]':>16}   {'slice':>8} {f'[{level}% CI]':>16}"
-    )
-    for name in METRICS:
-        p, s = report["patient"][name], report["slice"][name]
-        lines.append(f"{name:<18} {_fmt(p['value']):>8} {_ci(p):>17}  {_fmt(s['value']):>8} {_ci(s):>17}")
-    counts = ", ".join(f"{k}: {v}" for k, v in report["class_counts"].items())
-    base = report["majority_baseline"]
-    lines.append(f"patients per class: {counts}; majority-class baseline accuracy {base['accuracy']:.3f}")
-    entries = [report[scope][name] for scope in ("patient", "slice") for name in METRICS]
-    if starred or any(e.get("unreliable") and e["value"] is not None for e in entries):
-        lines.append(UNRELIABLE_NOTE)
-    notes = sorted({e["ci_note"] for e in entries if e.get("ci_note")})
-    lines += [f"[{note.split(':')[0]}]: {note.split(':', 1)[1].strip()}" for note in notes if ":" in note]
+    """A readable table of metrics.json: the headline first, then the metrics with their
+    intervals and the notes (the same lines as report.html, from :mod:`gliograde.evaluation.summary`)."""
+    lines = [*evaluation_headline(report), describe(report)]
+    if "patient" in report:
+        level = int(round(report["ci_level"] * 100))
+        lines.append(
+            f"{'metric':<18} {'patient':>8} {f'[{level}% CI]':>17}  {'interval':<14} {'slice':>8} "
+            f"{f'[{level}% CI]':>17}"
+        )
+        for name in METRICS:
+            p, s = report["patient"][name], report["slice"][name]
+            lines.append(
+                f"{name:<18} {value_text(p['value']):>8} {interval_text(p):>17}  {p['ci_method']:<14} "
+                f"{value_text(s['value']):>8} {interval_text(s):>17}"
+            )
+    lines += evaluation_notes(report)
     return "\n".join(lines)
 
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _ci(entry: dict[str, Any]) -> str:
-    """``[low, high]``, ``[not estimable]`` (see the notes under the table) or ``n/a``; ``*``
-    when a class it rests on has fewer than MIN_PER_CLASS patients."""
-    marker = "*" if entry.get("unreliable") and entry.get("value") is not None else ""
-    if entry["ci_low"] is not None:
-        return bounds_text(entry["ci_low"], entry["ci_high"]) + marker
-    if entry.get("ci_note") and entry.get("value") is not None:
-        return f"[{entry['ci_note'].split(':')[0]}]{marker}"
-    return "n/a"

@@ -12,134 +12,135 @@ from pathlib import Path
 from typing import Any
 
 from gliograde.atomic import write_text
-from gliograde.segmentation.predicted import segmenter_note
+from gliograde.evaluation import summary
 
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
 th{background:#f3f3f3}td:first-child{text-align:left}figure{display:inline-block;margin:.5em}
 img{max-width:100%}pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:.85em}
+h1{font-size:1.5em;overflow-wrap:anywhere}p.headline{font-size:1.1em;margin:.3em 0}
+p.warning{color:#a00;font-weight:bold}p.note{margin:.2em 0;font-size:.95em}
 """
 
 
 def evaluation_page(report: Mapping[str, Any], images: Iterable[Path]) -> str:
-    """The page of one evaluate.py output: ``report`` is its metrics.json content."""
-    head = (
-        f"Evaluated {report['n_patients']} patients ({report['n_slices']} slices) of the {report['split']} "
-        f"split of {report['cohort']}; aggregate={report['aggregate']}, threshold={report['threshold']:.3f}, "
-        f"tta={report.get('tta', 'none')}"
+    """The page of one evaluate.py output: ``report`` is its metrics.json content. It says what
+    evaluate.py prints (the same lines, from :mod:`gliograde.evaluation.summary`), then the
+    per-patient table and the figures."""
+    parts = [
+        _lines(summary.evaluation_headline(report), "headline"),
+        f"<p>{_e(summary.describe(report))}</p>",
+    ]
+    parts.append(
+        f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code>; "
+        f"cohort: <code>{_e(report['cohort'])}</code></p>"
     )
-    parts = [f"<p>{_e(head)}</p>", f"<p>Checkpoint: <code>{_e(report['checkpoint'])}</code></p>"]
-    parts.append(_mask_free_note(report))
     if "patient" in report:
         level = round(report["ci_level"] * 100)
         rows = []
         for name in report["patient"]:
-            cells = [f"<td>{_e(name)}</td>"]
-            for scope in ("patient", "slice"):
-                entry = report[scope][name]
-                cells += [
-                    _number(entry[key], f"{scope}.{name}.{key}") for key in ("value", "ci_low", "ci_high")
-                ]
-            rows.append("<tr>" + "".join(cells) + "</tr>")
+            patient, slices = report["patient"][name], report["slice"][name]
+            rows.append(
+                f"<tr><td>{_e(name)}</td>{_number(patient['value'], f'patient.{name}.value')}"
+                f"{_interval(patient, f'patient.{name}')}<td>{_e(patient['ci_method'])}</td>"
+                f"{_number(slices['value'], f'slice.{name}.value')}{_interval(slices, f'slice.{name}')}</tr>"
+            )
         parts.append(
-            f"<h2>Metrics ({level}% bootstrap intervals over patients)</h2><table>"
-            "<tr><th>metric</th><th>patient</th><th>CI low</th><th>CI high</th>"
-            "<th>slice</th><th>CI low</th><th>CI high</th></tr>" + "".join(rows) + "</table>"
+            f"<h2>Metrics</h2><table><tr><th>metric</th><th>patient</th><th>{level}% CI</th><th>interval</th>"
+            f"<th>slice</th><th>{level}% CI</th></tr>" + "".join(rows) + "</table>"
         )
-        entries = [report[scope][name] for scope in ("patient", "slice") for name in report["patient"]]
-        # an interval without bounds (n/a above) says why
-        for note in sorted({e["ci_note"] for e in entries if e.get("ci_note") and e["value"] is not None}):
-            parts.append(f'<p class="note">Interval n/a: {_e(note)}</p>')
-        counts = ", ".join(
-            f"{_e(k)}: {_number(v, f'class_counts.{k}', 'span')}" for k, v in report["class_counts"].items()
-        )
-        parts.append(f"<p>Patients per class: {counts}</p>")
-    else:
-        parts.append(f"<p>{_e(report.get('note', ''))}</p>")
-    parts.append(_calibration(report.get("calibration") or {"method": "none"}))
+    parts.append(_lines(summary.evaluation_notes(report), "note"))
+    parts.append(_patients(report.get("patients") or [], report["classes"]))
     parts.append(_figures(images))
     return _page(f"Evaluation: {report['run_dir']} ({report['split']})", parts, report.get("input_contract"))
 
 
-def _calibration(calibration: Mapping[str, Any]) -> str:
-    """The calibration paragraph: the temperature and the patient ECE and Brier before and after."""
-    if calibration["method"] != "temperature":
-        return "<p>Calibration: none (probabilities as the model gives them)</p>"
-    text = (
-        f"<h2>Calibration</h2><p>Temperature scaling: T = "
-        f"{_number(calibration['temperature'], 'calibration.temperature', 'span')}, fitted on "
-        f"{_number(calibration['val_patients'], 'calibration.val_patients', 'span')} validation patients "
-        f"(<code>{_e(calibration['file'])}</code>). The metrics above use the calibrated probabilities.</p>"
-    )
-    if calibration.get("note"):
-        text += f'<p class="note" data-key="calibration.note">Note: {_e(calibration["note"])}</p>'
-    scores = calibration.get("patient")
-    if scores:
-        rows = "".join(
-            f"<tr><td>{_e(name)}</td>"
-            + _number(entry["before"], f"calibration.patient.{name}.before")
-            + _number(entry["after"], f"calibration.patient.{name}.after")
-            + "</tr>"
-            for name, entry in scores.items()
-        )
-        text += f"<table><tr><th>patient metric</th><th>before</th><th>after</th></tr>{rows}</table>"
-    return text
-
-
 def prediction_page(report: Mapping[str, Any], folder: Path) -> str:
-    """The page of one predict.py output: ``report`` is its predictions.json content."""
-    classes = report["classes"]
-    header = "".join(f"<th>p({_e(c)})</th>" for c in classes)
-    rows = []
-    for i, row in enumerate(report["patients"]):
-        probs = "".join(_number(row["probabilities"][c], f"patients.{i}.probabilities.{c}") for c in classes)
-        rows.append(
-            f"<tr><td>{_e(row['patient_id'])}</td>{probs}<td>{_e(row['prediction'])}</td>"
-            f"{_number(row['n_slices'], f'patients.{i}.n_slices')}<td>{_e(row['slice_rule'])}</td></tr>"
-        )
+    """The page of one predict.py output: ``report`` is its predictions.json content; the lines
+    predict.py prints, the per-patient table, then each patient's figures."""
     parts = [
-        (
-            f"<p>Model: <code>{_e(report['model'])}</code> ({_e(report['model_kind'])}); decision threshold "
-            f"{_number(report['threshold'], 'threshold', 'span')}; tta={_e(report.get('tta', 'none'))}; "
-            f"{_prediction_calibration(report.get('calibration') or {'method': 'none'})}</p>"
-        ),
-        (
-            f"<h2>Predictions</h2><table><tr><th>patient</th>{header}<th>prediction</th><th>slices</th>"
-            f"<th>slice rule</th></tr>{''.join(rows)}</table>"
-        ),
+        _lines(summary.prediction_headline(report), "headline"),
+        _patients(report["patients"], report["classes"]),
+        _lines(summary.prediction_notes(report), "note"),
     ]
-    parts.append(_mask_free_note(report))
     if report.get("skipped"):
         items = "".join(
             f"<li><code>{_e(s['patient_id'])}</code>: {_e(s['file'])}: {_e(s['problem'])}</li>"
             for s in report["skipped"]
         )
         parts.append(f"<h2>Skipped patients (on_error=skip)</h2><ul>{items}</ul>")
-    for row in report["patients"]:
+    with_figures = [row for row in report["patients"] if row["figures"]]
+    if with_figures:
+        parts.append("<h2>Figures</h2>")
+    for row in with_figures:
         parts.append(f"<h3>{_e(row['patient_id'])}</h3>")
         parts.append(_figures(folder / name for name in row["figures"].values()))
-    return _page("Predictions", parts, report["input_contract"])
+    return _page(f"Predictions of {len(report['patients'])} patient(s)", parts, report["input_contract"])
 
 
-def _mask_free_note(report: Mapping[str, Any]) -> str:
-    """The notes on patients graded without a tumour mask (see gliograde.mask_free) and on the
-    segmenter's masks; empty if none."""
-    notes = []
-    if report.get("mask_free_note"):
-        notes.append(f'<p class="note" data-key="mask_free_note">Note: {_e(report["mask_free_note"])}</p>')
-    seg = segmenter_note(report.get("segmenter"))
-    if seg:
-        notes.append(f'<p class="note" data-key="segmenter">Note: {_e(seg)}</p>')
-    return "".join(notes)
+# Columns of a per-patient row that the table does not show: kept in the JSON and the CSV.
+_NOT_SHOWN = {
+    "score", "note", "predicted_mask", "resampled", "figures", "files", "fingerprints", "order_fingerprints"
+}
 
 
-def _prediction_calibration(calibration: Mapping[str, Any]) -> str:
-    if calibration["method"] != "temperature":
-        return "no calibration"
+def _patients(rows: list[Mapping[str, Any]], classes: list[str]) -> str:
+    """The per-patient table: id, label when known, probability, prediction, slices, slice rule,
+    then any other value the rows carry (e.g. the tumour volume, a quality check)."""
+    if not rows:
+        return ""
+    first = ["patient_id", "label", "probability", "probabilities", "prediction", "n_slices", "slice_rule"]
+    columns = [c for c in first if any(c in row for row in rows)]
+    extra = [
+        key
+        for key in dict.fromkeys(k for row in rows for k in row)
+        if key not in first and key not in _NOT_SHOWN
+        and all(isinstance(row.get(key), (str, int, float, bool, type(None))) for row in rows)
+        and any(row.get(key) not in (None, "") for row in rows)
+    ]
+    names = {"patient_id": "patient", "n_slices": "slices", "slice_rule": "slice rule"}
+    header = []
+    for column in columns + extra:
+        if column == "probability":
+            header.append(f"<th>p({_e(classes[-1])})</th>")
+        elif column == "probabilities":
+            header += [f"<th>p({_e(c)})</th>" for c in classes]
+        else:
+            header.append(f"<th>{_e(names.get(column, column.replace('_', ' ')))}</th>")
+    body = []
+    for i, row in enumerate(rows):
+        cells = []
+        for column in columns + extra:
+            value = row.get(column)
+            if column == "probabilities":
+                cells += [_number((value or {}).get(c), f"patients.{i}.probabilities.{c}") for c in classes]
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) or (
+                value is None and column in ("probability", "n_slices", "tumour_ml")
+            ):
+                cells.append(_number(value, f"patients.{i}.{column}"))
+            else:
+                cells.append(f"<td>{_e('' if value is None else value)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<h2>Patients</h2><table><tr>{''.join(header)}</tr>{''.join(body)}</table>"
+
+
+def _lines(lines: list[str], kind: str) -> str:
+    """Summary lines, one paragraph each; a warning stands out."""
+    out = []
+    for line in lines:
+        css = "warning" if line.startswith("Warning:") else kind
+        out.append(f'<p class="{css}">{_e(line)}</p>')
+    return "\n".join(out)
+
+
+def _interval(entry: Mapping[str, Any], key: str) -> str:
+    """The interval as the terminal prints it, with the exact bounds in attributes."""
+    low, high = entry.get("ci_low"), entry.get("ci_high")
     return (
-        f"calibrated: temperature {_number(calibration['temperature'], 'calibration.temperature', 'span')} "
-        f"from <code>{_e(calibration['source'])}</code>"
+        f'<td data-key="{_e(key)}.ci_low" data-value="{_e("null" if low is None else repr(low))}">'
+        f'<span data-key="{_e(key)}.ci_high" data-value="{_e("null" if high is None else repr(high))}">'
+        f"{_e(summary.interval_text(entry))}</span></td>"
     )
 
 

@@ -46,7 +46,8 @@ from gliograde.evaluation.report import (
 )
 from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.scores import choose_threshold, score, validation_predictions
-from gliograde.evaluation.tables import write_predictions
+from gliograde.evaluation.summary import calls_of
+from gliograde.evaluation.tables import patient_rows, write_predictions
 from gliograde.inference.calibration import CALIBRATION_FILE
 from gliograde.inference.models import find_checkpoint
 from gliograde.inference.recipe import (
@@ -114,12 +115,14 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
     if not other_cohort and cfg.split != "all":
         checks.check_same_split(datamodule, run / "splits.csv")
     trained, source = checks.training_patients(checkpoint, run)
-    checks.refuse_leak(datamodule, cfg.split, trained, bool(cfg.allow_leak), source)
+    identity_notes = checks.refuse_leak(datamodule, cfg.split, trained, bool(cfg.allow_leak), source)
     if segmenter is not None and getattr(segmenter, "kind", "") == "checkpoint":
         # a segmenter that saw the evaluated patients draws their masks better than it would a new one's
         seg_checkpoint = Path(segmenter.path)
         seg_trained, seg_source = checks.training_patients(seg_checkpoint, seg_checkpoint.parent.parent)
-        checks.refuse_leak(datamodule, cfg.split, seg_trained, bool(cfg.allow_leak), f"segmenter: {seg_source}")
+        identity_notes += checks.refuse_leak(
+            datamodule, cfg.split, seg_trained, bool(cfg.allow_leak), f"segmenter: {seg_source}"
+        )
     if not contract.get("image_size"):  # a contract rebuilt from an old config: check the slices
         check_tta(str(cfg.tta), *datamodule.datasets[cfg.split][0]["image"].shape[-2:])
 
@@ -130,7 +133,7 @@ def evaluate(cfg: DictConfig, data_overrides: list[str]) -> dict[str, Any]:
         with staged_folder(out, "output_dir", REPORT_FILES) as staging:
             report, recipe = _report(
                 staging, figures, cfg, run, run_cfg, checkpoint, contract, datamodule, other_cohort, model,
-                device,
+                device, identity_notes,
             )
             # Stored with the report, once it is whole: a failure leaves neither (nor the folder).
             if recipe is not None and not keeps_recipe:
@@ -210,6 +213,7 @@ def _report(
     other_cohort: bool,
     model,
     device: torch.device,
+    identity_notes: list[str],
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Predict, score and write the whole report into ``out`` (the staged output folder); the
     figures drawn are left in ``figures``. Return the report and, when this evaluation chooses
@@ -251,7 +255,7 @@ def _report(
     rules = {p: datamodule.slice_rules[p] for p in predictions.patients}
     supplied = getattr(datamodule, "supplied", None)
     volumes = tumour_volumes(datamodule.prepared, contract, supplied)
-    write_predictions(
+    patients = write_predictions(
         out, predictions, datamodule.slice_spec.plane, classes, threshold, rules,
         {p: volumes.get(p) for p in predictions.patients},
     )
@@ -265,6 +269,8 @@ def _report(
         "threshold": threshold,
         "threshold_interval": interval,
         "threshold_unreliable": interval is not None and few_per_class(val.patient_labels),
+        "threshold_source": threshold_source(threshold, interval, val),
+        "calls": calls_of(patients["prediction"].tolist(), classes),
         "tta": tta,
         "calibration": calibration_report,
         "classes": classes,
@@ -282,6 +288,9 @@ def _report(
         report["mask_free_note"] = note
     if datamodule.crop_rules:  # how each patient's crops were placed (no mask: the brain's centre)
         report["crop_rules"] = {p: datamodule.crop_rules[p] for p in predictions.patients}
+    if identity_notes:
+        report["identity_notes"] = identity_notes
+    report["patients"] = patient_rows(patients)
     if predictions.has_labels:
         level, resamples, seed = float(cfg.ci_level), int(cfg.bootstrap), int(cfg.seed)
         report.update(score(predictions, threshold, classes, level, resamples, seed, show))
@@ -291,10 +300,9 @@ def _report(
     options = _recipe_options(cfg)
     recipe = None
     if chooses_recipe(options):  # how the model is meant to be applied: predict and export follow it
-        source = threshold_source(threshold, interval, val)
         recipe = {
             "options": options, "calibration": record, "threshold": threshold,
-            "threshold_source": source, "command": command,
+            "threshold_source": report["threshold_source"], "command": command,
         }
 
     figures.update(metric_figures(predictions, classes, threshold, cfg.split, uncalibrated))

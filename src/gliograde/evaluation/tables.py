@@ -70,11 +70,24 @@ def write_predictions(
     threshold: float,
     rules: dict[str, str] | None = None,
     tumour_ml: dict[str, float | None] | None = None,
-) -> None:
+) -> pd.DataFrame:
     """``slice_predictions.csv`` and ``patient_predictions.csv`` (with ``rules``, each patient's
-    ``slice_rule``) in ``out``."""
+    ``slice_rule``) in ``out``; returns the patient table."""
     write_frame(out / SLICE_TABLE, slice_frame(pred, plane, classes))
-    write_frame(out / PATIENT_TABLE, patient_frame(pred, classes, threshold, rules, tumour_ml))
+    patients = patient_frame(pred, classes, threshold, rules, tumour_ml)
+    write_frame(out / PATIENT_TABLE, patients)
+    return patients
+
+
+def patient_rows(frame: pd.DataFrame) -> list[dict[str, object]]:
+    """The patient table as JSON rows for metrics.json and report.html: without ``score`` (the
+    ranking log-odds, in the CSV), undefined values as None and an unknown label left out."""
+    shown = frame.drop(columns=["score"], errors="ignore")
+    rows = shown.astype(object).where(shown.notna(), None).to_dict("records")
+    for row in rows:
+        if not row.get("label"):
+            row.pop("label", None)
+    return rows
 
 
 def predictions_table(

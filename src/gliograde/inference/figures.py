@@ -35,7 +35,7 @@ def outline_figure(slices, probs, call, classes, contract, mask: np.ndarray):
     image = slices.images[best].astype(np.float32)[centre_channels(len(modalities), int(contract.get("context", 0)))]
     title = (
         f"{slices.patient_id} slice {index}: the segmenter's tumour outline; predicted {classes[call]} "
-        f"(slice p={probs[best, call]:.2f})"
+        f"(slice p({classes[-1]})={probs[best, -1]:.2f})"
     )
     return plots.outline_figure(image, outline[0, 0], modalities, title)
 
@@ -55,7 +55,7 @@ def gradcam_figure(model, slices, probs, predicted, classes, contract, mean):
     heat = model.grad_cam(image, predicted)
     title = (
         f"{slices.patient_id} slice {int(slices.slice_index[best])}: predicted {classes[predicted]} "
-        f"(p={mean[predicted]:.2f}; slice p={probs[best, predicted]:.2f})"
+        f"(p({classes[-1]})={mean[-1]:.2f}; this slice p({classes[-1]})={probs[best, -1]:.2f})"
     )
     modalities = tuple(contract["modalities"])
     shown = image[centre_channels(len(modalities), int(contract.get("context", 0)))]  # the centre slice

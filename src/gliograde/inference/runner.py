@@ -24,6 +24,7 @@ from gliograde.data.specs import MODALITIES
 from gliograde.data.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
+from gliograde.evaluation.summary import prediction_headline, prediction_notes
 from gliograde.inference.figures import gradcam_figure, outline_figure, safe_name, save_png, slice_curve
 from gliograde.inference.ingested import (
     QC_FAILED_RULE,
@@ -44,7 +45,7 @@ from gliograde.inference.tta import check_tta_for
 from gliograde.mask_free import check_mask_free, mask_free_note, refuse_missing_masks
 from gliograde.output_folder import staged_folder
 from gliograde.patient_scores import patient_log_probs
-from gliograde.segmentation.predicted import grid_spacing, mask_ml, segmenter_note
+from gliograde.segmentation.predicted import grid_spacing, mask_ml
 
 log = logging.getLogger(__name__)
 
@@ -377,25 +378,15 @@ def _no_tumour_row(
 
 
 def format_predictions(report: dict[str, Any]) -> str:
-    """One line per patient: the call, its probability and the slice rule used."""
+    """The headline (threshold and its source, the calls), one line per patient (the call, its
+    probabilities and the slice rule used), then the notes: the lines report.html shows too."""
     classes = report["classes"]
-    lines = [
-        f"Predicted {len(report['patients'])} patient(s) with {report['model']} "
-        f"(threshold {report['threshold']:g}, tta={report['tta']}, "
-        f"temperature {report['calibration'].get('temperature', 1.0):g})"
-    ]
+    lines = prediction_headline(report)
     for row in report["patients"]:
         if row["slice_rule"] in NOT_GRADED:
-            lines.append(f"  {row['patient_id']}: not graded: {row['note']}")
-            continue
+            continue  # said in the notes
         probs = ", ".join(f"p({c})={row['probabilities'][c]:.3f}" for c in classes)
         lines.append(
             f"  {row['patient_id']}: {row['prediction']}  {probs}  [{row['n_slices']} slices, {row['slice_rule']}]"
         )
-    if report.get("mask_free_note"):
-        lines.append(f"Note: {report['mask_free_note']}")
-    if segmenter_note(report.get("segmenter")):
-        lines.append(f"Note: {segmenter_note(report.get('segmenter'))}")
-    if report.get("skipped"):
-        lines.append(f"Skipped {len(report['skipped'])} patient(s), listed in skipped.csv")
-    return "\n".join(lines)
+    return "\n".join(lines + prediction_notes(report))
