@@ -55,8 +55,9 @@ def to_model_space(
     coarse: dict[str, sitk.Image] = {}
     heads: dict[str, sitk.Image] = {}
     log_bias: dict[str, sitk.Image] = {}
+    spacing = reg.registration_spacing(images[chosen])
     for modality, image in images.items():
-        small = reg.registration_image(image)
+        small = reg.registration_image(image, spacing)
         heads[modality] = reg.head_mask(small)
         if n4:
             log_bias[modality] = reg.n4_log_bias(small, heads[modality])

@@ -10,12 +10,13 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from gliograde.errors import ConfigError
 from gliograde.ingest.model_space import Ingested
 from gliograde.ingest.template import Template
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_template_ncc": 0.15,
-    "min_agreement": 0.30,
+    "min_agreement": 0.28,
     "mirror_margin": 0.10,
     "min_brain_ml": 700.0,
     "max_brain_ml": 2600.0,
@@ -46,12 +47,16 @@ def check_quality(
     limits = {**DEFAULT_THRESHOLDS, **dict(thresholds or {})}
     unknown = sorted(set(limits) - set(DEFAULT_THRESHOLDS))
     if unknown:
-        raise KeyError(f"unknown quality thresholds: {', '.join(unknown)}")
+        raise ConfigError(
+            f"unknown quality threshold(s) {', '.join(unknown)}; known: {', '.join(DEFAULT_THRESHOLDS)}"
+        )
     factor = [int(round(t / g)) for t, g in zip(template.brain.GetSpacing(), template.grid.GetSpacing())]
     inside = sitk.GetArrayViewFromImage(template.brain) > 0.5
     brain = sitk.GetArrayViewFromImage(sitk.BinShrink(sitk.Cast(ingested.brain, sitk.sitkFloat32), factor)) > 0.5
     inside = inside & brain[: inside.shape[0], : inside.shape[1], : inside.shape[2]]
     coarse = {m: sitk.GetArrayFromImage(sitk.BinShrink(v, factor)) for m, v in ingested.volumes.items()}
+    fine_brain = sitk.GetArrayViewFromImage(ingested.brain) > 0
+    fine = {m: sitk.GetArrayViewFromImage(v)[fine_brain] for m, v in ingested.volumes.items()}
     reference = ingested.reference
     failed: list[str] = []
     rows = []
@@ -65,7 +70,7 @@ def check_quality(
         if series is None:
             row["agreement"], row["mirror_gain"], row["mirrored_better"] = float("nan"), float("nan"), False
         else:
-            row["agreement"] = _nmi(values[inside], coarse[reference][inside])
+            row["agreement"] = _nmi(fine[modality], fine[reference])
             # Mattes metrics are negative; a mirrored fit lower by the margin fits clearly better.
             row["mirror_gain"] = float(series["metric"] - series["mirrored_metric"])
             row["mirrored_better"] = bool(row["mirror_gain"] > limits["mirror_margin"])

@@ -10,7 +10,8 @@ import numpy as np
 import SimpleITK as sitk
 
 REGISTRATION_SPACING = 2.0
-"""mm: registration images are resampled to this (levels at 4 and 2 mm)."""
+"""mm: registration images of a head-sized field of view are resampled to this (levels at 4
+and 2 mm); see :func:`registration_spacing`."""
 _SEED = 20261206  # the metric's random samples: the same input registers the same way
 
 
@@ -20,6 +21,13 @@ class Fit:
 
     transform: sitk.Transform
     metric: float
+
+
+def registration_spacing(image: sitk.Image) -> float:
+    """About 120 samples across the field of view, at most :data:`REGISTRATION_SPACING` and at
+    least 1 mm: 2 mm for a head, finer for the small volumes of tests."""
+    extent = max(n * s for n, s in zip(image.GetSize(), image.GetSpacing()))
+    return float(np.clip(extent / 120.0, 1.0, REGISTRATION_SPACING))
 
 
 def registration_image(image: sitk.Image, spacing: float = REGISTRATION_SPACING) -> sitk.Image:
