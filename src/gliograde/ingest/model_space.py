@@ -48,7 +48,8 @@ def to_model_space(
     notes: list[str] = []
     chosen = _reference(images, reference, template)
     if chosen != reference:
-        notes.append(f"no {reference}: registered to {chosen}")
+        where = "" if reference not in images else " in the template"
+        notes.append(f"no {reference}{where}: registered to {chosen}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
