@@ -86,7 +86,7 @@ def _method(fixed_mask: sitk.Image | None, shrink: list[int], smoothing: list[fl
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.15, _SEED)
+    method.SetMetricSamplingPercentage(0.10, _SEED)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)
@@ -168,7 +168,7 @@ def mirrored_fit(
     euler = sitk.Euler3DTransform(found.transform)
     # R(T(p)) with R through the head's centre: the same pose mirrored is a fair start.
     return register(
-        fixed, moving, euler, fixed_mask=fixed_mask, moving_initial=reflection, shrink=(2,), smoothing=(2.0,), iterations=50
+        fixed, moving, euler, fixed_mask=fixed_mask, moving_initial=reflection, shrink=(2,), smoothing=(2.0,), iterations=40
     )
 
 
