@@ -86,7 +86,7 @@ def test_a_posed_head_with_skull_comes_back_onto_the_model_grid(template, patien
 def test_a_series_of_another_patient_fails_the_agreement_check(template, patient):
     other = scanner_images(model_space_patient(31, "LGG", SMALL), np.random.default_rng(61), resolution="iso")
     images = dict(patient[1].images, flair=other.images["flair"])
-    quality = check_quality(to_model_space(images, template, n4=False), template, SMALL_LIMITS)
+    quality = check_quality(to_model_space(images, template), template, SMALL_LIMITS)
     assert not quality.passed
     assert [f for f in quality.failed if f.startswith("flair: agreement with t1ce")], quality.failed
     assert not [f for f in quality.failed if not f.startswith("flair")], quality.failed
@@ -94,7 +94,7 @@ def test_a_series_of_another_patient_fails_the_agreement_check(template, patient
 
 def test_a_series_flipped_left_right_in_its_header_is_named(template, patient):
     images = dict(patient[1].images, t2=flip_left_right(patient[1].images["t2"]))
-    quality = check_quality(to_model_space(images, template, n4=False), template, SMALL_LIMITS)
+    quality = check_quality(to_model_space(images, template), template, SMALL_LIMITS)
     assert "t2: flipped left-right against t1ce" in quality.failed
     assert not [f for f in quality.failed if not f.startswith("t2")], quality.failed
     row = quality.rows.set_index("modality").loc["t2"]
@@ -104,7 +104,7 @@ def test_a_series_flipped_left_right_in_its_header_is_named(template, patient):
 def test_without_t1ce_the_series_are_registered_to_t1_and_the_notes_say_so(template, patient):
     original, scan = patient
     images = {m: image for m, image in scan.images.items() if m != "t1ce"}
-    result = to_model_space(images, template, n4=False)
+    result = to_model_space(images, template)
     assert result.reference == "t1"
     assert result.notes == ["no t1ce: registered to t1"]
     assert set(result.volumes) == {"flair", "t1", "t2"}
