@@ -16,7 +16,7 @@ from gliograde.ingest.template import Template
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_template_ncc": 0.15,
-    "min_agreement": 0.28,
+    "min_agreement": 0.24,
     "mirror_margin": 0.10,
     "min_brain_ml": 700.0,
     "max_brain_ml": 2600.0,
