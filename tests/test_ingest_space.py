@@ -156,3 +156,16 @@ def test_a_full_size_hospital_patient_is_accurate_and_fast(tmp_path):
     for m in ("flair", "t2"):
         assert figures[f"ncc_{m}"] >= 0.80, figures
     assert quality.passed, quality.failed
+
+
+def test_a_reference_that_does_not_fit_the_template_is_named(template, ingested):
+    # The same volumes, moved 8 mm and turned 15 degrees on the grid: the template no longer fits.
+    turn = sitk.Euler3DTransform()
+    turn.SetCenter(template.grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in template.grid.GetSize()]))
+    turn.SetRotation(np.deg2rad(15), 0.0, 0.0)
+    turn.SetTranslation((8.0, 0.0, 0.0))
+    moved = {m: sitk.Resample(v, v, turn, sitk.sitkLinear, 0.0) for m, v in ingested.volumes.items()}
+    displaced = type(ingested)(**{**vars(ingested), "volumes": moved})
+    quality = check_quality(displaced, template, SMALL_LIMITS)
+    assert [f for f in quality.failed if f.startswith("t1ce: template_ncc")], quality.failed
+    assert check_quality(ingested, template, SMALL_LIMITS).passed
