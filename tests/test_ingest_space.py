@@ -52,9 +52,11 @@ def test_scanner_images_are_posed_series_of_clinical_geometry():
     assert abs(np.array(images["t1"].GetDirection()).reshape(3, 3)[0, 2]) == pytest.approx(1.0)
     # The truth maps series points onto the original: T1ce sampled back through it is the original.
     grid = original["t1ce"]
-    back = sitk.Resample(sitk.Cast(images["t1ce"], sitk.sitkFloat32), grid, scan.truth["to_model"]["t1ce"].GetInverse())
+    to_series = scan.truth["to_model"]["t1ce"].GetInverse()
+    back = sitk.Resample(sitk.Cast(images["t1ce"], sitk.sitkFloat32), grid, to_series)
     brain = sitk.GetArrayViewFromImage(grid) > 0
-    assert np.corrcoef(sitk.GetArrayViewFromImage(grid)[brain], sitk.GetArrayViewFromImage(back)[brain])[0, 1] > 0.85
+    values = sitk.GetArrayViewFromImage(grid)[brain], sitk.GetArrayViewFromImage(back)[brain]
+    assert np.corrcoef(*values)[0, 1] > 0.85
     # There is a head around the brain: bright scalp where the original has nothing.
     head = sitk.GetArrayViewFromImage(images["t1ce"])
     assert (head > 0.5 * np.median(head[head > 0])).sum() > 1.3 * brain.sum()
@@ -124,7 +126,8 @@ def test_a_given_brain_mask_wins(template, patient):
     size = reference.GetSize()
     box[size[0] // 4 : size[0] // 2, size[1] // 4 : size[1] // 2, size[2] // 4 : size[2] // 2] = 1
     result = to_model_space(scan.images, template, brain_mask=box, n4=False)
-    expected = sitk.Resample(box, template.grid, result.transforms["t1ce_to_template"], sitk.sitkNearestNeighbor)
+    to_reference = result.transforms["t1ce_to_template"]
+    expected = sitk.Resample(box, template.grid, to_reference, sitk.sitkNearestNeighbor)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(result.brain), sitk.GetArrayFromImage(expected))
 
 
@@ -161,7 +164,8 @@ def test_a_full_size_hospital_patient_is_accurate_and_fast(tmp_path):
 def test_a_reference_that_does_not_fit_the_template_is_named(template, ingested):
     # The same volumes, moved 8 mm and turned 15 degrees on the grid: the template no longer fits.
     turn = sitk.Euler3DTransform()
-    turn.SetCenter(template.grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in template.grid.GetSize()]))
+    middle = [(s - 1) / 2 for s in template.grid.GetSize()]
+    turn.SetCenter(template.grid.TransformContinuousIndexToPhysicalPoint(middle))
     turn.SetRotation(np.deg2rad(15), 0.0, 0.0)
     turn.SetTranslation((8.0, 0.0, 0.0))
     moved = {m: sitk.Resample(v, v, turn, sitk.sitkLinear, 0.0) for m, v in ingested.volumes.items()}

@@ -48,7 +48,8 @@ def test_model_grid_image_has_the_geometry_simpleitk_reads_from_the_nifti(tmp_pa
     np.testing.assert_allclose(made.GetOrigin(), read.GetOrigin(), atol=1e-5)
     np.testing.assert_allclose(made.GetDirection(), read.GetDirection(), atol=1e-6)
     np.testing.assert_allclose(made.GetSpacing(), read.GetSpacing(), atol=1e-6)
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(made), sitk.GetArrayFromImage(read).astype(np.float32))
+    read_values = sitk.GetArrayFromImage(read).astype(np.float32)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(made), read_values)
 
 
 def test_template_is_the_mean_brain_and_survives_a_save_and_load(tmp_path):
@@ -62,7 +63,8 @@ def test_template_is_the_mean_brain_and_survives_a_save_and_load(tmp_path):
     masks = []
     for files in patients:
         nonzero = sum(sitk.GetArrayFromImage(sitk.ReadImage(str(files[m]))) > 0 for m in MODALITIES) > 0
-        masks.append(sitk.GetArrayFromImage(sitk.BinShrink(sitk.GetImageFromArray(nonzero.astype(np.float32)), [2, 2, 2])))
+        shrunk = sitk.BinShrink(sitk.GetImageFromArray(nonzero.astype(np.float32)), [2, 2, 2])
+        masks.append(sitk.GetArrayFromImage(shrunk))
     np.testing.assert_allclose(values, np.mean(masks, axis=0), atol=1e-6)
     # Images are normalised per patient inside the brain: the mean brain's median is near 1.
     t1 = sitk.GetArrayFromImage(template.images["t1"])
@@ -77,7 +79,9 @@ def test_template_is_the_mean_brain_and_survives_a_save_and_load(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".template")]  # no temp left
     loaded = load_template(folder)
     for m in MODALITIES:
-        np.testing.assert_array_equal(sitk.GetArrayFromImage(loaded.images[m]), sitk.GetArrayFromImage(template.images[m]))
+        np.testing.assert_array_equal(
+            sitk.GetArrayFromImage(loaded.images[m]), sitk.GetArrayFromImage(template.images[m])
+        )
         assert loaded.images[m].GetOrigin() == pytest.approx(template.images[m].GetOrigin())
     np.testing.assert_array_equal(sitk.GetArrayFromImage(loaded.brain), values)
     assert loaded.grid.GetSize() == first.GetSize()
@@ -119,8 +123,10 @@ def test_patients_on_different_grids_are_refused(tmp_path):
 def _fake_run(tmp_path: Path, root: Path, train: list[str]) -> Path:
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.yaml").write_text(yaml.safe_dump({"data": {"root": str(root), "modalities": list(MODALITIES)}}))
-    pd.DataFrame({"patient_id": train, "split": "train", "label": "LGG"}).to_csv(run / "splits.csv", index=False)
+    config = {"data": {"root": str(root), "modalities": list(MODALITIES)}}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    splits = pd.DataFrame({"patient_id": train, "split": "train", "label": "LGG"})
+    splits.to_csv(run / "splits.csv", index=False)
     return run
 
 

@@ -50,7 +50,8 @@ class HospitalScan:
 def model_grid_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A float32 SimpleITK image of a nibabel-ordered (x, y, z) array with a RAS ``affine``, with
     the geometry SimpleITK gives the same NIfTI file (LPS)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
+    zyx = np.asarray(array, dtype=np.float32).transpose(2, 1, 0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(zyx))
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=float)[:3]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
     image.SetSpacing([float(s) for s in spacing])
@@ -133,7 +134,9 @@ def _layer_images(brain: sitk.Image, images: Mapping[str, sitk.Image], scale: fl
     coarse = sitk.BinShrink(padded, [2 if scale > 0.5 else 1] * 3)
     coarse = coarse > 0
     distance = sitk.GetArrayFromImage(
-        sitk.SignedMaurerDistanceMap(coarse, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+        sitk.SignedMaurerDistanceMap(
+            coarse, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
     )
     out = {}
     for modality, image in images.items():

@@ -91,8 +91,11 @@ def to_model_space(
         transform = to_template.transform
         if modality != chosen:
             # Model point -> reference point -> this series' point (the last listed runs first).
-            transform = sitk.CompositeTransform([transforms[f"{modality}_to_{chosen}"], to_template.transform])
-        volume = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            to_series = transforms[f"{modality}_to_{chosen}"]
+            transform = sitk.CompositeTransform([to_series, to_template.transform])
+        volume = sitk.Resample(
+            sitk.Cast(image, sitk.sitkFloat32), grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32
+        )
         if modality in log_bias:
             bias = sitk.Resample(log_bias[modality], grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             volume = sitk.Cast(volume / sitk.Exp(bias), sitk.sitkFloat32)
@@ -102,7 +105,9 @@ def to_model_space(
         volumes[modality] = sitk.Mask(volumes[modality], brain)
     timings["resample_s"] = time.perf_counter() - clock
     scores["timings"] = timings
-    return Ingested(volumes=volumes, brain=brain, transforms=transforms, reference=chosen, notes=notes, scores=scores)
+    return Ingested(
+        volumes=volumes, brain=brain, transforms=transforms, reference=chosen, notes=notes, scores=scores
+    )
 
 
 def _reference(images: Mapping[str, sitk.Image], wanted: str, template: Template) -> str:
@@ -110,7 +115,8 @@ def _reference(images: Mapping[str, sitk.Image], wanted: str, template: Template
         if modality in images and modality in template.images:
             return modality
     raise DataError(
-        f"none of the series ({', '.join(images)}) is a modality of the template ({', '.join(template.images)})"
+        f"none of the series ({', '.join(images)}) is a modality of the template "
+        f"({', '.join(template.images)})"
     )
 
 
@@ -121,7 +127,11 @@ _BRAIN_FRACTION = 0.5  # of the median inside the template's brain: brain tissue
 
 
 def _brain(
-    template: Template, reference: sitk.Image, modality: str, given: sitk.Image | None, to_template: sitk.Transform
+    template: Template,
+    reference: sitk.Image,
+    modality: str,
+    given: sitk.Image | None,
+    to_template: sitk.Transform,
 ) -> sitk.Image:
     """The brain on the model grid: the given mask carried over; else the template's brain
     probability (> 0.5), refined on T1-weighted references (on the template's coarser grid):
@@ -134,7 +144,8 @@ def _brain(
     probability = template.brain
     if modality in DARK_OUTSIDE:
         factor = [int(round(t / g)) for t, g in zip(probability.GetSpacing(), grid.GetSpacing())]
-        coarse = sitk.Resample(sitk.BinShrink(reference, factor), probability, sitk.Transform(), sitk.sitkLinear, 0.0)
+        shrunk = sitk.BinShrink(reference, factor)
+        coarse = sitk.Resample(shrunk, probability, sitk.Transform(), sitk.sitkLinear, 0.0)
         values = sitk.GetArrayViewFromImage(coarse)[sitk.GetArrayViewFromImage(probability) > 0.5]
         if values.size:
             bright = coarse > _BRAIN_FRACTION * float(np.median(values))

@@ -57,7 +57,8 @@ def check_quality(
         )
     factor = [int(round(t / g)) for t, g in zip(template.brain.GetSpacing(), template.grid.GetSpacing())]
     inside = sitk.GetArrayViewFromImage(template.brain) > 0.5
-    brain = sitk.GetArrayViewFromImage(sitk.BinShrink(sitk.Cast(ingested.brain, sitk.sitkFloat32), factor)) > 0.5
+    shrunk = sitk.BinShrink(sitk.Cast(ingested.brain, sitk.sitkFloat32), factor)
+    brain = sitk.GetArrayViewFromImage(shrunk) > 0.5
     inside = inside & brain[: inside.shape[0], : inside.shape[1], : inside.shape[2]]
     coarse = {m: sitk.GetArrayFromImage(sitk.BinShrink(v, factor)) for m, v in ingested.volumes.items()}
     fine_brain = sitk.GetArrayViewFromImage(ingested.brain) > 0
@@ -68,7 +69,8 @@ def check_quality(
     for modality, values in coarse.items():
         row: dict = {"modality": modality, "reference": modality == reference}
         if modality in template.images:
-            row["template_ncc"] = _ncc(values[inside], sitk.GetArrayViewFromImage(template.images[modality])[inside])
+            mean = sitk.GetArrayViewFromImage(template.images[modality])
+            row["template_ncc"] = _ncc(values[inside], mean[inside])
         else:
             row["template_ncc"] = float("nan")
         series = ingested.scores.get("series", {}).get(modality)
@@ -84,7 +86,8 @@ def check_quality(
             failed.append(f"{modality}: template_ncc {row['template_ncc']:.2f} < {least:.2f}")
         if row["agreement"] < limits["min_agreement"]:
             failed.append(
-                f"{modality}: agreement with {reference} {row['agreement']:.2f} < {limits['min_agreement']:.2f}"
+                f"{modality}: agreement with {reference} {row['agreement']:.2f} "
+                f"< {limits['min_agreement']:.2f}"
             )
         if row["mirrored_better"]:
             failed.append(f"{modality}: flipped left-right against {reference}")
@@ -93,7 +96,8 @@ def check_quality(
     brain_ml = float(sitk.GetArrayViewFromImage(ingested.brain).astype(bool).sum() * spacing / 1000.0)
     if not limits["min_brain_ml"] <= brain_ml <= limits["max_brain_ml"]:
         failed.append(
-            f"brain volume {brain_ml:.0f} mL outside {limits['min_brain_ml']:.0f}-{limits['max_brain_ml']:.0f} mL"
+            f"brain volume {brain_ml:.0f} mL outside "
+            f"{limits['min_brain_ml']:.0f}-{limits['max_brain_ml']:.0f} mL"
         )
     return Quality(rows=pd.DataFrame(rows), brain_ml=brain_ml, failed=failed, passed=not failed)
 

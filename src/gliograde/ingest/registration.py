@@ -62,7 +62,7 @@ def n4_log_bias(image: sitk.Image, mask: sitk.Image, shrink: int = 4) -> sitk.Im
     """N4's log bias field of ``image`` on ``image``'s grid, estimated on a ``shrink`` times
     smaller copy (the bias is smooth)."""
     small = sitk.BinShrink(image, [shrink] * 3)
-    small_mask = sitk.Cast(sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), [shrink] * 3) > 0.5, sitk.sitkUInt8)
+    small_mask = sitk.BinShrink(sitk.Cast(mask, sitk.sitkFloat32), [shrink] * 3) > 0.5
     corrector = sitk.N4BiasFieldCorrectionImageFilter()
     corrector.SetMaximumNumberOfIterations([25, 25, 15])
     corrector.SetConvergenceThreshold(0.002)
@@ -133,7 +133,9 @@ def _single(transform: sitk.Transform) -> sitk.Transform:
     return transform.Downcast()
 
 
-def evaluate(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, fixed_mask: sitk.Image | None) -> float:
+def evaluate(
+    fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, fixed_mask: sitk.Image | None
+) -> float:
     """Mattes mutual information (negative: lower is better) of ``moving`` through ``transform``."""
     method = _method(fixed_mask, [1], [0.0], 1)
     method.SetMetricSamplingStrategy(method.NONE)
@@ -147,7 +149,9 @@ def rigid_to_reference(fixed: sitk.Image, moving: sitk.Image, fixed_mask: sitk.I
     initial = sitk.Euler3DTransform()
     initial.SetCenter(centre_of_mass(fixed_mask).tolist())
     # Three levels, the last unsmoothed: thick-slice series land within about half a millimetre.
-    return register(fixed, moving, initial, fixed_mask=fixed_mask, shrink=(4, 2, 1), smoothing=(4.0, 2.0, 0.0))
+    return register(
+        fixed, moving, initial, fixed_mask=fixed_mask, shrink=(4, 2, 1), smoothing=(4.0, 2.0, 0.0)
+    )
 
 
 def mirror(centre: np.ndarray, axis: np.ndarray) -> sitk.AffineTransform:
@@ -169,7 +173,8 @@ def mirrored_fit(
     euler = sitk.Euler3DTransform(found.transform)
     # R(T(p)) with R through the head's centre: the same pose mirrored is a fair start.
     return register(
-        fixed, moving, euler, fixed_mask=fixed_mask, moving_initial=reflection, shrink=(2,), smoothing=(2.0,), iterations=40
+        fixed, moving, euler, fixed_mask=fixed_mask, moving_initial=reflection,
+        shrink=(2,), smoothing=(2.0,), iterations=40,
     )
 
 
