@@ -112,6 +112,10 @@ def test_a_changed_or_missing_template_file_is_one_line(tmp_path):
         load_template(folder)
     with pytest.raises(DataError, match="not a template folder"):
         load_template(tmp_path / "cohort")
+    # Saving never replaces a folder that holds something other than a template.
+    with pytest.raises(DataError, match="holds files but no template.json"):
+        save_template(template, tmp_path / "cohort")
+    assert (tmp_path / "cohort" / "P0").is_dir()
 
 
 def test_patients_on_different_grids_are_refused(tmp_path):

@@ -100,8 +100,14 @@ def build_template(
 
 def save_template(template: Template, folder: Path) -> None:
     """Write the template to ``folder`` as NIfTI files and ``template.json`` (their sha256), all
-    at once: a temporary sibling folder renamed into place."""
+    at once: a temporary sibling folder renamed into place. A previous template there is
+    replaced; a folder holding anything else is refused."""
     folder = Path(folder)
+    if folder.exists() and not (folder / TEMPLATE_FILE).is_file() and any(folder.iterdir()):
+        raise DataError(
+            f"holds files but no {TEMPLATE_FILE}: not replaced by a template; choose an empty or new folder",
+            where=folder,
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
