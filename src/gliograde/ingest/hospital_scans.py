@@ -28,12 +28,15 @@ _SAGITTAL = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
 
 # Series geometry: (in-plane spacing, slice spacing, direction, field of view in mm).
 _HOSPITAL = {
-    "flair": ((0.9375, 0.9375), 5.0, _AXIAL, (240.0, 240.0, 190.0)),
-    "t1": ((1.0, 1.0), 1.0, _SAGITTAL, (240.0, 240.0, 200.0)),
-    "t1ce": ((1.0, 1.0), 1.0, _AXIAL, (240.0, 240.0, 190.0)),
-    "t2": ((0.6, 0.6), 4.0, _AXIAL, (220.0, 220.0, 188.0)),
+    "flair": ((0.9375, 0.9375), 5.0, _AXIAL, (240.0, 240.0, 210.0)),
+    "t1": ((1.0, 1.0), 1.0, _SAGITTAL, (240.0, 240.0, 210.0)),
+    "t1ce": ((1.0, 1.0), 1.0, _AXIAL, (240.0, 240.0, 210.0)),
+    "t2": ((0.6, 0.6), 4.0, _AXIAL, (220.0, 220.0, 208.0)),
 }
-_ISO = {m: ((1.0, 1.0), 1.0, _AXIAL, (240.0, 240.0, 190.0)) for m in MODALITIES}
+_ISO = {m: ((1.0, 1.0), 1.0, _AXIAL, (240.0, 240.0, 210.0)) for m in MODALITIES}
+_FULL_EXTENT = 240.0
+"""mm: the model grid's widest side the geometry above is for; smaller grids (tests) get a
+head, field of view and pose scaled down with it."""
 
 
 @dataclass
@@ -47,7 +50,8 @@ class HospitalScan:
 def model_grid_image(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A float32 SimpleITK image of a nibabel-ordered (x, y, z) array with a RAS ``affine``, with
     the geometry SimpleITK gives the same NIfTI file (LPS)."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
+    zyx = np.asarray(array, dtype=np.float32).transpose(2, 1, 0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(zyx))
     lps = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine, dtype=float)[:3]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
     image.SetSpacing([float(s) for s in spacing])
@@ -68,7 +72,8 @@ def scanner_images(
     15 mm), each series moves a little more (2 degrees, 3 mm), and is sampled on its own grid:
     axial 5 mm FLAIR, sagittal 1 mm T1, axial 1 mm T1ce, axial 0.6 x 0.6 x 4 mm T2 (or axial
     1 mm for all with ``resolution="iso"``), with another scanner's gain and a bias field.
-    ``truth["to_model"][m]`` maps series points to model-space points.
+    ``truth["to_model"][m]`` maps series points to model-space points. A model grid smaller
+    than BraTS' scales the head's layers, the fields of view and the shifts down with it.
     """
     if resolution not in ("hospital", "iso"):
         raise ValueError(f"resolution must be 'hospital' or 'iso', got {resolution!r}")
@@ -82,18 +87,19 @@ def scanner_images(
     for image in images.values():
         nonzero = image > 0
         brain = nonzero if brain is None else brain | nonzero
-    layers = _layer_images(brain, images)
+    scale = min(1.0, max(np.array(first.GetSize()) * np.array(first.GetSpacing())) / _FULL_EXTENT)
+    layers = _layer_images(brain, images, scale)
     centre = np.array(first.TransformContinuousIndexToPhysicalPoint(
         [float(c) for c in _centre_of_mass(brain)]))
 
     pose = sitk.Euler3DTransform()
     pose.SetCenter(centre.tolist())
     pose.SetRotation(*np.deg2rad(rng.uniform(-12, 12, 3)))
-    pose.SetTranslation(rng.uniform(-15, 15, 3).tolist())
+    pose.SetTranslation((rng.uniform(-15, 15, 3) * scale).tolist())
     geometry = _HOSPITAL if resolution == "hospital" else _ISO
     gain = rng.uniform(0.4, 2.5, len(MODALITIES))
     out: dict[str, sitk.Image] = {}
-    truth: dict = {"pose": pose, "to_model": {}, "gain": {}, "resolution": resolution}
+    truth: dict = {"pose": pose, "to_model": {}, "gain": {}, "resolution": resolution, "scale": scale}
     # The series are centred where the posed head is, in scanner coordinates.
     head_centre = np.array(pose.GetInverse().TransformPoint(centre.tolist()))
     for index, modality in enumerate(MODALITIES):
@@ -102,9 +108,9 @@ def scanner_images(
         motion = sitk.Euler3DTransform()
         motion.SetCenter(head_centre.tolist())
         motion.SetRotation(*np.deg2rad(rng.uniform(-2, 2, 3)))
-        motion.SetTranslation(rng.uniform(-3, 3, 3).tolist())
+        motion.SetTranslation((rng.uniform(-3, 3, 3) * scale).tolist())
         to_model = sitk.CompositeTransform([pose, motion])  # motion first, then the pose
-        grid = _series_grid(geometry[modality], head_centre + rng.uniform(-8, 8, 3))
+        grid = _series_grid(geometry[modality], head_centre + rng.uniform(-8, 8, 3) * scale, scale)
         fine = _sample(images[modality], layers[modality], to_model, grid)
         series = _thick_slices(fine, geometry[modality][1])
         series = _scanner_intensities(series, rng, gain[index])
@@ -120,14 +126,17 @@ def _centre_of_mass(mask: sitk.Image) -> np.ndarray:
     return zyx.mean(axis=0)[::-1]
 
 
-def _layer_images(brain: sitk.Image, images: Mapping[str, sitk.Image]) -> dict[str, sitk.Image]:
-    """Per modality, the head outside the brain (CSF, skull, scalp) on a 2 mm grid padded to
-    hold it; zero inside the brain."""
-    padded = sitk.ConstantPad(sitk.Cast(brain, sitk.sitkUInt8), [24, 24, 24], [24, 24, 24], 0)
-    coarse = sitk.BinShrink(padded, [2, 2, 2])
+def _layer_images(brain: sitk.Image, images: Mapping[str, sitk.Image], scale: float) -> dict[str, sitk.Image]:
+    """Per modality, the head outside the brain (CSF, skull, scalp) on a grid padded to hold it
+    (2 mm at full size); zero inside the brain."""
+    pad = int(np.ceil(24 * scale))
+    padded = sitk.ConstantPad(sitk.Cast(brain, sitk.sitkUInt8), [pad] * 3, [pad] * 3, 0)
+    coarse = sitk.BinShrink(padded, [2 if scale > 0.5 else 1] * 3)
     coarse = coarse > 0
     distance = sitk.GetArrayFromImage(
-        sitk.SignedMaurerDistanceMap(coarse, insideIsPositive=False, squaredDistance=False, useImageSpacing=True)
+        sitk.SignedMaurerDistanceMap(
+            coarse, insideIsPositive=False, squaredDistance=False, useImageSpacing=True
+        )
     )
     out = {}
     for modality, image in images.items():
@@ -136,20 +145,20 @@ def _layer_images(brain: sitk.Image, images: Mapping[str, sitk.Image]) -> dict[s
         layer = np.zeros(distance.shape, dtype=np.float32)
         inner = 0.0
         for outer, levels in _LAYERS:
-            layer[(distance > inner) & (distance <= outer)] = levels[modality] * median
-            inner = outer
+            layer[(distance > inner) & (distance <= outer * scale)] = levels[modality] * median
+            inner = outer * scale
         result = sitk.GetImageFromArray(layer)
         result.CopyInformation(coarse)
         out[modality] = result
     return out
 
 
-def _series_grid(geometry, centre: np.ndarray) -> sitk.Image:
+def _series_grid(geometry, centre: np.ndarray, scale: float) -> sitk.Image:
     """An empty image with the series' in-plane spacing, 1 mm between slices (thick slices are
-    averaged from it), direction and field of view, centred at ``centre``."""
+    averaged from it), direction and field of view (times ``scale``), centred at ``centre``."""
     (dx, dy), _, direction, fov = geometry
     spacing = np.array([dx, dy, 1.0])
-    size = np.round(np.array(fov) / spacing).astype(int)
+    size = np.round(np.array(fov) * scale / spacing).astype(int)
     grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
     grid.SetSpacing(spacing.tolist())
     grid.SetDirection(direction)

@@ -48,15 +48,17 @@ def to_model_space(
     notes: list[str] = []
     chosen = _reference(images, reference, template)
     if chosen != reference:
-        notes.append(f"no {reference}: registered to {chosen}")
+        where = "" if reference not in images else " in the template"
+        notes.append(f"no {reference}{where}: registered to {chosen}")
     timings: dict[str, float] = {}
     clock = time.perf_counter()
 
     coarse: dict[str, sitk.Image] = {}
     heads: dict[str, sitk.Image] = {}
     log_bias: dict[str, sitk.Image] = {}
+    spacing = reg.registration_spacing(images[chosen])
     for modality, image in images.items():
-        small = reg.registration_image(image)
+        small = reg.registration_image(image, spacing)
         heads[modality] = reg.head_mask(small)
         if n4:
             log_bias[modality] = reg.n4_log_bias(small, heads[modality])
@@ -89,18 +91,23 @@ def to_model_space(
         transform = to_template.transform
         if modality != chosen:
             # Model point -> reference point -> this series' point (the last listed runs first).
-            transform = sitk.CompositeTransform([transforms[f"{modality}_to_{chosen}"], to_template.transform])
-        volume = sitk.Resample(sitk.Cast(image, sitk.sitkFloat32), grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+            to_series = transforms[f"{modality}_to_{chosen}"]
+            transform = sitk.CompositeTransform([to_series, to_template.transform])
+        volume = sitk.Resample(
+            sitk.Cast(image, sitk.sitkFloat32), grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32
+        )
         if modality in log_bias:
             bias = sitk.Resample(log_bias[modality], grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             volume = sitk.Cast(volume / sitk.Exp(bias), sitk.sitkFloat32)
         volumes[modality] = volume
-    brain = _brain(template, volumes[chosen], brain_mask, to_template.transform)
+    brain = _brain(template, volumes[chosen], chosen, brain_mask, to_template.transform)
     for modality in volumes:
         volumes[modality] = sitk.Mask(volumes[modality], brain)
     timings["resample_s"] = time.perf_counter() - clock
     scores["timings"] = timings
-    return Ingested(volumes=volumes, brain=brain, transforms=transforms, reference=chosen, notes=notes, scores=scores)
+    return Ingested(
+        volumes=volumes, brain=brain, transforms=transforms, reference=chosen, notes=notes, scores=scores
+    )
 
 
 def _reference(images: Mapping[str, sitk.Image], wanted: str, template: Template) -> str:
@@ -108,18 +115,44 @@ def _reference(images: Mapping[str, sitk.Image], wanted: str, template: Template
         if modality in images and modality in template.images:
             return modality
     raise DataError(
-        f"none of the series ({', '.join(images)}) is a modality of the template ({', '.join(template.images)})"
+        f"none of the series ({', '.join(images)}) is a modality of the template "
+        f"({', '.join(template.images)})"
     )
 
 
+DARK_OUTSIDE: tuple[str, ...] = ("t1ce", "t1")
+"""Reference modalities in which what surrounds the brain (CSF, skull) is darker than the brain,
+so a threshold refines the template's brain."""
+_BRAIN_FRACTION = 0.5  # of the median inside the template's brain: brain tissue is brighter
+
+
 def _brain(
-    template: Template, reference: sitk.Image, given: sitk.Image | None, to_template: sitk.Transform
+    template: Template,
+    reference: sitk.Image,
+    modality: str,
+    given: sitk.Image | None,
+    to_template: sitk.Transform,
 ) -> sitk.Image:
-    """The brain on the model grid: the given mask carried over, else the template's brain
-    probability (> 0.5)."""
+    """The brain on the model grid: the given mask carried over; else the template's brain
+    probability (> 0.5), refined on T1-weighted references (on the template's coarser grid):
+    template brain's core, plus what is bright enough near the template's brain, opened, the
+    largest piece, holes filled."""
     grid = template.grid
     if given is not None:
         mask = sitk.Resample(given, grid, to_template, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
         return sitk.Cast(mask > 0, sitk.sitkUInt8)
-    probability = sitk.Resample(template.brain, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.Cast(probability > 0.5, sitk.sitkUInt8)
+    probability = template.brain
+    if modality in DARK_OUTSIDE:
+        factor = [int(round(t / g)) for t, g in zip(probability.GetSpacing(), grid.GetSpacing())]
+        shrunk = sitk.BinShrink(reference, factor)
+        coarse = sitk.Resample(shrunk, probability, sitk.Transform(), sitk.sitkLinear, 0.0)
+        values = sitk.GetArrayViewFromImage(coarse)[sitk.GetArrayViewFromImage(probability) > 0.5]
+        if values.size:
+            bright = coarse > _BRAIN_FRACTION * float(np.median(values))
+            core = sitk.BinaryErode(sitk.Cast(probability > 0.5, sitk.sitkUInt8), [2, 2, 2])
+            mask = sitk.Cast((probability > 0.02) & bright, sitk.sitkUInt8) | core
+            mask = sitk.BinaryMorphologicalOpening(mask, [1, 1, 1])
+            mask = sitk.RelabelComponent(sitk.ConnectedComponent(mask), sortByObjectSize=True) == 1
+            probability = sitk.Cast(sitk.BinaryFillhole(mask), sitk.sitkFloat32)
+    fine = sitk.Resample(probability, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.Cast(fine > 0.5, sitk.sitkUInt8)

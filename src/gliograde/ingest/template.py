@@ -59,7 +59,8 @@ def build_template(
     for patient in patients:
         missing = [m for m in modalities if m not in patient]
         if missing:
-            raise DataError(f"template: no {', '.join(missing)} file", where=str(next(iter(patient.values()), "")))
+            where = str(next(iter(patient.values()), ""))
+            raise DataError(f"template: no {', '.join(missing)} file", where=where)
         images = {m: sitk.Cast(sitk.ReadImage(str(patient[m])), sitk.sitkFloat32) for m in modalities}
         first = images[modalities[0]]
         if grid is None:
@@ -99,8 +100,14 @@ def build_template(
 
 def save_template(template: Template, folder: Path) -> None:
     """Write the template to ``folder`` as NIfTI files and ``template.json`` (their sha256), all
-    at once: a temporary sibling folder renamed into place."""
+    at once: a temporary sibling folder renamed into place. A previous template there is
+    replaced; a folder holding anything else is refused."""
     folder = Path(folder)
+    if folder.exists() and not (folder / TEMPLATE_FILE).is_file() and any(folder.iterdir()):
+        raise DataError(
+            f"holds files but no {TEMPLATE_FILE}: not replaced by a template; choose an empty or new folder",
+            where=folder,
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -129,7 +136,9 @@ def load_template(folder: Path) -> Template:
     folder = Path(folder)
     index = folder / TEMPLATE_FILE
     if not index.is_file():
-        raise DataError(f"no {TEMPLATE_FILE}: not a template folder (build one with run_template)", where=folder)
+        raise DataError(
+            f"no {TEMPLATE_FILE}: not a template folder (build one with run_template)", where=folder
+        )
     try:
         record = json.loads(index.read_text())
         hashes = dict(record["files"])
@@ -141,7 +150,9 @@ def load_template(folder: Path) -> Template:
         if not path.is_file():
             raise DataError("missing template file; rebuild the template", where=path)
         if _sha256(path) != digest:
-            raise DataError("changed since the template was saved (sha256 differs); rebuild the template", where=path)
+            raise DataError(
+                "changed since the template was saved (sha256 differs); rebuild the template", where=path
+            )
     images = {m: sitk.ReadImage(str(folder / f"{m}.nii.gz"), sitk.sitkFloat32) for m in names}
     brain = sitk.ReadImage(str(folder / "brain.nii.gz"), sitk.sitkFloat32)
     grid = sitk.ReadImage(str(folder / "grid.nii.gz"))
@@ -163,7 +174,9 @@ def run_template(run_dir: Path, max_patients: int = 40) -> Template:
     config_path, splits_path = run_dir / "config.yaml", run_dir / "splits.csv"
     for path in (config_path, splits_path):
         if not path.is_file():
-            raise DataError(f"not a training run (no {path.name}); pass ingest.template=FOLDER", where=run_dir)
+            raise DataError(
+                f"not a training run (no {path.name}); pass ingest.template=FOLDER", where=run_dir
+            )
     config = yaml.safe_load(config_path.read_text()) or {}
     data = config.get("data") or {}
     splits = pd.read_csv(splits_path, dtype=str, keep_default_na=False)
@@ -177,7 +190,9 @@ def run_template(run_dir: Path, max_patients: int = 40) -> Template:
         raise DataError(gone, where=run_dir)
     layout = from_mapping(LayoutSpec, data.get("layout"), "data.layout")
     try:
-        cohort = discover_cohort(root, layout, LabelSpec(file=None), require_labels=False, modalities=modalities)
+        cohort = discover_cohort(
+            root, layout, LabelSpec(file=None), require_labels=False, modalities=modalities
+        )
     except DataError:
         raise DataError(gone, where=run_dir) from None
     found = {p.patient_id: p.modalities for p in cohort.patients}
