@@ -58,10 +58,9 @@ def _hostile_copies(scans: Path, truth: pd.DataFrame, into: Path) -> dict[str, s
     shutil.copyfile(scans / donor / "ax_flair_5mm.nii.gz", into / swapped / "ax_flair_5mm.nii.gz")
     path = into / flipped / "ax_flair_5mm.nii.gz"
     image = nib.load(str(path))
-    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
-    data = np.asarray(image.dataobj)
-    # the same voxels, the header's left and right swapped: the picture is mirrored in space
-    nib.save(nib.Nifti1Image(data, mirror @ image.affine), str(path))
+    axis = int(np.argmax(np.abs(image.affine[0, :3])))  # the voxel axis closest to left-right
+    # the voxels mirrored, the header kept: left and right are swapped in what the header says
+    nib.save(nib.Nifti1Image(np.flip(np.asarray(image.dataobj), axis).copy(), image.affine), str(path))
     return {swapped: "FLAIR of another patient", flipped: "FLAIR flipped left-right in its header"}
 
 

@@ -106,8 +106,9 @@ def ingest_run(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-# Quality thresholds for 64x64x40 heads: the defaults are for real ones (see the README's table).
-SMALL_HEADS = ("ingest.qc.min_agreement=0.05", "ingest.qc.min_template_ncc=0.3", "ingest.qc.min_brain_ml=10")
+# 64x64x40 heads: 5 mm FLAIR and 4 mm T2 slices leave too little of them for the default agreement
+# threshold, calibrated at full size (see the README's table).
+SMALL_HEADS = ("ingest.qc.min_agreement=0.05",)
 
 
 def _ingest(paths: dict[str, Path], src: Path, out: Path, *extra: str):

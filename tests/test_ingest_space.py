@@ -12,14 +12,15 @@ import pytest
 import SimpleITK as sitk
 
 from benchmarks.ingest_accuracy import measure, model_space_patient, synthetic_template
+from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError
 from gliograde.ingest.hospital_scans import flip_left_right, scanner_images
 from gliograde.ingest.model_space import to_model_space
-from gliograde.ingest.quality import check_quality
+from gliograde.ingest.quality import check_quality, template_brain_ml
 
 SMALL = (64, 64, 40)
 # Small heads give the agreement histogram fewer voxels; the full-size defaults are for heads.
-SMALL_LIMITS = {"min_brain_ml": 20.0, "max_brain_ml": 60.0}
+SMALL_LIMITS: dict[str, float] = {}  # the brain-volume check is relative to the template: any head size
 
 
 @pytest.fixture(scope="module")
@@ -132,9 +133,11 @@ def test_a_given_brain_mask_wins(template, patient):
 
 
 def test_quality_names_an_implausible_brain_volume_and_refuses_unknown_thresholds(template, ingested):
-    quality = check_quality(ingested, template, {"min_brain_ml": 500.0})
+    quality = check_quality(ingested, template, {"min_brain_fraction": 1.2})
     assert not quality.passed
-    assert [f for f in quality.failed if f.startswith("brain volume") and "outside 500-2600 mL" in f]
+    expected = template_brain_ml(template)
+    assert [f for f in quality.failed if f.startswith("brain volume") and f"of the template's {expected:.0f} mL" in f]
+    assert [f for f in quality.failed if "(allowed 1.20-1.50)" in f]
     with pytest.raises(ConfigError, match="unknown quality threshold"):
         check_quality(ingested, template, {"min_ncc": 0.5})
 
@@ -173,3 +176,15 @@ def test_a_reference_that_does_not_fit_the_template_is_named(template, ingested)
     quality = check_quality(displaced, template, SMALL_LIMITS)
     assert [f for f in quality.failed if f.startswith("t1ce: template_ncc")], quality.failed
     assert check_quality(ingested, template, SMALL_LIMITS).passed
+
+
+def test_a_series_that_cannot_be_registered_is_one_line(template, patient):
+    images = dict(patient[1].images)
+    far = sitk.Image(images["flair"])
+    # a header whose position puts the series a metre away: no overlap to register from
+    far.SetOrigin([c + 1000.0 for c in far.GetOrigin()])
+    images["flair"] = far
+    with pytest.raises(DataError) as err:
+        to_model_space(images, template)
+    message = str(err.value)
+    assert "registering flair to t1ce failed" in message and "\n" not in message

@@ -4,6 +4,7 @@ say so per patient with the predicted volume, and report a patient without a tum
 
 from __future__ import annotations
 
+import html
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +16,8 @@ import pytest
 from helpers.commands import run_python
 from helpers.configs import compose_config
 from helpers.runs import tiny_segmenter_run, tiny_train_args
+
+from gliograde.segmentation.predicted import segmenter_note
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +69,7 @@ def test_evaluate_with_hidden_masks_grades_on_predicted_masks(runs):
         assert entry["predicted_ml"][patient] == pytest.approx(ml)
     assert "predicted the tumour mask of" in result.stdout
     page = (out / "report.html").read_text()
-    assert 'data-key="segmenter"' in page
+    assert segmenter_note(entry) in html.unescape(page)  # the terminal's note, on the page too
     # the same patients with their true masks: the rule and the volume are the mask's
     with_masks = run_python("evaluate.py", f"run_dir={run}", "bootstrap=20", "gradcam_n=0", "progress=false")
     assert with_masks.returncode == 0, with_masks.stderr[-3000:]

@@ -64,9 +64,14 @@ def ingest_patient(patient: ScanPatient, space: ModelSpace, settings: IngestSett
     started = time.perf_counter()
     images = {modality: series.read() for modality, series in patient.series.items()}
     brain_mask = _user_brain_mask(patient, settings)
-    ingested = to_model_space(
-        images, space.template, reference=settings.reference, brain_mask=brain_mask, n4=settings.n4
-    )
+    try:
+        ingested = to_model_space(
+            images, space.template, reference=settings.reference, brain_mask=brain_mask, n4=settings.n4
+        )
+    except DataError as err:
+        if err.patient is not None:
+            raise
+        raise DataError(err.problem, patient.patient_id, err.where or patient.source) from None
     quality = check_quality(ingested, space.template, settings.thresholds)
     folder.mkdir(parents=True)
     written = {}

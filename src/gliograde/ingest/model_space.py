@@ -5,7 +5,8 @@ onto the model grid at 1 mm and skull-stripped."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,9 +68,8 @@ def to_model_space(
     timings["n4_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    to_template = reg.rigid_to_template(
-        template.images[chosen], template.brain, coarse[chosen], heads[chosen]
-    )
+    with _registering(f"{chosen} to the template"):
+        to_template = reg.rigid_to_template(template.images[chosen], template.brain, coarse[chosen], heads[chosen])
     transforms: dict[str, sitk.Transform] = {f"{chosen}_to_template": to_template.transform}
     scores: dict = {"reference": chosen, "template_metric": to_template.metric, "series": {}}
     timings["template_s"] = time.perf_counter() - clock
@@ -78,8 +78,9 @@ def to_model_space(
     for modality in images:
         if modality == chosen:
             continue
-        fit = reg.rigid_to_reference(coarse[chosen], coarse[modality], heads[chosen])
-        flipped = reg.mirrored_fit(coarse[chosen], coarse[modality], fit, heads[chosen], heads[modality])
+        with _registering(f"{modality} to {chosen}"):
+            fit = reg.rigid_to_reference(coarse[chosen], coarse[modality], heads[chosen])
+            flipped = reg.mirrored_fit(coarse[chosen], coarse[modality], fit, heads[chosen], heads[modality])
         transforms[f"{modality}_to_{chosen}"] = fit.transform
         scores["series"][modality] = {"metric": fit.metric, "mirrored_metric": flipped.metric}
     timings["series_s"] = time.perf_counter() - clock
@@ -108,6 +109,20 @@ def to_model_space(
     return Ingested(
         volumes=volumes, brain=brain, transforms=transforms, reference=chosen, notes=notes, scores=scores
     )
+
+
+@contextmanager
+def _registering(what: str) -> Iterator[None]:
+    """An ITK failure of one registration (e.g. images that do not overlap at all) as one line."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "ITK ERROR" not in str(err):
+            raise
+        reason = str(err).split("ITK ERROR", 1)[1].split(":", 1)[-1].strip().split(".")[0]
+        raise DataError(
+            f"registering {what} failed ({reason}): look at that series' header (position, orientation)"
+        ) from None
 
 
 def _reference(images: Mapping[str, sitk.Image], wanted: str, template: Template) -> str:

@@ -19,8 +19,8 @@ DEFAULT_THRESHOLDS: dict[str, float] = {
     "min_template_ncc": 0.05,
     "min_agreement": 0.24,
     "mirror_margin": 0.10,
-    "min_brain_ml": 700.0,
-    "max_brain_ml": 2600.0,
+    "min_brain_fraction": 0.6,
+    "max_brain_fraction": 1.5,
 }
 """Calibrated on the synthetic generator with ``python -m benchmarks.ingest_accuracy`` (10
 patients at full size: agreement 0.27-0.42 for good series, 0.18-0.22 for another patient's or
@@ -30,7 +30,9 @@ a flipped one; mirror gain below -0.3 for good series, about 0.25 for flipped on
 the reference (another series) and the template's mean image of its modality, which a failed
 registration to the template lowers; ``min_agreement``: normalised mutual information (0 none, 1 the same
 picture) between a series and the reference inside the brain; ``mirror_margin``: how much
-better (in Mattes mutual information) the mirrored series must fit to call it flipped."""
+better (in Mattes mutual information) the mirrored series must fit to call it flipped;
+``min_brain_fraction`` and ``max_brain_fraction``: the brain's volume against the template's
+(the mean training brain), so the check holds for any model's space and head size."""
 
 _BINS = 32
 
@@ -94,12 +96,20 @@ def check_quality(
         rows.append(row)
     spacing = np.prod(ingested.brain.GetSpacing())
     brain_ml = float(sitk.GetArrayViewFromImage(ingested.brain).astype(bool).sum() * spacing / 1000.0)
-    if not limits["min_brain_ml"] <= brain_ml <= limits["max_brain_ml"]:
+    expected_ml = template_brain_ml(template)
+    fraction = brain_ml / expected_ml if expected_ml > 0 else float("inf")
+    if not limits["min_brain_fraction"] <= fraction <= limits["max_brain_fraction"]:
         failed.append(
-            f"brain volume {brain_ml:.0f} mL outside "
-            f"{limits['min_brain_ml']:.0f}-{limits['max_brain_ml']:.0f} mL"
+            f"brain volume {brain_ml:.0f} mL is {fraction:.2f} of the template's {expected_ml:.0f} mL "
+            f"(allowed {limits['min_brain_fraction']:.2f}-{limits['max_brain_fraction']:.2f})"
         )
     return Quality(rows=pd.DataFrame(rows), brain_ml=brain_ml, failed=failed, passed=not failed)
+
+
+def template_brain_ml(template: Template) -> float:
+    """The volume of the template's brain (its brain probability summed): the mean training brain's."""
+    voxel_ml = float(np.prod(template.brain.GetSpacing())) / 1000.0
+    return float(sitk.GetArrayViewFromImage(template.brain).sum()) * voxel_ml
 
 
 def _ncc(a: np.ndarray, b: np.ndarray) -> float:
