@@ -95,6 +95,7 @@ def test_a_series_of_another_patient_fails_the_agreement_check(template, patient
     assert not [f for f in quality.failed if not f.startswith("flair")], quality.failed
 
 
+@pytest.mark.slow  # a whole registration each: kept out of the fast suite's budget
 def test_a_series_flipped_left_right_in_its_header_is_named(template, patient):
     images = dict(patient[1].images, t2=flip_left_right(patient[1].images["t2"]))
     quality = check_quality(to_model_space(images, template), template, SMALL_LIMITS)
@@ -104,6 +105,7 @@ def test_a_series_flipped_left_right_in_its_header_is_named(template, patient):
     assert bool(row["mirrored_better"]) and row["mirror_gain"] > 0.1
 
 
+@pytest.mark.slow  # a whole registration each: kept out of the fast suite's budget
 def test_without_t1ce_the_series_are_registered_to_t1_and_the_notes_say_so(template, patient):
     original, scan = patient
     images = {m: image for m, image in scan.images.items() if m != "t1ce"}
@@ -118,6 +120,7 @@ def test_without_t1ce_the_series_are_registered_to_t1_and_the_notes_say_so(templ
     assert quality.passed, quality.failed
 
 
+@pytest.mark.slow  # a whole registration each: kept out of the fast suite's budget
 def test_a_given_brain_mask_wins(template, patient):
     scan = patient[1]
     reference = scan.images["t1ce"]

@@ -76,8 +76,12 @@ def run(cfg: DictConfig) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """The command line."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if {"-h", "--help"} & set(argv):
+        print(__doc__)
+        return
     with exit_on_user_error():
-        run(compose(sys.argv[1:] if argv is None else argv))
+        run(compose(argv))
 
 
 def _quoted(path: str) -> str:

@@ -94,9 +94,13 @@ def to_model_space(
             # Model point -> reference point -> this series' point (the last listed runs first).
             to_series = transforms[f"{modality}_to_{chosen}"]
             transform = sitk.CompositeTransform([to_series, to_template.transform])
+        # Cubic B-spline, not linear: linear interpolation at sub-voxel offsets halves the noise a
+        # model learnt from (one half-voxel shift moved a trained classifier's p(HGG) from 0.98 to 0.31);
+        # its overshoot below zero is clipped (magnitude images).
         volume = sitk.Resample(
-            sitk.Cast(image, sitk.sitkFloat32), grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32
+            sitk.Cast(image, sitk.sitkFloat32), grid, transform, sitk.sitkBSpline, 0.0, sitk.sitkFloat32
         )
+        volume = sitk.Threshold(volume, 0.0, float(np.finfo(np.float32).max), 0.0)
         if modality in log_bias:
             bias = sitk.Resample(log_bias[modality], grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
             volume = sitk.Cast(volume / sitk.Exp(bias), sitk.sitkFloat32)
