@@ -186,7 +186,7 @@ def test_train_evaluate_predict_with_tumour_crops_and_context(run, tmp_path):
     )
     assert alone.returncode == 0, alone.stderr[-3000:]
     assert "graded by the brain rule without a tumour mask" in (out / "predictions.json").read_text()
-    assert ",brain,\n" in (out / "predictions.csv").read_text()  # no mask: no tumour volume
+    assert ",brain,,\n" in (out / "predictions.csv").read_text()  # no mask: no tumour volume (nor ingestion check)
 
 
 @pytest.mark.slow

@@ -175,13 +175,13 @@ def _misfit(bundle, tmp_path: Path, case: str) -> str:
 )
 def test_a_misfit_segmenter_is_refused_in_one_line_keeping_the_export(bundle, tmp_path, capsys, case, says):
     folder = bundle["run"] / "export"
-    before = {p.name: _sha(p) for p in folder.iterdir()}
+    before = {str(p.relative_to(folder)): _sha(p) for p in folder.rglob("*") if p.is_file()}
     seg = _misfit(bundle, tmp_path, case)
     form = ["--segmenter", seg] if case == "missing" else [f"segmenter={seg}"]
     line = _exit_2_one_line(capsys, str(bundle["run"]), *form)
     # a checkpoint inside a run is named by its run
     assert says in line and (str(bundle["run"]) if case == "classifier checkpoint" else seg) in line
-    assert {p.name: _sha(p) for p in folder.iterdir()} == before
+    assert {str(p.relative_to(folder)): _sha(p) for p in folder.rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in bundle["run"].iterdir() if p.name.startswith(".export")) == []
 
 

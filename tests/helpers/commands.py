@@ -11,4 +11,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_python(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python ARGS`` from the repository root, as a user types it, with its output captured."""
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, encoding="utf-8", timeout=timeout
+    )
