@@ -255,3 +255,30 @@ def test_an_export_carries_the_template_sealed(ingest_run, tmp_path):
     tampered = run_python("-m", "gliograde.ingest", str(src), str(tmp_path / "o2"), f"model={run / 'export'}")
     assert tampered.returncode == 2 and "re-export" in tampered.stderr
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_volume_changed_after_ingestion_is_refused_in_one_line(tmp_path):
+    from gliograde.data.errors import DataError
+    from gliograde.ingest.provenance import read_record, write_record
+
+    folder = tmp_path / "P1"
+    folder.mkdir()
+    (folder / "P1_flair.nii.gz").write_bytes(b"ingested voxels")
+    from gliograde.inference.calibration import file_sha256
+
+    write_record(
+        folder,
+        {
+            "qc": {"passed": True, "failed": []},
+            "volumes": {"flair": "P1_flair.nii.gz"},
+            "volume_sha256": {"flair": file_sha256(folder / "P1_flair.nii.gz")},
+        },
+    )
+    assert read_record(folder, "P1")["qc"]["passed"]
+    (folder / "P1_flair.nii.gz").write_bytes(b"another patient's voxels")  # copied in afterwards
+    with pytest.raises(DataError) as err:
+        read_record(folder, "P1")
+    assert "flair volume changed" in str(err.value) and "\n" not in str(err.value)
+    (folder / "P1_flair.nii.gz").unlink()
+    with pytest.raises(DataError, match="changed or missing"):
+        read_record(folder, "P1")

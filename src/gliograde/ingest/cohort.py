@@ -13,6 +13,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from gliograde.data.errors import DataError
+from gliograde.inference.calibration import file_sha256
 from gliograde.ingest.figures import registration_figure
 from gliograde.ingest.model_space import to_model_space
 from gliograde.ingest.provenance import library_versions, write_record, write_transforms
@@ -98,6 +99,8 @@ def ingest_patient(patient: ScanPatient, space: ModelSpace, settings: IngestSett
             "source": str(patient.source),
             "series": {m: _series_record(s) for m, s in patient.series.items()},
             "volumes": written,
+            # what the quality check judged: predict refuses volumes changed since
+            "volume_sha256": {m: file_sha256(folder / name) for m, name in written.items()},
             "brain_mask": brain_name,
             "reference": ingested.reference,
             "template": {"folder": space.template_source, **space.template.meta},

@@ -52,7 +52,10 @@ def write_record(folder: Path, record: Mapping[str, Any]) -> Path:
 
 def read_record(folder: Path, patient: str | None = None) -> dict[str, Any] | None:
     """The ``ingest.json`` of a patient folder, or None for a folder that was not ingested; an
-    unreadable record is one line (its quality check cannot be trusted)."""
+    unreadable record, or a volume changed since it was ingested, is one line (the quality check
+    was of other images)."""
+    from gliograde.inference.calibration import file_sha256
+
     path = folder / RECORD_FILE
     if not path.is_file():
         return None
@@ -60,10 +63,20 @@ def read_record(folder: Path, patient: str | None = None) -> dict[str, Any] | No
         record = json.loads(path.read_text())
         qc = record["qc"]
         bool(qc["passed"])
+        hashes = dict(record["volume_sha256"])
     except (OSError, ValueError, KeyError, TypeError):
         raise DataError(
             "damaged ingestion record: its quality check cannot be read; ingest the patient again", patient, path
         ) from None
+    for modality, digest in hashes.items():
+        volume = folder / str(record["volumes"].get(modality, ""))
+        if not volume.is_file() or file_sha256(volume) != digest:
+            raise DataError(
+                f"{modality} volume changed or missing since it was ingested (its quality check was of other "
+                "images): ingest the patient again",
+                patient,
+                volume,
+            )
     return record
 
 
