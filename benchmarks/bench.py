@@ -11,7 +11,13 @@ and writes the figures to FILE (JSON):
   slab, the largest) per patient; ``cache_bytes_ratio``: that over the same cache storing the
   full grid of every patient.
 - ``loader_slices_per_s``: slices per second from the DataModule's train loader (batches of
-  ``--batch-size``, ``num_workers=0``); ``loader_slices_per_s_workers2``: two workers.
+  ``--batch-size``, ``num_workers=0``, its reader threads); ``loader_slices_per_s_workers2``:
+  with ``num_workers=2`` (batches are built in the main process all the same). The table adds
+  the loader with one reader thread, with two worker processes (as the DataModule once ran
+  them), over a full-grid cache of the same cohort, and a per-batch profile of both layouts
+  (see ``loader_profile``).
+- ``monai_peer_slices_per_s``: a MONAI ``CacheDataset`` over the same slices from in-RAM
+  float32 volumes, one slice per item, batches of ``--batch-size``.
 - ``article_loader_slices_per_s``: a Dataset whose ``__getitem__`` loads the four NIfTI files
   with ``get_fdata()`` and takes one slice.
 - ``memcpy_slices_per_s``: copying one batch's bytes, in the dtype the loader delivers, into
@@ -60,6 +66,7 @@ KEYS: tuple[str, ...] = (
     "loader_slices_per_s_workers2",
     "article_loader_slices_per_s",
     "memcpy_slices_per_s",
+    "monai_peer_slices_per_s",
     "lightning_vs_plain_ratio",
     "rss_mb_small",
     "rss_mb_large",
@@ -72,6 +79,7 @@ REPO = Path(__file__).resolve().parents[1]
 PREPROCESS_MAX_S = 0.4
 LOADER_MIN_OF_MEMCPY = 0.5
 LOADER_MIN_OVER_ARTICLE = 1000.0
+LOADER_MIN_OVER_PEER = 10.0
 LIGHTNING_MIN_RATIO = 0.95
 RSS_MAX_GROWTH_MB = 200.0
 PREDICT_MAX_S = 15.0
@@ -202,11 +210,12 @@ def measure_nibabel_read(root: Path, repeats: int) -> float:
 
 
 def measure_loader(dm, repeats: int, min_seconds: float = MIN_SECONDS) -> float:
-    """Slices per second from the train loader, after one warm-up epoch (steady state).
+    """Slices per second from the train loader of ``dm`` (or from ``dm`` itself, any loader of
+    dict batches), after one warm-up epoch (steady state).
 
     Each of ``repeats`` measurements runs whole epochs for at least ``min_seconds``.
     """
-    loader = dm.train_dataloader()
+    loader = dm.train_dataloader() if hasattr(dm, "train_dataloader") else dm
     for _ in loader:  # maps the cache pages, starts persistent workers
         pass
     rates = []
@@ -385,6 +394,36 @@ def measure_rss(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
     return peaks
 
 
+def measure_loader_variants(
+    default, root: Path, work: Path, opts: Options, results: dict[str, float], extra: dict[str, Any]
+) -> None:
+    """The loader beside its peers, in this run: one reader thread, two worker processes, a
+    full-grid cache of the same cohort, the MONAI peer, and the per-batch profile of both layouts."""
+    from benchmarks import loader_profile
+    from gliograde.data.cache import open_or_build
+    from gliograde.data.specs import LayoutSpec, PreprocessSpec
+
+    lean = default.datasets["train"]
+    extra["read_threads"] = lean.threads_for(opts.batch_size)
+    single = bench_datamodule(root, default.cache_dir, batch_size=opts.batch_size)
+    single.datasets["train"].read_threads = 1
+    extra["loader_one_thread"] = measure_loader(single, opts.repeats)
+    extra["loader_worker_processes2"] = measure_loader(
+        loader_profile.loader_over(lean, opts.batch_size, opts.seed, worker_processes=2), opts.repeats
+    )
+    full_cached = open_or_build(
+        _records(root), work / "cache-full", PreprocessSpec(), LayoutSpec().mask_labels, progress=False, box_margin=None
+    )
+    full = loader_profile.full_grid_dataset(lean, full_cached)
+    extra["loader_full_grid"] = measure_loader(loader_profile.loader_over(full, opts.batch_size, opts.seed), opts.repeats)
+    extra["profile_lean"] = loader_profile.profile_batches(lean, opts.batch_size, seed=opts.seed)
+    extra["profile_full"] = loader_profile.profile_batches(full, opts.batch_size, seed=opts.seed)
+    del full
+    shutil.rmtree(work / "cache-full", ignore_errors=True)
+    peer = loader_profile.monai_peer_loader(default, opts.batch_size)
+    results["monai_peer_slices_per_s"] = measure_loader(peer, opts.repeats)
+
+
 # ------------------------------------------------------------------------------- run
 def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
     """Every measurement; returns (the KEYS figures, extra figures for the table)."""
@@ -433,6 +472,7 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
             ),
             opts.repeats,
         )
+        measure_loader_variants(default, large, work, opts, results, extra)
         x, y, z = opts.shape
         batch_shape = (opts.batch_size, len(default.modalities), y, x)
         for dtype in ("float16", "float32"):
@@ -504,6 +544,7 @@ def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
     """(what, measured, met) for every target of the requirement."""
     of_memcpy = r["loader_slices_per_s"] / r["memcpy_slices_per_s"]
     over_article = r["loader_slices_per_s"] / r["article_loader_slices_per_s"]
+    over_peer = r["loader_slices_per_s"] / r["monai_peer_slices_per_s"]
     growth = r["rss_mb_large"] - r["rss_mb_small"]
     return [
         (
@@ -520,6 +561,11 @@ def targets(r: dict[str, float]) -> list[tuple[str, str, bool]]:
             f"loader > {LOADER_MIN_OVER_ARTICLE:.0f}x the article's",
             f"{over_article:,.0f}x",
             over_article > LOADER_MIN_OVER_ARTICLE,
+        ),
+        (
+            f"loader >= {LOADER_MIN_OVER_PEER:.0f}x the MONAI peer",
+            f"{over_peer:,.1f}x",
+            over_peer >= LOADER_MIN_OVER_PEER,
         ),
         (
             f"Lightning / plain >= {LIGHTNING_MIN_RATIO}",
@@ -590,6 +636,13 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
             f"ceiling: copy a {dtype} batch",
         ),
         (
+            "monai_peer_slices_per_s",
+            f"{r['monai_peer_slices_per_s']:,.0f}",
+            "slices/s",
+            f"CacheDataset, float32 volumes in RAM, a slice per item; ours is "
+            + f"{r['loader_slices_per_s'] / r['monai_peer_slices_per_s']:,.1f}x",
+        ),
+        (
             "lightning_vs_plain_ratio",
             f"{r['lightning_vs_plain_ratio']:.3f}",
             "",
@@ -618,6 +671,22 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
     width = max(len(k) for k, *_ in rows)
     lines = [f"gliograde bench: {extra['patients']} synthetic patients of {x}x{y}x{z}, {cores} cores", ""]
     lines += [f"  {k:<{width}}  {v:>12} {u:<9} {note}" for k, v, u, note in rows]
+    lines += ["", "  loader beside its peers (slices/s, share of memcpy):"]
+    memcpy = r["memcpy_slices_per_s"]
+    for what, rate in (
+        (f"lean, {extra['read_threads']} reader thread(s) (default)", r["loader_slices_per_s"]),
+        ("lean, one reader thread", extra["loader_one_thread"]),
+        ("lean, data.num_workers=2", r["loader_slices_per_s_workers2"]),
+        ("lean, two worker processes", extra["loader_worker_processes2"]),
+        ("full grid, reader threads", extra["loader_full_grid"]),
+        ("MONAI CacheDataset peer", r["monai_peer_slices_per_s"]),
+    ):
+        lines.append(f"    {what:<40} {rate:>9,.0f}  {rate / memcpy:.2f}")
+    lines += ["", f"  per batch of {opts.batch_size} (ms, medians):  {'lean':>8} {'full grid':>10}"]
+    for stage in extra["profile_lean"]:
+        cells = [extra[f"profile_{k}"][stage] for k in ("lean", "full")]
+        shown = ["-" if v is None else f"{v:.2f}" for v in cells]
+        lines.append(f"    {stage:<32} {shown[0]:>8} {shown[1]:>10}")
     lines += ["", "  transfer dtype (evidence for the default):"]
     for d in ("float16", "float32"):
         loader, ceiling = extra[f"loader_{d}"], extra[f"memcpy_{d}"]

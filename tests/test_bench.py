@@ -36,7 +36,7 @@ def test_bench_writes_every_key_on_a_tiny_cohort(tmp_path):
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
     for key in KEYS:  # the table names every figure, and says whether each target is met
         assert key in done.stdout
-    assert done.stdout.count("PASS") + done.stdout.count("FAIL") == 6
+    assert done.stdout.count("PASS") + done.stdout.count("FAIL") == 7
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # cohorts and caches removed
 
 
