@@ -30,8 +30,8 @@ and writes the figures to FILE (JSON):
   patient of the cohort (ResNet18, the default slice rule, Grad-CAM and report included),
   start-up and imports included; the median of ``--repeats`` runs.
 
-Timings are medians of ``--repeats`` runs (or of per-step intervals), so a busy machine moves
-them less. The NIfTI files are read from the page cache (they were just written): the figures
+Timings are medians of ``--repeats`` runs (or of per-step or per-batch intervals), so a busy
+machine moves them less. The NIfTI files are read from the page cache (they were just written): the figures
 are CPU costs, not disk speed. A readable table with ratios and the targets follows.
 """
 
@@ -211,21 +211,25 @@ def measure_nibabel_read(root: Path, repeats: int) -> float:
 
 def measure_loader(dm, repeats: int, min_seconds: float = MIN_SECONDS) -> float:
     """Slices per second from the train loader of ``dm`` (or from ``dm`` itself, any loader of
-    dict batches), after one warm-up epoch (steady state).
+    dict batches), after one warm-up epoch (steady state): the median over every batch of its
+    slices over the time it took to arrive, as ``measure_memcpy`` takes the median copy, so a
+    batch during which another process held the core moves the figure as little as a slow copy.
 
-    Each of ``repeats`` measurements runs whole epochs for at least ``min_seconds``.
+    ``repeats`` measurements each run whole epochs for at least ``min_seconds``.
     """
     loader = dm.train_dataloader() if hasattr(dm, "train_dataloader") else dm
     for _ in loader:  # maps the cache pages, starts persistent workers
         pass
     rates = []
     for _ in range(repeats):
-        slices = 0
-        start = time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < min_seconds or not slices:
-            for batch in loader:
-                slices += len(batch["image"])
-        rates.append(slices / elapsed)
+        start = last = time.perf_counter()
+        while last - start < min_seconds or not rates:
+            batches = iter(loader)
+            last = time.perf_counter()  # an epoch's start-up is not a batch's time
+            for batch in batches:
+                now = time.perf_counter()
+                rates.append(len(batch["image"]) / (now - last))
+                last = now
     return float(np.median(rates))
 
 
