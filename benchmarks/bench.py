@@ -11,11 +11,10 @@ and writes the figures to FILE (JSON):
   slab, the largest) per patient; ``cache_bytes_ratio``: that over the same cache storing the
   full grid of every patient.
 - ``loader_slices_per_s``: slices per second from the DataModule's train loader (batches of
-  ``--batch-size``, ``num_workers=0``, its reader threads); ``loader_slices_per_s_workers2``:
-  with ``num_workers=2`` (batches are built in the main process all the same). The table adds
-  the loader with one reader thread, with two worker processes (as the DataModule once ran
-  them), over a full-grid cache of the same cohort, and a per-batch profile of both layouts
-  (see ``loader_profile``).
+  ``--batch-size``, ``num_workers=0``); ``loader_slices_per_s_workers2``: with
+  ``num_workers=2`` (batches are built in the main process all the same). The table adds the
+  loader with two worker processes (as the DataModule once ran them), over a full-grid cache
+  of the same cohort, and a per-batch profile of both layouts (see ``loader_profile``).
 - ``monai_peer_slices_per_s``: a MONAI ``CacheDataset`` over the same slices from in-RAM
   float32 volumes, one slice per item, batches of ``--batch-size``.
 - ``article_loader_slices_per_s``: a Dataset whose ``__getitem__`` loads the four NIfTI files
@@ -401,17 +400,13 @@ def measure_rss(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
 def measure_loader_variants(
     default, root: Path, work: Path, opts: Options, results: dict[str, float], extra: dict[str, Any]
 ) -> None:
-    """The loader beside its peers, in this run: one reader thread, two worker processes, a
-    full-grid cache of the same cohort, the MONAI peer, and the per-batch profile of both layouts."""
+    """The loader beside its peers, in this run: two worker processes, a full-grid cache of the
+    same cohort, the MONAI peer, and the per-batch profile of both layouts."""
     from benchmarks import loader_profile
     from gliograde.data.cache import open_or_build
     from gliograde.data.specs import LayoutSpec, PreprocessSpec
 
     lean = default.datasets["train"]
-    extra["read_threads"] = lean.threads_for(opts.batch_size)
-    single = bench_datamodule(root, default.cache_dir, batch_size=opts.batch_size)
-    single.datasets["train"].read_threads = 1
-    extra["loader_one_thread"] = measure_loader(single, opts.repeats)
     extra["loader_worker_processes2"] = measure_loader(
         loader_profile.loader_over(lean, opts.batch_size, opts.seed, worker_processes=2), opts.repeats
     )
@@ -678,11 +673,10 @@ def format_report(r: dict[str, float], extra: dict[str, Any], opts: Options) -> 
     lines += ["", "  loader beside its peers (slices/s, share of memcpy):"]
     memcpy = r["memcpy_slices_per_s"]
     for what, rate in (
-        (f"lean, {extra['read_threads']} reader thread(s) (default)", r["loader_slices_per_s"]),
-        ("lean, one reader thread", extra["loader_one_thread"]),
+        ("lean (default)", r["loader_slices_per_s"]),
         ("lean, data.num_workers=2", r["loader_slices_per_s_workers2"]),
         ("lean, two worker processes", extra["loader_worker_processes2"]),
-        ("full grid, reader threads", extra["loader_full_grid"]),
+        ("full grid", extra["loader_full_grid"]),
         ("MONAI CacheDataset peer", r["monai_peer_slices_per_s"]),
     ):
         lines.append(f"    {what:<40} {rate:>9,.0f}  {rate / memcpy:.2f}")

@@ -7,8 +7,8 @@ where a batch's time goes.
 - ``full_grid_loader``: the train loader's dataset read from a cache of the same cohort that
   stores every patient's full grid (the first version's layout): the same batches, bit for bit.
 - ``profile_batches``: the cost of each stage of a batch, in milliseconds (medians over
-  batches): index arithmetic, zeroing, block copy, the whole read with one thread and with the
-  reader threads, collation (the batch dict), the float32 cast, pinning (with a GPU only), and
+  batches): index arithmetic, zeroing, block copy, the whole read, collation (the batch
+  dict), the float32 cast, pinning (with a GPU only), and
   the hand-over a worker process adds (the batch pickled into fresh shared memory and
   unpickled, in one process: the receiver's page faults are not counted).
 """
@@ -27,7 +27,6 @@ STAGES = (
     "index",
     "zeroing",
     "block_copy",
-    "read_one_thread",
     "read",
     "collation",
     "cast_float32",
@@ -70,7 +69,6 @@ def full_grid_dataset(dataset, full_cached):
     twin._first_row = full_cached.layout.first_row
     twin.slots = full_cached.slots[dataset.patient_positions]
     twin._volumes = None
-    twin._pool = None
     return twin
 
 
@@ -106,7 +104,7 @@ def _median_ms(fn: Callable[[np.ndarray], Any], batches: list[np.ndarray]) -> fl
 def profile_batches(dataset, batch_size: int, batches: int = 20, seed: int = 0) -> dict[str, float | None]:
     """Milliseconds per batch of each of ``STAGES`` for ``dataset`` (a SliceDataset of axial
     slices without crop or context), medians over ``batches`` random batches. ``zeroing`` and
-    ``block_copy`` split ``read_one_thread`` for a lean cache (None for the full grid, whose
+    ``block_copy`` split ``read`` for a lean cache (None for the full grid, whose
     read is one gather); ``pinning`` is None without a GPU."""
     from multiprocessing.reduction import ForkingPickler
 
@@ -118,8 +116,6 @@ def profile_batches(dataset, batch_size: int, batches: int = 20, seed: int = 0) 
     picks = [rng.permutation(len(dataset))[:batch_size] for _ in range(batches)]
     vol, layout = dataset.volumes, dataset.layout
     channels = [int(c) for c in dataset.channels]
-    one = copy.copy(dataset)
-    one.read_threads, one._pool = 1, None
     full = layout.is_full
     _, height, width = layout.grid
     shape = (batch_size, len(channels), height, width)
@@ -149,8 +145,8 @@ def profile_batches(dataset, batch_size: int, batches: int = 20, seed: int = 0) 
                     image[j] = block[c]
         return None
 
-    def read(data):
-        return lambda rows: data._read(data.slots[rows], data.slice_indices[rows])
+    def read(rows):
+        return dataset._read(dataset.slots[rows], dataset.slice_indices[rows])
 
     sample = dataset.batch(picks[0])["image"]
 
@@ -165,8 +161,7 @@ def profile_batches(dataset, batch_size: int, batches: int = 20, seed: int = 0) 
         "index": _median_ms(index, picks),
         "zeroing": None if full else _median_ms(zeroing, picks),
         "block_copy": None if full else _median_ms(block_copy, picks),
-        "read_one_thread": _median_ms(read(one), picks),
-        "read": _median_ms(read(dataset), picks),
+        "read": _median_ms(read, picks),
     }
     figures["collation"] = max(_median_ms(collation, picks) - figures["read"], 0.0)
     figures["cast_float32"] = _median_ms(lambda rows: cast(sample, torch.float32), picks)

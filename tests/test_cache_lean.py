@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +32,7 @@ def both_caches(tiny_cohort_master, tmp_path_factory):
     return build(BOX_MARGIN), build(None)
 
 
-def _dataset(
-    volumes_path: Path, layout: BoxLayout, plane: str, modalities, dtype, read_threads: int | None = None
-) -> SliceDataset:
+def _dataset(volumes_path: Path, layout: BoxLayout, plane: str, modalities, dtype) -> SliceDataset:
     """Every slice of ``plane`` of every patient (slot = position), in a shuffled order."""
     patients = len(layout.depth)
     count = layout.grid[AXIS[plane]]
@@ -52,7 +49,6 @@ def _dataset(
         modalities=modalities,
         plane=plane,
         dtype=dtype,
-        read_threads=read_threads,
     )
 
 
@@ -88,37 +84,6 @@ def test_batches_are_bit_identical_to_the_full_grid(both_caches, plane, modaliti
     a, b = got.__getitems__(everything)["image"], want.__getitems__(everything)["image"]
     assert a.dtype == dtype and _same_bits(a, b) and torch.count_nonzero(a) > 0
     assert _same_bits(got[3]["image"], want[3]["image"])
-
-
-@pytest.mark.parametrize("modalities", [("flair", "t1", "t1ce", "t2"), ("t2", "flair")])
-def test_reader_threads_fill_a_batch_bit_identical_to_the_full_grid(both_caches, modalities):
-    lean, full = both_caches
-    want = _dataset(full.volumes_path, full.layout, "axial", modalities, torch.float16)
-    rows = list(range(70))  # shares of 23 and 24 slices, slices in and out of each brain box
-    for threads in (1, 2, 3):
-        got = _dataset(lean.volumes_path, lean.layout, "axial", modalities, torch.float16, read_threads=threads)
-        assert got.threads_for(len(rows)) == threads
-        for _ in range(2):  # the second read reuses the pool of reader threads
-            assert _same_bits(got.__getitems__(rows)["image"], want.__getitems__(rows)["image"])
-    assert got.threads_for(7) == 1  # too few slices to share
-    again = pickle.loads(pickle.dumps(got))  # as a spawned process receives it: no thread pool
-    assert again._pool is None and _same_bits(again.__getitems__(rows)["image"], want.__getitems__(rows)["image"])
-
-
-def test_a_threaded_read_still_refuses_a_slice_outside_the_slab(tmp_path):
-    grid = (9, 10, 11)
-    layout = BoxLayout.around([((2, 3, 1), (6, 7, 8))] * 2, grid, margin=1, slab="tumour")
-    stored = np.ones((layout.rows, len(MODALITIES), *layout.block), dtype=np.float16)
-    np.save(tmp_path / "lean.npy", stored)
-    data = SliceDataset(
-        tmp_path / "lean.npy", layout, np.zeros(40, np.int64), np.zeros(40, np.int64),
-        np.r_[np.full(39, 3), 8], np.zeros(40, np.int64), ("P0",), ("flair",), dtype=torch.float16,
-        read_threads=4,
-    )  # fmt: skip
-    assert data.threads_for(40) == 4
-    with pytest.raises(ValueError, match="axial slice 8 is outside the tumour slab"):
-        data.__getitems__(list(range(40)))
-    assert torch.count_nonzero(data.__getitems__(list(range(39)))["image"]) > 0
 
 
 @pytest.mark.parametrize("plane", PLANES)

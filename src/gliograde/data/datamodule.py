@@ -5,10 +5,9 @@ With ``device_cache=True`` the train and val splits are instead copied once to t
 module runs on and their batches indexed there (``device_cache``), in the order the DataLoaders
 would give. Test and predict, one pass each, keep the DataLoader: a copy would cost that pass.
 
-Batches are always built in the main process, by the dataset's reader threads (see
-``SliceDataset``), whatever ``num_workers`` says: a worker process must hand each batch over
-through fresh shared memory, which costs more than reading the batch from the memory-mapped
-cache: ``make bench`` measured two workers at a third of one process.
+Batches are always built in the main process, whatever ``num_workers`` says: a worker process
+must hand each batch over through fresh shared memory, which costs more than reading the batch
+from the memory-mapped cache (``make bench`` measured two workers at a ninth of one process).
 """
 
 from __future__ import annotations
@@ -336,11 +335,10 @@ class GliomaDataModule(pl.LightningDataModule):
         if self.num_workers and not self._said_main_process:
             self._said_main_process = True
             log.info(
-                "data.num_workers=%d: batches are built in the main process, by %d reader thread(s); "
-                "worker processes would hand each batch over through shared memory, which costs more "
-                "than reading it",
+                "data.num_workers=%d: batches are built in the main process all the same; a worker "
+                "process would hand each batch over through shared memory, which costs more than "
+                "reading it",
                 self.num_workers,
-                dataset.threads_for(self.batch_size),
             )
         return DataLoader(
             dataset,

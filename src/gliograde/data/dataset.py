@@ -9,17 +9,11 @@ Neighbouring slices (``context``) are read in the same call, their slice numbers
 index arithmetic, and a crop is one more gather over the batch (see ``gliograde.data.crops``).
 A float32 batch is converted by torch into a NumPy-allocated buffer: NumPy asks for huge
 pages for large arrays, which spares the page faults of a fresh 59 MB tensor per batch.
-
-An axial batch is filled by several threads of the reading process at once, each a run of its
-slices (NumPy copies release the GIL): as many as torch's intra-op threads
-(``torch.get_num_threads()``), so a read uses the cores torch's own CPU operations would.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +26,6 @@ from gliograde.data.crops import context_slices, crop, stack_context
 from gliograde.data.specs import MODALITIES
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float16: np.float16}
-# Fewer slices than this per thread and the hand-over costs more than the copies it shares.
-MIN_SLICES_PER_THREAD = 8
 
 
 class SliceDataset(Dataset):
@@ -41,8 +33,7 @@ class SliceDataset(Dataset):
     read from the cache whose channels are ``stored`` (its modalities, in MODALITIES order),
     each as ``2 * context + 1`` neighbouring slices (modality-major) when ``context`` > 0, which
     needs ``depth`` (slices along the plane's normal). With ``crop_size``, each image is the
-    ``crop_size`` square centred on its row of ``centres`` ``[N, 2]``. ``read_threads`` threads
-    fill an axial batch (None: ``torch.get_num_threads()`` at each read).
+    ``crop_size`` square centred on its row of ``centres`` ``[N, 2]``.
 
     A batch is a dict: ``image`` ``[B, C, H, W]`` (``dtype``), ``label`` ``[B]`` int64 (-1 when
     unlabelled), ``patient`` ``[B]`` int64 (position in ``patient_ids``), ``slice_index``
@@ -66,7 +57,6 @@ class SliceDataset(Dataset):
         depth: int | None = None,
         crop_size: int | None = None,
         centres: np.ndarray | None = None,
-        read_threads: int | None = None,
     ):
         self.volumes_path = Path(volumes_path)
         self.layout = layout
@@ -91,13 +81,7 @@ class SliceDataset(Dataset):
         self.depth = depth
         self.crop_size = crop_size
         self.centres = None if centres is None else np.asarray(centres, dtype=np.int64)
-        if read_threads is not None and read_threads < 1:
-            raise ValueError(f"read_threads must be at least 1, not {read_threads}")
-        self.read_threads = read_threads
         self._volumes: np.ndarray | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_owner = 0  # the process that started the pool: a forked child starts its own
-        self._pool_size = 0
 
     def __len__(self) -> int:
         return len(self.slice_indices)
@@ -106,21 +90,7 @@ class SliceDataset(Dataset):
         # Worker processes open their own memory map.
         state = self.__dict__.copy()
         state["_volumes"] = None
-        state["_pool"] = None
         return state
-
-    def threads_for(self, slices: int) -> int:
-        """Threads that share a read of ``slices`` slices: at most the configured ones, each
-        with at least ``MIN_SLICES_PER_THREAD`` slices."""
-        wanted = self.read_threads if self.read_threads is not None else torch.get_num_threads()
-        return max(1, min(wanted, slices // MIN_SLICES_PER_THREAD))
-
-    def _executor(self, threads: int) -> ThreadPoolExecutor:
-        """The pool of reader threads (the calling thread reads one share itself)."""
-        if self._pool is None or self._pool_owner != os.getpid() or self._pool_size < threads - 1:
-            self._pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="slice-read")
-            self._pool_owner, self._pool_size = os.getpid(), threads - 1
-        return self._pool
 
     @property
     def volumes(self) -> np.ndarray:
@@ -202,8 +172,12 @@ class SliceDataset(Dataset):
     def _read_axial(
         self, out: np.ndarray, first: np.ndarray, slices: np.ndarray, origin: np.ndarray, rows: np.ndarray
     ) -> np.ndarray:
-        """Fill ``out`` ``[B, C, H, W]`` with axial slices (see ``_fill_axial``), runs of them
-        in several threads at once."""
+        """Fill ``out`` ``[B, C, H, W]`` with axial slices: each slice zeroed, then its stored
+        block copied into its place, one channel at a time where the channels are not the
+        cache's order (``block[channels]`` would copy each block into a temporary first)."""
+        vol, (by, bx) = self.volumes, self.layout.block
+        channels = [int(c) for c in self.channels]
+        every_channel = channels == list(range(vol.shape[1]))
         local = slices - origin[:, 0]
         stored = (local >= 0) & (local < rows)
         if self.layout.slab != "brain" and not stored.all():
@@ -212,44 +186,20 @@ class SliceDataset(Dataset):
                 f"axial slice {slices[b]} is outside the {self.layout.slab} slab the cache holds for "
                 f"this patient (slices {origin[b, 0]} to {origin[b, 0] + rows[b] - 1})"
             )
-        source = first + local  # the stored row of each slice (meaningless where not stored)
-        threads = self.threads_for(len(out))
-        if threads == 1:
-            self._fill_axial(out, 0, len(out), source, stored, origin)
-            return out
-        bounds = np.linspace(0, len(out), threads + 1).astype(int)
-        pool = self._executor(threads)
-        shares = [
-            pool.submit(self._fill_axial, out, int(lo), int(hi), source, stored, origin)
-            for lo, hi in zip(bounds[1:-1], bounds[2:])
-        ]
-        self._fill_axial(out, int(bounds[0]), int(bounds[1]), source, stored, origin)
-        for share in shares:
-            share.result()
-        return out
-
-    def _fill_axial(
-        self, out: np.ndarray, start: int, stop: int, source: np.ndarray, stored: np.ndarray, origin: np.ndarray
-    ) -> None:
-        """Slices ``start:stop`` of ``out``: each slice zeroed, then its stored block (row
-        ``source[b]``) copied into its place, one channel at a time where the channels are not
-        the cache's order (``block[channels]`` would copy each block into a temporary first)."""
-        vol, (by, bx) = self.volumes, self.layout.block
-        channels = [int(c) for c in self.channels]
-        every_channel = channels == list(range(vol.shape[1]))
-        for b in range(start, stop):
+        for b in range(len(out)):
             # Zeroed one slice at a time, just before its block lands in it (still in the CPU
             # cache): a fill of the whole batch first was measured a quarter slower.
             out[b].fill(0)
             if not stored[b]:
                 continue
             y0, x0 = int(origin[b, 1]), int(origin[b, 2])
-            block, image = vol[source[b]], out[b, :, y0 : y0 + by, x0 : x0 + bx]
+            block, image = vol[first[b] + local[b]], out[b, :, y0 : y0 + by, x0 : x0 + bx]
             if every_channel:
                 image[...] = block
             else:
                 for j, c in enumerate(channels):
                     image[j] = block[c]
+        return out
 
 
 def identity_collate(batch: dict[str, Any]) -> dict[str, Any]:
