@@ -7,7 +7,8 @@ would give. Test and predict, one pass each, keep the DataLoader: a copy would c
 
 Batches are always built in the main process, whatever ``num_workers`` says: a worker process
 must hand each batch over through fresh shared memory, which costs more than reading the batch
-from the memory-mapped cache (``make bench`` measured two workers at a ninth of one process).
+from the memory-mapped cache (``make bench`` measured two workers at an eighth to a twelfth
+of one process).
 """
 
 from __future__ import annotations
