@@ -36,7 +36,7 @@ def test_bench_writes_every_key_on_a_tiny_cohort(tmp_path):
         assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
     for key in KEYS:  # the table names every figure, and says whether each target is met
         assert key in done.stdout
-    assert done.stdout.count("PASS") + done.stdout.count("FAIL") == 9
+    assert done.stdout.count("PASS") + done.stdout.count("FAIL") == 10
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # cohorts and caches removed
 
 
@@ -88,3 +88,31 @@ def test_float32_delivery_equals_the_cache(tiny_cohort_master, tmp_path):
     for i, position in enumerate(batch["patient"].tolist()):
         expected = dm.cached.volume(position)[int(batch["slice_index"][i])][channels].astype(np.float32)
         np.testing.assert_array_equal(batch["image"][i].numpy(), expected)
+
+
+def test_the_monai_peer_serves_our_slices_in_float32(tiny_cohort_master, tmp_path):
+    """The peer reads what the loader reads (its ratio compares like with like), batched by MONAI."""
+    from benchmarks.loader_profile import full_grid_dataset, loader_over, monai_peer_loader
+
+    dm = make_datamodule(tiny_cohort_master, tmp_path / "cache", slices={"strategy": "brain"})
+    dm.prepare_data()
+    dm.setup()
+    ours, peer = dm.datasets["train"], monai_peer_loader(dm, batch_size=8)
+    assert len(peer.dataset) == len(ours) > 8
+    for i in (0, len(ours) // 2, len(ours) - 1):
+        item = peer.dataset[i]
+        assert item["image"].dtype == torch.float32 and int(item["label"]) == int(ours.labels[i])
+        assert torch.equal(item["image"], ours.batch([i])["image"][0].float())
+    batch = next(iter(peer))
+    assert batch["image"].shape == (8, *ours.batch([0])["image"].shape[1:])
+    # The full-grid twin: the same rows from a cache of the whole grid, bit for bit.
+    from gliograde.data.cache import open_or_build
+    from gliograde.data.cohort import discover_cohort
+    from gliograde.data.specs import LabelSpec, LayoutSpec, PreprocessSpec
+
+    records = discover_cohort(tiny_cohort_master, LayoutSpec(), LabelSpec(), True).patients
+    spec, labels = PreprocessSpec(workers=1), LayoutSpec().mask_labels
+    full = full_grid_dataset(ours, open_or_build(records, tmp_path / "full", spec, labels, progress=False, box_margin=None))
+    rows = list(range(len(ours)))
+    assert torch.equal(full.batch(rows)["image"].view(torch.int16), ours.batch(rows)["image"].view(torch.int16))
+    assert len(list(loader_over(full, 8))) == len(ours) // 8

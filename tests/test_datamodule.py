@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import multiprocessing
 
 import pytorch_lightning as pl
 import numpy as np
@@ -100,12 +101,18 @@ def test_train_order_is_seeded(ready):
     assert first == again
 
 
-def test_worker_processes_deliver_the_same_batches(ready):
+def test_num_workers_builds_the_same_batches_in_the_main_process(ready, caplog):
     serial = ready()
-    workers = ready(num_workers=2)
-    a = [b["image"] for b in serial.val_dataloader()]
-    b = [b["image"] for b in workers.val_dataloader()]
+    workers = ready(num_workers=2, persistent_workers=True)
+    with caplog.at_level("INFO", logger="gliograde.data.datamodule"):
+        loader = workers.train_dataloader()
+        assert loader.num_workers == 0 and not loader.persistent_workers
+        a = [b["image"] for b in serial.val_dataloader()]
+        b = [b["image"] for b in workers.val_dataloader()]
+    assert not multiprocessing.active_children()
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+    said = [r.getMessage() for r in caplog.records if "num_workers=2" in r.getMessage()]
+    assert len(said) == 1 and "built in the main process" in said[0]  # said once, not per loader
 
 
 def test_float16_transfer_is_cast_back_on_the_device(ready):

@@ -14,6 +14,8 @@ _HANDLED_WARNINGS = (
     r".*it is recommended to use `Trainer\(devices=1, num_nodes=1\)`.*",
     # torchmetrics' calibration error on a few hundred patients: a copy that costs nothing.
     r".*torch.searchsorted\(\): input value tensor is non-contiguous.*",
+    # Batches are built in the main process on purpose (see data/datamodule.py).
+    r".*does not have many workers which may be a bottleneck.*",
 )
 
 

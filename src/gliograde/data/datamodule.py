@@ -4,6 +4,11 @@ selection) served as DataLoaders of ``[B, C, H, W]`` slices, augmented on the de
 With ``device_cache=True`` the train and val splits are instead copied once to the device the
 module runs on and their batches indexed there (``device_cache``), in the order the DataLoaders
 would give. Test and predict, one pass each, keep the DataLoader: a copy would cost that pass.
+
+Batches are always built in the main process, whatever ``num_workers`` says: a worker process
+must hand each batch over through fresh shared memory, which costs more than reading the batch
+from the memory-mapped cache (``make bench`` measured two workers at an eighth to a twelfth
+of one process).
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ class GliomaDataModule(pl.LightningDataModule):
         self._augmenter: BatchAugmenter | None = None
         self._augment_epoch = -1
         self._device_slices: dict[str, DeviceSlices] = {}
+        self._said_main_process = False
 
     @property
     def num_channels(self) -> int:
@@ -336,15 +342,22 @@ class GliomaDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self._dataset_of(split)
+        if self.num_workers and not self._said_main_process:
+            self._said_main_process = True
+            log.info(
+                "data.num_workers=%d: batches are built in the main process all the same; a worker "
+                "process would hand each batch over through shared memory, which costs more than "
+                "reading it",
+                self.num_workers,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=self._sampler(split, dataset.labels, train),
             drop_last=train and len(dataset) > self.batch_size,
             collate_fn=identity_collate,
-            num_workers=self.num_workers,
+            num_workers=0,  # see the module's docstring
             pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
         )
 
     def _device_batches(self, split: str, train: bool) -> DeviceBatches:
