@@ -140,9 +140,14 @@ def test_hospital_scans_come_out_in_the_models_space(ingest_run):
             np.testing.assert_allclose(mine.affine, theirs.affine, atol=1e-4)
             brain = np.asarray(theirs.dataobj) > 0
             found = np.asarray(mine.dataobj) > 0
-            assert 2 * (brain & found).sum() / (brain.sum() + found.sum()) > 0.85  # the brain, skull-stripped
+            # The brain, skull-stripped. These heads are small (a brain 30 mm high) and their FLAIR and
+            # T2 slices 5 and 4 mm thick: the caps those slices mixed with CSF and skull are left out.
+            within, kept = (brain & found).sum() / found.sum(), (brain & found).sum() / brain.sum()
+            assert within > 0.9 and kept > 0.6, (patient, modality, within, kept)
         record = json.loads((folder / "ingest.json").read_text())
         assert record["qc"]["passed"] and record["reference"] == "t1ce"
+        # the thick slices' partial volume at the brain's surface is left out, and said in mL
+        assert 0 < record["qc"]["partial_volume_ml"] < record["qc"]["brain_ml"], record["qc"]
         assert set(record["series"]) == {"flair", "t1", "t1ce", "t2"}
         assert record["libraries"]["SimpleITK"] != "not installed"
         for transform in record["transforms"].values():

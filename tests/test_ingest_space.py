@@ -164,6 +164,8 @@ def test_a_full_size_hospital_patient_is_accurate_and_fast(tmp_path):
         assert figures[f"ncc_{m}"] >= 0.90, figures
     for m in ("flair", "t2"):
         assert figures[f"ncc_{m}"] >= 0.80, figures
+    # The 4 mm T2's slices that mixed the brain's caps with bright CSF are not brain: 0.87 with them.
+    assert figures["ncc_t2"] >= 0.90, figures
     assert quality.passed, quality.failed
 
 

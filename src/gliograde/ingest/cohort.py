@@ -110,6 +110,8 @@ def ingest_patient(patient: ScanPatient, space: ModelSpace, settings: IngestSett
                 "passed": quality.passed,
                 "failed": list(quality.failed),
                 "brain_ml": quality.brain_ml,
+                # left out of the brain: a series' thick slices saw it mixed with what surrounds it
+                "partial_volume_ml": round(float(ingested.scores.get("partial_volume_ml", 0.0)), 1),
                 "thresholds": settings.thresholds,
                 "checks": quality.rows.to_dict("records"),
             },

@@ -1,6 +1,7 @@
 """One patient's scanner-space series into the model's space: bias-corrected, each series
 rigidly registered to a reference series, the reference rigidly to the template, resampled once
-onto the model grid at 1 mm and skull-stripped."""
+onto the model grid at 1 mm and skull-stripped; where a thick-slice series saw the brain's surface
+mixed with what surrounds it, that surface is left out (``partial_volume``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import SimpleITK as sitk
 
 from gliograde.data.errors import DataError
 from gliograde.ingest import registration as reg
+from gliograde.ingest.partial_volume import wholly_acquired_brain
 from gliograde.ingest.template import Template
 
 REFERENCE_ORDER: tuple[str, ...] = ("t1ce", "t1", "t2", "flair")
@@ -43,7 +45,7 @@ def to_model_space(
 ) -> Ingested:
     """Register ``images`` (modality -> scanner-space image) to the template and resample them
     onto its model grid. ``brain_mask`` (in the reference's scanner space) replaces the brain
-    found from the template; ``n4`` corrects each series' bias field."""
+    found from the template (and is kept as given); ``n4`` corrects each series' bias field."""
     if not images:
         raise DataError("no series to bring into the model's space")
     notes: list[str] = []
@@ -88,12 +90,13 @@ def to_model_space(
     clock = time.perf_counter()
     grid = template.grid
     volumes: dict[str, sitk.Image] = {}
+    to_series: dict[str, sitk.Transform] = {}
     for modality, image in images.items():
         transform = to_template.transform
         if modality != chosen:
             # Model point -> reference point -> this series' point (the last listed runs first).
-            to_series = transforms[f"{modality}_to_{chosen}"]
-            transform = sitk.CompositeTransform([to_series, to_template.transform])
+            transform = sitk.CompositeTransform([transforms[f"{modality}_to_{chosen}"], to_template.transform])
+        to_series[modality] = transform
         # Cubic B-spline, not linear: linear interpolation at sub-voxel offsets halves the noise a
         # model learnt from (one half-voxel shift moved a trained classifier's p(HGG) from 0.98 to 0.31);
         # its overshoot below zero is clipped (magnitude images).
@@ -106,6 +109,10 @@ def to_model_space(
             volume = sitk.Cast(volume / sitk.Exp(bias), sitk.sitkFloat32)
         volumes[modality] = volume
     brain = _brain(template, volumes[chosen], chosen, brain_mask, to_template.transform)
+    if brain_mask is None:  # a given mask wins as it is
+        whole = brain
+        brain = wholly_acquired_brain(brain, [(images[m], to_series[m]) for m in images])
+        scores["partial_volume_ml"] = _ml(whole) - _ml(brain)  # brain seen only in part by a series' voxels
     for modality in volumes:
         volumes[modality] = sitk.Mask(volumes[modality], brain)
     timings["resample_s"] = time.perf_counter() - clock
@@ -113,6 +120,11 @@ def to_model_space(
     return Ingested(
         volumes=volumes, brain=brain, transforms=transforms, reference=chosen, notes=notes, scores=scores
     )
+
+
+def _ml(mask: sitk.Image) -> float:
+    """A binary mask's volume in mL."""
+    return float(sitk.GetArrayViewFromImage(mask).sum() * np.prod(mask.GetSpacing()) / 1000.0)
 
 
 @contextmanager
