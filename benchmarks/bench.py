@@ -165,8 +165,8 @@ def bench_datamodule(root: Path, cache_dir: Path, **overrides):
 
 
 def _records(root: Path):
-    from gliograde.data.cohort import discover_cohort
-    from gliograde.data.specs import LabelSpec, LayoutSpec
+    from gliograde.data.discovery.cohort import discover_cohort
+    from gliograde.data.discovery.specs import LabelSpec, LayoutSpec
 
     return discover_cohort(root, LayoutSpec(), LabelSpec(), require_labels=True).patients
 
@@ -177,8 +177,8 @@ def measure_preprocess(root: Path, work: Path, workers: int | None, repeats: int
 
     Returns the median and the directory of the last build, kept for the loader runs.
     """
-    from gliograde.data.cache import open_or_build
-    from gliograde.data.specs import LayoutSpec, PreprocessSpec
+    from gliograde.data.caching.cache import open_or_build
+    from gliograde.data.discovery.specs import LayoutSpec, PreprocessSpec
 
     records = _records(root)
     spec = PreprocessSpec(workers=workers)
@@ -196,7 +196,7 @@ def measure_preprocess(root: Path, work: Path, workers: int | None, repeats: int
 
 def measure_cache_bytes(cached) -> tuple[float, float]:
     """(bytes per patient of a built cache, its ratio to the same cache holding the full grid)."""
-    from gliograde.data.cache import CACHE_DTYPE
+    from gliograde.data.caching.cache import CACHE_DTYPE
 
     patients = len(cached.patient_ids)
     total = cached.size_bytes()
@@ -208,7 +208,7 @@ def measure_cache_bytes(cached) -> tuple[float, float]:
 
 def measure_cache_checks(directory: Path, repeats: int) -> tuple[float, float]:
     """(seconds per patient of a full check of a built cache, seconds of an open's sampled check)."""
-    from gliograde.data.cache_meta import read_meta, verify_cache
+    from gliograde.data.caching.cache_meta import read_meta, verify_cache
 
     patients = len(read_meta(directory)["files"]["volumes.npy"]["crc32_blocks"]) - 1
     full = _median_time(lambda: verify_cache(directory, "full"), repeats)
@@ -223,7 +223,7 @@ def measure_nibabel_read(root: Path, repeats: int) -> float:
     """Seconds per patient for nibabel to read the five files into in-memory arrays."""
     import nibabel as nib
 
-    from gliograde.data.specs import MODALITIES
+    from gliograde.data.discovery.specs import MODALITIES
 
     records = _records(root)
     paths = [[r.modalities[m] for m in MODALITIES] + [r.mask] for r in records]
@@ -295,7 +295,7 @@ def measure_article_loader(root: Path, n: int, batch_size: int, depth: int, seed
     """Slices per second of the article's loader over ``n`` random axial slices."""
     from torch.utils.data import DataLoader
 
-    from gliograde.data.specs import MODALITIES
+    from gliograde.data.discovery.specs import MODALITIES
 
     records = _records(root)
     rng = np.random.default_rng(seed)
@@ -431,8 +431,8 @@ def measure_loader_variants(
     """The loader beside its peers, in this run: two worker processes, a full-grid cache of the
     same cohort, the MONAI peer, and the per-batch profile of both layouts."""
     from benchmarks import loader_profile
-    from gliograde.data.cache import open_or_build
-    from gliograde.data.specs import LayoutSpec, PreprocessSpec
+    from gliograde.data.caching.cache import open_or_build
+    from gliograde.data.discovery.specs import LayoutSpec, PreprocessSpec
 
     lean = default.datasets["train"]
     extra["loader_worker_processes2"] = measure_loader(
@@ -455,8 +455,8 @@ def measure_loader_variants(
 def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
     """Every measurement; returns (the KEYS figures, extra figures for the table)."""
     quiet_logs()
-    from gliograde.data.cache import available_cores
-    from gliograde.data.synthetic import generate_cohort
+    from gliograde.data.caching.cache import available_cores
+    from gliograde.data.synthetic.generator import generate_cohort
 
     work = Path(tempfile.mkdtemp(prefix="gliograde-bench-", dir=opts.workdir))
     extra: dict[str, Any] = {"shape": opts.shape, "patients": opts.patients, "cores": available_cores()}
@@ -562,7 +562,7 @@ def run(opts: Options) -> tuple[dict[str, float], dict[str, Any]]:
 def measure_predict(root: Path, cache_dir: Path, work: Path, repeats: int, seed: int) -> float:
     """Median wall seconds of ``predict.py`` grading one patient folder of ``root`` with a
     ResNet18 checkpoint trained for one step under the default slice rule (its contract)."""
-    from gliograde.contract import from_datamodule
+    from gliograde.contract.input_contract import from_datamodule
 
     dm = bench_datamodule(root, cache_dir, slices={"strategy": "tumor_topk"}, batch_size=4)
     model = _classifier(seed)

@@ -195,7 +195,7 @@ def run(opts: GpuOptions) -> dict[str, Any]:
     import torch
 
     from benchmarks.bench import bench_datamodule, quiet_logs
-    from gliograde.data.synthetic import generate_cohort
+    from gliograde.data.synthetic.generator import generate_cohort
 
     quiet_logs()
     has_gpu = torch.cuda.is_available()

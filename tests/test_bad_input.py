@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
+import gliograde.data.caching.cache as cache_module
 from gliograde.data.errors import DataError
 
 PID = "BraTS20_Training_005"  # the patient we damage; not the first, so others decode before it

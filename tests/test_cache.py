@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
-from gliograde.data.cache import CachedCohort
+import gliograde.data.caching.cache as cache_module
+from gliograde.data.caching.cache import CachedCohort
 from gliograde.data.errors import DataError
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.specs import MODALITIES
 
 
 def _entries(cache_dir: Path) -> list[str]:

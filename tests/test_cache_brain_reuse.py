@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from helpers.cohorts import make_datamodule
 
-import gliograde.data.cache as cache_module
-from gliograde.data.cache_box import SLAB_MARGIN, SlabRule
+import gliograde.data.caching.cache as cache_module
+from gliograde.data.caching.cache_box import SLAB_MARGIN, SlabRule
 
 RUNS = (
     dict(slices={"strategy": "tumor_all"}, context=SLAB_MARGIN + 2),  # a tumour slab wider than the default

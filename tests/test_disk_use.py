@@ -13,7 +13,7 @@ import torch
 from helpers.commands import REPO, run_python
 from helpers.configs import compose_config
 
-from gliograde.checkpoint_io import AtomicCheckpointIO, share_if_same
+from gliograde.training.checkpoint_io import AtomicCheckpointIO, share_if_same
 from gliograde.clean import RUN_LOCK, CleanError, clean, disk_usage, main, training_lock
 
 

@@ -8,12 +8,12 @@ import logging
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
-from gliograde.data.cache import current_key
-from gliograde.data.cohort import discover_cohort
+import gliograde.data.caching.cache as cache_module
+from gliograde.data.caching.cache import current_key
+from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.errors import DataError
-from gliograde.data.prepared import slab_rule
-from gliograde.data.specs import LabelSpec, LayoutSpec
+from gliograde.data.pipeline.prepared import slab_rule
+from gliograde.data.discovery.specs import LabelSpec, LayoutSpec
 
 FIRST = "BraTS20_Training_005"
 

@@ -24,7 +24,7 @@ from gliograde.inference.recipe import (
     record_recipe,
     resolve,
 )
-from gliograde.sealed import SealError, read_sealed, seal, write_sealed
+from gliograde.files.sealed import SealError, read_sealed, seal, write_sealed
 
 CALIBRATION = {
     "method": "temperature",

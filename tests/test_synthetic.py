@@ -1,4 +1,4 @@
-"""Tests of the synthetic BraTS-2020-layout cohort (gliograde.data.synthetic) and its CLI."""
+"""Tests of the synthetic BraTS-2020-layout cohort (gliograde.data.synthetic.generator) and its CLI."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from gliograde import synthetic as cli
-from gliograde.data import synthetic
-from gliograde.data.synthetic import assign_grades, generate_cohort, synthesize_patient
+from gliograde.data.synthetic import generator as synthetic
+from gliograde.data.synthetic.generator import assign_grades, generate_cohort, synthesize_patient
 
 TINY = (32, 32, 16)
 SMALL = (48, 48, 24)

@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from gliograde import synthetic as cli
-from gliograde.data import synthetic
-from gliograde.data.synthetic import (
+from gliograde.data.synthetic import generator as synthetic
+from gliograde.data.synthetic.generator import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
     DEFAULT_PATIENTS,

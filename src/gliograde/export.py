@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from gliograde.data.crops import input_channels
+from gliograde.data.batches.crops import input_channels
 from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
 from gliograde.inference.models import (
@@ -47,8 +47,8 @@ from gliograde.inference.recipe import (
     recipe_checkpoint,
     recipe_values,
 )
-from gliograde.model_card import build_card, render_markdown, segmenter_section
-from gliograde.sealed import write_sealed
+from gliograde.contract.model_card import build_card, render_markdown, segmenter_section
+from gliograde.files.sealed import write_sealed
 from gliograde.segmentation.onnx_segmenter import CARD_SECTION, SEGMENTER_ONNX_FILE
 
 OPSET = 17

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 from gliograde.errors import exit_on_user_error
-from gliograde.data.synthetic import (
+from gliograde.data.synthetic.generator import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
     DEFAULT_SEED,
@@ -24,7 +24,7 @@ from gliograde.data.synthetic import (
     generation_settings,
     train_overrides,
 )
-from gliograde.tables import read_table
+from gliograde.files.tables import read_table
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,18 +24,18 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from gliograde.data import cohort_tables
-from gliograde.data.augment import BatchAugmenter
-from gliograde.data.cache import CachedCohort
-from gliograde.data.cohort import Cohort
-from gliograde.data.crops import NO_MASK_RULE, crop_centres, input_channels, normal_length
-from gliograde.data.dataset import SliceDataset, cast, identity_collate
-from gliograde.data.device_cache import DeviceBatches, DeviceSlices
+from gliograde.data.pipeline import cohort_tables
+from gliograde.data.batches.augment import BatchAugmenter
+from gliograde.data.caching.cache import CachedCohort
+from gliograde.data.discovery.cohort import Cohort
+from gliograde.data.batches.crops import NO_MASK_RULE, crop_centres, input_channels, normal_length
+from gliograde.data.batches.dataset import SliceDataset, cast, identity_collate
+from gliograde.data.batches.device_cache import DeviceBatches, DeviceSlices
 from gliograde.data.errors import DataError
-from gliograde.data.options import DataOptions
-from gliograde.data.prepared import PatientSlices, PreparedCohort
-from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
-from gliograde.data.specs import (
+from gliograde.data.discovery.options import DataOptions
+from gliograde.data.pipeline.prepared import PatientSlices, PreparedCohort
+from gliograde.data.batches.samplers import EpochShuffleSampler, EpochWeightedSampler
+from gliograde.data.discovery.specs import (
     AugmentSpec,
     CropSpec,
     LabelSpec,
@@ -45,7 +45,7 @@ from gliograde.data.specs import (
     SplitSpec,
     SyntheticSpec,
 )
-from gliograde.data.splits import SPLITS, assert_disjoint
+from gliograde.data.batches.splits import SPLITS, assert_disjoint
 from gliograde.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from typing import Any
 from gliograde.errors import ConfigError
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256
 from gliograde.inference.tta import TTA_MODES
-from gliograde.sealed import read_sealed, write_sealed
+from gliograde.files.sealed import read_sealed, write_sealed
 
 RECIPE_FILE = "recipe.json"
 RECIPE_MODES = ("auto", "none")

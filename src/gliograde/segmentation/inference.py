@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from gliograde.contract import ContractError, grid_mismatch, kind_of
-from gliograde.data.crops import context_slices, stack_context
+from gliograde.contract.input_contract import ContractError, grid_mismatch, kind_of
+from gliograde.data.batches.crops import context_slices, stack_context
 from gliograde.errors import GliogradeError
 from gliograde.segmentation.network import DIVISOR, PaddedUNet
 
