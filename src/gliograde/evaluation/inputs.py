@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliograde.contract import mask_free
 from gliograde.config.compose import build
+from gliograde.config.legacy_targets import current_targets
 from gliograde.contract.input_contract import check_grid, check_model, enforce, read_checkpoint_contract
 from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.discovery.specs import LabelSpec, LayoutSpec, from_mapping
@@ -27,7 +28,7 @@ def load_run_config(run: Path) -> DictConfig:
         raise EvaluationError(
             f"{run}: not a run directory (no config.yaml); pass run_dir=logs/train/runs/..."
         )
-    return OmegaConf.load(run / "config.yaml")
+    return current_targets(OmegaConf.load(run / "config.yaml"))
 
 
 def load_contract(checkpoint: Path, run_cfg: DictConfig) -> dict[str, Any]:

@@ -97,6 +97,7 @@ class TorchModel:
         import torch
         from omegaconf import OmegaConf
 
+        from gliograde.config.legacy_targets import current_targets
         from gliograde.contract.input_contract import check_model, read_checkpoint_contract, refuse_kind
         from gliograde.models.backbones import cam_layer
 
@@ -110,7 +111,7 @@ class TorchModel:
             raise ModelSourceError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
         self.training_patients = recorded_training_patients(stored)
         run_config = path.parent.parent / "config.yaml"
-        run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
+        run_cfg = current_targets(OmegaConf.load(run_config)) if run_config.is_file() else None
         source = str(self.run or path)
         if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:
             self.contract = OmegaConf.to_container(run_cfg.input_contract, resolve=True)

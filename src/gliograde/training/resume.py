@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from gliograde.config.legacy_targets import current_targets
 from gliograde.errors import ConfigError, GliogradeError
 
 RUN_CONFIG = "config.yaml"
@@ -88,7 +89,7 @@ def resumed_config(cfg: DictConfig, run_dir: Path, ckpt_path: str) -> DictConfig
             "directory (hydra.run.dir=RUN ckpt_path=RUN/checkpoints/last.ckpt)"
         )
     given = OmegaConf.to_container(cfg, resolve=True)
-    saved = OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False)
+    saved = current_targets(OmegaConf.to_container(OmegaConf.load(saved_path), resolve=False))
     assert isinstance(given, dict) and isinstance(saved, dict)
     # A run directory that was moved: its recorded paths follow it.
     saved = _rebase(saved, str(_get(saved, "paths.output_dir")), str(given["paths"]["output_dir"]))
