@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gliograde import export as export_module
-from gliograde.segmentation.inference import Segmenter, segment_volume
+from gliograde.segmentation.inference import Segmenter
+from gliograde.segmentation.volume import segment_volume
 from gliograde.segmentation.network import PaddedUNet
 from gliograde.segmentation.onnx_segmenter import OnnxSegmenter
 

@@ -19,7 +19,8 @@ from gliograde.data.batches.crops import slice_boxes
 from gliograde.errors import ConfigError
 from gliograde.segmentation import masks as masks_module
 from gliograde.segmentation.datamodule import SegmentationDataModule
-from gliograde.segmentation.inference import Segmenter, SegmenterError, check_compatible, open_segmenter
+from gliograde.segmentation.inference import Segmenter, check_compatible, open_segmenter
+from gliograde.segmentation.volume import SegmenterError
 from gliograde.segmentation.masks import MaskStoreError, open_or_build_masks, store_directory
 from gliograde.segmentation.metrics import PatientDice, slice_counts
 from gliograde.segmentation.module import TumourSegmenter

@@ -38,15 +38,8 @@ from gliograde.inference.models import (
     find_checkpoint,
     read_card,
 )
-from gliograde.inference.recipe import (
-    RECIPE_FILE,
-    RecipeError,
-    describe,
-    export_staleness,
-    read_recipe,
-    recipe_checkpoint,
-    recipe_values,
-)
+from gliograde.inference.recipe import RECIPE_FILE, RecipeError, describe, read_recipe, recipe_checkpoint, recipe_values
+from gliograde.inference.export_staleness import export_staleness
 from gliograde.contract.model_card import build_card, render_markdown, segmenter_section
 from gliograde.files.sealed import write_sealed
 from gliograde.segmentation.onnx_segmenter import CARD_SECTION, SEGMENTER_ONNX_FILE
@@ -180,7 +173,8 @@ def _calibration(run: Path | None, recipe: dict[str, Any] | None) -> dict[str, A
 def _open_for_bundle(source: str | Path, model: TorchModel):
     """The segmenter checkpoint at ``source`` (a segmenter run or .ckpt) and its sha256, refused
     in one line when it is not one, is damaged, or does not fit the classifier's contract."""
-    from gliograde.segmentation.inference import SegmenterError, check_compatible, open_segmenter
+    from gliograde.segmentation.inference import check_compatible, open_segmenter
+    from gliograde.segmentation.volume import SegmenterError
 
     if not str(source).strip():
         raise SegmenterError("segmenter= needs a segmenter run directory or checkpoint (task=segment)")

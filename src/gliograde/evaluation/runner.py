@@ -50,13 +50,8 @@ from gliograde.evaluation.summary import calls_of
 from gliograde.evaluation.tables import patient_rows, write_predictions
 from gliograde.inference.calibration import CALIBRATION_FILE
 from gliograde.inference.models import find_checkpoint
-from gliograde.inference.recipe import (
-    PREDICT_AGGREGATE,
-    RECIPE_FILE,
-    chooses_recipe,
-    record_recipe,
-    threshold_source,
-)
+from gliograde.inference.recipe import PREDICT_AGGREGATE, RECIPE_FILE, chooses_recipe
+from gliograde.inference.recipe_record import record_recipe, threshold_source
 from gliograde.inference.tta import check_tta, check_tta_for
 from gliograde.contract.mask_free import mask_free_note
 from gliograde.files.output_folder import check_folder_target, staged_folder, writable

@@ -38,7 +38,8 @@ from gliograde.inference.ingested import (
 )
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
-from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
+from gliograde.inference.recipe import PREDICT_AGGREGATE
+from gliograde.inference.recipe_choice import Applied, check_predict_options, resolve
 from gliograde.inference.predicted_tumours import NO_TUMOUR_RULE, NoTumourFound, TumourPredictor
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
