@@ -194,7 +194,7 @@ def run(opts: GpuOptions) -> dict[str, Any]:
     """Every measurement; returns the JSON record."""
     import torch
 
-    from benchmarks.bench import bench_datamodule, quiet_logs
+    from benchmarks.common import bench_datamodule, quiet_logs
     from gliograde.data.synthetic.generator import generate_cohort
 
     quiet_logs()

@@ -22,7 +22,8 @@ from helpers.runs import tiny_run
 
 import gliograde.data.caching.cache as cache_module
 import gliograde.data.caching.cache_meta as cache_meta
-from gliograde.data.caching.cache import CachedCohort, current_cache
+from gliograde.data.caching.cache import current_cache
+from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.caching.cache_clean import clean_cache_dir, hold_for_reading
 from gliograde.data.caching.cache_meta import DamagedCacheError, read_meta, verify_cache
@@ -291,7 +292,7 @@ def test_evaluate_notices_a_zeroed_cache_and_scores_as_training_did(trained, tmp
 
 _READER = """
 import sys
-from gliograde.data.caching.cache import CachedCohort
+from gliograde.data.caching.reader import CachedCohort
 cached = CachedCohort.load(sys.argv[1])
 print("open", flush=True)
 sys.stdin.readline()

@@ -17,7 +17,9 @@ from helpers.cohorts import make_datamodule, patient_file
 
 import gliograde.data.caching.cache as cache_module
 import gliograde.data.caching.cache_meta as cache_meta_module
-from gliograde.data.caching.cache import CachedCohort, cache_key, open_or_build
+from gliograde.data.caching.cache import open_or_build
+from gliograde.data.caching.reader import CachedCohort
+from gliograde.data.caching.key import cache_key
 from gliograde.data.caching.cache_meta import CACHE_FORMAT, DamagedCacheError
 from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.caching.preprocess import voxel_fingerprint

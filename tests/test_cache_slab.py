@@ -9,7 +9,9 @@ import pytest
 import torch
 from helpers.cohorts import make_datamodule
 
-from gliograde.data.caching.cache import cache_key, current_key
+from gliograde.data.caching.cache import current_key
+
+from gliograde.data.caching.key import cache_key
 from gliograde.data.caching.cache_box import SLAB_MARGIN, SlabRule
 from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.discovery.specs import LabelSpec, LayoutSpec, PreprocessSpec, SliceSpec

@@ -187,7 +187,7 @@ def test_a_full_size_patient_without_a_mask_graded_through_a_segmenter(tmp_path)
     """240x240x155: segment() of a cached patient, then predict.py through the segmenter on the
     patient's folder without its mask, the mask written back on the scan's grid (models of one
     training step: the shapes, the files and the times are what is checked)."""
-    from benchmarks.bench import measure_predict
+    from benchmarks.training_loop import measure_predict
     from benchmarks.segmenter_bench import measure_segment
 
     from gliograde.data.synthetic.generator import generate_cohort

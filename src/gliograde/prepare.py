@@ -16,7 +16,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from gliograde.config.compose import build, checked_main
-from gliograde.data.caching.cache import cohort_root, current_cache
+from gliograde.data.caching.cache import current_cache
+from gliograde.data.caching.key import cohort_root
 from gliograde.data.caching.cache_clean import Removed, clean_cache_dir
 from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.pipeline.cohort_tables import summary

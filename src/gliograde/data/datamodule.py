@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
 from gliograde.data.pipeline import cohort_tables
 from gliograde.data.batches.augment import BatchAugmenter
-from gliograde.data.caching.cache import CachedCohort
+from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.cohort import Cohort
 from gliograde.data.batches.crops import NO_MASK_RULE, crop_centres, input_channels, normal_length
 from gliograde.data.batches.dataset import SliceDataset, cast, identity_collate

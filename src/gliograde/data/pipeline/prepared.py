@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from gliograde.data.caching.cache import CachedCohort, open_or_build
+from gliograde.data.caching.cache import open_or_build
+
+from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.caching.cache_box import SlabRule
 from gliograde.data.discovery.cohort import Cohort, PatientRecord, discover_cohort
 from gliograde.data.pipeline.cohort_tables import usable_fingerprints, write_cohort_tables
