@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from gliograde import synthetic as cli
 from gliograde.config.compose import build
-from gliograde.data.synthetic.generator import DEFAULT_DIFFICULTY, generation_settings
+from gliograde.data.synthetic.settings import DEFAULT_DIFFICULTY, generation_settings
 from gliograde.errors import ConfigError
 
 TINY = ("32", "32", "16")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliograde.files.atomic import check_writable_dir, write_frame, write_text
 from gliograde.training.checkpoint_io import AtomicCheckpointIO, share_if_same
-from gliograde.clean import training_lock
+from gliograde.training.run_lock import training_lock
 from gliograde.config.compose import build
 from gliograde.contract.input_contract import from_datamodule
 from gliograde.contract.recorder import config_with_contract

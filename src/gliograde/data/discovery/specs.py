@@ -8,12 +8,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gliograde.data.synthetic.generator import (
+from gliograde.data.synthetic.settings import (
+
     DEFAULT_DIFFICULTY,
+
     DEFAULT_LGG_FRACTION,
+
     DEFAULT_PATIENTS,
+
     DEFAULT_SEED,
+
     DEFAULT_SHAPE,
+
 )
 from gliograde.errors import ConfigError
 
