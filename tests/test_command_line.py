@@ -11,7 +11,7 @@ from helpers.commands import REPO, run_python
 from hydra import compose, initialize_config_dir
 
 from gliograde.config.compose import CONF_DIR
-from gliograde.config.schema import ineffective_overrides
+from gliograde.config.overrides import ineffective_overrides
 
 
 def test_a_typo_is_answered_without_importing_torch():

@@ -57,7 +57,8 @@ def checked_main(config_name: str) -> Callable[[Callable[[DictConfig], T]], Call
     def decorator(task: Callable[[DictConfig], T]) -> Callable[[], T | None]:
         def checked(cfg: DictConfig) -> T:
             from gliograde.files.quiet import quiet_known_noise
-            from gliograde.config.schema import validate_config, warn_ineffective_overrides
+            from gliograde.config.schema import validate_config
+            from gliograde.config.overrides import warn_ineffective_overrides
 
             with exit_on_user_error():
                 validate_config(cfg, config_name)

@@ -22,7 +22,7 @@ from gliograde.data.caching.key import CACHE_DTYPE, cache_generation, cohort_roo
 from gliograde.data.caching.preprocess import SliceAreas, preprocess_patient
 from gliograde.data.caching.problems import write_problems
 from gliograde.data.caching.workers import available_cores, signals_deferred, sigterm_as_exit, worker_pool
-from gliograde.data.discovery.cohort import PatientRecord
+from gliograde.data.discovery.patient_files import PatientRecord
 from gliograde.data.discovery.nifti import VolumeHeader, check_same_grid, read_header
 from gliograde.data.discovery.specs import PLANES, PreprocessSpec
 from gliograde.data.errors import DataError

@@ -57,7 +57,7 @@ from gliograde.data.caching.cache_box import BOX_MARGIN, SlabRule
 from gliograde.data.caching.cache_clean import key_lock, remove_abandoned_builds, remove_cache
 from gliograde.data.caching.cache_meta import DamagedCacheError
 from gliograde.data.caching.key import cache_generation, cache_key, stored_of
-from gliograde.data.discovery.cohort import PatientRecord
+from gliograde.data.discovery.patient_files import PatientRecord
 from gliograde.data.discovery.nifti import check_same_grid, read_header
 from gliograde.data.discovery.specs import PreprocessSpec
 from gliograde.data.errors import DataError

@@ -13,7 +13,7 @@ import numpy as np
 from gliograde.data.caching.cache_box import BOX_MARGIN, SlabRule
 from gliograde.data.caching.cache_meta import CACHE_FORMAT
 from gliograde.data.caching.preprocess import stored_modalities
-from gliograde.data.discovery.cohort import PatientRecord
+from gliograde.data.discovery.patient_files import PatientRecord
 from gliograde.data.discovery.specs import PreprocessSpec
 
 

@@ -21,7 +21,8 @@ from gliograde.data.caching.cache import open_or_build
 
 from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.caching.cache_box import SlabRule
-from gliograde.data.discovery.cohort import Cohort, PatientRecord, discover_cohort
+from gliograde.data.discovery.cohort import Cohort, discover_cohort
+from gliograde.data.discovery.patient_files import PatientRecord
 from gliograde.data.pipeline.cohort_tables import usable_fingerprints, write_cohort_tables
 from gliograde.data.batches.crops import normal_length, union_box
 from gliograde.data.errors import DataError
