@@ -7,23 +7,34 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-from gliograde.files.atomic import write_text
-from gliograde.data.errors import DataError
+from gliograde.data.batches.splits import SPLITS, splits_frame
 from gliograde.data.discovery.identity import fingerprint_table
 from gliograde.data.discovery.specs import MODALITIES
-from gliograde.data.batches.splits import SPLITS, splits_frame
-
-if TYPE_CHECKING:
-    from gliograde.data.pipeline.prepared import PreparedCohort
+from gliograde.data.errors import DataError
+from gliograde.files.atomic import write_text
 
 log = logging.getLogger(__name__)
 
 
-def cohort_table(prepared: PreparedCohort) -> pd.DataFrame:
+class PreparedView(Protocol):
+    """What these tables read of a ``prepared.PreparedCohort`` (named here, not imported: the
+    prepared cohort writes its tables with this module)."""
+
+    cohort: Any
+    cached: Any
+    skipped: list[DataError]
+    patients: list[Any]
+    assignment: dict[str, str]
+    options: Any
+
+    def label_name(self, label: int | None) -> str: ...
+
+
+def cohort_table(prepared: PreparedView) -> pd.DataFrame:
     """One row per patient found: id, label, modality and mask paths, and ``ok``/``skipped``."""
     assert prepared.cohort is not None and prepared.cached is not None
     cached_ids = set(prepared.cached.patient_ids)
@@ -49,7 +60,7 @@ def skipped_table(skipped: list[DataError]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["patient_id", "file", "problem"], dtype=object)
 
 
-def write_cohort_tables(prepared: PreparedCohort) -> None:
+def write_cohort_tables(prepared: PreparedView) -> None:
     """cohort.csv and skipped.csv beside the cache (atomically; labels as read now).
 
     A complete cache may sit in a read-only place: then the tables are left as they are.
@@ -67,7 +78,7 @@ def write_cohort_tables(prepared: PreparedCohort) -> None:
         log.info("Not writing the cohort tables beside the cache (%s)", err)
 
 
-def split_table(prepared: PreparedCohort) -> list[tuple[str, str, str]]:
+def split_table(prepared: PreparedView) -> list[tuple[str, str, str]]:
     """(patient_id, label name, split) for every usable patient."""
     return [
         (p.patient_id, prepared.label_name(p.label), prepared.assignment[p.patient_id])
@@ -75,7 +86,7 @@ def split_table(prepared: PreparedCohort) -> list[tuple[str, str, str]]:
     ]
 
 
-def usable_fingerprints(prepared: PreparedCohort) -> pd.DataFrame:
+def usable_fingerprints(prepared: PreparedView) -> pd.DataFrame:
     """``patient_id``, ``fingerprint_<modality>`` and ``order_fingerprint_<modality>`` of every
     usable patient (see ``identity``)."""
     assert prepared.cached is not None
@@ -84,19 +95,19 @@ def usable_fingerprints(prepared: PreparedCohort) -> pd.DataFrame:
     return table[table["patient_id"].isin(prepared.assignment)].reset_index(drop=True)
 
 
-def splits_table(prepared: PreparedCohort) -> pd.DataFrame:
+def splits_table(prepared: PreparedView) -> pd.DataFrame:
     """``patient_id, label, split`` and the image fingerprints of every usable patient."""
     labels = {pid: label for pid, label, _ in split_table(prepared)}
     frame = splits_frame(prepared.assignment, labels)
     return frame.merge(usable_fingerprints(prepared), on="patient_id", how="left")
 
 
-def write_splits(prepared: PreparedCohort, path: str | Path) -> None:
+def write_splits(prepared: PreparedView, path: str | Path) -> None:
     """Write ``splits.csv`` for a run directory: who was where, and what their images were."""
     write_text(path, splits_table(prepared).to_csv(index=False, lineterminator="\n"))
 
 
-def summary(prepared: PreparedCohort) -> dict[str, Any]:
+def summary(prepared: PreparedView) -> dict[str, Any]:
     """Counts a user wants to see after preparing a cohort."""
     assert prepared.cohort is not None and prepared.cached is not None
     per_class = Counter(prepared.label_name(p.label) or "unlabelled" for p in prepared.patients)

@@ -17,27 +17,30 @@ from pathlib import Path
 
 import numpy as np
 
+from gliograde.contract.mask_free import slice_rule
+from gliograde.data.batches.crops import normal_length
+from gliograde.data.batches.slices import NEEDS_MASK, select_slices
+from gliograde.data.batches.splits import SPLITS, read_splits, split_patients
 from gliograde.data.caching.cache import open_or_build
-
-from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.caching.cache_box import SlabRule
+from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.cohort import Cohort, discover_cohort
-from gliograde.data.discovery.patient_files import PatientRecord
-from gliograde.data.pipeline.cohort_tables import usable_fingerprints, write_cohort_tables
-from gliograde.data.batches.crops import normal_length, union_box
-from gliograde.data.errors import DataError
-from gliograde.data.discovery.identity import content_duplicates, fingerprint_columns
 from gliograde.data.discovery.nifti import read_header
 from gliograde.data.discovery.options import DataOptions
-from gliograde.data.batches.slices import NEEDS_MASK, select_slices
-from gliograde.data.batches.splits import SPLITS, read_splits, read_splits_table, split_patients
+from gliograde.data.discovery.patient_files import PatientRecord
+from gliograde.data.errors import DataError
+from gliograde.data.pipeline.cohort_tables import usable_fingerprints, write_cohort_tables
+from gliograde.data.pipeline.selection_checks import (
+    ADDED,
+    check_saved_split,
+    refuse_shared_images,
+    warn_about_crop,
+)
 from gliograde.data.synthetic.generator import ensure_cohort
 from gliograde.errors import ConfigError
-from gliograde.contract.mask_free import slice_rule
 
 log = logging.getLogger(__name__)
 
-ADDED = "added"  # the split of a patient missing from a resumed run's splits.csv (refused)
 
 
 def slab_rule(options: DataOptions) -> SlabRule:
@@ -307,47 +310,22 @@ class PreparedCohort:
         self.assignment = {p.patient_id: assignment[p.patient_id] for p in patients}
         try:
             if self.saved_split is not None:
-                self._check_saved_split()
+                check_saved_split(
+                    self.saved_split,
+                    self.assignment,
+                    usable_fingerprints(self),
+                    {p.patient_id: self.label_name(p.label) for p in self.patients},
+                )
             graded = {split for pid, split in assignment.items() if pid not in self.ungraded}
             if self.checked_splits is not None:
                 graded &= self.checked_splits
             self._check_split_sizes(graded, len(empty))
-            self._refuse_shared_images()
+            refuse_shared_images(usable_fingerprints(self), self.assignment, self.options.root)
         except Exception:
             self.patients, self.assignment = [], {}  # a refused selection is never used
             raise
-        self._warn_about_crop()
-
-    def _warn_about_crop(self) -> None:
-        """One warning line for a crop larger than the slice (zeros around it), and one for a
-        brain crop smaller than the brain of some patient (the brain is cut at its edges)."""
         assert self.cached is not None
-        crop, plane = self.options.crop_spec, self.options.slice_spec.plane
-        if crop.mode == "none":
-            return
-        x, y, z = self.cached.shape
-        rows, cols = {"axial": (y, x), "coronal": (z, x), "sagittal": (z, y)}[plane]
-        if crop.size > rows or crop.size > cols:
-            log.warning(
-                "data.crop.size=%d is larger than the %dx%d %s slice: the square is padded with zeros "
-                "(a size of at most %d keeps it within the slice)",
-                crop.size, rows, cols, plane, min(rows, cols),
-            )
-        if crop.mode != "brain":
-            return
-        boxes = self.cached.brain_boxes_of(self.options.modalities, plane)
-        widest = (0, 0, "")
-        for patient in self.patients:
-            r0, r1, c0, c1 = (int(v) for v in union_box(boxes[patient.position]))
-            if r0 >= 0 and max(r1 - r0 + 1, c1 - c0 + 1) > max(widest[:2]):
-                widest = (r1 - r0 + 1, c1 - c0 + 1, patient.patient_id)
-        if max(widest[:2]) > crop.size:
-            log.warning(
-                "data.crop.size=%d is smaller than the brain of patient %s (%dx%d in the %s plane): "
-                "data.crop.mode=brain cuts brains at their edges; choose data.crop.size=%d or more "
-                "to keep them whole",
-                crop.size, widest[2], widest[0], widest[1], plane, max(widest[:2]),
-            )
+        warn_about_crop(self.cached, self.options, {p.patient_id: p.position for p in self.patients})
 
     def _assign(self, patient_ids: list[str], labels: list[int | None]) -> dict[str, str]:
         """Each patient's split: ``all`` without a split (or labels, when they are optional)."""
@@ -382,54 +360,6 @@ class PreparedCohort:
                     "choose a data.slices setting that selects slices of every patient (e.g. a lower "
                     "data.slices.min_area), or add patients"
                 )
-
-    def _check_saved_split(self) -> None:
-        """The patients selected must be those of the saved split, with their labels and images."""
-        assert self.saved_split is not None
-        saved = read_splits_table(self.saved_split).set_index("patient_id")
-        added = sorted(p for p, where in self.assignment.items() if where == ADDED)
-        removed = sorted(set(saved.index) - set(self.assignment))
-        current = usable_fingerprints(self).set_index("patient_id")
-        labels = {p.patient_id: self.label_name(p.label) for p in self.patients}
-        columns = [c for c in fingerprint_columns(saved) if c in current.columns]
-        changed = []
-        for patient in sorted(set(saved.index) & set(self.assignment)):
-            was, now = saved.loc[patient], current.loc[patient]
-            images = any(was[c] and str(now[c]) != was[c] for c in columns)
-            if images or str(was["label"]) != labels[patient]:
-                changed.append(patient)
-        news = [
-            f"{len(names)} {what} (e.g. {names[0]})"
-            for names, what in ((added, "added"), (removed, "removed"), (changed, "changed"))
-            if names
-        ]
-        if news:
-            raise DataError(
-                f"the cohort differs from the run's split: patients {', '.join(news)}; a resumed run "
-                "keeps its patients and split: restore the cohort as it was, or start a new run",
-                where=self.saved_split,
-            )
-
-    def _refuse_shared_images(self) -> None:
-        """The same images under two ids in different splits would leak; in one split, warn."""
-        for match in content_duplicates(usable_fingerprints(self)):
-            where = (self.assignment[match.patient_id], self.assignment[match.other_id])
-            shared = "/".join(match.modalities)
-            if where[0] != where[1]:
-                raise DataError(
-                    f"holds the same {shared} images as {match.other_id}, but they are in the "
-                    f"{where[0]} and {where[1]} splits (one patient under two ids would leak): "
-                    "remove one of the two folders",
-                    match.patient_id,
-                    self.options.root,
-                )
-            log.warning(
-                "Patients %s and %s hold the same %s images (both in %s): one patient counted twice?",
-                match.patient_id,
-                match.other_id,
-                shared,
-                where[0],
-            )
 
     def describe_slices(self) -> str:
         """``data.slices`` as the options that matter for its strategy, for messages."""
