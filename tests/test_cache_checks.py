@@ -21,13 +21,13 @@ from helpers.commands import run_python
 from helpers.runs import tiny_run
 
 import gliograde.data.caching.cache as cache_module
-import gliograde.data.caching.cache_meta as cache_meta
 from gliograde.data.caching.cache import current_cache
+from gliograde.data.caching.cache_clean import clean_cache_dir, hold_for_reading
+import gliograde.data.caching.cache_meta as cache_meta
+from gliograde.data.caching.cache_meta import DamagedCacheError, read_meta, verify_cache
 from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.cohort import discover_cohort
-from gliograde.data.caching.cache_clean import clean_cache_dir, hold_for_reading
-from gliograde.data.caching.cache_meta import DamagedCacheError, read_meta, verify_cache
-from gliograde.data.discovery.options import DataOptions
+from gliograde.data.pipeline.options import DataOptions
 from gliograde.data.pipeline.prepared import PreparedCohort, slab_rule
 from gliograde.data.synthetic.generator import generate_cohort
 

@@ -17,12 +17,12 @@ from omegaconf import DictConfig
 
 from gliograde.config.compose import build, checked_main
 from gliograde.data.caching.cache import current_cache
-from gliograde.data.caching.key import cohort_root
 from gliograde.data.caching.cache_clean import Removed, clean_cache_dir
+from gliograde.data.caching.key import cohort_root
 from gliograde.data.discovery.cohort import discover_cohort
-from gliograde.data.pipeline.cohort_tables import summary
 from gliograde.data.errors import DataError
-from gliograde.data.discovery.options import DataOptions
+from gliograde.data.pipeline.cohort_tables import summary
+from gliograde.data.pipeline.options import DataOptions
 from gliograde.data.pipeline.prepared import PreparedCohort, slab_rule
 from gliograde.errors import ConfigError, exit_on_user_error
 
@@ -56,7 +56,7 @@ def data_options(data: DictConfig) -> DataOptions:
             f"set data._target_={DATAMODULE} or prepare through that DataModule"
         )
     node = data.copy()
-    node._target_ = "gliograde.data.discovery.options.DataOptions"
+    node._target_ = "gliograde.data.pipeline.options.DataOptions"
     return build(node)
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, Union
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gliograde.config.type_check import MISSING, Range, _fields, _show, check, check_mapping
 from gliograde.data.discovery.specs import (
     MODALITIES,
     AugmentSpec,
@@ -28,10 +29,9 @@ from gliograde.data.discovery.specs import (
     SyntheticSpec,
 )
 from gliograde.errors import ConfigError
-from gliograde.models.patient_scores import AGGREGATES
 from gliograde.inference.tta import TTA_MODES
 from gliograde.models.names import BACKBONES, OPTIMIZER_CLASSES
-from gliograde.config.type_check import MISSING, Range, _fields, _show, check, check_mapping
+from gliograde.models.patient_scores import AGGREGATES
 
 
 AtLeast1 = Annotated[int, Range(1)]
@@ -291,7 +291,7 @@ def _check_test_split(cfg: DictConfig) -> None:
 
 def validate_data_config(node: DictConfig, deep: bool = True) -> None:
     """Check a ``data`` node (types, ranges, allowed values) without touching any data."""
-    from gliograde.data.discovery.options import DataOptions
+    from gliograde.data.pipeline.options import DataOptions
 
     values = _container(node, "data")
     if values.get("root") == MISSING:

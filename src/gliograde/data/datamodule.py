@@ -32,7 +32,6 @@ from gliograde.data.batches.samplers import EpochShuffleSampler, EpochWeightedSa
 from gliograde.data.batches.splits import SPLITS, assert_disjoint
 from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.cohort import Cohort
-from gliograde.data.discovery.options import DataOptions
 from gliograde.data.discovery.specs import (
     AugmentSpec,
     CropSpec,
@@ -46,6 +45,7 @@ from gliograde.data.discovery.specs import (
 from gliograde.data.errors import DataError
 from gliograde.data.pipeline import cohort_tables
 from gliograde.data.pipeline.datasets import slice_dataset
+from gliograde.data.pipeline.options import DataOptions
 from gliograde.data.pipeline.prepared import PatientSlices, PreparedCohort
 from gliograde.errors import ConfigError
 

@@ -9,7 +9,7 @@ import torch
 from gliograde.data.batches.crops import crop_centres, normal_length
 from gliograde.data.batches.dataset import SliceDataset
 from gliograde.data.caching.reader import CachedCohort
-from gliograde.data.discovery.options import DataOptions
+from gliograde.data.pipeline.options import DataOptions
 from gliograde.data.pipeline.prepared import PatientSlices
 
 TRANSFER_DTYPES = {"float32": torch.float32, "float16": torch.float16}

@@ -26,10 +26,10 @@ from gliograde.data.caching.cache_box import SlabRule
 from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.cohort import Cohort, discover_cohort
 from gliograde.data.discovery.nifti import read_header
-from gliograde.data.discovery.options import DataOptions
 from gliograde.data.discovery.patient_files import PatientRecord
 from gliograde.data.errors import DataError
 from gliograde.data.pipeline.cohort_tables import usable_fingerprints, write_cohort_tables
+from gliograde.data.pipeline.options import DataOptions
 from gliograde.data.pipeline.selection_checks import (
     ADDED,
     check_saved_split,

@@ -14,8 +14,8 @@ from gliograde.data.batches.crops import union_box
 from gliograde.data.batches.splits import read_splits_table
 from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.discovery.identity import content_duplicates, fingerprint_columns
-from gliograde.data.discovery.options import DataOptions
 from gliograde.data.errors import DataError
+from gliograde.data.pipeline.options import DataOptions
 
 ADDED = "added"  # the split of a patient missing from a resumed run's splits.csv (refused)
 
