@@ -58,6 +58,7 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 def quiet_logs() -> None:
     """Lightning's banners and the DataLoader's advice are noise in a benchmark."""
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' levels on import)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.ERROR)
