@@ -15,8 +15,6 @@ import numpy as np
 
 
 FULL_SHAPE = (240, 240, 155)
-
-
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,23 +10,11 @@ from benchmarks.common import FULL_SHAPE, Options, _gb_per_s
 
 # Targets on a 2-core CPU machine (at full size).
 PREPROCESS_MAX_S = 0.4
-
-
 LOADER_MIN_OF_MEMCPY = 0.5
-
-
 LOADER_MIN_OVER_ARTICLE = 1000.0
-
-
 LOADER_MIN_OVER_PEER = 10.0
-
-
 LIGHTNING_MIN_RATIO = 0.95
-
-
 RSS_MAX_GROWTH_MB = 200.0
-
-
 PREDICT_MAX_S = 15.0
 
 

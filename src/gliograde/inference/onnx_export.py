@@ -14,8 +14,6 @@ from gliograde.inference.models import TorchModel
 
 
 OPSET = 17
-
-
 TOLERANCE = 1e-4
 
 

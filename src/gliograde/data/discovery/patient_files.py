@@ -15,11 +15,7 @@ from gliograde.data.errors import DataError
 
 logger = logging.getLogger(__name__)
 _STRAY_DIRS = frozenset({"__MACOSX", "$RECYCLE.BIN", "System Volume Information"})
-
-
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
-
-
 KNOWN_MASK_NAMES: dict[str, tuple[str, ...]] = {"brats2020": ("W39_1998.09.19_Segm",)}
 """File stems (per ``layout.name``) that a released cohort uses for a mask instead of
 ``layout.mask_file``; used, with a warning, only when that file is absent."""

@@ -26,8 +26,6 @@ _MIMIC_OEDEMA, _MIMIC_CORE, _MIMIC_ENH = range(7, 10)
 
 
 _SEG_OF_CLASS = np.array([0, 0, 0, 0, 2, 1, 4, 0, 0, 0], dtype=np.uint8)
-
-
 MIMIC_TISSUE = 4
 """Value of mimic-lesion voxels in the tissue map ``_synthesize`` returns for tests."""
 
@@ -73,11 +71,7 @@ class _Phenotype:
 
 _RING_AT = 0.35
 """Malignancy above which the core is a necrotic centre inside an enhancing rim."""
-
-
 MIMIC_RATE_AT_0 = 0.25
-
-
 MIMIC_RATE_SLOPE = 1.25
 """Each of a patient's two mimic slots holds a lesion with chance ``0.25 + 1.25 * difficulty``
 (capped at 1) when ``difficulty > 0``; see :func:`_paint_mimics`."""

@@ -14,17 +14,9 @@ from gliograde.errors import ConfigError
 
 # The one source of the synthetic cohort's defaults: the CLI and the data preset use these.
 DEFAULT_PATIENTS: int = 60
-
-
 DEFAULT_SEED: int = 0
-
-
 DEFAULT_SHAPE: tuple[int, int, int] = (240, 240, 155)
-
-
 DEFAULT_LGG_FRACTION: float = 76 / 369  # the BraTS 2020 training ratio
-
-
 DEFAULT_DIFFICULTY: float = 0.1
 """Grade-cue overlap of the preset. At 0.1 a 5-epoch ResNet18 trained on the preset's 60
 patients (``experiment=quickstart``, 5 epochs), scored on a fresh 100-patient cohort
@@ -35,8 +27,6 @@ the cleanly separable cohort for anything that needs a sure signal."""
 
 SETTINGS: tuple[str, ...] = ("patients", "seed", "shape", "lgg_fraction", "difficulty")
 """The generation settings recorded with a cohort; equal settings give equal voxels."""
-
-
 GENERATOR_VERSION: int = 2
 """Recorded with each cohort. Version 2 added the mimic lesions, so cohorts with difficulty > 0
 drawn by version 1 hold other voxels for the same settings; at difficulty 0 both agree."""
@@ -44,11 +34,7 @@ drawn by version 1 hold other voxels for the same settings; at difficulty 0 both
 
 MIN_SHAPE: tuple[int, int, int] = (24, 24, 12)
 """Smallest accepted volume; HGG masks there still hold a few voxels each of labels 1, 2 and 4."""
-
-
 SETTINGS_FILE = ".synthetic.json"  # hidden: discovery ignores dot files
-
-
 GRADES: tuple[str, ...] = ("LGG", "HGG")
 
 
