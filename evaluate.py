@@ -11,7 +11,7 @@ from __future__ import annotations
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from gliograde.config import checked_main
+from gliograde.config.compose import checked_main
 from gliograde.errors import exit_on_user_error
 
 

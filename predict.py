@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from gliograde.config import CONF_DIR
+from gliograde.config.compose import CONF_DIR
 from gliograde.errors import exit_on_user_error
 
 
@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    from gliograde.config import expand_switches
+    from gliograde.config.compose import expand_switches
 
     sys.argv = expand_switches(sys.argv, {"ingest": "ingest.enabled"})
     main()

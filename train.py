@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from gliograde.config import checked_main
+from gliograde.config.compose import checked_main
 from gliograde.errors import exit_on_user_error
-from gliograde.sweeps import missing_objective
+from gliograde.sweeps.jobs import missing_objective
 
 
 @checked_main("train")
 def main(cfg: DictConfig) -> float | None:
-    from gliograde.training import train  # after the command line is checked
+    from gliograde.training.fit import train  # after the command line is checked
 
     with exit_on_user_error():
         metrics = train(cfg)

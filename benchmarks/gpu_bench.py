@@ -194,8 +194,8 @@ def run(opts: GpuOptions) -> dict[str, Any]:
     """Every measurement; returns the JSON record."""
     import torch
 
-    from benchmarks.bench import bench_datamodule, quiet_logs
-    from gliograde.data.synthetic import generate_cohort
+    from benchmarks.common import bench_datamodule, quiet_logs
+    from gliograde.data.synthetic.generator import generate_cohort
 
     quiet_logs()
     has_gpu = torch.cuda.is_available()

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from gliograde.data.synthetic import brats_affine, synthesize_patient
+from gliograde.data.synthetic.generator import brats_affine, synthesize_patient
 from gliograde.ingest.hospital_scans import flip_left_right, model_grid_image, scanner_images
 from gliograde.ingest.model_space import to_model_space
 from gliograde.ingest.quality import check_quality

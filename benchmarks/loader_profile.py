@@ -60,7 +60,7 @@ def monai_peer_loader(dm, batch_size: int):
 def full_grid_dataset(dataset, full_cached):
     """``dataset`` (a SliceDataset) reading the same rows from ``full_cached``, a cache of the
     same patients that stores the full grid."""
-    from gliograde.data.dataset import SliceDataset
+    from gliograde.data.batches.dataset import SliceDataset
 
     assert full_cached.layout.is_full
     twin: SliceDataset = copy.copy(dataset)
@@ -77,8 +77,8 @@ def loader_over(dataset, batch_size: int, seed: int = 0, worker_processes: int =
     batches are built in that many worker processes instead, as the DataModule once did."""
     from torch.utils.data import DataLoader
 
-    from gliograde.data.dataset import identity_collate
-    from gliograde.data.samplers import EpochShuffleSampler
+    from gliograde.data.batches.dataset import identity_collate
+    from gliograde.data.batches.samplers import EpochShuffleSampler
 
     return DataLoader(
         dataset,
@@ -110,7 +110,7 @@ def profile_batches(dataset, batch_size: int, batches: int = 20, seed: int = 0) 
 
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory tensor reductions)
 
-    from gliograde.data.dataset import cast
+    from gliograde.data.batches.dataset import cast
 
     rng = np.random.default_rng(seed)
     picks = [rng.permutation(len(dataset))[:batch_size] for _ in range(batches)]

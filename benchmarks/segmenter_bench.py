@@ -23,7 +23,7 @@ def _one_step_segmenter(root: Path, cache_dir: Path, path: Path, seed: int):
     datamodule it was trained from."""
     import pytorch_lightning as pl
 
-    from gliograde.contract import from_datamodule
+    from gliograde.contract.input_contract import from_datamodule
     from gliograde.segmentation.datamodule import SegmentationDataModule
     from gliograde.segmentation.module import TumourSegmenter
 

@@ -11,7 +11,7 @@ from helpers.cohorts import TINY_SHAPE
 from helpers.configs import compose_config
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
+import gliograde.data.caching.build as build_module
 from gliograde.data.errors import DataError
 
 PID = "BraTS20_Training_005"  # the patient we damage; not the first, so others decode before it
@@ -282,13 +282,13 @@ def test_bad_patient_skipped(tiny_cohort, tmp_path, caplog, case):
 def decode_calls(monkeypatch):
     """Record every patient preprocess_patient is called for (workers=1: in this process)."""
     calls: list[str] = []
-    original = cache_module.preprocess_patient
+    original = build_module.preprocess_patient
 
     def recording(patient, *args, **kwargs):
         calls.append(patient)
         return original(patient, *args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "preprocess_patient", recording)
+    monkeypatch.setattr(build_module, "preprocess_patient", recording)
     return calls
 
 

@@ -15,8 +15,8 @@ from benchmarks.bench import KEYS
 from helpers.cohorts import make_datamodule
 from helpers.commands import REPO
 
-from gliograde.data.preprocess import normalise_into
-from gliograde.data.specs import MODALITIES
+from gliograde.data.caching.preprocess import normalise_into
+from gliograde.data.discovery.specs import MODALITIES
 
 
 @pytest.mark.slow
@@ -106,9 +106,9 @@ def test_the_monai_peer_serves_our_slices_in_float32(tiny_cohort_master, tmp_pat
     batch = next(iter(peer))
     assert batch["image"].shape == (8, *ours.batch([0])["image"].shape[1:])
     # The full-grid twin: the same rows from a cache of the whole grid, bit for bit.
-    from gliograde.data.cache import open_or_build
-    from gliograde.data.cohort import discover_cohort
-    from gliograde.data.specs import LabelSpec, LayoutSpec, PreprocessSpec
+    from gliograde.data.caching.cache import open_or_build
+    from gliograde.data.discovery.cohort import discover_cohort
+    from gliograde.data.discovery.specs import LabelSpec, LayoutSpec, PreprocessSpec
 
     records = discover_cohort(tiny_cohort_master, LayoutSpec(), LabelSpec(), True).patients
     spec, labels = PreprocessSpec(workers=1), LayoutSpec().mask_labels

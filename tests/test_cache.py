@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
-from gliograde.data.cache import CachedCohort
+import gliograde.data.caching.build as build_module
+import gliograde.data.caching.cache as cache_module
+from gliograde.data.caching.reader import CachedCohort
 from gliograde.data.errors import DataError
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.specs import MODALITIES
 
 
 def _entries(cache_dir: Path) -> list[str]:
@@ -63,7 +64,8 @@ def test_second_setup_decodes_no_nifti(tiny_cohort, tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("NIfTI decoded although the cache exists")
 
-    monkeypatch.setattr(cache_module, "preprocess_patient", fail)
+    monkeypatch.setattr(build_module, "preprocess_patient", fail)
+    monkeypatch.setattr(build_module, "read_header", fail)
     monkeypatch.setattr(cache_module, "read_header", fail)
     # Other modalities, strategies and planes whose slices the brain slab holds reuse its cache.
     others = ({"strategy": "brain", "plane": "coronal"}, {"strategy": "tumor_all"}, {"strategy": "middle"})
@@ -101,7 +103,7 @@ def test_parallel_build_equals_serial_build(tiny_cohort, tmp_path):
 
 def test_interrupted_build_leaves_nothing_trusted(tiny_cohort, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = cache_module.preprocess_patient
+    real = build_module.preprocess_patient
 
     def interrupt_third(*args, **kwargs):
         calls["n"] += 1
@@ -109,12 +111,12 @@ def test_interrupted_build_leaves_nothing_trusted(tiny_cohort, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cache_module, "preprocess_patient", interrupt_third)
+    monkeypatch.setattr(build_module, "preprocess_patient", interrupt_third)
     cache_dir = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         make_datamodule(tiny_cohort, cache_dir).prepare_data()
     assert _entries(cache_dir) == []
-    monkeypatch.setattr(cache_module, "preprocess_patient", real)
+    monkeypatch.setattr(build_module, "preprocess_patient", real)
     dm = make_datamodule(tiny_cohort, cache_dir)
     dm.prepare_data()
     assert len(dm.cached.patient_ids) == 24
@@ -192,7 +194,7 @@ def test_a_disk_too_small_is_refused_before_decoding(tiny_cohort, tmp_path, monk
     from collections import namedtuple
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    monkeypatch.setattr(build_module.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     with pytest.raises(DataError, match=r"not enough free disk space for the cache: needs 0\.\d+ GB") as err:
         make_datamodule(tiny_cohort, tmp_path / "cache").prepare_data()
     assert "\n" not in str(err.value) and "data.cache_dir" in str(err.value)

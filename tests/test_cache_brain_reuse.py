@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 from helpers.cohorts import make_datamodule
 
-import gliograde.data.cache as cache_module
-from gliograde.data.cache_box import SLAB_MARGIN, SlabRule
+import gliograde.data.caching.build as build_module
+import gliograde.data.caching.cache as cache_module
+from gliograde.data.caching.cache_box import SLAB_MARGIN, SlabRule
 
 RUNS = (
     dict(slices={"strategy": "tumor_all"}, context=SLAB_MARGIN + 2),  # a tumour slab wider than the default
@@ -38,7 +39,8 @@ def test_a_brain_cache_serves_wider_margins_tumour_and_range_runs(tiny_cohort_ma
     def fail(*args, **kwargs):
         raise AssertionError("NIfTI decoded although a brain cache of the same inputs exists")
 
-    monkeypatch.setattr(cache_module, "preprocess_patient", fail)
+    monkeypatch.setattr(build_module, "preprocess_patient", fail)
+    monkeypatch.setattr(build_module, "read_header", fail)
     monkeypatch.setattr(cache_module, "read_header", fail)
     for run, (keys, images) in zip(RUNS, own):
         reused = _ready(tiny_cohort_master, tmp_path / "cache", **run)

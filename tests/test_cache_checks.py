@@ -20,15 +20,16 @@ from helpers.cohorts import make_datamodule
 from helpers.commands import run_python
 from helpers.runs import tiny_run
 
-import gliograde.data.cache as cache_module
-import gliograde.data.cache_meta as cache_meta
-from gliograde.data.cache import CachedCohort, current_cache
-from gliograde.data.cohort import discover_cohort
-from gliograde.data.cache_clean import clean_cache_dir, hold_for_reading
-from gliograde.data.cache_meta import DamagedCacheError, read_meta, verify_cache
-from gliograde.data.options import DataOptions
-from gliograde.data.prepared import PreparedCohort, slab_rule
-from gliograde.data.synthetic import generate_cohort
+import gliograde.data.caching.cache as cache_module
+from gliograde.data.caching.cache import current_cache
+from gliograde.data.caching.cache_clean import clean_cache_dir, hold_for_reading
+import gliograde.data.caching.cache_meta as cache_meta
+from gliograde.data.caching.cache_meta import DamagedCacheError, read_meta, verify_cache
+from gliograde.data.caching.reader import CachedCohort
+from gliograde.data.discovery.cohort import discover_cohort
+from gliograde.data.pipeline.options import DataOptions
+from gliograde.data.pipeline.prepared import PreparedCohort, slab_rule
+from gliograde.data.synthetic.generator import generate_cohort
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,7 @@ def test_zeroed_volumes_with_mtime_put_back_is_named_and_rebuilt(small_cohort, t
     header = _blocks(cached.directory)[0][1]
     _zero_in_place(cached.volumes_path, header, cached.volumes_path.stat().st_size)
 
-    with caplog.at_level(logging.WARNING, logger="gliograde.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="gliograde.data.caching.cache"):
         again = _built(small_cohort, cache_dir)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     first_patient = _blocks(cached.directory)[1][3]
@@ -291,7 +292,7 @@ def test_evaluate_notices_a_zeroed_cache_and_scores_as_training_did(trained, tmp
 
 _READER = """
 import sys
-from gliograde.data.cache import CachedCohort
+from gliograde.data.caching.reader import CachedCohort
 cached = CachedCohort.load(sys.argv[1])
 print("open", flush=True)
 sys.stdin.readline()

@@ -15,13 +15,15 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
-import gliograde.data.cache_meta as cache_meta_module
-from gliograde.data.cache import CachedCohort, cache_key, open_or_build
-from gliograde.data.cache_meta import CACHE_FORMAT, DamagedCacheError
-from gliograde.data.cohort import discover_cohort
-from gliograde.data.preprocess import voxel_fingerprint
-from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec, PreprocessSpec
+import gliograde.data.caching.cache as cache_module
+import gliograde.data.caching.cache_meta as cache_meta_module
+from gliograde.data.caching.cache import open_or_build
+from gliograde.data.caching.reader import CachedCohort
+from gliograde.data.caching.key import cache_key
+from gliograde.data.caching.cache_meta import CACHE_FORMAT, DamagedCacheError
+from gliograde.data.discovery.cohort import discover_cohort
+from gliograde.data.caching.preprocess import voxel_fingerprint
+from gliograde.data.discovery.specs import MODALITIES, LabelSpec, LayoutSpec, PreprocessSpec
 
 
 def _built(root: Path, cache_dir: Path) -> CachedCohort:
@@ -86,7 +88,7 @@ def test_a_damaged_cache_is_named_and_rebuilt(tiny_cohort, tmp_path, caplog, dam
 
     with pytest.raises(DamagedCacheError, match=name):
         CachedCohort.load(first.directory)
-    with caplog.at_level(logging.WARNING, logger="gliograde.data.cache"):
+    with caplog.at_level(logging.WARNING, logger="gliograde.data.caching.cache"):
         again = _built(tiny_cohort, tmp_path / "cache")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(target) in w and "rebuilding" in w for w in warnings), warnings

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from gliograde.data.cache import open_or_build
-from gliograde.data.cache_box import BOX_MARGIN, BoxLayout
-from gliograde.data.cohort import discover_cohort
-from gliograde.data.dataset import SliceDataset
-from gliograde.data.specs import MODALITIES, PLANES, LabelSpec, LayoutSpec, PreprocessSpec
+from gliograde.data.caching.cache import open_or_build
+from gliograde.data.caching.cache_box import BOX_MARGIN, BoxLayout
+from gliograde.data.discovery.cohort import discover_cohort
+from gliograde.data.batches.dataset import SliceDataset
+from gliograde.data.discovery.specs import MODALITIES, PLANES, LabelSpec, LayoutSpec, PreprocessSpec
 
 AXIS = {"axial": 0, "coronal": 1, "sagittal": 2}
 

@@ -9,10 +9,12 @@ import pytest
 import torch
 from helpers.cohorts import make_datamodule
 
-from gliograde.data.cache import cache_key, current_key
-from gliograde.data.cache_box import SLAB_MARGIN, SlabRule
-from gliograde.data.cohort import discover_cohort
-from gliograde.data.specs import LabelSpec, LayoutSpec, PreprocessSpec, SliceSpec
+from gliograde.data.caching.cache import current_key
+
+from gliograde.data.caching.key import cache_key
+from gliograde.data.caching.cache_box import SLAB_MARGIN, SlabRule
+from gliograde.data.discovery.cohort import discover_cohort
+from gliograde.data.discovery.specs import LabelSpec, LayoutSpec, PreprocessSpec, SliceSpec
 from gliograde.errors import ConfigError
 
 
@@ -90,7 +92,7 @@ def test_batches_from_the_slab_equal_the_brain_caches(caches):
 
 def _read(dm, batch) -> torch.Tensor:
     """The same slices read from ``dm``'s cache."""
-    from gliograde.data.dataset import SliceDataset
+    from gliograde.data.batches.dataset import SliceDataset
 
     positions = np.array([dm.cached.position(p) for p in batch["patient_id"]])
     dataset = SliceDataset(

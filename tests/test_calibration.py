@@ -22,9 +22,9 @@ from gliograde.inference.recipe import RecipeError
 from gliograde.inference.inputs import from_folder
 from gliograde.inference.models import TorchModel, find_checkpoint
 from gliograde.inference.runner import predict
-from gliograde.sealed import write_sealed
+from gliograde.files.sealed import write_sealed
 from gliograde.inference.stream import load_patient
-from gliograde.patient_scores import slice_log_probs
+from gliograde.models.patient_scores import slice_log_probs
 
 
 def _synthetic(temperature: float, patients: int, slices: int, seed: int = 0):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gliograde.data.preprocess import CODES, code_counts
+from gliograde.data.caching.preprocess import CODES, code_counts
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gliograde.data.cohort import Cohort, discover_cohort, find_patient_root
+from gliograde.data.discovery.cohort import Cohort, discover_cohort, find_patient_root
 from gliograde.data.errors import DataError
-from gliograde.data.labels import LabelTable, UnusableLabelTable, read_label_table
-from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec
+from gliograde.data.discovery.labels import LabelTable, UnusableLabelTable, read_label_table
+from gliograde.data.discovery.specs import MODALITIES, LabelSpec, LayoutSpec
 
 L2020 = LayoutSpec()
 L2021 = LayoutSpec(

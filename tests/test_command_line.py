@@ -10,14 +10,14 @@ import pytest
 from helpers.commands import REPO, run_python
 from hydra import compose, initialize_config_dir
 
-from gliograde.config import CONF_DIR
-from gliograde.schema import ineffective_overrides
+from gliograde.config.compose import CONF_DIR
+from gliograde.config.overrides import ineffective_overrides
 
 
 def test_a_typo_is_answered_without_importing_torch():
     code = (
         "import sys\n"
-        "from gliograde.config import check_command_line\n"
+        "from gliograde.config.compose import check_command_line\n"
         "from gliograde.errors import ConfigError\n"
         "try:\n"
         "    check_command_line('train', ['data.batch_size=abc'])\n"

@@ -12,11 +12,11 @@ from helpers.commands import run_python
 from helpers.configs import compose_config
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gliograde import gpu_check
-from gliograde.config import CONF_DIR, check_command_line
+from gliograde.config import gpu_check
+from gliograde.config.compose import CONF_DIR, check_command_line
 from gliograde.data.datamodule import GliomaDataModule
 from gliograde.errors import ConfigError
-from gliograde.schema import DataSchema, validate_config, validate_data_config
+from gliograde.config.schema import DataSchema, validate_config, validate_data_config
 
 GROUPS = ("data", "model", "trainer")
 GROUP_OPTIONS = [

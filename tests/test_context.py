@@ -18,8 +18,8 @@ from helpers.commands import run_python
 from helpers.runs import tiny_train_args
 from omegaconf import OmegaConf
 
-from gliograde.contract import ContractError, check_model, enforce, from_config
-from gliograde.data.dataset import SliceDataset
+from gliograde.contract.input_contract import ContractError, check_model, enforce, from_config
+from gliograde.data.batches.dataset import SliceDataset
 
 
 @pytest.mark.parametrize("plane, depth_axis", [("axial", 2), ("coronal", 1)])
@@ -116,7 +116,7 @@ def test_contract_records_crop_and_context_and_refuses_a_contradiction(cfg_train
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Iterator[dict[str, Path]]:
     """A one-epoch ResNet18 on 12 patients of 40x40x20 with data.crop.mode=tumor size=64 context=1."""
-    from gliograde.data.synthetic import generate_cohort
+    from gliograde.data.synthetic.generator import generate_cohort
 
     base = tmp_path_factory.mktemp("context_run")
     paths = {"cohort": base / "cohort", "cache": base / "cache", "run": base / "run"}

@@ -14,7 +14,7 @@ from helpers.runs import tiny_run
 from omegaconf import OmegaConf
 
 import gliograde
-from gliograde.contract import ContractError, check_grid, enforce, from_config, grid_of
+from gliograde.contract.input_contract import ContractError, check_grid, enforce, from_config, grid_of
 
 
 @pytest.fixture(scope="module")

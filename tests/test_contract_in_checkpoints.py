@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers.commands import run_python
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 
 pytestmark = pytest.mark.slow
 

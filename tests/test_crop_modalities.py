@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-from gliograde.contract import from_datamodule
-from gliograde.data.crops import modality_union
+from gliograde.contract.input_contract import from_datamodule
+from gliograde.data.batches.crops import modality_union
 from gliograde.inference.inputs import PatientFiles
 from gliograde.inference.stream import load_patient
 

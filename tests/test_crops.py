@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from helpers.cohorts import TINY_SHAPE, make_datamodule, patient_file
 
-from gliograde.data.crops import NO_MASK_RULE, TUMOUR_RULE, crop, slice_boxes
-from gliograde.data.specs import MODALITIES
+from gliograde.data.batches.crops import NO_MASK_RULE, TUMOUR_RULE, crop, slice_boxes
+from gliograde.data.discovery.specs import MODALITIES
 from gliograde.errors import ConfigError
 
 # The handmade patient: brain (nonzero voxels) in y 2..30, x 12..39 of every axial slice,

@@ -11,8 +11,8 @@ from helpers.commands import REPO
 from omegaconf import OmegaConf
 
 from gliograde.data.datamodule import GliomaDataModule
-from gliograde.data.options import DataOptions
-from gliograde.data.prepared import PreparedCohort
+from gliograde.data.pipeline.options import DataOptions
+from gliograde.data.pipeline.prepared import PreparedCohort
 
 PRESET = REPO / "conf" / "data" / "brats2020.yaml"
 

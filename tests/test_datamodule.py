@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers.cohorts import TINY_SHAPE, make_datamodule
 
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.specs import MODALITIES
 
 
 @pytest.fixture

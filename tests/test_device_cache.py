@@ -13,9 +13,9 @@ from helpers.cohorts import make_datamodule
 from helpers.commands import run_python
 from torch.utils.data import DistributedSampler
 
-from gliograde.data import device_cache
-from gliograde.data.device_cache import DeviceBatches
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.batches import device_cache
+from gliograde.data.batches.device_cache import DeviceBatches
+from gliograde.data.synthetic.generator import generate_cohort
 from gliograde.errors import ConfigError
 
 

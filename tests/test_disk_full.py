@@ -20,7 +20,7 @@ from gliograde.evaluation import progress as progress_module
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.runner import evaluate
 from gliograde.inference.runner import predict
-from gliograde.output_folder import OutputError
+from gliograde.files.output_folder import OutputError
 
 pytestmark = pytest.mark.slow  # each test evaluates or predicts with a trained model
 

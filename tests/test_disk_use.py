@@ -13,8 +13,9 @@ import torch
 from helpers.commands import REPO, run_python
 from helpers.configs import compose_config
 
-from gliograde.checkpoint_io import AtomicCheckpointIO, share_if_same
-from gliograde.clean import RUN_LOCK, CleanError, clean, disk_usage, main, training_lock
+from gliograde.training.checkpoint_io import AtomicCheckpointIO, share_if_same
+from gliograde.clean import CleanError, clean, disk_usage, main
+from gliograde.training.run_lock import RUN_LOCK, training_lock
 
 
 def _checkpoint(path: Path, epoch: int, step: int, fill: float) -> Path:

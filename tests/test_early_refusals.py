@@ -11,11 +11,11 @@ import pytest
 from helpers.cohorts import make_datamodule, patient_file
 from helpers.configs import compose_config
 
-from gliograde.config import check_command_line
-from gliograde.data.cache_clean import Removed
+from gliograde.config.compose import check_command_line
+from gliograde.data.caching.cache_clean import Removed
 from gliograde.errors import ConfigError
 from gliograde.prepare import format_clean
-from gliograde.schema import validate_config
+from gliograde.config.schema import validate_config
 
 
 def test_a_training_without_test_patients_is_refused_before_any_work(tmp_path):

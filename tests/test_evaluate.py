@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from helpers.commands import run_python
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 from gliograde.evaluation.metrics import binary_metrics, bootstrap_intervals, youden_interval, youden_threshold
-from gliograde.patient_scores import patient_log_probs
+from gliograde.models.patient_scores import patient_log_probs
 
 
 # ----------------------------------------------------------------------------- unit

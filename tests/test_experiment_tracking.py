@@ -14,9 +14,9 @@ from helpers.commands import REPO, run_python
 from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
-from gliograde import tracking
+from gliograde.training import tracking
 from gliograde.errors import ConfigError
-from gliograde.tracking import tracking_uri
+from gliograde.training.tracking import tracking_uri
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from gliograde.inference.inputs import from_folder
 from gliograde.inference.models import ModelSourceError, OnnxModel, TorchModel, find_checkpoint, read_card
 from gliograde.inference.runner import predict
 from gliograde.inference.stream import load_patient
-from gliograde.sealed import SealError
+from gliograde.files.sealed import SealError
 
 # trains a model in a `python train.py` subprocess
 pytestmark = pytest.mark.slow

@@ -19,7 +19,8 @@ from helpers.runs import tiny_segmenter_run
 from gliograde import export as export_module
 from gliograde.inference.models import find_checkpoint, read_card
 from gliograde.segmentation.datamodule import SegmentationDataModule
-from gliograde.segmentation.inference import Segmenter, SegmenterError, open_segmenter
+from gliograde.segmentation.inference import Segmenter, open_segmenter
+from gliograde.segmentation.volume import SegmenterError
 from gliograde.segmentation.onnx_segmenter import OnnxSegmenter, bundled_segmenter
 
 # trains a classifier and a segmenter in `python train.py` subprocesses

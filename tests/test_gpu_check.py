@@ -13,9 +13,9 @@ import pytest
 from helpers.commands import REPO
 from helpers.configs import compose_config
 
-from gliograde import gpu_check
-from gliograde.config import check_command_line
-from gliograde.gpu_check import NoGPUError, gpu_refusal, no_gpu_here, refuse_gpu_request_without_gpu
+from gliograde.config import gpu_check
+from gliograde.config.compose import check_command_line
+from gliograde.config.gpu_check import NoGPUError, gpu_refusal, no_gpu_here, refuse_gpu_request_without_gpu
 
 
 def _machine(root: Path, *files: str, pci: dict[str, tuple[str, str]] | None = None) -> Path:

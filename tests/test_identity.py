@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gliograde.data.identity import (
+from gliograde.data.discovery.identity import (
     content_duplicates,
     content_matches,
     fingerprint_table,

@@ -14,12 +14,12 @@ import torch
 from helpers.cohorts import copy_patient, make_datamodule, patient_file
 
 from gliograde.data.errors import DataError
-from gliograde.data.identity import TRAINING_PATIENTS, content_matches, fingerprint_table, id_collisions
-from gliograde.data.preprocess import order_fingerprint, voxel_fingerprint
+from gliograde.data.discovery.identity import TRAINING_PATIENTS, content_matches, fingerprint_table, id_collisions
+from gliograde.data.caching.preprocess import order_fingerprint, voxel_fingerprint
 from gliograde.evaluation.checks import training_patients
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.inference.inputs import from_folder, from_manifest
-from gliograde.resume import nothing_left
+from gliograde.training.resume import nothing_left
 
 PATIENT = "BraTS20_Training_002"
 

@@ -12,7 +12,7 @@ import torch
 from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
-from gliograde.contract import from_config, image_size
+from gliograde.contract.input_contract import from_config, image_size
 from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError
 from gliograde.evaluation.calibration import fitted_on_note
@@ -21,7 +21,8 @@ from gliograde.evaluation.report_html import evaluation_page
 from gliograde.inference.calibration import read_calibration, write_calibration
 from gliograde.inference.models import TorchModel
 from gliograde.inference.tta import check_tta_for
-from gliograde.model_card import build_card, render_markdown
+from gliograde.contract.model_card import build_card
+from gliograde.contract.model_card_markdown import render_markdown
 from gliograde.models.backbones import create_backbone
 
 SAGITTAL_GRID = [40, 40, 20]  # (x, y, z): sagittal slices are [z, y] = 20x40

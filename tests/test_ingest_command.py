@@ -18,8 +18,8 @@ from filelock import FileLock
 from helpers.commands import run_python
 from helpers.runs import tiny_train_args
 
-from gliograde.config import expand_switches
-from gliograde.data.synthetic import generate_cohort
+from gliograde.config.compose import expand_switches
+from gliograde.data.synthetic.generator import generate_cohort
 from gliograde.errors import ConfigError
 
 SHAPE = (64, 64, 40)

@@ -14,7 +14,7 @@ import yaml
 from helpers.runs import tiny_run
 
 from gliograde.data.errors import DataError
-from gliograde.data.synthetic import brats_affine, synthesize_patient
+from gliograde.data.synthetic.generator import brats_affine, synthesize_patient
 from gliograde.ingest.hospital_scans import model_grid_image
 from gliograde.ingest.template import build_template, load_template, run_template, save_template
 

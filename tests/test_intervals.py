@@ -356,7 +356,7 @@ def test_a_large_cohort_is_not_starred_but_a_threshold_or_temperature_on_few_pat
 
 
 def test_the_model_card_prints_intervals_as_evaluate_does():
-    from gliograde.model_card import _interval_cell
+    from gliograde.contract.model_card_markdown import _interval_cell
 
     note = "not estimable: every bootstrap resample gives the same value"
     assert _interval_cell({"value": 0.0, "ci_low": None, "ci_high": None, "ci_note": note}) == note

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from gliograde.data.errors import DataError
-from gliograde.data.labels import UnusableLabelTable, read_label_frame, read_label_table
-from gliograde.data.specs import LabelSpec
+from gliograde.data.discovery.labels import UnusableLabelTable, read_label_frame, read_label_table
+from gliograde.data.discovery.specs import LabelSpec
 
 SPEC = LabelSpec(id_column="ID", label_column="Grade")
 

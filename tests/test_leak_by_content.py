@@ -15,7 +15,7 @@ import pytest
 from helpers.commands import run_python
 from helpers.runs import tiny_run
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gliograde.data.errors import DataError
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.specs import MODALITIES
 from gliograde.inference.inputs import from_manifest
 
 

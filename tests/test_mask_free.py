@@ -16,13 +16,13 @@ from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
 from gliograde.data.errors import DataError
-from gliograde.data.prepared import Tumour
-from gliograde.data.slices import select_slices
-from gliograde.data.specs import SliceSpec
+from gliograde.data.pipeline.prepared import Tumour
+from gliograde.data.batches.slices import select_slices
+from gliograde.data.discovery.specs import SliceSpec
 from gliograde.errors import ConfigError, GliogradeError
 from gliograde.evaluation.report import report_dir
-from gliograde.mask_free import MissingMaskError, mask_free_note, refuse_missing_masks
-from gliograde.schema import validate_config
+from gliograde.contract.mask_free import MissingMaskError, mask_free_note, refuse_missing_masks
+from gliograde.config.schema import validate_config
 
 TUMOUR_SLICES = {"slices": {"strategy": "tumor_topk", "k": 4}, "crop": {"mode": "none", "size": 128}}
 TUMOUR_CROP = {"slices": {"strategy": "brain"}, "crop": {"mode": "tumor", "size": 16}}
@@ -41,7 +41,7 @@ def test_mask_free_and_masks_options_are_checked_in_one_line():
     assert compose_config("predict", []).mask_free is None
     expected = r"mask_free='tumor_all' must be null .* \['brain', 'middle', 'range'\]"
     with pytest.raises(ConfigError, match=expected):
-        from gliograde.mask_free import check_mask_free
+        from gliograde.contract.mask_free import check_mask_free
 
         check_mask_free("tumor_all")
 
@@ -236,7 +236,7 @@ def test_hidden_masks_measure_the_cost_of_not_having_them(run_copy, capsys):
 
 
 def test_predict_stream_takes_a_supplied_tumour_or_the_mask_free_rule(tiny_cohort, monkeypatch):
-    from gliograde.contract import from_config
+    from gliograde.contract.input_contract import from_config
     from gliograde.inference import stream
     from gliograde.inference.inputs import PatientFiles
 

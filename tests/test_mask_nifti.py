@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from gliograde.data.nifti import read_voxels
+from gliograde.data.discovery.nifti import read_voxels
 from gliograde.inference.mask_nifti import write_mask
 
 

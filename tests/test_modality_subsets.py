@@ -15,10 +15,10 @@ from helpers.cohorts import make_datamodule, patient_file
 from helpers.commands import run_python
 from helpers.runs import tiny_run, tiny_train_args
 
-from gliograde.data.cohort import discover_cohort
+from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.errors import DataError
-from gliograde.data.identity import content_matches, fingerprint_table, id_collisions
-from gliograde.data.specs import LabelSpec, LayoutSpec
+from gliograde.data.discovery.identity import content_matches, fingerprint_table, id_collisions
+from gliograde.data.discovery.specs import LabelSpec, LayoutSpec
 from gliograde.inference.inputs import from_manifest
 
 FIRST = "BraTS20_Training_001"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers.commands import run_python
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 
 # full-size volumes and a `python train.py` run
 pytestmark = pytest.mark.slow

@@ -10,8 +10,9 @@ import onnxruntime
 import pytest
 import torch
 
-from gliograde import export as export_module
-from gliograde.segmentation.inference import Segmenter, segment_volume
+from gliograde.inference import onnx_export
+from gliograde.segmentation.inference import Segmenter
+from gliograde.segmentation.volume import segment_volume
 from gliograde.segmentation.network import PaddedUNet
 from gliograde.segmentation.onnx_segmenter import OnnxSegmenter
 
@@ -40,8 +41,8 @@ def _volume() -> np.ndarray:
 def test_the_onnx_segmenter_gives_the_pytorch_segmenters_mask(tmp_path):
     segmenter = _segmenter(context=1)
     graph = tmp_path / "segmenter.onnx"
-    export_module._write_segmenter_onnx(segmenter, graph)
-    assert export_module._check_segmenter_onnx(segmenter, graph) < 1e-4
+    onnx_export._write_segmenter_onnx(segmenter, graph)
+    assert onnx_export._check_segmenter_onnx(segmenter, graph) < 1e-4
     session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     onnx = OnnxSegmenter(graph, segmenter.contract, 0.8, session=session)
     volume = _volume()
@@ -57,7 +58,7 @@ def test_the_onnx_segmenter_gives_the_pytorch_segmenters_mask(tmp_path):
         for parameter in segmenter.network.parameters():
             parameter.add_(0.5)
     with pytest.raises(RuntimeError, match="differs from its checkpoint"):
-        export_module._check_segmenter_onnx(segmenter, graph)
+        onnx_export._check_segmenter_onnx(segmenter, graph)
 
 
 def test_segment_volume_feeds_the_contracts_modalities_and_context_in_windows():

@@ -8,12 +8,12 @@ import logging
 import pytest
 from helpers.cohorts import make_datamodule, patient_file
 
-import gliograde.data.cache as cache_module
-from gliograde.data.cache import current_key
-from gliograde.data.cohort import discover_cohort
+import gliograde.data.caching.build as build_module
+from gliograde.data.caching.cache import current_key
+from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.errors import DataError
-from gliograde.data.prepared import slab_rule
-from gliograde.data.specs import LabelSpec, LayoutSpec
+from gliograde.data.pipeline.prepared import slab_rule
+from gliograde.data.discovery.specs import LabelSpec, LayoutSpec
 
 FIRST = "BraTS20_Training_005"
 
@@ -47,7 +47,7 @@ def test_a_truncated_optional_t2_is_left_out_for_every_patient(tiny_cohort, tmp_
 def test_the_reduced_cache_is_reused_and_is_the_current_one(tiny_cohort, tmp_path, monkeypatch):
     _truncate(patient_file(tiny_cohort, FIRST, "t2"))
     first = _ready(tiny_cohort, tmp_path / "cache", modalities=["flair"])
-    monkeypatch.setattr(cache_module, "preprocess_patient", _no_decoding)
+    monkeypatch.setattr(build_module, "preprocess_patient", _no_decoding)
     again = _ready(tiny_cohort, tmp_path / "cache", modalities=["t1", "flair"])
     assert again.cached.directory == first.cached.directory
     records = discover_cohort(tiny_cohort, LayoutSpec(), LabelSpec(), True, ("flair",)).patients

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from helpers.disk import modes_enforced, refuse_writes, tree
 
-from gliograde.atomic import write_text
+from gliograde.files.atomic import write_text
 from gliograde.compare import main as compare_main
 from gliograde.evaluation import progress as progress_module
 from gliograde.evaluation.progress import LineProgress, progress
-from gliograde.output_folder import OutputError, check_folder_target, staged_folder
+from gliograde.files.output_folder import OutputError, check_folder_target, staged_folder
 
 NO_MODES = "root ignores a folder's modes here; the monkeypatched variant runs instead"
 

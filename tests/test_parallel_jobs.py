@@ -9,7 +9,7 @@ from helpers.commands import run_python
 from helpers.runs import debug_sweep_args
 from omegaconf import OmegaConf
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 
 pytestmark = pytest.mark.slow
 

@@ -12,15 +12,15 @@ import torch
 from scipy.special import softmax
 from sklearn.metrics import roc_auc_score
 
-from gliograde.atomic import write_frame
+from gliograde.files.atomic import write_frame
 from gliograde.compare import compare
 from gliograde.evaluation.intervals import patient_intervals
 from gliograde.evaluation.metrics import binary_metrics
 from gliograde.evaluation.predict import Predictions, from_logits
 from gliograde.evaluation.tables import patient_frame
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
-from gliograde.patient_scores import patient_scores, probability_score, slice_log_probs, table_scores
-from gliograde.tables import read_table
+from gliograde.models.patient_scores import patient_scores, probability_score, slice_log_probs, table_scores
+from gliograde.files.tables import read_table
 
 # Five patients of two slices each, every slice so sure of HGG that float32 softmax gives exactly
 # 1.0; the model still ranks them: logit differences (HGG - LGG) per patient below.

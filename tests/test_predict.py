@@ -204,8 +204,8 @@ def test_bad_files_get_one_line_naming_patient_and_file(run, test_patients, tmp_
 
 @pytest.mark.parametrize("plane", ["axial", "coronal", "sagittal"])
 def test_slices_are_cut_as_the_cache_dataset_reads_them(plane, tmp_path):
-    from gliograde.data.cache_box import BoxLayout
-    from gliograde.data.dataset import SliceDataset
+    from gliograde.data.caching.cache_box import BoxLayout
+    from gliograde.data.batches.dataset import SliceDataset
     from gliograde.inference.stream import _cut
 
     rng = np.random.default_rng(0)

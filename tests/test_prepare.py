@@ -10,7 +10,7 @@ import pytest
 from helpers.cohorts import make_datamodule
 from helpers.commands import run_python
 
-from gliograde.data.cache_clean import key_lock, tree_bytes
+from gliograde.data.caching.cache_clean import key_lock, tree_bytes
 
 
 def _prepare(*overrides: str) -> subprocess.CompletedProcess:

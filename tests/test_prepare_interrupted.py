@@ -15,8 +15,8 @@ import pytest
 from helpers.cohorts import make_datamodule
 from helpers.commands import REPO
 
-from gliograde.data.cache_clean import partial_key
-from gliograde.data.specs import MODALITIES
+from gliograde.data.caching.cache_clean import partial_key
+from gliograde.data.discovery.specs import MODALITIES
 
 pytestmark = [
     pytest.mark.slow,  # kills a real `python -m gliograde.prepare` with SIGKILL and SIGTERM

@@ -15,16 +15,11 @@ from helpers.configs import compose_config
 from gliograde.errors import ConfigError
 from gliograde.inference.calibration import file_sha256, read_calibration, write_calibration
 from gliograde.inference.models import ModelSourceError, read_card
-from gliograde.inference.recipe import (
-    RecipeError,
-    check_predict_options,
-    chooses_recipe,
-    export_staleness,
-    read_recipe,
-    record_recipe,
-    resolve,
-)
-from gliograde.sealed import SealError, read_sealed, seal, write_sealed
+from gliograde.inference.recipe import RecipeError, chooses_recipe, read_recipe
+from gliograde.inference.recipe_record import record_recipe
+from gliograde.inference.export_staleness import export_staleness
+from gliograde.inference.recipe_choice import check_predict_options, resolve
+from gliograde.files.sealed import SealError, read_sealed, seal, write_sealed
 
 CALIBRATION = {
     "method": "temperature",

@@ -18,7 +18,7 @@ from helpers.pages import Page, check_numbers
 from helpers.runs import tiny_run
 from hydra import compose, initialize_config_dir
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 from gliograde.evaluation.report import format_report
 from gliograde.inference.runner import format_predictions, predict
 

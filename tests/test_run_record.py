@@ -12,9 +12,9 @@ from helpers.configs import compose_config
 from helpers.tensorboard import tensorboard
 from omegaconf import OmegaConf
 
-from gliograde.config import CONF_DIR
-from gliograde.run_record import FACTORS, FINAL_RUN, record_run, run_hparams
-from gliograde.training import log_interval
+from gliograde.config.compose import CONF_DIR
+from gliograde.training.run_record import FACTORS, FINAL_RUN, record_run, run_hparams
+from gliograde.training.fit import log_interval
 
 # What a person sweeps: every factor the ablation varies, and the others a sweep commonly varies.
 FACTOR_VALUES = {

@@ -18,8 +18,8 @@ import pytest
 import torch
 from helpers.commands import REPO, run_python
 
-from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.batches.samplers import EpochShuffleSampler, EpochWeightedSampler
+from gliograde.data.synthetic.generator import generate_cohort
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,14 @@ import torch
 from helpers.cohorts import patient_file
 from helpers.configs import compose_config
 
-from gliograde.config import check_command_line
-from gliograde.contract import ContractError, refuse_kind
-from gliograde.data.crops import slice_boxes
+from gliograde.config.compose import check_command_line
+from gliograde.contract.input_contract import ContractError, refuse_kind
+from gliograde.data.batches.crops import slice_boxes
 from gliograde.errors import ConfigError
 from gliograde.segmentation import masks as masks_module
 from gliograde.segmentation.datamodule import SegmentationDataModule
-from gliograde.segmentation.inference import Segmenter, SegmenterError, check_compatible, open_segmenter
+from gliograde.segmentation.inference import Segmenter, check_compatible, open_segmenter
+from gliograde.segmentation.volume import SegmenterError
 from gliograde.segmentation.masks import MaskStoreError, open_or_build_masks, store_directory
 from gliograde.segmentation.metrics import PatientDice, slice_counts
 from gliograde.segmentation.module import TumourSegmenter

@@ -187,10 +187,10 @@ def test_a_full_size_patient_without_a_mask_graded_through_a_segmenter(tmp_path)
     """240x240x155: segment() of a cached patient, then predict.py through the segmenter on the
     patient's folder without its mask, the mask written back on the scan's grid (models of one
     training step: the shapes, the files and the times are what is checked)."""
-    from benchmarks.bench import measure_predict
+    from benchmarks.training_loop import measure_predict
     from benchmarks.segmenter_bench import measure_segment
 
-    from gliograde.data.synthetic import generate_cohort
+    from gliograde.data.synthetic.generator import generate_cohort
 
     cohort = generate_cohort(tmp_path / "cohort", patients=2, seed=3, shape=(240, 240, 155))
     measure_predict(cohort, tmp_path / "cache", tmp_path, repeats=1, seed=0)  # leaves predict-model.ckpt
@@ -283,7 +283,7 @@ def test_save_masks_into_a_read_only_or_filling_place_leaves_nothing(runs, tmp_p
     from helpers.disk import refuse_writes
 
     from gliograde.inference import predicted_tumours, runner
-    from gliograde.output_folder import OutputError
+    from gliograde.files.output_folder import OutputError
 
     folder = _mask_free_copy(runs["cohort"], _test_patients(runs["run"])[:1], tmp_path / "hospital")
     place = tmp_path / "place"

@@ -13,9 +13,10 @@ import torch
 from helpers.commands import run_python
 from helpers.runs import tiny_run, tiny_train_args
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 from gliograde.segmentation.datamodule import SegmentationDataModule
-from gliograde.segmentation.inference import Segmenter, SegmenterError, open_segmenter
+from gliograde.segmentation.inference import Segmenter, open_segmenter
+from gliograde.segmentation.volume import SegmenterError
 from gliograde.segmentation.metrics import dice
 from gliograde.segmentation.network import PaddedUNet
 

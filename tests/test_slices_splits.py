@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from gliograde.data.errors import DataError
-from gliograde.data.slices import select_slices, validate_slice_spec
-from gliograde.data.specs import SliceSpec, SplitSpec
-from gliograde.data.splits import assert_disjoint, read_splits, split_patients, write_splits
+from gliograde.data.batches.slices import select_slices, validate_slice_spec
+from gliograde.data.discovery.specs import SliceSpec, SplitSpec
+from gliograde.data.batches.splits import assert_disjoint, read_splits, split_patients, write_splits
 
 BRAIN = np.array([0, 0, 10, 40, 80, 100, 90, 60, 20, 0])
 TUMOUR = np.array([0, 0, 0, 5, 30, 12, 30, 1, 0, 0])

@@ -240,7 +240,7 @@ def test_outputs_are_written_together_or_not_at_all(tmp_path, monkeypatch):
 
 
 def test_points_that_share_a_value_sit_side_by_side():
-    from gliograde.sweep_plot import axis_positions, dodge
+    from gliograde.sweeps.plot import axis_positions, dodge
 
     x = dodge(np.array([1e-3, 1e-3, 1e-2, 1e-1]), log=True)
     assert x[0] < 1e-3 < x[1] and x[2:].tolist() == [1e-2, 1e-1]
@@ -339,7 +339,7 @@ def test_a_24_job_sweep_is_summarized_in_under_5_s_of_cpu_without_opening_a_chec
 
 
 def test_every_job_of_a_grid_has_its_own_place_in_each_panel_of_the_plot():
-    from gliograde.sweep_plot import axis_positions, dodge
+    from gliograde.sweeps.plot import axis_positions, dodge
 
     seeds = pd.Series([0, 1, 2] * 8)
     x, ticks, log = axis_positions(seeds)

@@ -18,7 +18,7 @@ from gliograde.evaluation.report_html import evaluation_page, prediction_page
 from gliograde.evaluation.scores import score
 from gliograde.evaluation.summary import calls_of, run_headline, warnings
 from gliograde.inference.runner import format_predictions
-from gliograde.training import format_results
+from gliograde.training.fit import format_results
 
 CLASSES = ["LGG", "HGG"]
 
@@ -176,7 +176,7 @@ def test_train_takes_a_threshold_or_youden_and_refuses_anything_else():
     from helpers.configs import compose_config
 
     from gliograde.errors import GliogradeError
-    from gliograde.schema import validate_config
+    from gliograde.config.schema import validate_config
 
     assert compose_config("train", ["paths.output_dir=/tmp"]).threshold == 0.5
     validate_config(compose_config("train", ["threshold=youden", "paths.output_dir=/tmp"]), "train")

@@ -10,9 +10,9 @@ from helpers.commands import run_python
 from helpers.runs import debug_sweep_args
 from omegaconf import OmegaConf
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 from gliograde.errors import ConfigError, exit_on_user_error
-from gliograde.sweeps import (
+from gliograde.sweeps.jobs import (
     FAILED_MARKER,
     failures,
     last_trial_of_failed_study,

@@ -1,4 +1,4 @@
-"""Tests of the synthetic BraTS-2020-layout cohort (gliograde.data.synthetic) and its CLI."""
+"""Tests of the synthetic BraTS-2020-layout cohort (gliograde.data.synthetic.generator) and its CLI."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from gliograde import synthetic as cli
-from gliograde.data import synthetic
-from gliograde.data.synthetic import assign_grades, generate_cohort, synthesize_patient
+from gliograde.data.synthetic import anatomy
+from gliograde.data.synthetic import generator as synthetic
+from gliograde.data.synthetic.generator import assign_grades, generate_cohort, synthesize_patient
 
 TINY = (32, 32, 16)
 SMALL = (48, 48, 24)
@@ -38,7 +39,7 @@ def read_mapping(root: Path) -> tuple[list[str], list[dict[str, str]]]:
 def patient(seed: int, grade: str, shape=SMALL):
     """Volumes and the healthy-tissue map (0 bg, 1 CSF, 2 GM, 3 WM) of one patient."""
     rng = np.random.default_rng(seed)
-    volumes, tissue = synthetic._synthesize(rng, grade, shape, with_tissue=True)
+    volumes, tissue = anatomy._synthesize(rng, grade, shape, with_tissue=True)
     return {k: v if k == "seg" else v.astype(np.float64) for k, v in volumes.items()}, tissue
 
 

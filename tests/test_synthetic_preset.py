@@ -12,8 +12,8 @@ from helpers.configs import compose_config
 from omegaconf import OmegaConf
 
 from gliograde import synthetic as cli
-from gliograde.config import build
-from gliograde.data.synthetic import DEFAULT_DIFFICULTY, generation_settings
+from gliograde.config.compose import build
+from gliograde.data.synthetic.settings import DEFAULT_DIFFICULTY, generation_settings
 from gliograde.errors import ConfigError
 
 TINY = ("32", "32", "16")

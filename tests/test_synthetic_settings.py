@@ -15,21 +15,21 @@ from omegaconf import OmegaConf
 from sklearn.metrics import roc_auc_score
 
 from gliograde import synthetic as cli
-from gliograde.data import synthetic
-from gliograde.data.synthetic import (
+from gliograde.data.synthetic import anatomy
+from gliograde.data.synthetic import generator as synthetic
+from gliograde.data.synthetic.generator import generate_cohort, synthesize_patient
+from gliograde.data.synthetic.settings import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
     DEFAULT_PATIENTS,
     DEFAULT_SEED,
     DEFAULT_SHAPE,
     GENERATOR_VERSION,
-    MIMIC_TISSUE,
-    generate_cohort,
     generation_settings,
     settings_mismatch,
-    synthesize_patient,
     train_overrides,
 )
+from gliograde.data.synthetic.anatomy import MIMIC_TISSUE
 from gliograde.errors import ConfigError
 
 TINY = (32, 32, 16)
@@ -263,7 +263,7 @@ def mimic_cases(difficulty: float, n: int = 16):
     for seed in range(n):
         for grade in ("HGG", "LGG"):
             rng = np.random.default_rng([seed, 11])
-            volumes, tissue = synthetic._synthesize(rng, grade, MEDIUM, with_tissue=True, difficulty=difficulty)
+            volumes, tissue = anatomy._synthesize(rng, grade, MEDIUM, with_tissue=True, difficulty=difficulty)
             yield grade, volumes, tissue
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gliograde.atomic import write_frame
+from gliograde.files.atomic import write_frame
 from gliograde.data.errors import DataError
-from gliograde.tables import read_table
+from gliograde.files.tables import read_table
 
 
 def test_read_table_keeps_cells_as_written(tmp_path):
@@ -63,7 +63,7 @@ def test_training_patient_predictions_keep_their_columns_and_full_precision(tmp_
 
     import torch
 
-    from gliograde.training import _write_patient_predictions
+    from gliograde.training.fit import _write_patient_predictions
 
     datamodule = SimpleNamespace(classes=["LGG", "HGG"], cached=SimpleNamespace(patient_ids=["001", "002"]))
     outputs = {

@@ -18,11 +18,11 @@ from helpers.tensorboard import tensorboard
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from gliograde.config import CONF_DIR, build
+from gliograde.config.compose import CONF_DIR, build
 from gliograde.data.datamodule import GliomaDataModule
-from gliograde.data.synthetic import generate_cohort
-from gliograde.gpu_check import no_gpu_here
-from gliograde.training import NoGPUError, format_results, log_interval, trainer_options
+from gliograde.data.synthetic.generator import generate_cohort
+from gliograde.config.gpu_check import no_gpu_here
+from gliograde.training.fit import NoGPUError, format_results, log_interval, trainer_options
 
 GROUP_OPTIONS = {
     group: sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))

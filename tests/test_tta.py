@@ -14,7 +14,7 @@ from gliograde.evaluation import inputs
 from gliograde.evaluation.predict import predict
 from gliograde.inference.models import find_checkpoint
 from gliograde.inference.tta import check_tta, n_views, views
-from gliograde.patient_scores import slice_log_probs
+from gliograde.models.patient_scores import slice_log_probs
 
 
 def test_views_are_the_identity_the_mirror_and_the_dihedral_group():

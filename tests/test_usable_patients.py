@@ -15,10 +15,10 @@ import pytest
 from helpers.cohorts import make_datamodule, patient_file
 from helpers.commands import run_python
 
-from gliograde.config import CONF_DIR, build
-from gliograde.data.cohort import discover_cohort
+from gliograde.config.compose import CONF_DIR, build
+from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.errors import DataError
-from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec
+from gliograde.data.discovery.specs import MODALITIES, LabelSpec, LayoutSpec
 from gliograde.errors import ConfigError
 
 MAPPING = "name_mapping.csv"
@@ -314,7 +314,7 @@ def test_a_read_only_cache_is_used_without_writing_tables(tiny_cohort_master, tm
         (directory / name).unlink()
     real_access = os.access
     monkeypatch.setattr(
-        "gliograde.data.cohort_tables.os.access",
+        "gliograde.data.pipeline.cohort_tables.os.access",
         lambda path, mode: False if Path(path) == directory else real_access(path, mode),
     )
     caplog.set_level(logging.INFO, logger="gliograde")

@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from gliograde.data.workers import signals_deferred, sigterm_as_exit, worker_pool
+from gliograde.data.caching.workers import signals_deferred, sigterm_as_exit, worker_pool
 
 
 def _wait_on(fd: int) -> bytes:

@@ -17,14 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from gliograde.atomic import write_text
+from gliograde.files.atomic import write_text
 from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.evaluation.delong import delong_test
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval, patient_intervals
 from gliograde.evaluation.paired import compare_calls
-from gliograde.output_folder import check_file_target, output_errors
-from gliograde.patient_scores import table_scores
-from gliograde.tables import read_table
+from gliograde.files.output_folder import check_file_target, output_errors
+from gliograde.models.patient_scores import table_scores
+from gliograde.files.tables import read_table
 
 SPLITS = ("test", "val", "train", "all")
 SHOWN = ("auroc", "balanced_accuracy", "accuracy")

@@ -21,13 +21,10 @@ import hashlib
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
-from gliograde.data.crops import input_channels
 from gliograde.errors import GliogradeError, exit_on_user_error
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, read_calibration
 from gliograde.inference.models import (
@@ -38,22 +35,15 @@ from gliograde.inference.models import (
     find_checkpoint,
     read_card,
 )
-from gliograde.inference.recipe import (
-    RECIPE_FILE,
-    RecipeError,
-    describe,
-    export_staleness,
-    read_recipe,
-    recipe_checkpoint,
-    recipe_values,
-)
-from gliograde.model_card import build_card, render_markdown, segmenter_section
-from gliograde.sealed import write_sealed
+from gliograde.inference.recipe import RECIPE_FILE, RecipeError, describe, read_recipe, recipe_checkpoint, recipe_values
+from gliograde.inference.export_staleness import export_staleness
+from gliograde.contract.model_card import build_card, segmenter_section
+from gliograde.contract.model_card_markdown import render_markdown
+from gliograde.files.sealed import write_sealed
 from gliograde.segmentation.onnx_segmenter import CARD_SECTION, SEGMENTER_ONNX_FILE
+from gliograde.inference.onnx_export import _check_onnx, _check_segmenter_onnx, _write_onnx, _write_segmenter_onnx
 
-OPSET = 17
 TEMPLATE_SECTION = "template"
-TOLERANCE = 1e-4
 
 
 def export(source: str | Path, output: str | Path | None = None, segmenter: str | Path | None = None) -> Path:
@@ -180,7 +170,8 @@ def _calibration(run: Path | None, recipe: dict[str, Any] | None) -> dict[str, A
 def _open_for_bundle(source: str | Path, model: TorchModel):
     """The segmenter checkpoint at ``source`` (a segmenter run or .ckpt) and its sha256, refused
     in one line when it is not one, is damaged, or does not fit the classifier's contract."""
-    from gliograde.segmentation.inference import SegmenterError, check_compatible, open_segmenter
+    from gliograde.segmentation.inference import check_compatible, open_segmenter
+    from gliograde.segmentation.volume import SegmenterError
 
     if not str(source).strip():
         raise SegmenterError("segmenter= needs a segmenter run directory or checkpoint (task=segment)")
@@ -201,162 +192,6 @@ def _bundled_before(target: Path) -> str | None:
     except GliogradeError:
         return None
     return (section.get("run_dir") or section.get("checkpoint")) if section else None
-
-
-def _segmenter_net(segmenter):
-    import torch
-
-    class Probability(torch.nn.Module):
-        """The segmenter's network followed by the sigmoid: the graph gives tumour probability."""
-
-        def __init__(self, net: torch.nn.Module):
-            super().__init__()
-            self.net = net
-
-        def forward(self, image: torch.Tensor) -> torch.Tensor:
-            return self.net(image).sigmoid()
-
-    return Probability(segmenter.network).cpu().eval()
-
-
-def _segmenter_example(segmenter, batch: int, seed: int = 0) -> np.ndarray:
-    """z-scored-like slices of the segmenter's grid plane (or 40x40: not a multiple of 16, so
-    the graph's padding is checked too)."""
-    grid = segmenter.contract.get("grid")
-    height, width = (int(grid["shape"][1]), int(grid["shape"][0])) if grid else (40, 40)
-    rng = np.random.default_rng(seed)
-    contract = segmenter.contract
-    channels = input_channels(len(contract["modalities"]), int(contract.get("context", 0)))
-    images = rng.standard_normal((batch, channels, height, width)).astype(np.float16)
-    images[..., : height // 8, :] = 0
-    return images.astype(np.float32)
-
-
-def _write_segmenter_onnx(segmenter, path: Path) -> None:
-    import torch
-
-    net = _segmenter_net(segmenter)
-    example = torch.from_numpy(_segmenter_example(segmenter, 2))
-    dynamic = {0: "batch", 2: "height", 3: "width"}
-    # The tracer's notices (shape tests made constant, instance norm exported with its input's
-    # statistics, as it computes in eval mode too) tell the user nothing: the graph is checked
-    # against the checkpoint on several batch sizes and windows (_check_segmenter_onnx).
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
-        warnings.filterwarnings("ignore", category=UserWarning, message=r".*(instance_norm|Constant folding)")
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=["image"],
-            output_names=["probability"],
-            dynamic_axes={"image": dynamic, "probability": dynamic},
-            opset_version=OPSET,
-            dynamo=False,
-        )
-
-
-def _check_segmenter_onnx(segmenter, path: Path) -> float:
-    """Largest tumour-probability difference between onnxruntime and PyTorch on batches of 1, 5
-    and 2: the grid plane, a window that is a multiple of 16 and one that the graph pads."""
-    import onnxruntime
-    import torch
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    net = _segmenter_net(segmenter)
-    worst = 0.0
-    for batch, seed, window in ((1, 1, None), (5, 2, (32, 32)), (2, 3, (37, 29))):
-        images = _segmenter_example(segmenter, batch, seed)
-        if window:
-            images = np.ascontiguousarray(images[..., : window[0], : window[1]])
-        with torch.no_grad():
-            expected = net(torch.from_numpy(images)).numpy()
-        got = session.run(None, {"image": images})[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
-    if worst > TOLERANCE:
-        raise RuntimeError(
-            f"the segmenter's ONNX graph differs from its checkpoint by {worst:.2e} (> {TOLERANCE})"
-        )
-    return worst
-
-
-def _probability_net(model: TorchModel):
-    import torch
-
-    class Probabilities(torch.nn.Module):
-        """The backbone followed by softmax: the exported graph gives probabilities, and the logits
-        that a stored temperature scales."""
-
-        def __init__(self, net: torch.nn.Module):
-            super().__init__()
-            self.net = net
-
-        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = self.net(image)
-            return logits.softmax(dim=1), logits
-
-    return Probabilities(model.model).cpu().eval()
-
-
-def _example(model: TorchModel, batch: int, seed: int = 0) -> np.ndarray:
-    height, width = model.contract.get("image_size") or (64, 64)
-    rng = np.random.default_rng(seed)
-    channels = input_channels(len(model.contract["modalities"]), int(model.contract.get("context", 0)))
-    # z-scored brain voxels: about N(0, 1), background 0, stored as float16 like the cache
-    images = rng.standard_normal((batch, channels, height, width)).astype(np.float16)
-    images[..., : height // 8, :] = 0
-    return images.astype(np.float32)
-
-
-def _write_onnx(model: TorchModel, path: Path) -> None:
-    import torch
-
-    net = _probability_net(model)
-    spatial = {} if model.contract.get("image_size") else {2: "height", 3: "width"}
-    example = torch.from_numpy(_example(model, 2))
-    # The torch.export-based exporter needs onnxscript, which is not a dependency here; the
-    # TorchScript exporter's graph is checked against the checkpoint under onnxruntime
-    # (_check_onnx) before anything is kept, so its deprecation notice tells the user nothing.
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning
-        )
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            input_names=["image"],
-            output_names=["probabilities", "logits"],
-            dynamic_axes={
-                "image": {0: "batch", **spatial},
-                "probabilities": {0: "batch"},
-                "logits": {0: "batch"},
-            },
-            opset_version=OPSET,
-            dynamo=False,
-        )
-
-
-def _check_onnx(model: TorchModel, path: Path) -> float:
-    """Largest probability difference between onnxruntime and PyTorch on batches of 1 and 5."""
-    import onnxruntime
-    import torch
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    net = _probability_net(model)
-    worst = 0.0
-    for batch, seed in ((1, 1), (5, 2)):
-        images = _example(model, batch, seed)
-        with torch.no_grad():
-            expected = net(torch.from_numpy(images))[0].numpy()
-        got = session.run(None, {"image": images})[0]
-        worst = max(worst, float(np.abs(got - expected).max()))
-    if worst > TOLERANCE:
-        raise RuntimeError(f"the ONNX graph differs from the checkpoint by {worst:.2e} (> {TOLERANCE})")
-    return worst
 
 
 def _swap_in(new: Path, target: Path) -> None:

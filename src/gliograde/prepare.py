@@ -15,14 +15,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from gliograde.config import build, checked_main
-from gliograde.data.cache import cohort_root, current_cache
-from gliograde.data.cache_clean import Removed, clean_cache_dir
-from gliograde.data.cohort import discover_cohort
-from gliograde.data.cohort_tables import summary
+from gliograde.config.compose import build, checked_main
+from gliograde.data.caching.cache import current_cache
+from gliograde.data.caching.cache_clean import Removed, clean_cache_dir
+from gliograde.data.caching.key import cohort_root
+from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.errors import DataError
-from gliograde.data.options import DataOptions
-from gliograde.data.prepared import PreparedCohort, slab_rule
+from gliograde.data.pipeline.cohort_tables import summary
+from gliograde.data.pipeline.options import DataOptions
+from gliograde.data.pipeline.prepared import PreparedCohort, slab_rule
 from gliograde.errors import ConfigError, exit_on_user_error
 
 DATAMODULE = "gliograde.data.datamodule.GliomaDataModule"
@@ -55,7 +56,7 @@ def data_options(data: DictConfig) -> DataOptions:
             f"set data._target_={DATAMODULE} or prepare through that DataModule"
         )
     node = data.copy()
-    node._target_ = "gliograde.data.options.DataOptions"
+    node._target_ = "gliograde.data.pipeline.options.DataOptions"
     return build(node)
 
 

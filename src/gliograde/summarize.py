@@ -9,7 +9,7 @@ follow, with how they ended. Written into SWEEP_DIR, all at once and only when c
 against each swept parameter).
 
 A cross-validation sweep (``data.fold`` the only swept key) also gets ``cv_summary.csv`` and
-``cv_summary.json`` (see :mod:`gliograde.cv_summary`).
+``cv_summary.json`` (see :mod:`gliograde.sweeps.cv_summary`).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gliograde.atomic import write_files
-from gliograde.cv_summary import FOLD_KEY, cv_summary, format_summary, is_cross_validation, summarize
+from gliograde.files.atomic import write_files
+from gliograde.sweeps.cv_summary import FOLD_KEY, cv_summary, format_summary, is_cross_validation, summarize
 from gliograde.errors import exit_on_user_error
 from gliograde.evaluation.intervals import UNRELIABLE_NOTE, format_interval
 from gliograde.evaluation.progress import progress
-from gliograde.output_folder import output_errors, writable
-from gliograde.sweep_plot import plot_png
-from gliograde.sweep_table import (
+from gliograde.files.output_folder import output_errors, writable
+from gliograde.sweeps.plot import plot_png
+from gliograde.sweeps.table import (
     DEFAULT_MONITOR,
     FINISHED,
     NO_OBJECTIVE_STATUS,

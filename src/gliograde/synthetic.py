@@ -14,17 +14,16 @@ from collections import Counter
 from pathlib import Path
 
 from gliograde.errors import exit_on_user_error
-from gliograde.data.synthetic import (
+from gliograde.data.synthetic.generator import MAPPING_FILE, generate_cohort
+from gliograde.data.synthetic.settings import (
     DEFAULT_DIFFICULTY,
     DEFAULT_LGG_FRACTION,
     DEFAULT_SEED,
     DEFAULT_SHAPE,
-    MAPPING_FILE,
-    generate_cohort,
     generation_settings,
     train_overrides,
 )
-from gliograde.tables import read_table
+from gliograde.files.tables import read_table
 
 
 def build_parser() -> argparse.ArgumentParser:

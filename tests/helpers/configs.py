@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from gliograde.config import CONF_DIR
+from gliograde.config.compose import CONF_DIR
 
 
 def compose_config(

@@ -7,7 +7,7 @@ from pathlib import Path
 from helpers.commands import run_python
 from filelock import FileLock
 
-from gliograde.data.synthetic import generate_cohort
+from gliograde.data.synthetic.generator import generate_cohort
 
 
 def tiny_train_args(paths: dict[str, Path], *overrides: str) -> list[str]:

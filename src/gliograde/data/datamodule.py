@@ -24,18 +24,15 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 
-from gliograde.data import cohort_tables
-from gliograde.data.augment import BatchAugmenter
-from gliograde.data.cache import CachedCohort
-from gliograde.data.cohort import Cohort
-from gliograde.data.crops import NO_MASK_RULE, crop_centres, input_channels, normal_length
-from gliograde.data.dataset import SliceDataset, cast, identity_collate
-from gliograde.data.device_cache import DeviceBatches, DeviceSlices
-from gliograde.data.errors import DataError
-from gliograde.data.options import DataOptions
-from gliograde.data.prepared import PatientSlices, PreparedCohort
-from gliograde.data.samplers import EpochShuffleSampler, EpochWeightedSampler
-from gliograde.data.specs import (
+from gliograde.data.batches.augment import BatchAugmenter
+from gliograde.data.batches.crops import NO_MASK_RULE, input_channels
+from gliograde.data.batches.dataset import SliceDataset, cast, identity_collate
+from gliograde.data.batches.device_cache import DeviceBatches, DeviceSlices
+from gliograde.data.batches.samplers import EpochShuffleSampler, EpochWeightedSampler
+from gliograde.data.batches.splits import SPLITS, assert_disjoint
+from gliograde.data.caching.reader import CachedCohort
+from gliograde.data.discovery.cohort import Cohort
+from gliograde.data.discovery.specs import (
     AugmentSpec,
     CropSpec,
     LabelSpec,
@@ -45,12 +42,15 @@ from gliograde.data.specs import (
     SplitSpec,
     SyntheticSpec,
 )
-from gliograde.data.splits import SPLITS, assert_disjoint
+from gliograde.data.errors import DataError
+from gliograde.data.pipeline import cohort_tables
+from gliograde.data.pipeline.datasets import slice_dataset
+from gliograde.data.pipeline.options import DataOptions
+from gliograde.data.pipeline.prepared import PatientSlices, PreparedCohort
 from gliograde.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TRANSFER_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class GliomaDataModule(pl.LightningDataModule):
@@ -233,45 +233,7 @@ class GliomaDataModule(pl.LightningDataModule):
 
     def _dataset(self, group: list[PatientSlices]) -> SliceDataset:
         assert self.cached is not None
-        counts = [len(p.slices) for p in group]
-        positions = np.repeat([p.position for p in group], counts)
-        plane = self.slice_spec.plane
-        return SliceDataset(
-            volumes_path=self.cached.volumes_path,
-            layout=self.cached.layout,
-            slots=self.cached.slots[positions],
-            patient_positions=positions,
-            slice_indices=np.concatenate([p.slices for p in group]),
-            labels=np.repeat([p.label for p in group], counts),
-            patient_ids=self.cached.patient_ids,
-            modalities=self.modalities,
-            plane=plane,
-            dtype=TRANSFER_DTYPES[self.transfer_dtype],
-            stored=self.cached.modalities,
-            context=self.context,
-            depth=normal_length(self.cached.shape, plane),
-            crop_size=None if self.crop_spec.mode == "none" else self.crop_spec.size,
-            centres=self._crop_centres(group),
-        )
-
-    def _crop_centres(self, group: list[PatientSlices]) -> np.ndarray | None:
-        """One crop centre per slice of ``group`` (None without a crop); records each
-        patient's crop rule in ``crop_rules``."""
-        mode = self.crop_spec.mode
-        if mode == "none":
-            return None
-        assert self.cached is not None
-        plane = self.slice_spec.plane
-        channels = self.cached.channels_of(self.modalities)
-        centres = []
-        for patient in group:
-            position = patient.position
-            tumour = self.cached.tumour_boxes[plane][position]  # all -1 without a mask
-            brain = self.cached.brain_boxes[plane][position]
-            placed, rule = crop_centres(mode, patient.slices, tumour, brain, channels)
-            self.crop_rules[patient.patient_id] = rule
-            centres.append(placed)
-        return np.concatenate(centres) if centres else np.zeros((0, 2), dtype=np.int64)
+        return slice_dataset(self.cached, self.options, group, self.crop_rules)
 
     # ---------------------------------------------------------------- tables
     def cohort_table(self) -> pd.DataFrame:

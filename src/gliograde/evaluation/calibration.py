@@ -17,8 +17,8 @@ from gliograde.evaluation.intervals import few_per_class
 from gliograde.evaluation.metrics import binary_metrics
 from gliograde.evaluation.predict import Predictions, from_logits
 from gliograde.inference.calibration import CALIBRATION_FILE, file_sha256, write_calibration
-from gliograde.output_folder import output_errors, writable
-from gliograde.patient_scores import patient_scores
+from gliograde.files.output_folder import output_errors, writable
+from gliograde.models.patient_scores import patient_scores
 
 LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
 

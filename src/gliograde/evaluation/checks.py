@@ -9,17 +9,17 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from gliograde.data.identity import (
+from gliograde.data.discovery.identity import (
     content_matches,
     fingerprint_columns,
     id_collisions,
     recorded_training_patients,
 )
-from gliograde.data.splits import read_splits, read_splits_table
-from gliograde.patient_scores import AGGREGATES
+from gliograde.data.batches.splits import read_splits, read_splits_table
+from gliograde.models.patient_scores import AGGREGATES
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.inference.tta import TTA_MODES
-from gliograde.mask_free import check_mask_free, check_masks
+from gliograde.contract.mask_free import check_mask_free, check_masks
 
 SPLITS = ("test", "val", "train", "all")
 CALIBRATIONS = ("none", "temperature")

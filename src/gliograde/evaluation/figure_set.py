@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gliograde.data.crops import centre_channels
+from gliograde.data.batches.crops import centre_channels
 from gliograde.evaluation import plots
 from gliograde.evaluation.gradcam import grad_cam
 from gliograde.evaluation.predict import Predictions

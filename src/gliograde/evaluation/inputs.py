@@ -9,16 +9,17 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde import mask_free
-from gliograde.config import build
-from gliograde.contract import check_grid, check_model, enforce, read_checkpoint_contract
-from gliograde.data.cohort import discover_cohort
-from gliograde.data.specs import LabelSpec, LayoutSpec, from_mapping
+from gliograde.contract import mask_free
+from gliograde.config.compose import build
+from gliograde.config.legacy_targets import current_targets
+from gliograde.contract.input_contract import check_grid, check_model, enforce, read_checkpoint_contract
+from gliograde.data.discovery.cohort import discover_cohort
+from gliograde.data.discovery.specs import LabelSpec, LayoutSpec, from_mapping
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.predicted_masks import supply_tumours
 from gliograde.segmentation.predicted import MIN_TUMOUR_ML
 from gliograde.models.module import GradeClassifier
-from gliograde.schema import validate_data_config
+from gliograde.config.schema import validate_data_config
 
 
 def load_run_config(run: Path) -> DictConfig:
@@ -27,7 +28,7 @@ def load_run_config(run: Path) -> DictConfig:
         raise EvaluationError(
             f"{run}: not a run directory (no config.yaml); pass run_dir=logs/train/runs/..."
         )
-    return OmegaConf.load(run / "config.yaml")
+    return current_targets(OmegaConf.load(run / "config.yaml"))
 
 
 def load_contract(checkpoint: Path, run_cfg: DictConfig) -> dict[str, Any]:
@@ -64,7 +65,7 @@ def refuse_missing_masks(cfg: DictConfig, data_cfg: DictConfig, contract: dict[s
     """The cohort's patients without a tumour mask (none with ``masks=hidden``: all), from its
     discovery alone (file names, before any cache work); refused in one line where the model's
     contract or ``aggregate=tumor_weighted`` needs a mask and neither ``mask_free`` nor a segmenter
-    gives one (see :mod:`gliograde.mask_free`)."""
+    gives one (see :mod:`gliograde.contract.mask_free`)."""
     layout = from_mapping(LayoutSpec, OmegaConf.to_container(data_cfg.layout), "data.layout")
     labels = from_mapping(LabelSpec, OmegaConf.to_container(data_cfg.labels), "data.labels")
     quiet = logging.getLogger("gliograde.data")

@@ -117,7 +117,7 @@ def patient_intervals(
     in METRICS.
 
     ``labels`` in {0, 1} and positive-class ``probs``, one per patient; ``scores`` (the
-    patients' log-odds, :func:`gliograde.patient_scores.positive_score`) are what AUROC and
+    patients' log-odds, :func:`gliograde.models.patient_scores.positive_score`) are what AUROC and
     AUPRC rank when given. Undefined values (and their intervals) are None, so the result is
     valid JSON as it is; an interval that cannot be estimated has None bounds and a ``ci_note``.
     ``on_resample`` is called once per bootstrap resample (to show progress).

@@ -38,7 +38,7 @@ def binary_metrics(
     """Every metric in METRICS for labels in {0, 1} and positive-class probabilities.
 
     AUROC and AUPRC rank ``scores`` when given (the log-odds of
-    :func:`gliograde.patient_scores.positive_score`, which keep apart probabilities that round
+    :func:`gliograde.models.patient_scores.positive_score`, which keep apart probabilities that round
     to the same float), else ``probs``; calls (``probs >= threshold``), the Brier score and ECE
     use ``probs``.
 

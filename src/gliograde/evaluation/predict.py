@@ -9,7 +9,7 @@ import torch
 
 from gliograde.evaluation.progress import progress
 from gliograde.inference.tta import views
-from gliograde.patient_scores import patient_scores, positive_score
+from gliograde.models.patient_scores import patient_scores, positive_score
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Predictions:
     @property
     def slice_scores(self) -> np.ndarray:
         """Per slice, the class-1 log-odds that ranking metrics use (see
-        :func:`gliograde.patient_scores.positive_score`)."""
+        :func:`gliograde.models.patient_scores.positive_score`)."""
         return positive_score(_log(self.log_probs, self.probs))
 
     @property
@@ -60,7 +60,7 @@ def _log(log_probs: np.ndarray | None, probs: np.ndarray) -> np.ndarray:
 
 def from_logits(pred: Predictions, temperature: float = 1.0) -> Predictions:
     """``pred`` with its slice and patient probabilities computed from its logits at ``temperature``
-    by :func:`gliograde.patient_scores.patient_scores`, the computation every command shares."""
+    by :func:`gliograde.models.patient_scores.patient_scores`, the computation every command shares."""
     scores = patient_scores(pred.slice_patient, pred.logits, pred.method, pred.weights, temperature)
     return replace(
         pred,

@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from gliograde.data.prepared import PreparedCohort, Tumour
+from gliograde.data.pipeline.prepared import PreparedCohort, Tumour
 from gliograde.evaluation.progress import progress
 from gliograde.segmentation.predicted import MIN_TUMOUR_ML, SegmentsVolumes, grid_spacing, mask_ml, predict_tumour
 

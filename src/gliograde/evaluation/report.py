@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from gliograde.atomic import write_text
+from gliograde.files.atomic import write_text
 from gliograde.evaluation.figures import save_png
 from gliograde.evaluation.metrics import METRICS
 from gliograde.evaluation.report_html import evaluation_page, write_page
@@ -21,7 +21,7 @@ from gliograde.evaluation.summary import (
     interval_text,
     value_text,
 )
-from gliograde.output_folder import is_disk_error, reason, writable
+from gliograde.files.output_folder import is_disk_error, reason, writable
 
 DEFAULT_THRESHOLD = 0.5
 DEFAULT_AGGREGATE = "mean"

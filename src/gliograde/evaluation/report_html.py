@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gliograde.atomic import write_text
+from gliograde.files.atomic import write_text
 from gliograde.evaluation import summary
 
 _STYLE = """

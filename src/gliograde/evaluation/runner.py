@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from gliograde.atomic import write_files
+from gliograde.files.atomic import write_files
 from gliograde.data.errors import DataError
 from gliograde.evaluation import checks, inputs
 from gliograde.evaluation.calibration import (
@@ -30,7 +30,7 @@ from gliograde.evaluation.calibration import (
 from gliograde.evaluation.errors import EvaluationError
 from gliograde.evaluation.figure_set import gradcam_figures, metric_figures
 from gliograde.evaluation.predict import predict
-from gliograde.data.splits import read_splits
+from gliograde.data.batches.splits import read_splits
 from gliograde.evaluation.predicted_masks import segmenter_report, tumour_volumes
 from gliograde.segmentation.predicted import MIN_TUMOUR_ML
 from gliograde.evaluation.report import (
@@ -50,16 +50,11 @@ from gliograde.evaluation.summary import calls_of
 from gliograde.evaluation.tables import patient_rows, write_predictions
 from gliograde.inference.calibration import CALIBRATION_FILE
 from gliograde.inference.models import find_checkpoint
-from gliograde.inference.recipe import (
-    PREDICT_AGGREGATE,
-    RECIPE_FILE,
-    chooses_recipe,
-    record_recipe,
-    threshold_source,
-)
+from gliograde.inference.recipe import PREDICT_AGGREGATE, RECIPE_FILE, chooses_recipe
+from gliograde.inference.recipe_record import record_recipe, threshold_source
 from gliograde.inference.tta import check_tta, check_tta_for
-from gliograde.mask_free import mask_free_note
-from gliograde.output_folder import check_folder_target, staged_folder, writable
+from gliograde.contract.mask_free import mask_free_note
+from gliograde.files.output_folder import check_folder_target, staged_folder, writable
 
 __all__ = ["EvaluationError", "data_overrides", "evaluate", "format_report"]
 

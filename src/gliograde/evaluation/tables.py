@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from gliograde.atomic import write_frame
-from gliograde.data.splits import read_splits_table
+from gliograde.files.atomic import write_frame
+from gliograde.data.batches.splits import read_splits_table
 from gliograde.evaluation.errors import EvaluationError
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ def patient_frame(
 ) -> pd.DataFrame:
     """One row per patient: patient_id, label, probability (of the last class), prediction,
     n_slices and score (the log-odds of probability, which ranks patients whose probabilities
-    round to the same number: see :mod:`gliograde.patient_scores`), and with ``rules`` its
-    slice_rule (``mask``, or the mask-free rule it was graded by: see :mod:`gliograde.mask_free`)."""
+    round to the same number: see :mod:`gliograde.models.patient_scores`), and with ``rules`` its
+    slice_rule (``mask``, or the mask-free rule it was graded by: see :mod:`gliograde.contract.mask_free`)."""
     positive = pred.patient_probs[:, 1].astype(float)
     frame = pd.DataFrame(
         {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gliograde.errors import ConfigError
-from gliograde.sealed import read_sealed, write_sealed
+from gliograde.files.sealed import read_sealed, write_sealed
 
 CALIBRATION_FILE = "calibration.json"
 REFIT = "re-run evaluate.py calibration=temperature (with the tta and aggregate you use) to refit it"
@@ -35,7 +35,7 @@ def write_calibration(run: Path, record: dict[str, Any]) -> dict[str, Any]:
 
 def read_calibration(run: Path) -> dict[str, Any] | None:
     """``RUN/calibration.json``, checked against its checksum, or None when the run has none.
-    Unreadable, unsealed or edited is one line (a :class:`~gliograde.sealed.SealError`)."""
+    Unreadable, unsealed or edited is one line (a :class:`~gliograde.files.sealed.SealError`)."""
     path = Path(run) / CALIBRATION_FILE
     if not path.is_file():
         return None

@@ -22,7 +22,7 @@ def slice_curve(slices, probs, classes, threshold):
 
 def outline_figure(slices, probs, call, classes, contract, mask: np.ndarray):
     """The predicted tumour's outline on the patient's most decisive slice (as Grad-CAM's)."""
-    from gliograde.data.crops import centre_channels, crop
+    from gliograde.data.batches.crops import centre_channels, crop
     from gliograde.evaluation import plots
     from gliograde.inference.stream import _cut
 
@@ -47,7 +47,7 @@ def plane_of(contract: Mapping[str, Any]) -> str:
 
 def gradcam_figure(model, slices, probs, predicted, classes, contract, mean):
     """The Grad-CAM of the patient's most decisive slice for the class ``predicted``."""
-    from gliograde.data.crops import centre_channels
+    from gliograde.data.batches.crops import centre_channels
     from gliograde.evaluation import plots
 
     best = int(np.argmax(probs[:, predicted]))  # the slice that speaks most for the call

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from gliograde.data.errors import DataError
-from gliograde.data.identity import shared_files
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.identity import shared_files
+from gliograde.data.discovery.specs import MODALITIES
 from gliograde.errors import ConfigError
-from gliograde.tables import read_table
+from gliograde.files.tables import read_table
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
 

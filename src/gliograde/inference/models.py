@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from gliograde.data.identity import recorded_training_patients
+from gliograde.data.discovery.identity import recorded_training_patients
 from gliograde.errors import GliogradeError
 from gliograde.inference.calibration import file_sha256
 from gliograde.inference.tta import views
-from gliograde.patient_scores import slice_log_probs
-from gliograde.sealed import read_sealed
+from gliograde.models.patient_scores import slice_log_probs
+from gliograde.files.sealed import read_sealed
 
 ONNX_FILE = "model.onnx"
 CARD_FILE = "model_card.json"
@@ -28,7 +28,7 @@ def find_checkpoint(run: Path, which: str = "best", kind: str = "classifier") ->
     """``best``: the run's one monitored checkpoint (``epoch_*.ckpt``, kept with save_top_k=1),
     looked up in the run directory itself so that a copied run uses its own files. A run whose
     config.yaml trained another ``kind`` of model (``task=segment``: a segmenter) is refused."""
-    from gliograde.contract import refuse_kind
+    from gliograde.contract.input_contract import refuse_kind
 
     found = _run_kind(run)
     if found is not None:
@@ -97,7 +97,8 @@ class TorchModel:
         import torch
         from omegaconf import OmegaConf
 
-        from gliograde.contract import check_model, read_checkpoint_contract, refuse_kind
+        from gliograde.config.legacy_targets import current_targets
+        from gliograde.contract.input_contract import check_model, read_checkpoint_contract, refuse_kind
         from gliograde.models.backbones import cam_layer
 
         self.path = path
@@ -110,7 +111,7 @@ class TorchModel:
             raise ModelSourceError(f"{path}: unreadable checkpoint ({type(exc).__name__})") from None
         self.training_patients = recorded_training_patients(stored)
         run_config = path.parent.parent / "config.yaml"
-        run_cfg = OmegaConf.load(run_config) if run_config.is_file() else None
+        run_cfg = current_targets(OmegaConf.load(run_config)) if run_config.is_file() else None
         source = str(self.run or path)
         if "input_contract" not in stored and run_cfg is not None and "input_contract" in run_cfg:
             self.contract = OmegaConf.to_container(run_cfg.input_contract, resolve=True)
@@ -134,7 +135,7 @@ class TorchModel:
     ) -> np.ndarray:
         """Class log-probabilities ``[N, K]`` (float64) of float16 slices ``[N, C, H, W]``: the log
         of the TTA views' mean of ``softmax(logits / temperature)``, computed from the logits as
-        every command computes them (:func:`gliograde.patient_scores.slice_log_probs`)."""
+        every command computes them (:func:`gliograde.models.patient_scores.slice_log_probs`)."""
         import torch
 
         logits = []

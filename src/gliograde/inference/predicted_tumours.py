@@ -12,8 +12,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from gliograde.contract import grid_mismatch, grid_of
-from gliograde.data.preprocess import SliceAreas, stored_modalities
+from gliograde.contract.input_contract import grid_mismatch, grid_of
+from gliograde.data.caching.preprocess import SliceAreas, stored_modalities
 from gliograde.inference.figures import safe_name
 from gliograde.inference.inputs import PatientFiles
 from gliograde.inference.mask_nifti import MASK_SUFFIX, write_mask

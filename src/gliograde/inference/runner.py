@@ -16,12 +16,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.atomic import write_frame, write_text
-from gliograde.data.cohort_tables import skipped_table
+from gliograde.files.atomic import write_frame, write_text
+from gliograde.data.pipeline.cohort_tables import skipped_table
 from gliograde.data.errors import DataError
-from gliograde.data.identity import content_matches, fingerprint_columns, fingerprint_table
-from gliograde.data.specs import MODALITIES
-from gliograde.data.splits import read_splits_table
+from gliograde.data.discovery.identity import content_matches, fingerprint_columns, fingerprint_table
+from gliograde.data.discovery.specs import MODALITIES
+from gliograde.data.batches.splits import read_splits_table
 from gliograde.errors import ConfigError
 from gliograde.evaluation.report_html import prediction_page, write_page
 from gliograde.evaluation.summary import prediction_headline, prediction_notes
@@ -38,13 +38,14 @@ from gliograde.inference.ingested import (
 )
 from gliograde.inference.inputs import PatientFiles, from_input, from_manifest
 from gliograde.inference.models import open_model
-from gliograde.inference.recipe import PREDICT_AGGREGATE, Applied, check_predict_options, resolve
+from gliograde.inference.recipe import PREDICT_AGGREGATE
+from gliograde.inference.recipe_choice import Applied, check_predict_options, resolve
 from gliograde.inference.predicted_tumours import NO_TUMOUR_RULE, NoTumourFound, TumourPredictor
 from gliograde.inference.stream import load_patient
 from gliograde.inference.tta import check_tta_for
-from gliograde.mask_free import check_mask_free, mask_free_note, refuse_missing_masks
-from gliograde.output_folder import staged_folder
-from gliograde.patient_scores import patient_log_probs
+from gliograde.contract.mask_free import check_mask_free, mask_free_note, refuse_missing_masks
+from gliograde.files.output_folder import staged_folder
+from gliograde.models.patient_scores import patient_log_probs
 from gliograde.segmentation.predicted import grid_spacing, mask_ml
 
 log = logging.getLogger(__name__)

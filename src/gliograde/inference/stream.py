@@ -1,7 +1,7 @@
 """One patient from NIfTI to the model's input slices, exactly as the cache would feed them:
 the same header checks, ``preprocess_patient`` into float16 (the cache's rounding),
 ``select_slices`` with the contract's rule, and the contract's neighbouring slices and crop
-(the dataset's own ``gliograde.data.crops`` arithmetic). Nothing is written but resampled temporaries."""
+(the dataset's own ``gliograde.data.batches.crops`` arithmetic). Nothing is written but resampled temporaries."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from gliograde.contract import NO_CROP, grid_mismatch, grid_of
-from gliograde.data.crops import (
+from gliograde.contract.input_contract import NO_CROP, grid_mismatch, grid_of
+from gliograde.data.batches.crops import (
     context_slices,
     crop,
     crop_centres,
@@ -23,12 +23,12 @@ from gliograde.data.crops import (
     stack_context,
 )
 from gliograde.data.errors import DataError
-from gliograde.data.nifti import check_same_grid, read_header
-from gliograde.data.preprocess import SliceAreas, preprocess_patient, stored_modalities
-from gliograde.data.slices import select_slices
-from gliograde.data.specs import SliceSpec
+from gliograde.data.discovery.nifti import check_same_grid, read_header
+from gliograde.data.caching.preprocess import SliceAreas, preprocess_patient, stored_modalities
+from gliograde.data.batches.slices import select_slices
+from gliograde.data.discovery.specs import SliceSpec
 from gliograde.inference.inputs import PatientFiles
-from gliograde.mask_free import needs_mask, slice_rule
+from gliograde.contract.mask_free import needs_mask, slice_rule
 
 CACHE_DTYPE = np.float16
 
@@ -68,7 +68,7 @@ def load_patient(
     """Check, (optionally) resample, normalise and slice one patient as the contract says.
 
     A patient without a mask file gets its tumour from ``tumour_source`` if given; otherwise,
-    where the contract needs a mask, the slice strategy ``mask_free`` (see ``gliograde.mask_free``).
+    where the contract needs a mask, the slice strategy ``mask_free`` (see ``gliograde.contract.mask_free``).
     """
     reorient = contract["preprocess"]["reorient"]
     patient = files.patient_id

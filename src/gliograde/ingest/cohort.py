@@ -19,7 +19,7 @@ from gliograde.ingest.model_space import to_model_space
 from gliograde.ingest.provenance import library_versions, write_record, write_transforms
 from gliograde.ingest.quality import check_quality
 from gliograde.ingest.settings import IngestSettings
-from gliograde.ingest.sources import ScanPatient
+from gliograde.ingest.scans import ScanPatient
 from gliograde.ingest.target import ModelSpace
 
 log = logging.getLogger(__name__)

@@ -15,14 +15,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.config import CONF_DIR
+from gliograde.config.compose import CONF_DIR
 from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError, exit_on_user_error
 from gliograde.ingest.cohort import SUMMARY_FILE, format_summary, ingest_patients
 from gliograde.ingest.settings import read_settings
 from gliograde.ingest.sources import check_source, find_patients
 from gliograde.ingest.target import model_space
-from gliograde.output_folder import staged_folder
+from gliograde.files.output_folder import staged_folder
 
 CONFIG_NAME = "ingest_scans"
 USAGE = "python -m gliograde.ingest SRC OUT model=RUN [ingest.series.flair=[...]] [files.flair=GLOB] [on_error=skip]"
@@ -38,7 +38,7 @@ def compose(argv: Sequence[str]) -> DictConfig:
     overrides = [a for a in argv if "=" in a and not a.startswith("model=")]
     if len(positional) != 2:
         raise ConfigError(f"give SRC and OUT folders, then options: {USAGE}")
-    from gliograde.config import _compose  # one-line errors for a bad override
+    from gliograde.config.compose import _compose  # one-line errors for a bad override
 
     with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = _compose(CONFIG_NAME, [*overrides, f"src={_quoted(positional[0])}", f"out={_quoted(positional[1])}"])

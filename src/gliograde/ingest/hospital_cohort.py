@@ -18,7 +18,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from gliograde.data.errors import DataError
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.specs import MODALITIES
 from gliograde.ingest.dicom_write import write_dicom_series
 from gliograde.ingest.hospital_scans import scanner_images
 

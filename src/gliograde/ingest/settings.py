@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from gliograde.data.specs import MODALITIES
+from gliograde.data.discovery.specs import MODALITIES
 from gliograde.errors import ConfigError
 from gliograde.ingest.quality import DEFAULT_THRESHOLDS
 from gliograde.ingest.series_rules import SeriesRules

@@ -164,8 +164,8 @@ def run_template(run_dir: Path, max_patients: int = 40) -> Template:
     ``max_patients`` of) the run's training patients and saved there."""
     import yaml  # here: only this entry reads a run's config
 
-    from gliograde.data.cohort import discover_cohort
-    from gliograde.data.specs import MODALITIES, LabelSpec, LayoutSpec, from_mapping
+    from gliograde.data.discovery.cohort import discover_cohort
+    from gliograde.data.discovery.specs import MODALITIES, LabelSpec, LayoutSpec, from_mapping
 
     run_dir = Path(run_dir)
     folder = run_dir / "template"

@@ -19,7 +19,7 @@ from torchmetrics.classification import (
     MulticlassStatScores,
 )
 
-from gliograde.data.identity import TRAINING_PATIENTS
+from gliograde.data.discovery.identity import TRAINING_PATIENTS
 from gliograde.models.backbones import create_backbone
 from gliograde.models.names import DEFAULT_LOSS, DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER, OPTIMIZER_CLASSES
 from gliograde.models.patient_metrics import PatientProbabilities, classification_metrics
@@ -127,10 +127,10 @@ class GradeClassifier(pl.LightningModule):
         self.best_monitored.persistent(True)  # a resumed run continues the same best-so-far
         # Latest patient-level outputs per stage: {"patient", "probs", "label"} tensors on the CPU.
         self.patient_outputs: dict[str, dict[str, torch.Tensor]] = {}
-        # What the model must be fed (see gliograde.contract); set by training, saved in every
+        # What the model must be fed (see gliograde.contract.input_contract); set by training, saved in every
         # checkpoint, weights-only ones included (Lightning calls this module's hook for those too).
         self.input_contract: dict[str, Any] | None = None
-        # The training split's ids, labels and image fingerprints (see gliograde.data.identity),
+        # The training split's ids, labels and image fingerprints (see gliograde.data.discovery.identity),
         # saved in every checkpoint: wherever the checkpoint goes, its leaks can be found.
         self.training_patients: list[dict[str, str]] | None = None
 

@@ -14,14 +14,14 @@ from torchmetrics.functional.classification import (
 )
 
 from gliograde.evaluation.metrics import binary_metrics
-from gliograde.patient_scores import patient_scores
+from gliograde.models.patient_scores import patient_scores
 
 BINARY = ("accuracy", "balanced_accuracy", "auroc", "f1", "sensitivity", "specificity")
 
 
 class PatientProbabilities(Metric):
     """Collects slice logits and reduces them to one probability per patient, the mean of its
-    slice probabilities, as :func:`gliograde.patient_scores.patient_scores` computes it for
+    slice probabilities, as :func:`gliograde.models.patient_scores.patient_scores` computes it for
     every command (float64, from logits: confident slices never round to a tie).
 
     States are concatenated across processes on ``compute``; duplicate (patient, slice)

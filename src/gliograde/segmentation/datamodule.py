@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from gliograde.data.cohort import discover_cohort
+from gliograde.data.discovery.cohort import discover_cohort
 from gliograde.data.datamodule import GliomaDataModule
-from gliograde.data.dataset import SliceDataset, cast
-from gliograde.data.prepared import PatientSlices
-from gliograde.data.synthetic import ensure_cohort
+from gliograde.data.batches.dataset import SliceDataset, cast
+from gliograde.data.pipeline.prepared import PatientSlices
+from gliograde.data.synthetic.generator import ensure_cohort
 from gliograde.errors import ConfigError
 from gliograde.segmentation.masks import MaskStore, MaskStoreError, open_or_build_masks
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 from filelock import FileLock
 
-from gliograde.data.cache_box import BoxLayout
-from gliograde.data.nifti import read_voxels
+from gliograde.data.caching.cache_box import BoxLayout
+from gliograde.data.discovery.nifti import read_voxels
 from gliograde.errors import GliogradeError
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 from torchmetrics import MaxMetric
 
-from gliograde.data.identity import TRAINING_PATIENTS
+from gliograde.data.discovery.identity import TRAINING_PATIENTS
 from gliograde.models.module import GradeClassifier
 from gliograde.models.names import DEFAULT_OPTIMIZER, DEFAULT_SCHEDULER
 from gliograde.segmentation.metrics import PatientDice, slice_counts

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from gliograde.errors import ConfigError
-from gliograde.segmentation.inference import SegmenterError, segment_volume
+from gliograde.segmentation.volume import SegmenterError, segment_volume
 
 SEGMENTER_ONNX_FILE = "segmenter.onnx"
 CARD_SECTION = "segmenter"

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gliograde.data.crops import slice_boxes
-from gliograde.data.specs import PLANES
+from gliograde.data.batches.crops import slice_boxes
+from gliograde.data.discovery.specs import PLANES
 
 # The axes of a (z, y, x) array summed for each plane's per-slice area, as preprocessing sums them.
 _SUM_AXES = {"axial": (1, 2), "coronal": (0, 2), "sagittal": (0, 1)}

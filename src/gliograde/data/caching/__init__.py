@@ -1,0 +1,1 @@
+"""The slice cache: per-patient preprocessing, the cache's key, meta record, build, read and housekeeping, and its worker processes."""

@@ -1,0 +1,1 @@
+"""Cohort discovery: patient folders, NIfTI headers, the label table, identity by content, and the typed data.* options."""

@@ -1,0 +1,1 @@
+"""The synthetic BraTS-layout cohort generator."""
