@@ -78,7 +78,7 @@ def _owner(name: str) -> str | None:
 def _graph() -> dict[str, set[str]]:
     graph = {}
     for module, path in MODULES.items():
-        targets = {_owner(name) for name in _imported_names(ast.parse(path.read_text()))}
+        targets = {_owner(name) for name in _imported_names(ast.parse(path.read_text(encoding="utf-8")))}
         graph[module] = {t for t in targets if t is not None and t != module}
     return graph
 
@@ -181,7 +181,7 @@ def test_the_root_holds_only_commands_and_subpackages():
 
 
 def test_no_module_is_over_400_lines():
-    sizes = {path: len(path.read_text().splitlines()) for path in MODULES.values()}
+    sizes = {path: len(path.read_text(encoding="utf-8").splitlines()) for path in MODULES.values()}
     over = [f"{path.relative_to(REPO)}: {n} lines" for path, n in sorted(sizes.items()) if n > MAX_LINES]
     assert not over, f"modules over {MAX_LINES} lines (split them along their seams): " + ", ".join(over)
     assert len(sizes) > 100  # the walk found the package and the benchmarks
