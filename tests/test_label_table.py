@@ -28,8 +28,9 @@ def _table(tmp_path: Path, text: str) -> Path:
         "ID\tGrade\tAge\na\tHGG\t50\nb\tNA\t61\n",
         "ID|Grade|Note\na|HGG|left, frontal\nb|NA|\n",
         'ID,Grade,Note\n"a","HGG","left, frontal"\n" b ",NA,"said ""NA"""\n',
+        'ID,Grade,"Note; free text"\na,HGG,"x;y;z"\nb,NA,;\n',  # the header's delimiter, quoting respected
     ],
-    ids=["excel_crlf_bom", "semicolon", "tab", "pipe", "quoted"],
+    ids=["excel_crlf_bom", "semicolon", "tab", "pipe", "quoted", "other_delimiter_quoted"],
 )
 def test_spreadsheet_dialects(tmp_path, text):
     assert read_label_table(_table(tmp_path, text), SPEC) == {"a": "HGG", "b": None}

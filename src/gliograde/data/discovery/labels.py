@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 _MAX_EXAMPLES = 3
 _DELIMITERS = ",;\t|"
-_SNIFF_LINES = 20
 
 
 class UnusableLabelTable(DataError):
@@ -91,8 +90,9 @@ def read_label_frame(path: Path, spec: LabelSpec) -> pd.DataFrame:
         raise empty
     sep = _delimiter(text)
     try:
-        # Rows may be wider than the header (Excel pads with ",,,,"): read them all that wide.
-        width = max((len(row) for row in csv.reader(io.StringIO(text, newline=""), delimiter=sep)), default=1)
+        # Rows may be wider than the header (Excel pads with ",,,,"): read them as wide as any line
+        # could be (quoted delimiters overcount), then drop the columns no row reached.
+        width = max(line.count(sep) for line in text.splitlines()) + 1
         raw = pd.read_csv(
             io.StringIO(text),
             sep=sep,
@@ -107,6 +107,7 @@ def read_label_frame(path: Path, spec: LabelSpec) -> pd.DataFrame:
         detail = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         problem = f"malformed label table ({detail}); check its delimiter and quoting"
         raise DataError(problem, where=path) from None
+    raw = raw.dropna(axis=1, how="all")
     cells = raw.fillna("").apply(lambda column: column.str.replace("\ufeff", "").str.strip())
     filled = cells.ne("").any(axis=1)
     if not filled.any():
@@ -141,12 +142,18 @@ def read_label_table(path: Path, spec: LabelSpec) -> dict[str, str | None]:
 
 
 def _delimiter(text: str) -> str:
-    """The delimiter of the first lines with content; ``,`` when they show none."""
-    sample = "\n".join([line for line in text.splitlines() if line.strip()][:_SNIFF_LINES])
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=_DELIMITERS).delimiter
-    except csv.Error:
-        return ","
+    """The delimiter (of ``_DELIMITERS``) that splits the first line with content, the header,
+    into the most columns, quoting respected; ``,`` when none splits it."""
+    header = next((line for line in text.splitlines() if line.strip()), "")
+    best, most = ",", 1
+    for sep in _DELIMITERS:
+        try:
+            columns = pd.read_csv(io.StringIO(header), sep=sep, header=None, dtype=str, engine="python").shape[1]
+        except (pd.errors.ParserError, csv.Error):
+            continue
+        if columns > most:
+            best, most = sep, columns
+    return best
 
 
 @dataclass(frozen=True)
