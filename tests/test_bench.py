@@ -90,6 +90,7 @@ def test_float32_delivery_equals_the_cache(tiny_cohort_master, tmp_path):
         np.testing.assert_array_equal(batch["image"][i].numpy(), expected)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 def test_the_monai_peer_serves_our_slices_in_float32(tiny_cohort_master, tmp_path):
     """The peer reads what the loader reads (its ratio compares like with like), batched by MONAI."""
     from benchmarks.loader_profile import full_grid_dataset, loader_over, monai_peer_loader

@@ -4,6 +4,7 @@ tumour runs (with any context) and range runs read it rather than decoding again
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from helpers.cohorts import make_datamodule
 
 import gliograde.data.caching.build as build_module
@@ -32,6 +33,7 @@ def _images(dm) -> tuple[list, np.ndarray]:
     return keys, batch["image"].numpy()
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 def test_a_brain_cache_serves_wider_margins_tumour_and_range_runs(tiny_cohort_master, tmp_path, monkeypatch):
     own = [_images(_ready(tiny_cohort_master, tmp_path / f"own{i}", **run)) for i, run in enumerate(RUNS)]
     brain = _ready(tiny_cohort_master, tmp_path / "cache", slices={"strategy": "brain"})

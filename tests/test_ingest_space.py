@@ -86,6 +86,7 @@ def test_a_posed_head_with_skull_comes_back_onto_the_model_grid(template, patien
     assert quality.brain_ml == pytest.approx(sitk.GetArrayViewFromImage(ingested.brain).sum() / 1000)
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 def test_a_series_of_another_patient_fails_the_agreement_check(template, patient):
     other = scanner_images(model_space_patient(31, "LGG", SMALL), np.random.default_rng(61), resolution="iso")
     images = dict(patient[1].images, flair=other.images["flair"])

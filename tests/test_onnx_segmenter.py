@@ -38,6 +38,7 @@ def _volume() -> np.ndarray:
     return volume
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 def test_the_onnx_segmenter_gives_the_pytorch_segmenters_mask(tmp_path):
     segmenter = _segmenter(context=1)
     graph = tmp_path / "segmenter.onnx"

@@ -71,6 +71,7 @@ def test_prepare_requires_a_root_for_real_presets(tmp_path):
     assert "data.root" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 def test_clean_removes_superseded_caches_and_abandoned_builds_only(tiny_cohort, tiny_cohort_master, tmp_path):
     cache_dir = tmp_path / "cache"
     old = make_datamodule(tiny_cohort, cache_dir)

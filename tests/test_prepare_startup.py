@@ -41,6 +41,7 @@ def _probe(*overrides: str) -> tuple[dict, str]:
     return json.loads(last[len("PROBE ") :]), result.stdout
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 @pytest.mark.parametrize("clean", [False, True])
 def test_prepare_imports_no_heavy_library(tiny_cohort_master, tmp_path, clean):
     common = [

@@ -178,6 +178,7 @@ def test_patient_dice_sums_slices_per_patient_and_counts_no_tumour_none_predicte
     assert metric.compute()["dice"].reshape(-1).tolist() == [0.0]
 
 
+@pytest.mark.slow  # a few seconds: kept out of the fast suite's 90 s
 def test_the_module_loss_decreases_and_its_patient_metrics_are_logged():
     torch.manual_seed(0)
     model = TumourSegmenter(in_channels=2, features=TINY_FEATURES, optimizer={"lr": 0.01})
