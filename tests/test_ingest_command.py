@@ -219,6 +219,24 @@ def test_a_failed_quality_check_is_flagged_and_not_graded_unless_warned(ingest_r
 
 
 @pytest.mark.slow
+def test_a_patient_ingested_for_another_template_is_flagged(ingest_run, tmp_path):
+    from gliograde.ingest.template import build_template, save_template
+
+    cohort = sorted(p for p in ingest_run["cohort"].iterdir() if p.is_dir())[-3:]
+    patients = [{m: next(folder.glob(f"*_{m}.nii*")) for m in ("flair", "t1", "t1ce", "t2")} for folder in cohort]
+    save_template(build_template(patients, ("flair", "t1", "t1ce", "t2")), tmp_path / "other")
+    args = ("predict.py", f"ckpt={ingest_run['run']}", f"input={ingest_run['ingested']}", "mask_free=brain")
+    flagged = run_python(*args, f"ingest.template={tmp_path / 'other'}", f"output_dir={tmp_path / 'p'}")
+    assert flagged.returncode == 0, flagged.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "p" / "predictions.csv")
+    assert (table["prediction"] == "quality check failed").all(), table.to_string()
+    assert table["qc"].str.contains("template: ingested into .*not this model's template", regex=True).all()
+    own = run_python(*args, f"output_dir={tmp_path / 'own'}")  # the template it was ingested for
+    assert own.returncode == 0, own.stderr[-3000:]
+    assert (pd.read_csv(tmp_path / "own" / "predictions.csv")["qc"] == "passed").all()
+
+
+@pytest.mark.slow
 def test_bad_places_and_damaged_records_are_one_line(ingest_run, tmp_path):
     inside = _ingest(ingest_run, ingest_run["scans"], ingest_run["scans"] / "out")
     assert inside.returncode == 2 and "\n" not in inside.stderr.strip(), inside.stderr

@@ -165,3 +165,16 @@ def test_run_template_is_built_from_the_training_patients_and_then_reused(tmp_pa
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     again = run_template(run, max_patients=3)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(again.brain), sitk.GetArrayFromImage(template.brain))
+
+
+def test_the_fingerprint_follows_anatomy_and_pose_not_the_folder(tmp_path):
+    template = build_template(_write_patients(tmp_path / "cohort", 2), MODALITIES)
+    save_template(template, tmp_path / "a")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    assert load_template(tmp_path / "b").fingerprint == template.fingerprint  # same template, another folder
+    other = build_template(_write_patients(tmp_path / "others", 2, seed=5), MODALITIES)
+    assert other.fingerprint != template.fingerprint  # other patients, other anatomy
+    moved = load_template(tmp_path / "a")
+    moved.brain.SetOrigin(tuple(o + 2.0 for o in moved.brain.GetOrigin()))
+    moved.__dict__.pop("fingerprint", None)
+    assert moved.fingerprint != template.fingerprint  # same voxels, shifted 2 mm

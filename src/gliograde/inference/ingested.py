@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gliograde.data.errors import DataError
 from gliograde.errors import ConfigError
@@ -71,6 +71,59 @@ def plan_ingest(cfg: DictConfig, model, patterns: Mapping[str, str | None]) -> I
     space = model_space(str(cfg.ckpt), model.contract, settings.template)
     print(f"Ingesting {src} into the model's space (template: {space.template_source})")
     return IngestPlan(settings, space, find_patients(src, settings.rules, settings.files))
+
+
+TEMPLATE_CHECK = "template"
+
+
+class TemplateCheck:
+    """Whether each ingested folder was brought into the template of the model that grades it.
+    Two models' templates differ in anatomy and pose even on one grid, so a patient ingested for
+    another model is flagged like a failed quality check. The model's template is read once, when
+    the first ingested patient comes; ``ingest.template=`` names another one."""
+
+    def __init__(self, cfg: DictConfig, contract: Mapping[str, Any], plan: IngestPlan | None = None):
+        self._cfg, self._contract = cfg, contract
+        self._expected: str | None = None if plan is None else plan.space.template.fingerprint
+        self._source: str | None = None if plan is None else plan.space.template_source
+        self._unknown: str | None = None
+
+    def _model_template(self) -> str | None:
+        if self._expected is None and self._unknown is None:
+            from gliograde.ingest.target import model_space
+            from gliograde.inference.models import ModelSourceError
+
+            template = OmegaConf.select(self._cfg, "ingest.template", default=None)
+            try:
+                space = model_space(str(self._cfg.ckpt), self._contract, Path(str(template)).expanduser() if template else None)
+            except ModelSourceError as err:
+                self._unknown = str(err)
+                log.warning("Ingested patients are graded without checking their template: %s", err)
+                return None
+            self._expected, self._source = space.template.fingerprint, space.template_source
+        return self._expected
+
+    def checked(self, record: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``record`` with a failed ``template`` check added when its patient was ingested into
+        another template than the model's (or before templates were fingerprinted)."""
+        if record is None:
+            return None
+        expected = self._model_template()
+        if expected is None:
+            return record
+        found = (record.get("template") or {}).get("fingerprint")
+        if found == expected:
+            return record
+        where = (record.get("template") or {}).get("folder", "an unrecorded template")
+        why = (
+            f"{TEMPLATE_CHECK}: ingested into {where}, not this model's template ({self._source}); "
+            "ingest again with this model"
+            if found
+            else f"{TEMPLATE_CHECK}: ingested before templates were fingerprinted; ingest again with this model"
+        )
+        qc = dict(record["qc"])
+        qc["passed"], qc["failed"] = False, [*qc.get("failed", []), why]
+        return {**record, "qc": qc}
 
 
 def ingestion_record(files: PatientFiles) -> dict[str, Any] | None:

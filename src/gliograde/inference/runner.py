@@ -29,6 +29,7 @@ from gliograde.inference.figures import gradcam_figure, outline_figure, safe_nam
 from gliograde.inference.ingested import (
     QC_FAILED_RULE,
     IngestPlan,
+    TemplateCheck,
     check_qc_mode,
     ingestion_record,
     plan_ingest,
@@ -95,7 +96,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     with staged_folder(out, "output_dir", PREDICT_FILES) as staging:
         if plan is not None:
             patients = plan.run(staging, skipped)
-        report = _predict_into(staging, model, applied, patients, skipped, cfg, predictor)
+        templates = TemplateCheck(cfg, contract, plan)
+        report = _predict_into(staging, model, applied, patients, skipped, cfg, predictor, templates)
     print(format_predictions(report))
     print(f"Outputs: {out}")
     return report
@@ -109,6 +111,7 @@ def _predict_into(
     skipped: list[DataError] | None,
     cfg: DictConfig,
     predictor: TumourPredictor | None = None,
+    templates: TemplateCheck | None = None,
 ) -> dict[str, Any]:
     """Grade ``patients`` and write every output into ``out``; with ``skipped`` (on_error=skip) a
     patient whose files are bad is listed there instead of stopping the run."""
@@ -120,6 +123,7 @@ def _predict_into(
     for files in patients:
         try:
             record = ingestion_record(files)
+            record = record if templates is None else templates.checked(record)
             figures = {} if record is None else registration_figure_copy(files, record, out, safe_name(files.patient_id))
             if record is not None and not record["qc"]["passed"] and cfg.get("qc", "exclude") != "warn":
                 rows.append(qc_failed_row(files, record, classes, figures))
@@ -263,6 +267,7 @@ def _grade(
     tta: str,
     temperature: float,
     predictor: TumourPredictor | None = None,
+    templates: TemplateCheck | None = None,
 ) -> dict[str, Any]:
     try:
         slices = load_patient(files, contract, bool(cfg.resample), cfg.get("mask_free"), predictor)

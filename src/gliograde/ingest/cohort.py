@@ -103,7 +103,7 @@ def ingest_patient(patient: ScanPatient, space: ModelSpace, settings: IngestSett
             "volume_sha256": {m: file_sha256(folder / name) for m, name in written.items()},
             "brain_mask": brain_name,
             "reference": ingested.reference,
-            "template": {"folder": space.template_source, **space.template.meta},
+            "template": {"folder": space.template_source, "fingerprint": space.template.fingerprint, **space.template.meta},
             "model": space.model,
             "transforms": transforms,
             "qc": {

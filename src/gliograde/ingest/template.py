@@ -9,6 +9,7 @@ import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,21 @@ class Template:
     brain: sitk.Image
     grid: sitk.Image
     meta: dict = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """sha256 of every image's voxels and geometry: two templates that map a head to the same
+        place share it, whatever folder or export they were read from."""
+        digest = hashlib.sha256()
+        named = {**{f"image:{m}": image for m, image in self.images.items()}, "brain": self.brain, "grid": self.grid}
+        for name in sorted(named):
+            image = named[name]
+            digest.update(name.encode())
+            for numbers in (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()):
+                digest.update(np.round(np.asarray(numbers, dtype=np.float64), 4).tobytes())
+            if name != "grid":  # the grid is geometry only; its voxels are never read
+                digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image), dtype=np.float32).tobytes())
+        return digest.hexdigest()
 
 
 def normalise_brain(image: sitk.Image, brain: sitk.Image | None = None) -> sitk.Image:
@@ -206,7 +222,7 @@ def run_template(run_dir: Path, max_patients: int = 40) -> Template:
     template = build_template([found[pid] for pid in chosen], modalities)
     template.meta["run"] = str(run_dir)
     save_template(template, folder)
-    return template
+    return load_template(folder)  # as every later reader sees it (NIfTI's float32 geometry)
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
