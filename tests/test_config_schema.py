@@ -86,6 +86,7 @@ def test_a_wrong_type_for_any_leaf_is_one_line_naming_the_key(key):
         ("data.preprocess.workers=two", "data.preprocess.workers='two'"),
         ("data.augment.prob=1.5", "data.augment.prob=1.5 must be in [0, 1]"),
         ("data.augment.gamma=[1.2,0.8]", "data.augment.gamma=[1.2, 0.8]"),
+        ("data.augment.blur_sigma=[1.0,0.5]", "data.augment.blur_sigma=[1.0, 0.5] must be [low, high]"),
         ("data.synthetic.lgg_fraction=2", "data.synthetic.lgg_fraction=2"),
         ("model.optimizer.name=rmsprop", "model.optimizer.name='rmsprop' must be one of ['adamw', 'adam',"),
         ("model.scheduler.name=step", "model.scheduler.name='step'"),

@@ -10,7 +10,7 @@ from gliograde.data.discovery.specs import AugmentSpec
 
 
 class BatchAugmenter:
-    """Random flips, rotation/scale, intensity scale/shift, gamma, noise and bias field.
+    """Random flips, rotation/scale, blur, intensity scale/shift, gamma, noise and bias field.
 
     Each sample gets its own draw; the random state is reset from (seed, epoch) by
     ``set_epoch`` so a resumed run augments exactly as an uninterrupted one. Background voxels
@@ -26,6 +26,7 @@ class BatchAugmenter:
             RandBiasField,
             RandFlip,
             RandGaussianNoise,
+            RandGaussianSmooth,
             RandScaleIntensity,
             RandShiftIntensity,
         )
@@ -45,6 +46,9 @@ class BatchAugmenter:
                 )
             )
         intensity = []
+        if spec.blur_sigma[1] > 0:  # first: a coarser scan, then the scanner's noise on top
+            sigma = tuple(spec.blur_sigma)
+            intensity.append(RandGaussianSmooth(sigma_x=sigma, sigma_y=sigma, prob=p))
         if spec.intensity_scale > 0:
             intensity.append(RandScaleIntensity(factors=spec.intensity_scale, prob=p))
         if spec.intensity_shift > 0:

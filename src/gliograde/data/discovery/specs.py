@@ -164,6 +164,9 @@ class AugmentSpec:
     gamma: tuple[float, float] = (0.8, 1.25)
     noise_std: float = 0.05
     bias_field: float = 0.2
+    # Gaussian smoothing, sigma in pixels drawn per axis from [low, high]: a model trained with it
+    # grades resampled scans (thick slices, a registration's interpolation) like the originals.
+    blur_sigma: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         if not 0 <= self.prob <= 1:
@@ -176,6 +179,11 @@ class AugmentSpec:
         if not 0 < low <= high:
             raise ConfigError(
                 f"data.augment.gamma={list(self.gamma)} must be [low, high] with 0 < low <= high"
+            )
+        low, high = self.blur_sigma
+        if not 0 <= low <= high:
+            raise ConfigError(
+                f"data.augment.blur_sigma={list(self.blur_sigma)} must be [low, high] with 0 <= low <= high (pixels)"
             )
 
 
