@@ -12,6 +12,11 @@ whose FLAIR is flipped left-right in its header; both must fail the quality chec
 
 Prints per patient the probability from the originals and from the ingested scans, the
 difference, the quality check and the seconds of ingestion, then the summary figures.
+
+A control that involves no ingestion: the originals blurred by a Gaussian of ``--blur`` voxels
+(about what resampling onto a rotated grid does to fine texture) and graded again
+(``p_blurred``). A model whose calls move under that blur alone will disagree with itself on
+ingested scans however well they are registered; train it with ``data.augment.blur_sigma``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 WITHIN = 0.10
+BLUR_VOXELS = 0.6
 
 
 def _run(*args: str) -> str:
@@ -49,6 +55,20 @@ def _originals_without_masks(cohort: Path, patients: list[str], into: Path) -> P
     return into
 
 
+def _blurred_copies(originals: Path, sigma: float, into: Path) -> Path:
+    """The originals with a Gaussian blur of ``sigma`` voxels inside the brain (the air stays 0)."""
+    from scipy.ndimage import gaussian_filter
+
+    for folder in sorted(p for p in originals.iterdir() if p.is_dir()):
+        (into / folder.name).mkdir(parents=True, exist_ok=True)
+        for source in folder.glob("*.nii*"):
+            image = nib.load(str(source))
+            voxels = np.asarray(image.dataobj, dtype=np.float32)
+            blurred = np.where(voxels > 0, gaussian_filter(voxels, sigma), 0).astype(np.float32)
+            nib.save(nib.Nifti1Image(blurred, image.affine), str(into / folder.name / source.name))
+    return into
+
+
 def _hostile_copies(scans: Path, truth: pd.DataFrame, into: Path) -> dict[str, str]:
     """Two NIfTI patients: one with another patient's FLAIR, one with its FLAIR mirrored in the header."""
     nifti = truth[truth["written_as"] == "nifti"]["patient_id"].tolist()
@@ -64,6 +84,26 @@ def _hostile_copies(scans: Path, truth: pd.DataFrame, into: Path) -> dict[str, s
     return {swapped: "FLAIR of another patient", flipped: "FLAIR flipped left-right in its header"}
 
 
+def _discrimination(cohort: Path, table: pd.DataFrame, positive: str) -> dict[str, float]:
+    """Patient AUROC of each probability column against the cohort's grades (its label table),
+    or nothing when the cohort has no labels or only one grade among the patients."""
+    from sklearn.metrics import roc_auc_score
+
+    from gliograde.data.discovery.labels import read_label_table
+    from gliograde.data.discovery.specs import LabelSpec
+
+    spec = LabelSpec()
+    path = cohort / str(spec.file)
+    if not path.is_file():
+        return {}
+    grades = read_label_table(path, spec)
+    truth = pd.Series({p: grades.get(p) for p in table.index}) == positive.removeprefix("prob_")
+    if truth.nunique() < 2:
+        return {}
+    columns = [c for c in ("p_originals", "p_ingested", "p_blurred") if c in table]
+    return {c.removeprefix("p_"): float(roc_auc_score(truth, table[c])) for c in columns}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ingest_agreement", description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=Path, required=True, help="BraTS-layout cohort the run did not train on")
@@ -72,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patients", type=int, default=20)
     parser.add_argument("--work", type=Path, required=True, help="a new folder for everything written")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--blur", type=float, default=BLUR_VOXELS, help="the control's blur, in voxels (0: none)")
     args = parser.parse_args(argv)
     work = args.work
     if work.exists() and any(work.iterdir()):
@@ -90,6 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     _run(*predict, f"input={work / 'ingested'}", "qc=warn", f"output_dir={work / 'predict_ingested'}")
     originals = _originals_without_masks(args.cohort, patients, work / "originals")
     _run(*predict, f"input={originals}", f"output_dir={work / 'predict_originals'}")
+    if args.blur > 0:
+        blurred = _blurred_copies(originals, args.blur, work / "blurred")
+        _run(*predict, f"input={blurred}", f"output_dir={work / 'predict_blurred'}")
     hostile = _hostile_copies(scans, truth, work / "hostile")
     _run("-m", "gliograde.ingest", str(work / "hostile"), str(work / "hostile_ingested"), f"model={args.run}")
     caught = pd.read_csv(work / "hostile_ingested" / "ingest.csv").set_index("patient_id")
@@ -107,6 +151,10 @@ def main(argv: list[str] | None = None) -> None:
         }
     ).loc[patients]
     table["difference"] = (table["p_ingested"] - table["p_originals"]).abs()
+    if args.blur > 0:
+        control = pd.read_csv(work / "predict_blurred" / "predictions.csv").set_index("patient_id")
+        table["p_blurred"] = control[second].loc[patients]
+        table["blur_difference"] = (table["p_blurred"] - table["p_originals"]).abs()
     pd.set_option("display.width", 200)
     print(table.round(3).to_string())
     within = float((table["difference"] <= WITHIN).mean())
@@ -116,6 +164,15 @@ def main(argv: list[str] | None = None) -> None:
         f"quality check passed {int((table['qc'] == 'passed').sum())}/{len(table)}; "
         f"ingestion {table['ingest_s'].median():.1f} s per patient (median, max {table['ingest_s'].max():.1f})"
     )
+    auroc = _discrimination(args.cohort, table, second)
+    if auroc:
+        # Agreement alone is no virtue: a model that gives every patient one call agrees with itself.
+        print("patient AUROC against the cohort's grades: " + ", ".join(f"{k} {v:.2f}" for k, v in auroc.items()))
+    if args.blur > 0:
+        print(
+            f"control, no ingestion: the originals blurred by {args.blur} voxels are within {WITHIN} for "
+            f"{float((table['blur_difference'] <= WITHIN).mean()):.0%}"
+        )
     for patient, what in hostile.items():
         print(f"hostile: {patient} ({what}): qc = {caught.loc[patient, 'qc']}")
     table.to_csv(work / "agreement.csv")
