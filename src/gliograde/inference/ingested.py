@@ -96,7 +96,7 @@ class TemplateCheck:
             template = OmegaConf.select(self._cfg, "ingest.template", default=None)
             try:
                 space = model_space(str(self._cfg.ckpt), self._contract, Path(str(template)).expanduser() if template else None)
-            except ModelSourceError as err:
+            except (ModelSourceError, DataError) as err:  # no template at hand: graded, and said so
                 self._unknown = str(err)
                 log.warning("Ingested patients are graded without checking their template: %s", err)
                 return None
