@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -34,13 +35,20 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+STOP_GRACE_S = 30.0
+"""How long a failed build waits for the patients being decoded before killing their workers."""
+
+
 @contextmanager
-def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A process pool whose workers die with this process and are killed if the block fails.
+def worker_pool(workers: int, grace_s: float = STOP_GRACE_S) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers die with this process and stop early if the block fails.
 
     Leaving the block normally waits for the workers; leaving it by an exception (a bad
-    patient, Ctrl-C, SIGTERM under :func:`sigterm_as_exit`) kills them at once instead of
-    letting them finish patients nobody will use. Submit the work inside
+    patient, Ctrl-C, SIGTERM under :func:`sigterm_as_exit`) cancels the patients not started
+    and gives those being decoded ``grace_s`` seconds to finish; only a worker still busy then
+    is killed. Killing at once is not safe: a worker killed while it sends its result leaves
+    the pool's reader thread waiting forever for the rest of that message, and the shutdown
+    with it (seen under load: one SIGTERM in a dozen hung). Submit the work inside
     :func:`signals_deferred`: the first submit starts the workers and the pool's thread, and
     an exception raised half-way through that leaves a pool that cannot be shut down.
     """
@@ -56,19 +64,24 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     try:
         yield pool
     except BaseException:
-        _kill_workers(pool)
-        pool.shutdown(wait=True, cancel_futures=True)
+        # The pool offers no public handle on its processes and thread before Python 3.14, and
+        # shutdown() drops its own; they are taken first.
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
+        pool.shutdown(wait=False, cancel_futures=True)  # each worker exits after its patient
+        _kill_late(processes, grace_s)
+        if manager is not None:
+            manager.join()
         raise
     pool.shutdown(wait=True)
 
 
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    kill = getattr(pool, "kill_workers", None)  # Python 3.14+
-    if kill is not None:
-        kill()
-        return
-    # Older Pythons have no public way to stop running workers; the pool keeps them here.
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+def _kill_late(processes: list, grace_s: float) -> None:
+    """Wait up to ``grace_s`` for ``processes`` to exit; kill those still running."""
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
         if process.is_alive():
             process.kill()
 
